@@ -1,0 +1,21 @@
+"""TAG (Paolo et al. 2025): a stack of LevelEnvs of PPO/MAPPO agents, any depth.
+
+A TAG system is its list of levels, bottom-up (``configs/algorithms/tag_*.yaml``):
+which learner each level uses, how many units below each agent controls, how
+often it acts (``period``), what it tells each child (``command``), and the
+communication function that shapes the messages it sends up.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from algorithms.common import build_levels
+from hmarl.hierarchy import Hierarchy
+from hmarl.spec import MultiAgentEnv
+
+
+def build(env: MultiAgentEnv, levels: list[dict[str, Any]],
+          learner_options: dict[str, dict[str, Any]]) -> Hierarchy:
+    if len(levels) < 2:
+        raise ValueError("a TAG hierarchy has at least two levels; use family: flat for one")
+    return build_levels(env, levels, learner_options)

@@ -1,0 +1,210 @@
+"""Batches copies of any PettingZoo ``ParallelEnv`` behind the ``MultiAgentEnv`` protocol."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from mpe2 import simple_spread_v3
+from pettingzoo import ParallelEnv
+
+from envs.registry import register
+from hmarl.spec import EnvSpec, TimeStep
+
+
+class ParallelEnvAdapter:
+    """``num_envs`` copies of one PettingZoo ``ParallelEnv`` stepping together.
+
+    Every agent must share one observation space (a ``Box``, flattened) and one
+    action space (``Discrete`` or ``Box``). Agents are ordered as ``possible_agents``;
+    an agent that leaves its copy's episode early gets zero obs and reward until
+    the copy ends. A copy is terminated when all its agents are, truncated when any
+    agent is truncated or it has run ``max_steps`` steps, and resets inside ``step``.
+
+    Shapes (``B = num_envs``, ``N = n_agents``):
+        obs ``[B, N, obs_dim]`` float32, reward ``[B, N]`` float32,
+        terminated/truncated ``[B]`` bool, state ``[B, state_dim]`` float32 or ``None``,
+        actions ``[B, N]`` int64 (Discrete) or ``[B, N, act_dim]`` float (Box),
+        ``info["final_obs"]`` ``[B, N, obs_dim]``.
+    """
+
+    def __init__(
+        self,
+        make_env: Callable[[], ParallelEnv],
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        *,
+        max_steps: int,
+        name: str = "pettingzoo",
+        capabilities: dict[str, Any] | None = None,
+    ) -> None:
+        self._envs = [make_env() for _ in range(num_envs)]
+        first = self._envs[0]
+        self._agents = list(first.possible_agents)
+        obs_space, action_space = _shared_spaces(first, self._agents)
+        self._device = torch.device(device)
+        self._max_steps = max_steps
+        # Whether state() exists is only knowable by calling it, which needs a reset env.
+        first.reset()
+        try:
+            state_dim = int(np.asarray(first.state()).size)
+        except NotImplementedError:
+            state_dim = None
+        self.spec = EnvSpec(
+            n_agents=len(self._agents),
+            obs_dim=int(np.prod(obs_space.shape)),
+            action_space=action_space,
+            max_steps=max_steps,
+            num_envs=num_envs,
+            device=self._device,
+            state_dim=state_dim,
+            capabilities=dict(capabilities or {}),
+            name=name,
+        )
+        n = self.spec.n_agents
+        self._obs = np.zeros((num_envs, n, self.spec.obs_dim), dtype=np.float32)
+        self._reward = np.zeros((num_envs, n), dtype=np.float32)
+        self._state = (
+            None if state_dim is None else np.zeros((num_envs, state_dim), dtype=np.float32)
+        )
+        self._t = np.zeros(num_envs, dtype=np.int64)
+
+    def reset(self, seed: int | None = None) -> TimeStep:
+        """Reset every copy; copy ``i`` gets ``seed + i`` so a seed fixes the whole batch."""
+        for i in range(self.spec.num_envs):
+            self._reset_copy(i, None if seed is None else seed + i)
+        self._t[:] = 0
+        b = self.spec.num_envs
+        return TimeStep(
+            obs=self._tensor(self._obs),
+            reward=torch.zeros(b, self.spec.n_agents, device=self._device),
+            terminated=torch.zeros(b, dtype=torch.bool, device=self._device),
+            truncated=torch.zeros(b, dtype=torch.bool, device=self._device),
+            state=self._read_states(),
+        )
+
+    def step(self, actions: torch.Tensor) -> TimeStep:
+        """Step every copy with ``actions`` and reset the copies whose episode ended."""
+        acts = actions.detach().cpu().numpy()
+        space = self.spec.action_space
+        if self.spec.discrete:
+            acts = acts.astype(np.int64)
+        else:
+            acts = np.clip(acts, space.low, space.high).astype(space.dtype)
+        self._obs.fill(0.0)
+        b = self.spec.num_envs
+        terminated = np.zeros(b, dtype=bool)
+        truncated = np.zeros(b, dtype=bool)
+        for i, env in enumerate(self._envs):
+            live = {a: acts[i, j] for j, a in enumerate(self._agents) if a in env.agents}
+            obs, rew, term, trunc, _ = env.step(live)
+            self._write_obs(i, obs)
+            for j, a in enumerate(self._agents):
+                self._reward[i, j] = rew.get(a, 0.0)
+            terminated[i] = all(term[a] for a in live)
+            truncated[i] = not terminated[i] and any(trunc[a] for a in live)
+        self._t += 1
+        truncated |= ~terminated & (self._t >= self._max_steps)
+        done = terminated | truncated
+
+        final_obs = self._tensor(self._obs)
+        if done.any():
+            for i in np.flatnonzero(done):
+                self._reset_copy(i, None)
+            self._t[done] = 0
+            obs = self._tensor(self._obs)
+        else:
+            obs = final_obs
+        return TimeStep(
+            obs=obs,
+            reward=self._tensor(self._reward),
+            terminated=torch.from_numpy(terminated).to(self._device),
+            truncated=torch.from_numpy(truncated).to(self._device),
+            state=self._read_states(),
+            info={"final_obs": final_obs},
+        )
+
+    def close(self) -> None:
+        for env in self._envs:
+            env.close()
+
+    def _reset_copy(self, i: int, seed: int | None) -> None:
+        obs, _ = self._envs[i].reset(seed=seed)
+        self._obs[i] = 0.0
+        self._write_obs(i, obs)
+
+    def _write_obs(self, i: int, obs: dict[Any, Any]) -> None:
+        for j, a in enumerate(self._agents):
+            if a in obs:
+                self._obs[i, j] = np.ravel(obs[a])
+
+    def _read_states(self) -> torch.Tensor | None:
+        if self._state is None:
+            return None
+        for i, env in enumerate(self._envs):
+            self._state[i] = np.ravel(env.state())
+        return self._tensor(self._state)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        # Copies, so the buffers can be reused without mutating returned tensors.
+        return torch.tensor(array, device=self._device)
+
+
+def _shared_spaces(
+    env: ParallelEnv, agents: list[Any]
+) -> tuple[spaces.Box, spaces.Discrete | spaces.Box]:
+    """The observation and action space all ``agents`` share; a ValueError says what differs."""
+    obs_space = env.observation_space(agents[0])
+    action_space = env.action_space(agents[0])
+    if not isinstance(obs_space, spaces.Box):
+        raise ValueError(
+            f"ParallelEnvAdapter needs Box observations; {agents[0]!r} has {obs_space}. "
+            "Wrap the env so each agent observes a flat Box (e.g. with gymnasium's flatten)."
+        )
+    if not isinstance(action_space, (spaces.Discrete, spaces.Box)):
+        raise ValueError(
+            f"ParallelEnvAdapter needs a Discrete or Box action space; {agents[0]!r} has "
+            f"{action_space}. Wrap the env to expose one of those."
+        )
+    for a in agents[1:]:
+        if env.observation_space(a).shape != obs_space.shape:
+            raise ValueError(
+                f"ParallelEnvAdapter needs every agent to share one observation space; "
+                f"{agents[0]!r} has shape {obs_space.shape} but {a!r} has "
+                f"{env.observation_space(a).shape}. Pad observations to one size "
+                "(e.g. SuperSuit's pad_observations_v0) or wrap the env so all agents match."
+            )
+        if env.action_space(a) != action_space:
+            raise ValueError(
+                f"ParallelEnvAdapter needs every agent to share one action space; "
+                f"{agents[0]!r} has {action_space} but {a!r} has {env.action_space(a)}. "
+                "Pad action spaces to one (e.g. SuperSuit's pad_action_space_v0) or wrap the "
+                "env so all agents match."
+            )
+    return obs_space, action_space
+
+
+@register("mpe_simple_spread")
+def mpe_simple_spread(
+    num_envs: int,
+    device: str | torch.device = "cpu",
+    seed: int | None = None,
+    n_agents: int = 4,
+    max_steps: int = 100,
+    continuous_actions: bool = False,
+    **options: Any,
+) -> ParallelEnvAdapter:
+    """MPE2 ``simple_spread_v3``: ``n_agents`` agents cover as many landmarks.
+
+    ``seed`` is accepted for the registry's uniform call and unused: ``reset`` takes it.
+    ``options`` go to ``simple_spread_v3.parallel_env`` (e.g. ``local_ratio``).
+    """
+
+    def make() -> ParallelEnv:
+        return simple_spread_v3.parallel_env(
+            N=n_agents, max_cycles=max_steps, continuous_actions=continuous_actions, **options
+        )
+
+    return ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe_simple_spread",
+                              capabilities={"landmarks": {"first": 4, "count": n_agents, "velocity": 0}})

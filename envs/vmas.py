@@ -1,0 +1,100 @@
+"""VMAS scenarios as batched ``MultiAgentEnv``s (VMAS is natively vectorized in torch)."""
+from __future__ import annotations
+
+import torch
+import vmas
+from gymnasium import spaces
+
+from envs.registry import register
+from hmarl.spec import EnvSpec, Tensor, TimeStep
+
+
+class VmasEnv:
+    """A VMAS scenario with ``[B, N, ...]`` tensors and auto-reset.
+
+    Shapes:
+        obs ``[B, N, obs_dim]``; actions ``[B, N]`` int64 (Discrete(9) in VMAS >= 1.4)
+        or ``[B, N, 2]`` float in ``[-u_range, u_range]``; reward ``[B, N]``;
+        ``info["positions"]`` ``[B, N, 2]``.
+    """
+
+    def __init__(self, scenario: str, num_envs: int, device: str | torch.device = "cpu",
+                 seed: int | None = None, n_agents: int | None = None, max_steps: int = 100,
+                 continuous_actions: bool = False, name: str | None = None,
+                 capabilities: dict | None = None, **options):
+        if n_agents is not None:
+            options["n_agents"] = n_agents
+        self._env = vmas.make_env(
+            scenario, num_envs=num_envs, device=device, continuous_actions=continuous_actions,
+            max_steps=max_steps, seed=seed, terminated_truncated=True, **options)
+        obs = self._stack(self._env.reset())
+        agent_spaces = {repr(s) for s in self._env.action_space}
+        if len(agent_spaces) != 1:
+            raise ValueError(f"VMAS scenario {scenario!r} has agents with different action spaces "
+                             f"({', '.join(sorted(agent_spaces))}); hmarl needs one space per env")
+        action_space = _to_gymnasium(self._env.action_space[0])
+        if isinstance(action_space, spaces.Box):
+            self._low = torch.as_tensor(action_space.low, device=device)
+            self._high = torch.as_tensor(action_space.high, device=device)
+        self.spec = EnvSpec(
+            n_agents=len(self._env.agents), obs_dim=obs.shape[-1], action_space=action_space,
+            max_steps=max_steps, num_envs=num_envs, device=torch.device(device),
+            capabilities={"positions": True, **(capabilities or {})}, name=name or f"vmas_{scenario}")
+
+    @staticmethod
+    def _stack(per_agent: list[Tensor]) -> Tensor:
+        return torch.stack(per_agent, dim=1)
+
+    def _positions(self) -> Tensor:
+        return torch.stack([agent.state.pos for agent in self._env.agents], dim=1)
+
+    def reset(self, seed: int | None = None) -> TimeStep:
+        obs = self._stack(self._env.reset(seed=seed))
+        n, b = self.spec.n_agents, self.spec.num_envs
+        no = torch.zeros(b, dtype=torch.bool, device=obs.device)
+        return TimeStep(obs=obs, reward=torch.zeros(b, n, device=obs.device), terminated=no,
+                        truncated=no.clone(), info={"positions": self._positions()})
+
+    def step(self, actions: Tensor) -> TimeStep:
+        if not self.spec.discrete:
+            actions = torch.maximum(torch.minimum(actions, self._high), self._low)
+        obs, reward, terminated, truncated, _ = self._env.step(list(actions.unbind(1)))
+        obs, reward = self._stack(obs), self._stack(reward)
+        done = terminated | truncated
+        final_obs = obs
+        if done.all():
+            obs = self._stack(self._env.reset())
+        elif done.any():
+            # VMAS resets one copy at a time; this loop runs only at episode ends.
+            for index in done.nonzero().squeeze(-1).tolist():
+                self._env.reset_at(index, return_observations=False)
+            obs = self._stack(self._env.get_from_scenario(
+                get_observations=True, get_rewards=False, get_infos=False, get_dones=False)[0])
+        return TimeStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated,
+                        info={"final_obs": final_obs, "positions": self._positions()})
+
+
+def _to_gymnasium(space) -> spaces.Discrete | spaces.Box:
+    """VMAS describes spaces with the legacy ``gym`` package; hmarl speaks gymnasium."""
+    if hasattr(space, "n"):
+        return spaces.Discrete(int(space.n))
+    return spaces.Box(low=space.low, high=space.high, shape=space.shape, dtype=space.low.dtype)
+
+
+def _scenario(name: str, scenario: str, landmarks: bool = False) -> None:
+    def factory(num_envs: int, device: str = "cpu", seed: int | None = None, n_agents: int = 4,
+                max_steps: int = 100, continuous_actions: bool = False, **options) -> VmasEnv:
+        # simple_spread observes [pos, vel, landmarks relative to the agent, ...], a landmark per agent
+        capabilities = {"landmarks": {"first": 4, "count": n_agents, "velocity": 2}} if landmarks else {}
+        return VmasEnv(scenario, num_envs=num_envs, device=device, seed=seed, n_agents=n_agents,
+                       max_steps=max_steps, continuous_actions=continuous_actions, name=name,
+                       capabilities=capabilities, **options)
+
+    factory.__doc__ = f"VMAS {scenario!r} scenario."
+    register(name)(factory)
+
+
+_scenario("vmas_balance", "balance")
+_scenario("vmas_simple_spread", "simple_spread", landmarks=True)
+_scenario("vmas_sampling", "sampling")
+_scenario("vmas_navigation", "navigation")

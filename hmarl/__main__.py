@@ -1,0 +1,36 @@
+"""``python -m hmarl [command] [with named_config ... key=value ...] [sacred flags]``."""
+from __future__ import annotations
+
+import sys
+
+from sacred.observers import FileStorageObserver
+
+from hmarl.experiment import ex, named_configs
+
+OBSERVER_FLAGS = ("-F", "--file_storage", "-m", "--mongo_db", "-s", "--sql", "-u", "--unobserved")
+
+
+def check_named_configs(argv: list[str]) -> None:
+    """Unknown named configs fail with the list of what exists (sacred would say much less)."""
+    if "with" not in argv:
+        return
+    known = set(named_configs("algorithms")) | set(named_configs("envs"))
+    for token in argv[argv.index("with") + 1:]:
+        if token.startswith("-"):
+            break
+        if "=" not in token and token not in known:
+            raise SystemExit(f"unknown named config {token!r}.\n"
+                             f"  algorithms: {', '.join(named_configs('algorithms'))}\n"
+                             f"  envs: {', '.join(named_configs('envs'))}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv if argv is None else argv
+    check_named_configs(argv)
+    if not any(a.split("=")[0] in OBSERVER_FLAGS for a in argv[1:]):
+        ex.observers.append(FileStorageObserver("results"))
+    ex.run_commandline(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The sacred Experiment: config -> env + hierarchy -> train / evaluate -> metrics.
+
+Every YAML under ``configs/algorithms/`` and ``configs/envs/`` is a named config::
+
+    python -m hmarl with tag_3ppo vmas_simple_spread seed=2 total_steps=2000000
+
+Metrics (``_run.log_scalar``): ``train/return``, ``eval/return``,
+``level{l}/{learner}/{loss}``, ``perf/env_steps_per_s``. The run's result is
+the final mean evaluation return.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from sacred import Experiment
+from tqdm import tqdm
+
+from hmarl.config import from_dict
+from hmarl.hierarchy import Hierarchy
+from hmarl.monitor import EpisodeMonitor
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def named_configs(kind: str) -> dict[str, Path]:
+    """Named configs of ``kind`` (``algorithms`` or ``envs``): name -> YAML path."""
+    return {p.stem: p for p in sorted((CONFIG_DIR / kind).glob("*.yaml"))}
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+@dataclass
+class RunConfig:
+    """The keys every run understands (``configs/default.yaml`` documents each)."""
+
+    seed: int
+    total_steps: int
+    num_envs: int
+    rollout_steps: int
+    device: str
+    threads: int
+    eval_interval: int
+    eval_envs: int
+    checkpoint_interval: int
+    checkpoint_dir: str
+    resume: bool
+    progress: bool
+    algorithm: str
+    family: str
+    levels: list
+    env: str
+    n_agents: int
+    max_steps: int
+    continuous_actions: bool
+    env_options: dict = field(default_factory=dict)
+    learner_options: dict = field(default_factory=dict)
+    """Per-learner option blocks (``ppo:``, ``mappo:``, ...), collected from the top level."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], learner_names: list[str]) -> "RunConfig":
+        config = {k: v for k, v in config.items() if k != "__doc__"}
+        learner_options = {name: config.pop(name) for name in learner_names if name in config}
+        run = from_dict(cls, config, "config")
+        run.learner_options = learner_options
+        run.validate()
+        return run
+
+    def validate(self) -> None:
+        for key in ("total_steps", "num_envs", "rollout_steps", "eval_envs", "n_agents", "max_steps"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("eval_interval", "checkpoint_interval", "threads"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.total_steps < self.steps_per_iteration:
+            raise ValueError(f"total_steps={self.total_steps} is less than one rollout "
+                             f"(num_envs * rollout_steps = {self.steps_per_iteration})")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device} but CUDA is not available here; use device=cpu")
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def iterations(self) -> int:
+        return self.total_steps // self.steps_per_iteration
+
+    def every(self, interval_steps: int) -> int:
+        """An interval in env steps as a whole number of iterations (0 stays 0)."""
+        return max(1, round(interval_steps / self.steps_per_iteration)) if interval_steps else 0
+
+    def checkpoint_path(self) -> Path:
+        """Where this config's checkpoints live: same training config -> same place."""
+        identity = {k: v for k, v in asdict(self).items()
+                    if k not in ("resume", "progress", "checkpoint_dir", "threads")}
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return Path(self.checkpoint_dir) / f"{self.algorithm}-{self.env}-seed{self.seed}-{digest}"
+
+
+def build(run: RunConfig, num_envs: int | None = None, seed_offset: int = 0):
+    """The run's env and hierarchy; every configuration error surfaces here."""
+    from algorithms import FAMILIES
+    from envs import ENVS, make_env
+
+    if run.env not in ENVS:
+        raise ValueError(f"unknown env {run.env!r}; available: {', '.join(sorted(ENVS))}")
+    if run.family not in FAMILIES:
+        raise ValueError(f"unknown family {run.family!r}; available: {', '.join(FAMILIES)}")
+    env = make_env(run.env, num_envs=num_envs or run.num_envs, device=run.device,
+                   seed=run.seed + seed_offset, n_agents=run.n_agents, max_steps=run.max_steps,
+                   continuous_actions=run.continuous_actions, **run.env_options)
+    hierarchy = FAMILIES[run.family](EpisodeMonitor(env), run.levels, run.learner_options)
+    hierarchy.check_rollout_length(run.rollout_steps)
+    return hierarchy.to(run.device)
+
+
+def evaluate(hierarchy: Hierarchy, seed: int) -> float:
+    """Mean return of deterministic episodes: every copy plays at least one full episode."""
+    monitor: EpisodeMonitor = hierarchy.env
+    hierarchy.train(False)
+    with torch.random.fork_rng(devices=[]):
+        hierarchy.reset(seed)
+        steps = math.ceil(monitor.spec.max_steps / hierarchy.top_stride)
+        for _ in range(steps):
+            hierarchy.top.step(None)
+    return monitor.pop()[0]
+
+
+Log = Callable[[str, float, int], None]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a half-written checkpoint is never read back."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "checkpoint.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path / "checkpoint.pt")
+
+
+def train(run: RunConfig, log: Log) -> float:
+    """Train ``run``; returns the final mean evaluation return."""
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    torch.manual_seed(run.seed)
+    hierarchy = build(run)
+    evaluator = build(run, num_envs=run.eval_envs, seed_offset=10_000)
+    evaluator = hierarchy.attach(evaluator.env)
+    monitor: EpisodeMonitor = hierarchy.env
+    checkpoint_every, eval_every = run.every(run.checkpoint_interval), run.every(run.eval_interval)
+    ckpt_dir = run.checkpoint_path()
+    start, history = 0, []
+    if run.resume and (ckpt_dir / "checkpoint.pt").exists():
+        state = torch.load(ckpt_dir / "checkpoint.pt", weights_only=False)
+        hierarchy.load_checkpoint_state(state["hierarchy"])
+        torch.set_rng_state(state["rng"])
+        start, history = state["iteration"], state["history"]
+        for name, value, step in history:  # the resumed run's metrics are complete
+            log(name, value, step)
+
+    def record(name: str, value: float, step: int) -> None:
+        history.append((name, value, step))
+        log(name, value, step)
+
+    bar = tqdm(total=run.iterations, initial=start, disable=not run.progress, unit="it",
+               desc=f"{run.algorithm} on {run.env}")
+    for iteration in range(start, run.iterations):
+        if iteration == start or (checkpoint_every and iteration % checkpoint_every == 0):
+            if checkpoint_every and iteration > start:
+                save_checkpoint(ckpt_dir, {"iteration": iteration, "history": history,
+                                           "hierarchy": hierarchy.checkpoint_state(),
+                                           "rng": torch.get_rng_state()})
+            # Episodes restart at every checkpoint, so a resumed run replays exactly.
+            hierarchy.train(True)
+            hierarchy.reset(run.seed + iteration)
+            monitor.pop()
+        tic = time.perf_counter()
+        hierarchy.rollout(run.rollout_steps)
+        metrics = hierarchy.update(progress=iteration / run.iterations)
+        step = (iteration + 1) * run.steps_per_iteration
+        record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
+        train_return, episodes = monitor.pop()
+        if episodes:
+            record("train/return", train_return, step)
+            bar.set_postfix(ret=f"{train_return:.2f}")
+        for name, value in metrics.items():
+            record(name, float(value), step)
+        if (eval_every and (iteration + 1) % eval_every == 0) or iteration + 1 == run.iterations:
+            record("eval/return", evaluate(evaluator, run.seed + 10_000), step)
+            hierarchy.train(True)
+        bar.update()
+    bar.close()
+    if checkpoint_every:
+        save_checkpoint(ckpt_dir, {"iteration": run.iterations, "history": history,
+                                   "hierarchy": hierarchy.checkpoint_state(), "rng": torch.get_rng_state()})
+    evals = [value for name, value, _ in history if name == "eval/return"]
+    return evals[-1] if evals else evaluate(evaluator, run.seed + 10_000)
+
+
+ex = Experiment("hmarl", save_git_info=False)
+ex.add_config(load_yaml(CONFIG_DIR / "default.yaml"))
+ex.add_config(load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml"))
+ex.add_config(load_yaml(CONFIG_DIR / "envs" / "vmas_balance.yaml"))
+for _kind in ("algorithms", "envs"):
+    for _name, _path in named_configs(_kind).items():
+        ex.add_named_config(_name, str(_path))
+
+
+@ex.main
+def main(_config: dict[str, Any], _run) -> float:
+    from algorithms import LEARNERS
+
+    run = RunConfig.from_config(dict(_config), list(LEARNERS))
+    return train(run, lambda name, value, step: _run.log_scalar(name, value, step))

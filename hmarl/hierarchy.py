@@ -1,0 +1,200 @@
+"""A stack of levels over an env: the rollout loop and the coordinated update."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from hmarl.comm import COMMUNICATION
+from hmarl.learner import AgentIO, Learner
+from hmarl.level import Level, agent_io, check_partition
+from hmarl.rewards import REWARD_RULES
+from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
+
+_COMMAND = re.compile(r"^\s*(discrete|box)\s*\(\s*(\d+)\s*\)\s*$")
+
+
+def parse_command(text: str | None) -> spaces.Discrete | spaces.Box | None:
+    """``"discrete(5)"`` -> Discrete(5) (one-hot to the child); ``"box(2)"`` -> Box([-1, 1]^2)."""
+    if text is None:
+        return None
+    match = _COMMAND.match(str(text))
+    if not match or int(match.group(2)) < 1:
+        raise ValueError(f"command {text!r} is not 'discrete(n)' or 'box(d)' with n, d >= 1")
+    kind, size = match.group(1), int(match.group(2))
+    return spaces.Discrete(size) if kind == "discrete" else spaces.Box(-1.0, 1.0, (size,))
+
+
+@dataclass
+class LevelSpec:
+    """One level of a hierarchy, as written in YAML (levels are listed bottom-up)."""
+
+    learner: str
+    """Name of the learner in the algorithms' registry (``ppo``, ``mappo``, ...)."""
+    group_size: int | str | None = None
+    """Each agent controls this many consecutive units below (default 1); ``all``: one agent over all."""
+    children: list[list[int]] | None = None
+    """Explicit ``children[i]`` for agent i; excludes ``group_size``."""
+    period: int = 1
+    """This level acts once every ``period`` steps of the level below."""
+    command: str | None = None
+    """What each agent sends each child: ``discrete(n)`` or ``box(d)``; ``None`` for the bottom level."""
+    joint: bool = True
+    """Discrete agents act on the joint action of their children (K**c actions)."""
+    comm: str = "concat"
+    """Communication function: the message this level's agents send up."""
+    reward: str = "sum_up"
+    """Reward rule: what this level's agents learn from."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Learner options for this level only, over the run's shared learner options."""
+
+    def resolve_children(self, n_below: int, where: str) -> list[list[int]]:
+        if self.children is not None and self.group_size is not None:
+            raise ValueError(f"{where}: give either group_size or children, not both")
+        if self.children is not None:
+            return [list(c) for c in self.children]
+        size = n_below if self.group_size == "all" else self.group_size or 1
+        if isinstance(size, str):
+            raise ValueError(f"{where}: group_size must be an integer or 'all', got {size!r}")
+        if size < 1 or n_below % size:
+            raise ValueError(f"{where}: group_size {size} does not divide the {n_below} units below; "
+                             f"pick a divisor of {n_below} or list children explicitly")
+        return [list(range(i, i + size)) for i in range(0, n_below, size)]
+
+
+#: ``make_learner(spec, io, level_index)`` -> the level's learner
+MakeLearner = Callable[[LevelSpec, AgentIO, int], Learner]
+
+
+class Hierarchy(nn.Module):
+    """Levels bottom-up over an env; holds every learner and communication function.
+
+    ``rollout(T)`` steps all ``B`` copies ``T`` env steps, every level storing its
+    own transitions at its own time scale; ``update`` then runs the learners
+    top-down, so an upper level's results exist before a lower level reads them.
+    """
+
+    def __init__(self, env: MultiAgentEnv, levels: list[Level]):
+        super().__init__()
+        self.env = env
+        self.levels = levels
+        self.learners = nn.ModuleList(level.learner for level in levels)
+        self.comms = nn.ModuleList(level.comm for level in levels)
+        #: env steps between two actions of level i
+        self.strides = [math.prod(lv.steps_per_command for lv in levels[:i]) for i in range(len(levels))]
+        #: env steps per call of the top level's ``step``
+        self.top_stride = math.prod(lv.steps_per_command for lv in levels)
+
+    @property
+    def top(self) -> Level:
+        return self.levels[-1]
+
+    def train(self, mode: bool = True) -> "Hierarchy":
+        super().train(mode)
+        for level in self.levels:
+            level.training = mode
+        return self
+
+    def reset(self, seed: int | None = None) -> TimeStep:
+        return self.top.reset(seed)
+
+    def check_rollout_length(self, env_steps: int) -> None:
+        if env_steps % self.top_stride:
+            raise ValueError(f"a rollout of {env_steps} env steps is not a whole number of top-level "
+                             f"steps ({self.top_stride} env steps each); use a multiple of {self.top_stride}")
+
+    def rollout(self, env_steps: int) -> None:
+        """Step every copy ``env_steps`` env steps; each level fills its buffer."""
+        self.check_rollout_length(env_steps)
+        for level, stride in zip(self.levels, self.strides):
+            if level.buffer.capacity != env_steps // stride:
+                level.buffer = type(level.buffer)(env_steps // stride)
+            level.buffer.clear()
+        for _ in range(env_steps // self.top_stride):
+            self.top.step(None)
+
+    def update(self, progress: float) -> dict[str, Tensor]:
+        """Update every level top-down from its rollout; returns ``level{l}/{name}`` metrics."""
+        metrics: dict[str, Tensor] = {}
+        for index in reversed(range(len(self.levels))):
+            level = self.levels[index]
+            rollout = level.rollout()
+            prefix = f"level{index}/{type(level.learner).__name__.lower()}"
+            for key, value in level.learner.update(rollout, progress).items():
+                metrics[f"{prefix}/{key}"] = value
+            child_obs = rollout.obs[..., :level.io.child_obs_dim]
+            for key, value in level.comm.update(child_obs).items():
+                metrics[f"{prefix}/{key}"] = value
+            level.buffer.clear()
+        return metrics
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [m.optimizer for m in self.modules()
+                if isinstance(getattr(m, "optimizer", None), torch.optim.Optimizer)]
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything the stack learns: parameters, buffers and optimizer states."""
+        return {"modules": self.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers()]}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["modules"])
+        for optimizer, saved in zip(self.optimizers(), state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+
+    def attach(self, env: MultiAgentEnv) -> "Hierarchy":
+        """The same agents (shared modules) over another env, e.g. for evaluation."""
+        below: MultiAgentEnv = env
+        levels = []
+        for level in self.levels:
+            below = Level(below, level.learner, level.children, level.comm, level.reward_rule,
+                          command=level.command, steps_per_command=level.steps_per_command,
+                          joint=level.joint)
+            levels.append(below)
+        return Hierarchy(env, levels)
+
+
+def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: MakeLearner) -> Hierarchy:
+    """Build levels bottom-up from ``specs``; ``make_learner`` resolves learner names.
+
+    Every structural problem is reported here, before any env step: a bad
+    partition, an impossible group size, a joint action space too large to
+    enumerate, unknown communication or reward names, a command on the bottom level.
+    """
+    if not specs:
+        raise ValueError("a hierarchy needs at least one level")
+    if specs[0].command is not None:
+        raise ValueError("level 0 acts in the env with the env's own actions; "
+                         "'command' belongs to the levels above it")
+    if specs[0].period != 1:
+        raise ValueError("level 0 acts at every env step; its period must be 1")
+    below: MultiAgentEnv = env
+    levels: list[Level] = []
+    for index, spec in enumerate(specs):
+        where = f"level {index}"
+        upper = specs[index + 1] if index + 1 < len(specs) else None
+        if spec.period < 1:
+            raise ValueError(f"{where}: period must be >= 1, got {spec.period}")
+        for name, table, key in ((spec.comm, COMMUNICATION, "comm"), (spec.reward, REWARD_RULES, "reward")):
+            if name not in table:
+                raise ValueError(f"{where}: unknown {key} {name!r}; available: {', '.join(table)}")
+        if upper is not None and upper.command is None:
+            raise ValueError(f"level {index + 1} sits above level {index} but gives it no command; "
+                             "set its command to discrete(n) or box(d)")
+        command = parse_command(upper.command) if upper else None
+        children = spec.resolve_children(below.spec.n_agents, where)
+        check_partition(children, below.spec.n_agents, where)
+        try:
+            io = agent_io(below.spec, children, command, spec.joint)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        comm = COMMUNICATION[spec.comm](len(children), io.child_obs_dim)
+        level = Level(below, make_learner(spec, io, index), children, comm, REWARD_RULES[spec.reward](),
+                      command=command, steps_per_command=upper.period if upper else 1, joint=spec.joint)
+        levels.append(level)
+        below = level
+    return Hierarchy(env, levels)

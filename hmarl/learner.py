@@ -1,0 +1,54 @@
+"""The interface a level's learner implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from hmarl.buffers import Rollout
+from hmarl.spec import EnvSpec
+
+
+@dataclass(frozen=True)
+class AgentIO:
+    """What the agents of one level observe and emit.
+
+    ``obs_dim`` = children's messages (``child_obs_dim``) + the command from above.
+    ``action_space`` is per agent: Discrete (a joint action over its children),
+    MultiDiscrete (one head per child) or Box (children's continuous actions, concatenated).
+    """
+
+    n_agents: int
+    obs_dim: int
+    child_obs_dim: int
+    action_space: spaces.Discrete | spaces.MultiDiscrete | spaces.Box
+
+
+class Learner(nn.Module):
+    """The policy of a level's agents, evaluated for all of them in one call, and its update.
+
+    Shapes:
+        ``act``: obs ``[B, N, obs_dim]`` -> action ``[B, N]`` (Discrete),
+        ``[B, N, heads]`` (MultiDiscrete) or ``[B, N, act_dim]`` (Box), and log-prob ``[B, N]``.
+    """
+
+    #: the dataclass of this learner's options
+    config_class: type
+
+    def __init__(self, io: AgentIO):
+        super().__init__()
+        self.io = io
+
+    @classmethod
+    def build(cls, io: AgentIO, config, env: EnvSpec) -> "Learner":
+        """Construct for a level; learners that need facts about the real env override this."""
+        return cls(io, config)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def update(self, rollout: Rollout, progress: float) -> dict[str, torch.Tensor]:
+        """Learn from a full rollout; ``progress`` in [0, 1) is the share of training done."""
+        raise NotImplementedError

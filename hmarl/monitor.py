@@ -1,0 +1,42 @@
+"""Episode returns measured at the env, accumulated on the device (no per-step sync)."""
+from __future__ import annotations
+
+import torch
+
+from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
+
+
+class EpisodeMonitor:
+    """Wraps an env; sums each copy's reward (mean over agents) until its episode ends.
+
+    ``pop()`` returns the mean return of the episodes finished since the last call
+    (NaN if none) and their count.
+    """
+
+    def __init__(self, env: MultiAgentEnv):
+        self.env = env
+        self.spec = env.spec
+        device = env.spec.device
+        self._running = torch.zeros(env.spec.num_envs, device=device)
+        self._total = torch.zeros((), device=device)
+        self._count = torch.zeros((), device=device)
+
+    def reset(self, seed: int | None = None) -> TimeStep:
+        self._running.zero_()
+        return self.env.reset(seed)
+
+    def step(self, actions: Tensor) -> TimeStep:
+        ts = self.env.step(actions)
+        self._running += ts.reward.mean(-1)
+        done = ts.done
+        self._total += (self._running * done).sum()
+        self._count += done.sum()
+        self._running.masked_fill_(done, 0.0)
+        return ts
+
+    def pop(self) -> tuple[float, int]:
+        count = int(self._count)
+        mean = float(self._total) / count if count else float("nan")
+        self._total.zero_()
+        self._count.zero_()
+        return mean, count

@@ -1,0 +1,96 @@
+"""The environment protocol every level and adapter speaks.
+
+Shapes (``B = num_envs``, ``N = n_agents``):
+    obs        ``[B, N, obs_dim]`` float
+    actions    ``[B, N]`` int64 (discrete) or ``[B, N, act_dim]`` float (continuous)
+    reward     ``[B, N]`` float
+    terminated ``[B]`` bool, truncated ``[B]`` bool
+    state      ``[B, state_dim]`` float, or ``None``
+
+Finished copies reset inside ``step``; the observation that ended their episode
+is ``TimeStep.info["final_obs"]`` (equal to ``obs`` for copies that did not end).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from gymnasium import spaces
+
+Tensor = torch.Tensor
+
+#: Optional capabilities an env may declare in ``EnvSpec.capabilities``.
+#: ``positions``: agents' xy in ``info["positions"]`` ``[B, N, 2]``.
+#: ``goal_indices``: which observation dims a relative goal lives in.
+#: ``subtasks``: entities, entity->subtask membership, active subtasks, per-subtask rewards.
+#: ``landmarks``: where obs holds landmark positions relative to the agent and the agent velocity
+#: (``{"first": dim, "count": n, "velocity": dim}``).
+CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a ``MultiAgentEnv`` (a real env or a ``Level``) looks like from above."""
+
+    n_agents: int
+    obs_dim: int
+    action_space: spaces.Discrete | spaces.Box
+    """Per-agent action space; every agent of an env shares it."""
+    max_steps: int
+    num_envs: int
+    device: torch.device = torch.device("cpu")
+    state_dim: int | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    """Capability name -> its description (e.g. ``{"goal_indices": [0, 1]}``)."""
+    name: str = "env"
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, spaces.Discrete)
+
+    @property
+    def action_dim(self) -> int:
+        """Number of discrete actions, or the length of a continuous action."""
+        if self.discrete:
+            return int(self.action_space.n)
+        return int(self.action_space.shape[0])
+
+    def require(self, capability: str, needed_by: str) -> Any:
+        """Return a capability's description, or fail with what to change."""
+        if capability not in self.capabilities:
+            have = ", ".join(sorted(self.capabilities)) or "none"
+            raise ValueError(f"{needed_by} needs an env with {capability}; {self.name} has "
+                             f"{have}. Pick an env that provides {capability}, or another algorithm.")
+        return self.capabilities[capability]
+
+
+@dataclass
+class TimeStep:
+    """One batched transition result. See the module docstring for shapes."""
+
+    obs: Tensor
+    reward: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    state: Tensor | None = None
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def done(self) -> Tensor:
+        return self.terminated | self.truncated
+
+    @property
+    def final_obs(self) -> Tensor:
+        return self.info.get("final_obs", self.obs)
+
+
+@runtime_checkable
+class MultiAgentEnv(Protocol):
+    """A batch of ``num_envs`` copies of a multi-agent env stepping together."""
+
+    spec: EnvSpec
+
+    def reset(self, seed: int | None = None) -> TimeStep: ...
+
+    def step(self, actions: Tensor) -> TimeStep: ...

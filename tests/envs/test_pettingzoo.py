@@ -1,0 +1,194 @@
+"""ParallelEnvAdapter: mpe2 simple_spread checked against mpe2 itself, plus generic edge cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from mpe2 import simple_spread_v3
+from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import aec_to_parallel
+
+from envs import make_env
+from envs.pettingzoo import ParallelEnvAdapter
+
+AGENTS = [f"agent_{j}" for j in range(4)]
+
+
+def _random_actions(gen: torch.Generator, b: int, n: int = 4) -> torch.Tensor:
+    return torch.randint(0, 5, (b, n), generator=gen)
+
+
+def _reference(seed: int, max_steps: int, **kwargs):
+    env = simple_spread_v3.parallel_env(N=4, max_cycles=max_steps, **kwargs)
+    obs, _ = env.reset(seed=seed)
+    return env, obs
+
+
+def _stack(per_agent: dict) -> torch.Tensor:
+    return torch.tensor(np.stack([per_agent[a] for a in AGENTS]), dtype=torch.float32)
+
+
+def test_spec_and_shapes():
+    env = make_env("mpe_simple_spread", num_envs=3, n_agents=4, max_steps=25)
+    spec = env.spec
+    assert (spec.n_agents, spec.obs_dim, spec.state_dim, spec.num_envs) == (4, 24, 96, 3)
+    assert spec.action_space == spaces.Discrete(5) and spec.max_steps == 25
+    assert spec.name == "mpe_simple_spread"
+    continuous = make_env("mpe_simple_spread", num_envs=1, continuous_actions=True)
+    assert continuous.spec.action_space == spaces.Box(0.0, 1.0, (5,), np.float32)
+
+    ts = env.reset(seed=0)
+    assert ts.obs.shape == (3, 4, 24) and ts.obs.dtype == torch.float32
+    assert torch.equal(ts.reward, torch.zeros(3, 4))
+    assert ts.terminated.dtype == torch.bool and not ts.terminated.any() and not ts.truncated.any()
+    # mpe2's state is every agent's observation concatenated.
+    assert torch.equal(ts.state, ts.obs.reshape(3, 96))
+
+    ts = env.step(_random_actions(torch.Generator().manual_seed(0), 3))
+    assert ts.obs.shape == ts.info["final_obs"].shape == (3, 4, 24)
+    assert ts.reward.shape == (3, 4) and ts.reward.dtype == torch.float32
+    assert ts.terminated.shape == ts.truncated.shape == (3,)
+    assert torch.equal(ts.state, ts.obs.reshape(3, 96))
+
+
+def _trajectory(seed: int, steps: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    env = make_env("mpe_simple_spread", num_envs=2, max_steps=10)
+    gen = torch.Generator().manual_seed(123)
+    obs, rewards = [env.reset(seed=seed).obs], []
+    for _ in range(steps):
+        ts = env.step(_random_actions(gen, 2))
+        obs.append(ts.obs)
+        rewards.append(ts.reward)
+    return torch.stack(obs), torch.stack(rewards)
+
+
+def test_same_seed_same_trajectory_across_auto_resets():
+    obs_a, rew_a = _trajectory(seed=5)
+    obs_b, rew_b = _trajectory(seed=5)
+    obs_c, rew_c = _trajectory(seed=6)
+    assert torch.equal(obs_a, obs_b) and torch.equal(rew_a, rew_b)
+    assert not torch.equal(obs_a, obs_c) and not torch.equal(rew_a, rew_c)
+    # Copies get different seeds, so they are different episodes.
+    assert not torch.equal(obs_a[:, 0], obs_a[:, 1])
+
+
+def test_matches_reference_and_auto_resets_with_final_obs():
+    seed, max_steps, b = 7, 5, 2
+    env = make_env("mpe_simple_spread", num_envs=b, max_steps=max_steps)
+    ts = env.reset(seed=seed)
+    refs = []
+    for i in range(b):
+        ref, ref_obs = _reference(seed + i, max_steps)
+        refs.append(ref)
+        assert torch.equal(ts.obs[i], _stack(ref_obs))
+
+    gen = torch.Generator().manual_seed(0)
+    for t in range(max_steps + 1):
+        actions = _random_actions(gen, b)
+        ts = env.step(actions)
+        last = t == max_steps - 1
+        assert ts.truncated.tolist() == [last] * b and not ts.terminated.any()
+        for i, ref in enumerate(refs):
+            ref_obs, ref_rew, _, ref_trunc, _ = ref.step(
+                {a: int(actions[i, j]) for j, a in enumerate(AGENTS)}
+            )
+            assert all(ref_trunc.values()) == last
+            ref_reward = torch.tensor([ref_rew[a] for a in AGENTS], dtype=torch.float32)
+            assert torch.equal(ts.reward[i], ref_reward)
+            assert torch.equal(ts.info["final_obs"][i], _stack(ref_obs))
+            if last:
+                # The copy reset unseeded, continuing its RNG like the reference's own reset.
+                ref_obs, _ = ref.reset()
+            assert torch.equal(ts.obs[i], _stack(ref_obs))
+        if last:
+            assert not torch.equal(ts.info["final_obs"], ts.obs)
+        else:
+            assert torch.equal(ts.info["final_obs"], ts.obs)
+
+
+def test_continuous_actions_are_clipped_to_the_space():
+    # raw_env lacks mpe2's own clipping wrapper, so only the adapter can clip here.
+    def make():
+        raw = simple_spread_v3.raw_env(N=4, max_cycles=25, continuous_actions=True)
+        return aec_to_parallel(raw)
+
+    env = ParallelEnvAdapter(make, num_envs=1, max_steps=25)
+    assert env.spec.action_space == spaces.Box(0.0, 1.0, (5,), np.float32)
+    env.reset(seed=3)
+    ref, _ = _reference(3, 25, continuous_actions=True)
+    actions = torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(1)) * 4 - 2
+    ts = env.step(actions)
+    clipped = actions.clamp(0, 1).numpy()
+    ref_obs, *_ = ref.step({a: clipped[0, j] for j, a in enumerate(AGENTS)})
+    assert torch.equal(ts.obs[0], _stack(ref_obs))
+
+
+class _TwoAgents(ParallelEnv):
+    """Agent ``a`` leaves after ``end[0]`` steps, ``b`` after ``end[1]``; obs is the step count."""
+
+    metadata = {"name": "two_agents"}
+
+    def __init__(self, obs_sizes=(3, 3), action_sizes=(2, 2), end=(2, 3)):
+        self.possible_agents = ["a", "b"]
+        self._obs_size = dict(zip(self.possible_agents, obs_sizes))
+        self._action_size = dict(zip(self.possible_agents, action_sizes))
+        self._end = dict(zip(self.possible_agents, end))
+
+    def observation_space(self, agent):
+        return spaces.Box(-np.inf, np.inf, (self._obs_size[agent],), np.float32)
+
+    def action_space(self, agent):
+        return spaces.Discrete(self._action_size[agent])
+
+    def _obs(self, agent):
+        return np.full(self._obs_size[agent], self._t, dtype=np.float32)
+
+    def reset(self, seed=None, options=None):
+        self.agents, self._t = list(self.possible_agents), 0
+        return {a: self._obs(a) for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions):
+        self._t += 1
+        obs = {a: self._obs(a) for a in actions}
+        reward = {a: float(actions[a]) for a in actions}
+        term = {a: self._t >= self._end[a] for a in actions}
+        trunc = {a: False for a in actions}
+        self.agents = [a for a in actions if not term[a]]
+        return obs, reward, term, trunc, {a: {} for a in actions}
+
+
+def test_agents_leaving_early_get_zero_obs_and_reward():
+    env = ParallelEnvAdapter(_TwoAgents, num_envs=2, max_steps=10)
+    assert env.spec.state_dim is None and env.reset(seed=0).state is None
+    ones = torch.ones(2, 2, dtype=torch.int64)
+    ts = env.step(ones)
+    assert torch.equal(ts.reward, torch.ones(2, 2)) and not ts.done.any()
+    ts = env.step(ones)  # agent a terminates, b carries on
+    assert not ts.done.any() and torch.equal(ts.obs, torch.full((2, 2, 3), 2.0))
+    ts = env.step(ones)  # b terminates too: the copy ends and resets
+    assert ts.terminated.all() and not ts.truncated.any()
+    assert torch.equal(ts.reward, torch.tensor([[0.0, 1.0]] * 2))
+    assert torch.equal(ts.info["final_obs"][:, 0], torch.zeros(2, 3))
+    assert torch.equal(ts.info["final_obs"][:, 1], torch.full((2, 3), 3.0))
+    assert torch.equal(ts.obs, torch.zeros(2, 2, 3))
+
+
+def test_max_steps_truncates_an_env_without_a_time_limit():
+    env = ParallelEnvAdapter(lambda: _TwoAgents(end=(99, 99)), num_envs=1, max_steps=2)
+    env.reset()
+    zeros = torch.zeros(1, 2, dtype=torch.int64)
+    assert not env.step(zeros).done.any()
+    ts = env.step(zeros)
+    assert ts.truncated.all() and not ts.terminated.any()
+    assert torch.equal(ts.info["final_obs"], torch.full((1, 2, 3), 2.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, differs",
+    [({"obs_sizes": (3, 5)}, "observation space"), ({"action_sizes": (2, 4)}, "action space")],
+)
+def test_heterogeneous_agents_are_rejected_with_a_fix(kwargs, differs):
+    with pytest.raises(ValueError, match=differs) as err:
+        ParallelEnvAdapter(lambda: _TwoAgents(**kwargs), num_envs=1, max_steps=5)
+    assert "'a'" in str(err.value) and "'b'" in str(err.value) and "Pad" in str(err.value)
