@@ -69,6 +69,10 @@ class PPOConfig:
     """Orthogonal init gain of the actor's output layer."""
     critic_out_gain: float = 1.0
     """Orthogonal init gain of the critic's output layer."""
+    normalize_value: bool = True
+    """The critic predicts returns standardised by running per-agent statistics (MAPPO's
+    ValueNorm). Without it, value clipping at ``clip_coef`` cannot follow returns of
+    VMAS's scale (hundreds), and the critic barely learns."""
 
     def __post_init__(self):
         checks = [(self.learning_rate > 0, "learning_rate must be > 0"),
@@ -119,6 +123,7 @@ class PPO(Learner):
         else:
             self.critic = AgentMLP(n, io.obs_dim, c.hidden_sizes, 1, c.activation, c.critic_out_gain,
                                    c.share_params)
+        self.return_norm = RunningNorm(n)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, eps=1e-5)
 
     # -- policy and value ------------------------------------------------------------------
@@ -153,15 +158,20 @@ class PPO(Learner):
             entropy = -(log_p.exp() * log_p).sum(-1).sum(-1)
             return log_prob, entropy
         mean = self.actor(obs)
-        std = self.log_std.expand_as(mean)
+        std = self.log_std.exp().expand_as(mean)
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
         return self._normal_log_prob(mean, std, action), entropy
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        """``[..., N, obs_dim]`` -> ``[..., N]``."""
+    def critic_output(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critic's raw output ``[..., N]`` (standardised if ``normalize_value``)."""
         if self.config.centralized_critic:
             return self.critic(obs.flatten(-2).unsqueeze(-2)).squeeze(-2)
         return self.critic(obs).squeeze(-1)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, obs_dim]`` -> ``[..., N]`` in return units."""
+        out = self.critic_output(obs)
+        return self.return_norm.denormalize(out) if self.config.normalize_value else out
 
     # -- learning --------------------------------------------------------------------------
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,6 +197,10 @@ class PPO(Learner):
                 group["lr"] = (1.0 - progress) * c.learning_rate
         advantages, values = self.advantages(rollout)
         returns = advantages + values
+        if c.normalize_value:
+            # Value loss and clipping act on the critic's standardised scale.
+            self.return_norm.update(returns.reshape(-1, returns.shape[-1]))
+            values, returns = self.return_norm.normalize(values), self.return_norm.normalize(returns)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
         b_obs, b_actions, b_log_probs = flat(rollout.obs), flat(rollout.action), flat(rollout.log_prob)
         b_advantages, b_returns, b_values = flat(advantages), flat(returns), flat(values)
@@ -198,7 +212,7 @@ class PPO(Learner):
             for start in range(0, batch_size, minibatch_size):
                 mb = order[start:start + minibatch_size]
                 new_log_prob, entropy = self.evaluate(b_obs[mb], b_actions[mb])
-                new_value = self.value(b_obs[mb])
+                new_value = self.critic_output(b_obs[mb])
                 log_ratio = new_log_prob - b_log_probs[mb]
                 ratio = log_ratio.exp()
                 with torch.no_grad():
@@ -236,6 +250,31 @@ class PPO(Learner):
             state = self.optimizer.state.get(p)
             if state and p.shape[0] == active.shape[0]:
                 state["exp_avg"].mul_(active.view(-1, *([1] * (p.dim() - 1))))
+
+
+class RunningNorm(torch.nn.Module):
+    """Running per-agent mean and variance of returns (parallel-variance updates)."""
+
+    def __init__(self, n_agents: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_agents))
+        self.register_buffer("var", torch.ones(n_agents))
+        self.register_buffer("count", torch.zeros(()))
+
+    def update(self, x: torch.Tensor) -> None:
+        """``x``: ``[M, N]`` samples."""
+        batch_mean, batch_var, m = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        total = self.count + m
+        delta = batch_mean - self.mean
+        self.mean += delta * m / total
+        self.var.copy_((self.var * self.count + batch_var * m + delta.pow(2) * self.count * m / total) / total)
+        self.count.copy_(total)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / (self.var.sqrt() + 1e-8)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (self.var.sqrt() + 1e-8) + self.mean
 
 
 class MAPPO(PPO):

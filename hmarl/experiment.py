@@ -110,19 +110,25 @@ class RunConfig:
         return Path(self.checkpoint_dir) / f"{self.algorithm}-{self.env}-seed{self.seed}-{digest}"
 
 
-def build(run: RunConfig, num_envs: int | None = None, seed_offset: int = 0):
-    """The run's env and hierarchy; every configuration error surfaces here."""
-    from algorithms import FAMILIES
+def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0) -> EpisodeMonitor:
+    """The run's env with ``num_envs`` copies, wrapped to measure episode returns."""
     from envs import ENVS, make_env
 
     if run.env not in ENVS:
         raise ValueError(f"unknown env {run.env!r}; available: {', '.join(sorted(ENVS))}")
+    return EpisodeMonitor(make_env(
+        run.env, num_envs=num_envs, device=run.device, seed=run.seed + seed_offset,
+        n_agents=run.n_agents, max_steps=run.max_steps, continuous_actions=run.continuous_actions,
+        **run.env_options))
+
+
+def build(run: RunConfig) -> Hierarchy:
+    """The run's hierarchy over its env; every configuration error surfaces here."""
+    from algorithms import FAMILIES
+
     if run.family not in FAMILIES:
         raise ValueError(f"unknown family {run.family!r}; available: {', '.join(FAMILIES)}")
-    env = make_env(run.env, num_envs=num_envs or run.num_envs, device=run.device,
-                   seed=run.seed + seed_offset, n_agents=run.n_agents, max_steps=run.max_steps,
-                   continuous_actions=run.continuous_actions, **run.env_options)
-    hierarchy = FAMILIES[run.family](EpisodeMonitor(env), run.levels, run.learner_options)
+    hierarchy = FAMILIES[run.family](make_run_env(run, run.num_envs), run.levels, run.learner_options)
     hierarchy.check_rollout_length(run.rollout_steps)
     return hierarchy.to(run.device)
 
@@ -150,63 +156,78 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path / "checkpoint.pt")
 
 
-def train(run: RunConfig, log: Log) -> float:
-    """Train ``run``; returns the final mean evaluation return."""
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    torch.manual_seed(run.seed)
-    hierarchy = build(run)
-    evaluator = build(run, num_envs=run.eval_envs, seed_offset=10_000)
-    evaluator = hierarchy.attach(evaluator.env)
-    monitor: EpisodeMonitor = hierarchy.env
-    checkpoint_every, eval_every = run.every(run.checkpoint_interval), run.every(run.eval_interval)
-    ckpt_dir = run.checkpoint_path()
-    start, history = 0, []
-    if run.resume and (ckpt_dir / "checkpoint.pt").exists():
-        state = torch.load(ckpt_dir / "checkpoint.pt", weights_only=False)
-        hierarchy.load_checkpoint_state(state["hierarchy"])
+class Trainer:
+    """Trains one run: rollouts, coordinated updates, evaluations, checkpoints.
+
+    Every ``checkpoint_interval`` the whole state is saved and all episodes
+    restart (seeded by the iteration), so that a run resumed from a checkpoint
+    replays exactly what the uninterrupted run would have done.
+    """
+
+    def __init__(self, run: RunConfig, log: Log):
+        self.run, self.log = run, log
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        torch.manual_seed(run.seed)
+        self.hierarchy = build(run)
+        self.evaluator = self.hierarchy.attach(make_run_env(run, run.eval_envs, seed_offset=10_000))
+        self.history: list[tuple[str, float, int]] = []
+        self.start = 0
+        self.path = run.checkpoint_path()
+
+    def record(self, name: str, value: float, step: int) -> None:
+        self.history.append((name, value, step))
+        self.log(name, value, step)
+
+    def save(self, iteration: int) -> None:
+        save_checkpoint(self.path, {"iteration": iteration, "history": self.history,
+                                    "hierarchy": self.hierarchy.checkpoint_state(),
+                                    "rng": torch.get_rng_state()})
+
+    def restore(self) -> None:
+        state = torch.load(self.path / "checkpoint.pt", weights_only=False)
+        self.hierarchy.load_checkpoint_state(state["hierarchy"])
         torch.set_rng_state(state["rng"])
-        start, history = state["iteration"], state["history"]
-        for name, value, step in history:  # the resumed run's metrics are complete
-            log(name, value, step)
+        self.start = state["iteration"]
+        for name, value, step in state["history"]:  # the resumed run's metrics are complete
+            self.record(name, value, step)
 
-    def record(name: str, value: float, step: int) -> None:
-        history.append((name, value, step))
-        log(name, value, step)
-
-    bar = tqdm(total=run.iterations, initial=start, disable=not run.progress, unit="it",
-               desc=f"{run.algorithm} on {run.env}")
-    for iteration in range(start, run.iterations):
-        if iteration == start or (checkpoint_every and iteration % checkpoint_every == 0):
-            if checkpoint_every and iteration > start:
-                save_checkpoint(ckpt_dir, {"iteration": iteration, "history": history,
-                                           "hierarchy": hierarchy.checkpoint_state(),
-                                           "rng": torch.get_rng_state()})
-            # Episodes restart at every checkpoint, so a resumed run replays exactly.
-            hierarchy.train(True)
-            hierarchy.reset(run.seed + iteration)
-            monitor.pop()
-        tic = time.perf_counter()
-        hierarchy.rollout(run.rollout_steps)
-        metrics = hierarchy.update(progress=iteration / run.iterations)
-        step = (iteration + 1) * run.steps_per_iteration
-        record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
-        train_return, episodes = monitor.pop()
-        if episodes:
-            record("train/return", train_return, step)
-            bar.set_postfix(ret=f"{train_return:.2f}")
-        for name, value in metrics.items():
-            record(name, float(value), step)
-        if (eval_every and (iteration + 1) % eval_every == 0) or iteration + 1 == run.iterations:
-            record("eval/return", evaluate(evaluator, run.seed + 10_000), step)
-            hierarchy.train(True)
-        bar.update()
-    bar.close()
-    if checkpoint_every:
-        save_checkpoint(ckpt_dir, {"iteration": run.iterations, "history": history,
-                                   "hierarchy": hierarchy.checkpoint_state(), "rng": torch.get_rng_state()})
-    evals = [value for name, value, _ in history if name == "eval/return"]
-    return evals[-1] if evals else evaluate(evaluator, run.seed + 10_000)
+    def fit(self) -> float:
+        """Train to ``total_steps``; returns the final mean evaluation return."""
+        run, hierarchy = self.run, self.hierarchy
+        monitor: EpisodeMonitor = hierarchy.env
+        checkpoint_every, eval_every = run.every(run.checkpoint_interval), run.every(run.eval_interval)
+        if run.resume and (self.path / "checkpoint.pt").exists():
+            self.restore()
+        bar = tqdm(total=run.iterations, initial=self.start, disable=not run.progress, unit="it",
+                   desc=f"{run.algorithm} on {run.env}")
+        for iteration in range(self.start, run.iterations):
+            if iteration == self.start or (checkpoint_every and iteration % checkpoint_every == 0):
+                if checkpoint_every and iteration > self.start:
+                    self.save(iteration)
+                hierarchy.train(True)
+                hierarchy.reset(run.seed + iteration)
+                monitor.pop()
+            tic = time.perf_counter()
+            hierarchy.rollout(run.rollout_steps)
+            metrics = hierarchy.update(progress=iteration / run.iterations)
+            step = (iteration + 1) * run.steps_per_iteration
+            self.record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
+            train_return, episodes = monitor.pop()
+            if episodes:
+                self.record("train/return", train_return, step)
+                bar.set_postfix(ret=f"{train_return:.2f}")
+            for name, value in metrics.items():
+                self.record(name, float(value), step)
+            if (eval_every and (iteration + 1) % eval_every == 0) or iteration + 1 == run.iterations:
+                self.record("eval/return", evaluate(self.evaluator, run.seed + 10_000), step)
+                hierarchy.train(True)
+            bar.update()
+        bar.close()
+        if checkpoint_every:
+            self.save(run.iterations)
+        evals = [value for name, value, _ in self.history if name == "eval/return"]
+        return evals[-1] if evals else evaluate(self.evaluator, run.seed + 10_000)
 
 
 ex = Experiment("hmarl", save_git_info=False)
@@ -223,4 +244,4 @@ def main(_config: dict[str, Any], _run) -> float:
     from algorithms import LEARNERS
 
     run = RunConfig.from_config(dict(_config), list(LEARNERS))
-    return train(run, lambda name, value, step: _run.log_scalar(name, value, step))
+    return Trainer(run, _run.log_scalar).fit()

@@ -208,11 +208,10 @@ class Level:
                                 final_obs=self._observe(ts.final_obs))
             # A copy that finished inside the period starts its next episode under the
             # same command; what follows belongs to that episode, not to this transition.
-            ended = ts.done & alive
             reward_up += children_reward * alive.unsqueeze(-1)
             message = self.comm(self._child_obs(ts.final_obs))
             final_message = message if final_message is None else torch.where(
-                ended[:, None, None], message, final_message)
+                alive[:, None, None], message, final_message)
             terminated |= ts.terminated & alive
             truncated |= ts.truncated & ~ts.terminated & alive
             alive &= ~ts.done

@@ -1,0 +1,209 @@
+"""Level mechanics on hand-made envs: periods, messages, rewards, commands, partitions."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hmarl import LevelSpec, build_hierarchy
+from tests.toys import Scripted, ToyEnv
+
+
+def constant(value, shape_fn):
+    return lambda obs, call: torch.full(shape_fn(obs), value, dtype=torch.long)
+
+
+def build(env, specs, policies):
+    learners = []
+
+    def make(spec, io, index):
+        learners.append(Scripted(io, policies[index]))
+        return learners[-1]
+
+    return build_hierarchy(env, specs, make), learners
+
+
+THREE_LEVELS = [LevelSpec("x"),
+                LevelSpec("x", group_size=2, period=2, command="discrete(5)"),
+                LevelSpec("x", group_size=2, period=2, command="discrete(5)")]
+
+
+def test_periods_commands_messages_and_rewards():
+    env = ToyEnv(num_envs=2, n_agents=4, n_actions=5)
+    per_agent = lambda obs: obs.shape[:2]  # noqa: E731
+    # bottom plays 1; middle plays joint 7 = (1, 2) in base 5; top plays joint 3 = (0, 3)
+    hierarchy, (bottom, middle, top) = build(env, THREE_LEVELS, [
+        constant(1, per_agent), constant(7, per_agent), constant(3, per_agent)])
+    assert hierarchy.strides == [1, 2, 4] and hierarchy.top_stride == 4
+    hierarchy.reset(0)
+    hierarchy.rollout(8)
+    assert (len(env.received), len(bottom.seen), len(middle.seen), len(top.seen)) == (8, 8, 4, 2)
+    assert [lv.buffer.t for lv in hierarchy.levels] == [8, 4, 2]
+
+    # the upper action reaches the child's observation as a one-hot after its own obs
+    bottom_obs = bottom.seen[0]
+    assert bottom_obs.shape == (2, 4, 3 + 5)
+    assert torch.equal(bottom_obs[..., 3:].argmax(-1), torch.tensor([[1, 2, 1, 2]] * 2))
+    # middle agents observe their two children's messages (their env obs) and the top's command
+    middle_obs = middle.seen[1]
+    env_obs_then = bottom.seen[2][..., :3]
+    assert torch.equal(middle_obs[..., :6], env_obs_then.reshape(2, 2, 6))
+    assert torch.equal(middle_obs[..., 6:].argmax(-1), torch.tensor([[0, 3]] * 2))
+    # the top observes the middle agents' messages: concatenated children observations
+    assert torch.equal(top.seen[1], bottom.seen[4][..., :3].reshape(2, 1, 12))
+
+    # reward: env gives action + copy index; each level sums its children over its period
+    copy = torch.arange(2.0)[:, None]
+    assert torch.allclose(hierarchy.levels[0].buffer._data["reward"], (1 + copy).expand(2, 4).expand(8, 2, 4))
+    assert torch.allclose(hierarchy.levels[1].buffer._data["reward"], (4 * (1 + copy)).expand(4, 2, 2))
+    assert torch.allclose(hierarchy.levels[2].buffer._data["reward"], (16 * (1 + copy)).expand(2, 2, 1))
+
+
+def test_joint_action_decoding_and_non_consecutive_children():
+    env = ToyEnv(num_envs=1, n_agents=4, n_actions=3)
+    specs = [LevelSpec("x"), LevelSpec("x", children=[[0, 2], [3, 1]], command="discrete(4)")]
+    # bottom plays its command; the upper agents play joint actions 6 = (1, 2) and 9 = (2, 1) in base 4
+    hierarchy, (bottom, upper) = build(env, specs, [
+        lambda obs, call: obs[..., 3:].argmax(-1) % 3,
+        lambda obs, call: torch.tensor([[6, 9]])])
+    assert upper.io.action_space.n == 4 ** 2  # each child accepts one of 4 commands
+    hierarchy.reset(0)
+    hierarchy.rollout(1)
+    commands = bottom.seen[0][0, :, 3:].argmax(-1)
+    # unit 0 <- agent 0 digit 0 (1); unit 2 <- agent 0 digit 1 (2); unit 3 <- 2; unit 1 <- 1
+    assert commands.tolist() == [1, 1, 2, 2]
+    hierarchy.rollout(1)
+    # upper agent 0 observes units 0 and 2; agent 1 observes units 3 and 1
+    seen = upper.seen[-1][0, :, :6].reshape(2, 2, 3)
+    assert seen[..., 0].tolist() == [[0, 2], [3, 1]]
+
+
+def test_joint_actions_of_the_upper_level_split_into_child_actions():
+    env = ToyEnv(num_envs=2, n_agents=2, n_actions=5)
+    hierarchy, _ = build(env, [LevelSpec("x", group_size=2)], [lambda obs, call: torch.tensor([[0], [23]])])
+    hierarchy.reset(0)
+    hierarchy.rollout(1)
+    assert env.received[0].tolist() == [[0, 0], [4, 3]]  # 23 = 4 * 5 + 3
+
+
+def test_unequal_groups_pad_observations_and_drop_extra_digits():
+    env = ToyEnv(num_envs=1, n_agents=4, n_actions=2)
+    hierarchy, (learner,) = build(env, [LevelSpec("x", children=[[0, 1, 2], [3]])],
+                                  [lambda obs, call: torch.tensor([[0b101, 0b100]])])
+    assert learner.io.obs_dim == 9 and learner.io.action_space.n == 8
+    hierarchy.reset(0)
+    hierarchy.rollout(1)
+    assert env.received[0].tolist() == [[1, 0, 1, 1]]
+    assert torch.equal(learner.seen[0][0, 1, 3:], torch.zeros(6))  # agent 1's missing children
+
+
+def test_continuous_commands_are_appended_raw_and_clamped():
+    env = ToyEnv(num_envs=1, n_agents=2, n_actions=3)
+    specs = [LevelSpec("x"), LevelSpec("x", group_size="all", command="box(2)")]
+    hierarchy, (bottom, top) = build(env, specs, [
+        lambda obs, call: torch.zeros(obs.shape[:2], dtype=torch.long),
+        lambda obs, call: torch.tensor([[[0.5, -3.0, 0.25, 0.75]]])])
+    assert top.io.action_space.shape == (4,)
+    hierarchy.reset(0)
+    hierarchy.rollout(1)
+    assert torch.equal(bottom.seen[0][0, :, 3:], torch.tensor([[0.5, -1.0], [0.25, 0.75]]))
+
+
+def test_episode_end_inside_a_period():
+    env = ToyEnv(num_envs=2, n_agents=2, n_actions=5, terminal_action=4)
+
+    def bottom_policy(obs, call):
+        action = torch.ones(obs.shape[:2], dtype=torch.long)
+        if call == 0:
+            action[0, 0] = 4  # copy 0 ends its episode at the first of two steps
+        return action
+
+    specs = [LevelSpec("x"), LevelSpec("x", group_size=2, period=2, command="discrete(5)")]
+    hierarchy, _ = build(env, specs, [bottom_policy, constant(0, lambda obs: obs.shape[:2])])
+    bottom = hierarchy.levels[0]
+    bottom.training = False
+    hierarchy.reset(0)
+    ts = bottom.step(torch.zeros(2, 2, dtype=torch.long))
+    # copy 0: only the first step counts (4 and 1); copy 1: two steps of (1 + 1)
+    assert ts.reward.tolist() == [[4.0, 1.0], [4.0, 4.0]]
+    assert ts.terminated.tolist() == [True, False] and ts.truncated.tolist() == [False, False]
+    # the message that ended copy 0's episode still shows agent 0's terminal action
+    assert ts.info["final_obs"][0, :, 2].tolist() == [4.0, 1.0]
+    assert ts.obs[0, :, 1].tolist() == [1.0, 1.0]  # one step into the next episode
+    assert torch.equal(ts.info["final_obs"][1], ts.obs[1])
+
+
+def test_truncation_reaches_every_level_and_final_obs_is_stored():
+    env = ToyEnv(num_envs=1, n_agents=2, n_actions=5, max_steps=4)
+    specs = [LevelSpec("x"), LevelSpec("x", group_size=2, period=2, command="discrete(5)")]
+    hierarchy, _ = build(env, specs, [constant(2, lambda o: o.shape[:2]), constant(0, lambda o: o.shape[:2])])
+    hierarchy.reset(0)
+    hierarchy.rollout(4)
+    bottom, top = (lv.rollout() for lv in hierarchy.levels)
+    assert bottom.done[:, 0].tolist() == [False, False, False, True]
+    assert top.done[:, 0].tolist() == [False, True] and not top.terminated.any()
+    # the bootstrap observation of the truncated step is the one before the reset (t = 4)
+    assert bottom.next_obs()[3, 0, :, 1].tolist() == [4.0, 4.0]
+    assert bottom.next_obs()[2, 0, :, 1].tolist() == [3.0, 3.0]
+
+
+def test_four_level_hierarchy_of_ppo_agents_trains():
+    from algorithms.common import build_levels
+
+    env = ToyEnv(num_envs=4, n_agents=8, n_actions=3)
+    levels = [{"learner": "ppo"}] + [
+        {"learner": "ppo", "group_size": 2, "period": 2, "command": "discrete(3)"}] * 3
+    hierarchy = build_levels(env, levels, {"ppo": {"num_minibatches": 2}})
+    assert [lv.spec.n_agents for lv in hierarchy.levels] == [8, 4, 2, 1]
+    assert hierarchy.strides == [1, 2, 4, 8]
+    before = [p.clone() for p in hierarchy.parameters()]
+    hierarchy.reset(0)
+    hierarchy.rollout(16)
+    metrics = hierarchy.update(progress=0.0)
+    assert {f"level{i}/ppo/pg_loss" for i in range(4)} <= set(metrics)
+    assert all(not torch.equal(a, b) for a, b in zip(before, hierarchy.parameters()))
+
+
+@pytest.mark.parametrize("specs, message", [
+    ([LevelSpec("x", children=[[0, 1], [1, 2, 3]])], "unit 1 has several parents"),
+    ([LevelSpec("x", children=[[0, 1], [2]])], "units [3] have no parent"),
+    ([LevelSpec("x", children=[[0, 1], [2, 7]])], "lists unit 7"),
+    ([LevelSpec("x", group_size=3)], "does not divide the 4 units"),
+    ([LevelSpec("x", group_size=2, children=[[0, 1], [2, 3]])], "either group_size or children"),
+    ([LevelSpec("x", command="discrete(2)")], "'command' belongs to the levels above"),
+    ([LevelSpec("x"), LevelSpec("x", group_size=2)], "gives it no command"),
+    ([LevelSpec("x"), LevelSpec("x", group_size="all", command="discrete(30)")], "joint actions"),
+    ([LevelSpec("x"), LevelSpec("x", group_size=2, command="one-hot")], "is not 'discrete(n)'"),
+    ([LevelSpec("x", comm="telepathy")], "unknown comm 'telepathy'; available: concat, autoencoder"),
+    ([LevelSpec("x", reward="gold")], "unknown reward 'gold'; available: sum_up"),
+])
+def test_impossible_hierarchies_fail_at_build_time(specs, message):
+    env = ToyEnv(num_envs=1, n_agents=4, n_actions=5)
+    with pytest.raises(ValueError) as error:
+        build(env, specs, [constant(0, lambda o: o.shape[:2])] * len(specs))
+    assert message in str(error.value)
+    assert not env.received  # nothing stepped
+
+
+def test_joint_false_gives_one_head_per_child():
+    env = ToyEnv(num_envs=1, n_agents=4, n_actions=5)
+    hierarchy, (learner,) = build(env, [LevelSpec("x", group_size=2, joint=False)],
+                                  [lambda obs, call: torch.tensor([[[1, 2], [3, 4]]])])
+    assert learner.io.action_space.nvec.tolist() == [5, 5]
+    hierarchy.reset(0)
+    hierarchy.rollout(1)
+    assert env.received[0].tolist() == [[1, 2, 3, 4]]
+
+
+def test_autoencoder_messages_are_8d_codes_and_learn():
+    from hmarl import Autoencoder
+
+    torch.manual_seed(0)
+    ae = Autoencoder(n_agents=2, in_dim=6)
+    x = torch.rand(5, 16, 2, 6)
+    code = ae(x)
+    assert code.shape == (5, 16, 2, 8) and bool((code > 0).all() and (code < 1).all())
+    first = (ae.decoder(ae(x)) - x).pow(2).mean()
+    loss = ae.update(x)["ae_loss"]
+    assert loss < first
+    assert F.mse_loss(ae.decoder(ae(x)), x) < first

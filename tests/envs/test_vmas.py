@@ -1,0 +1,95 @@
+"""The VMAS adapter against VMAS itself: shapes, replays, auto-reset, seeding."""
+from __future__ import annotations
+
+import pytest
+import torch
+import vmas
+from gymnasium import spaces
+
+from envs import ENVS, make_env
+
+
+def random_actions(env, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    b, n = env.spec.num_envs, env.spec.n_agents
+    if env.spec.discrete:
+        return [torch.randint(0, env.spec.action_dim, (b, n), generator=g) for _ in range(steps)]
+    return [torch.rand(b, n, env.spec.action_dim, generator=g) * 2 - 1 for _ in range(steps)]
+
+
+@pytest.mark.parametrize("name, obs_dim", [("vmas_balance", 16), ("vmas_simple_spread", 18),
+                                           ("vmas_sampling", None), ("vmas_navigation", None)])
+@pytest.mark.parametrize("continuous", [False, True])
+def test_shapes_and_spaces(name, obs_dim, continuous):
+    env = make_env(name, num_envs=3, n_agents=4, max_steps=10, continuous_actions=continuous)
+    spec = env.spec
+    assert spec.n_agents == 4 and spec.num_envs == 3 and spec.name == name
+    assert isinstance(spec.action_space, spaces.Box if continuous else spaces.Discrete)
+    if not continuous:
+        assert spec.action_space.n == 9
+    ts = env.reset(seed=0)
+    assert ts.obs.shape == (3, 4, spec.obs_dim) and (obs_dim is None or spec.obs_dim == obs_dim)
+    ts = env.step(random_actions(env, 1, 0)[0])
+    assert ts.reward.shape == (3, 4) and ts.terminated.dtype == torch.bool
+    assert ts.info["positions"].shape == (3, 4, 2)
+
+
+def test_replay_equals_vmas():
+    ours = make_env("vmas_balance", num_envs=4, n_agents=4, max_steps=50, seed=3)
+    ref = vmas.make_env("balance", num_envs=4, n_agents=4, max_steps=50, seed=3,
+                        continuous_actions=False, terminated_truncated=True)
+    ts, ref_obs = ours.reset(seed=7), ref.reset(seed=7)
+    assert torch.equal(ts.obs, torch.stack(ref_obs, 1))
+    for actions in random_actions(ours, 20, 1):
+        ts = ours.step(actions)
+        obs, rew, terminated, truncated, _ = ref.step(list(actions.unbind(1)))
+        assert torch.equal(ts.obs, torch.stack(obs, 1)) and torch.equal(ts.reward, torch.stack(rew, 1))
+        assert torch.equal(ts.terminated, terminated) and torch.equal(ts.truncated, truncated)
+        if (terminated | truncated).any():
+            break
+
+
+def test_all_copies_truncate_and_reset_together():
+    env = make_env("vmas_simple_spread", num_envs=3, n_agents=3, max_steps=5)
+    env.reset(seed=0)
+    for actions in random_actions(env, 5, 0):
+        ts = env.step(actions)
+    assert ts.truncated.all() and not ts.terminated.any()
+    assert not torch.equal(ts.info["final_obs"], ts.obs)
+    assert torch.equal(env._env.steps, torch.zeros(3))
+
+
+def test_only_finished_copies_reset():
+    env = make_env("vmas_simple_spread", num_envs=3, n_agents=3, max_steps=5)
+    env.reset(seed=0)
+    env.step(random_actions(env, 1, 0)[0])
+    env._env.steps[1] = 4  # copy 1 reaches its time limit on the next step
+    ts = env.step(random_actions(env, 1, 1)[0])
+    assert ts.truncated.tolist() == [False, True, False]
+    assert env._env.steps.tolist() == [2, 0, 2]
+    final, obs = ts.info["final_obs"], ts.obs
+    assert torch.equal(final[[0, 2]], obs[[0, 2]]) and not torch.equal(final[1], obs[1])
+
+
+def test_same_seed_same_trajectory():
+    def trajectory(seed):
+        env = make_env("vmas_balance", num_envs=2, n_agents=4, max_steps=100, seed=seed)
+        out = [env.reset(seed=seed).obs]
+        out += [env.step(a).obs for a in random_actions(env, 10, 5)]
+        return torch.stack(out)
+
+    assert torch.equal(trajectory(1), trajectory(1))
+    assert not torch.equal(trajectory(1), trajectory(2))
+
+
+def test_continuous_actions_are_clamped_to_the_box():
+    env = make_env("vmas_navigation", num_envs=2, n_agents=2, max_steps=10, continuous_actions=True)
+    env.reset(seed=0)
+    env.step(torch.full((2, 2, 2), 5.0))  # VMAS asserts on out-of-range actions
+
+
+def test_registry_lists_names_on_unknown_env():
+    with pytest.raises(KeyError, match="available: .*vmas_balance"):
+        make_env("vmas_nope", num_envs=1)
+    assert {"vmas_balance", "vmas_simple_spread", "vmas_sampling", "vmas_navigation",
+            "mpe_simple_spread"} <= set(ENVS)

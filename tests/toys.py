@@ -1,0 +1,70 @@
+"""Hand-made envs and scripted learners with outcomes known in advance."""
+from __future__ import annotations
+
+import torch
+from gymnasium import spaces
+
+from hmarl import AgentIO, EnvSpec, Learner, TimeStep
+
+
+class ToyEnv:
+    """obs[b, i] = [i, t, last action of i]; reward[b, i] = action of i (+1 per step copy b).
+
+    Copy b terminates when any agent plays ``terminal_action``; every copy is
+    truncated at ``max_steps``. Records every action batch it receives.
+    """
+
+    def __init__(self, num_envs=2, n_agents=4, n_actions=5, max_steps=100, terminal_action=None,
+                 continuous=False):
+        space = spaces.Box(-1.0, 1.0, (2,)) if continuous else spaces.Discrete(n_actions)
+        self.spec = EnvSpec(n_agents=n_agents, obs_dim=3, action_space=space, max_steps=max_steps,
+                            num_envs=num_envs, name="toy")
+        self.terminal_action = terminal_action
+        self.t = torch.zeros(num_envs)
+        self.last = torch.zeros(num_envs, n_agents)
+        self.received: list[torch.Tensor] = []
+
+    def _obs(self):
+        b, n = self.spec.num_envs, self.spec.n_agents
+        ids = torch.arange(n, dtype=torch.float).expand(b, n)
+        return torch.stack([ids, self.t[:, None].expand(b, n), self.last], dim=-1)
+
+    def reset(self, seed=None):
+        self.t.zero_()
+        self.last.zero_()
+        b, n = self.spec.num_envs, self.spec.n_agents
+        no = torch.zeros(b, dtype=torch.bool)
+        return TimeStep(obs=self._obs(), reward=torch.zeros(b, n), terminated=no, truncated=no.clone())
+
+    def step(self, actions):
+        self.received.append(actions.clone())
+        value = actions.float() if actions.dim() == 2 else actions[..., 0]
+        self.t += 1
+        self.last = value
+        reward = value + torch.arange(self.spec.num_envs, dtype=torch.float)[:, None]
+        terminated = ((actions == self.terminal_action).any(1) if self.terminal_action is not None
+                      else torch.zeros(self.spec.num_envs, dtype=torch.bool))
+        truncated = (self.t >= self.spec.max_steps) & ~terminated
+        final_obs = self._obs()
+        done = terminated | truncated
+        self.t[done] = 0
+        self.last[done] = 0
+        return TimeStep(obs=self._obs(), reward=reward, terminated=terminated, truncated=truncated,
+                        info={"final_obs": final_obs})
+
+
+class Scripted(Learner):
+    """Plays ``policy(obs, call)``; records the observations it was shown."""
+
+    def __init__(self, io: AgentIO, policy):
+        super().__init__(io)
+        self.policy = policy
+        self.seen: list[torch.Tensor] = []
+
+    def act(self, obs, deterministic=False):
+        self.seen.append(obs.clone())
+        action = self.policy(obs, len(self.seen) - 1)
+        return action, torch.zeros(obs.shape[:2])
+
+    def update(self, rollout, progress):
+        return {}
