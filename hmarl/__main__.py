@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
-from sacred.observers import FileStorageObserver
+# sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every run.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from hmarl.experiment import ex, named_configs
+from sacred.observers import FileStorageObserver  # noqa: E402
+
+from hmarl.experiment import ex, named_configs  # noqa: E402
 
 OBSERVER_FLAGS = ("-F", "--file_storage", "-m", "--mongo_db", "-s", "--sql", "-u", "--unobserved")
 

@@ -179,6 +179,7 @@ class Level:
         return out[:, :-1]
 
     # -- the env interface -------------------------------------------------------------
+    @torch.no_grad()
     def reset(self, seed: int | None = None) -> TimeStep:
         self._below_ts = ts = self.below.reset(seed)
         self.buffer.clear()
@@ -187,6 +188,7 @@ class Level:
                         reward=ts.reward.new_zeros(b, self.spec.n_agents),
                         terminated=ts.terminated, truncated=ts.truncated)
 
+    @torch.no_grad()
     def step(self, command: Tensor | None = None) -> TimeStep:
         self._set_command(command)
         ts = self._below_ts
@@ -221,6 +223,7 @@ class Level:
                         info={"final_obs": final_message})
 
     # -- learning ------------------------------------------------------------------------
+    @torch.no_grad()
     def rollout(self) -> Rollout:
         """This level's transitions since the last ``clear``, with the bootstrap observation."""
         return self.buffer.rollout(last_obs=self._observe(self._below_ts.obs))

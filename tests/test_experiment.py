@@ -1,0 +1,131 @@
+"""The sacred runner: CLI, results on disk, resume, and bad input caught before training."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hmarl.experiment import Trainer, ex
+from tests.test_systems import run_config
+
+TINY = ["num_envs=4", "rollout_steps=20", "total_steps=160", "eval_envs=2", "max_steps=20", "progress=False"]
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "hmarl", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_run_writes_metrics_and_result(tmp_path):
+    out = cli("with", "ippo", "vmas_balance", *TINY, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp_path / "results" / "1"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"train/return", "eval/return", "perf/env_steps_per_s", "level0/ppo/pg_loss"} <= set(metrics)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "COMPLETED" and run["result"] == metrics["eval/return"]["values"][-1]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algorithm"] == "ippo" and config["env"] == "vmas_balance"
+
+
+def test_cli_file_storage_flag_replaces_the_default_folder(tmp_path):
+    out = cli("with", "mappo", "vmas_balance", *TINY, "-F", "elsewhere", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "elsewhere" / "1" / "metrics.json").exists()
+    assert not (tmp_path / "results" / "1").exists()
+
+
+def test_print_config_shows_named_configs_and_overrides(tmp_path):
+    out = cli("print_config", "with", "mappo", "vmas_simple_spread", "n_agents=5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "algorithm = 'mappo'" in out.stdout and "n_agents = 5" in out.stdout
+
+
+def test_unknown_named_config_lists_what_exists(tmp_path):
+    out = cli("with", "tag_9ppo", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "unknown named config 'tag_9ppo'" in out.stderr and "tag_3ppo" in out.stderr
+    assert "vmas_balance" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("updates, message", [
+    ({"env": "gridworld"}, "unknown env 'gridworld'; available: mpe_simple_spread"),
+    ({"family": "feudal"}, "unknown family 'feudal'; available: tag, flat"),
+    ({"total_steps": 0}, "total_steps must be positive"),
+    ({"total_steps": 10}, "less than one rollout"),
+    ({"num_envs": -2}, "num_envs must be positive"),
+    ({"rollout_steps": 6}, "not a whole number of top-level steps"),
+    ({"ppo": {"lr": 0.1}}, "unknown option(s) lr; known options: learning_rate"),
+    ({"ppo": {"clip_coef": "big"}}, "clip_coef: expected a number"),
+    ({"levels": [{"learner": "ppo"}, {"learner": "dqn", "group_size": 2, "command": "discrete(5)"}]},
+     "unknown learner 'dqn'; available: ppo, mappo, heuristic"),
+    ({"levels": [{"learner": "ppo"}, {"learner": "ppo", "children": [[0, 1], [1, 2, 3]], "command": "discrete(5)"}]},
+     "unit 1 has several parents"),
+    ({"levels": [{"learner": "ppo", "group_size": "all"}], "family": "flat", "n_agents": 6},
+     "joint actions"),
+    ({"lr": 0.1}, "unknown option(s) lr"),
+])
+def test_bad_input_fails_before_training(updates, message, tmp_path):
+    with pytest.raises(ValueError) as error:
+        Trainer(run_config("tag_3ppo", "vmas_balance", tmp_path, **updates), lambda *entry: None)
+    assert message in str(error.value)
+
+
+def test_missing_env_capability_says_what_to_change(tmp_path):
+    with pytest.raises(ValueError, match="the heuristic needs an env with landmarks; vmas_balance has positions"):
+        Trainer(run_config("heuristic", "vmas_balance", tmp_path), lambda *entry: None)
+
+
+def test_named_configs_run_in_process_through_sacred():
+    run = ex.run(named_configs=["tag_2ppo", "vmas_balance"], options={"--loglevel": "ERROR"},
+                 config_updates={"num_envs": 2, "rollout_steps": 20, "total_steps": 40, "eval_envs": 1,
+                                 "max_steps": 20, "progress": False})
+    assert run.status == "COMPLETED" and isinstance(run.result, float)
+
+
+def parameters(trainer):
+    return {k: v.clone() for k, v in trainer.hierarchy.state_dict().items()}
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    updates = dict(total_steps=6 * 80, rollout_steps=20, checkpoint_interval=160, eval_interval=160)
+    uninterrupted = Trainer(run_config("tag_3ppo_comm", "vmas_balance", tmp_path / "a", **updates),
+                            lambda *entry: None)
+    uninterrupted.fit()
+
+    logs = []
+    first = Trainer(run_config("tag_3ppo_comm", "vmas_balance", tmp_path / "b", **updates),
+                    lambda *entry: logs.append(entry))
+    update, calls = first.hierarchy.update, []
+
+    def crash_on_fourth_update(progress):
+        calls.append(progress)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return update(progress)
+
+    first.hierarchy.update = crash_on_fourth_update
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert (first.path / "checkpoint.pt").exists() and not list(first.path.glob("*.tmp"))
+
+    resumed_logs = []
+    resumed = Trainer(run_config("tag_3ppo_comm", "vmas_balance", tmp_path / "b", resume=True, **updates),
+                      lambda *entry: resumed_logs.append(entry))
+    resumed.fit()
+    assert resumed.start == 2  # checkpoints every 2 iterations; the crash came in the fourth
+    expected, got = parameters(uninterrupted), parameters(resumed)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    evals = lambda history: [v for n, v, s in history if n == "eval/return"]  # noqa: E731
+    assert evals(resumed_logs) == evals(uninterrupted.history)
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
+    trainer = Trainer(run_config("ippo", "vmas_balance", tmp_path, resume=True, checkpoint_interval=160),
+                      lambda *entry: None)
+    trainer.fit()
+    assert trainer.start == 0 and (trainer.path / "checkpoint.pt").exists()
