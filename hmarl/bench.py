@@ -5,8 +5,8 @@
 
 Every system runs its named config on VMAS balance with 4 agents, ``num_envs``
 copies, 100-step rollouts, 4 epochs of 4 minibatches (as the peer does), for
-``frames`` env steps; the figure is env steps per second of ``Trainer.fit()``
-(rollouts, updates, logging, one final evaluation). The peer is BenchMARL's MAPPO
+``frames`` env steps; the figure is env steps per second of its training
+iterations (rollouts and updates). The peer is BenchMARL's MAPPO
 (``shared/tools/peer_benchmarl.py``), run in its own interpreter.
 """
 from __future__ import annotations
@@ -42,10 +42,17 @@ def system_config(algorithm: str, env: str, num_envs: int, frames: int) -> RunCo
 
 
 def training_throughput(run: RunConfig) -> float:
-    trainer = Trainer(run, lambda *entry: None)
-    tic = time.perf_counter()
-    trainer.fit()
-    return run.iterations * run.steps_per_iteration / (time.perf_counter() - tic)
+    """Env steps per second over all training iterations (rollouts and updates, the first
+    iteration's warm-up included); construction and the final evaluation are left out,
+    as the peer's timing leaves out its setup and runs no evaluation."""
+    seconds = []
+
+    def log(name: str, value: float, step: int) -> None:
+        if name == "perf/env_steps_per_s":
+            seconds.append(run.steps_per_iteration / value)
+
+    Trainer(run, log).fit()
+    return run.iterations * run.steps_per_iteration / sum(seconds)
 
 
 def raw_throughput(env_name: str, num_envs: int, frames: int) -> float:
@@ -103,8 +110,10 @@ def main() -> None:
               f"{args.env}, 4 agents, {args.num_envs} copies, 100-step rollouts, 4 epochs x 4 minibatches, "
               f"{args.frames:,} env steps per system, {args.threads} torch threads, device cpu.\n"
               f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}.\n\n"
-              "Figures are env steps per second of the whole training loop (rollouts, updates, "
-              "logging, a final evaluation); the raw row steps the env alone with random actions.\n\n")
+              "Figures are env steps per second of the training iterations (rollouts and updates, "
+              "warm-up included; no evaluation, as in the peer's run); the raw row steps the env "
+              "alone with random actions (random play ends balance episodes early, so it resets "
+              "more often than a policy does).\n\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + table + "\n")
 
