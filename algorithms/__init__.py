@@ -1,18 +1,21 @@
 """Learners and the hierarchy families built from them.
 
 ``LEARNERS`` maps the names used in ``levels[*].learner`` to learner classes;
-``FAMILIES`` maps ``family`` to the function that builds a ``Hierarchy``.
+``FAMILIES`` maps ``family`` to how a ``Hierarchy`` is built (and its top-level options).
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from algorithms import flat, tag
+from algorithms import flat, hrl_cg, tag
+from algorithms.common import Family
+from algorithms.dqn import DQN
 from algorithms.heuristic import SpreadHeuristic
 from algorithms.ppo import MAPPO, PPO
-from hmarl.hierarchy import Hierarchy
+from algorithms.hrl_cg import GoalManager
+from algorithms.td3 import TD3
 from hmarl.learner import Learner
 
-LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "mappo": MAPPO, "heuristic": SpreadHeuristic}
+LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "mappo": MAPPO, "td3": TD3, "dqn": DQN,
+                                      "goal_manager": GoalManager, "heuristic": SpreadHeuristic}
 
-FAMILIES: dict[str, Callable[..., Hierarchy]] = {"tag": tag.build, "flat": flat.build}
+FAMILIES: dict[str, Family] = {"tag": Family(tag.build), "flat": Family(flat.build),
+                               "hrl_cg": Family(hrl_cg.build, hrl_cg.Options)}

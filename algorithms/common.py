@@ -1,12 +1,22 @@
 """Building a hierarchy from YAML level entries and the registry of learners."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from hmarl.config import from_dict
 from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import MultiAgentEnv
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a family builds its hierarchy: ``build(env, levels, learner_options, **options)``,
+    where ``options`` are top-level config keys, the fields of ``options`` (a dataclass)."""
+
+    build: Callable[..., Hierarchy]
+    options: type | None = None
 
 
 def learner_factory(shared_options: dict[str, dict[str, Any]], env: MultiAgentEnv):

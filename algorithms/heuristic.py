@@ -79,5 +79,5 @@ class SpreadHeuristic(Learner):
         y_action = torch.where(digit[..., 1] == 0, 0, digit[..., 1] + 2)
         return torch.where(along_x, x_action, y_action)
 
-    def update(self, rollout, progress: float) -> dict[str, torch.Tensor]:
+    def update(self, rollout, progress: float, below=None) -> dict[str, torch.Tensor]:
         return {}

@@ -190,7 +190,8 @@ class PPO(Learner):
                 advantages[t] = last
         return advantages, values
 
-    def update(self, rollout: Rollout, progress: float) -> dict[str, torch.Tensor]:
+    def update(self, rollout: Rollout, progress: float,
+               below: Rollout | None = None) -> dict[str, torch.Tensor]:
         c = self.config
         if c.anneal_lr:
             for group in self.optimizer.param_groups:

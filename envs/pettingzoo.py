@@ -206,5 +206,7 @@ def mpe_simple_spread(
             N=n_agents, max_cycles=max_steps, continuous_actions=continuous_actions, **options
         )
 
+    # mpe2 observes [vel, pos, landmarks relative to the agent, ...]
     return ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe_simple_spread",
-                              capabilities={"landmarks": {"first": 4, "count": n_agents, "velocity": 0}})
+                              capabilities={"goal_indices": [2, 3],
+                                            "landmarks": {"first": 4, "count": n_agents, "velocity": 0}})

@@ -132,8 +132,11 @@ def _to_gymnasium(space) -> spaces.Discrete | spaces.Box:
 def _scenario(name: str, scenario: str, landmarks: bool = False) -> None:
     def factory(num_envs: int, device: str = "cpu", seed: int | None = None, n_agents: int = 4,
                 max_steps: int = 100, continuous_actions: bool = False, **options) -> VmasEnv:
-        # simple_spread observes [pos, vel, landmarks relative to the agent, ...], a landmark per agent
-        capabilities = {"landmarks": {"first": 4, "count": n_agents, "velocity": 2}} if landmarks else {}
+        # every scenario observes the agent's own position first; simple_spread then
+        # [vel, landmarks relative to the agent, ...], a landmark per agent
+        capabilities: dict = {"goal_indices": [0, 1]}
+        if landmarks:
+            capabilities["landmarks"] = {"first": 4, "count": n_agents, "velocity": 2}
         return VmasEnv(scenario, num_envs=num_envs, device=device, seed=seed, n_agents=n_agents,
                        max_steps=max_steps, continuous_actions=continuous_actions, name=name,
                        capabilities=capabilities, **options)

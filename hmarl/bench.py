@@ -38,7 +38,7 @@ def system_config(algorithm: str, env: str, num_envs: int, frames: int) -> RunCo
     for learner in LEARNERS:
         if learner in config:
             config[learner] = {**config[learner], "update_epochs": 4, "num_minibatches": 4}
-    return RunConfig.from_config(config, list(LEARNERS))
+    return RunConfig.from_config(config)
 
 
 def training_throughput(run: RunConfig) -> float:

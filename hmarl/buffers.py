@@ -1,4 +1,4 @@
-"""Rollout storage for on-policy learners: preallocated tensors, written in place."""
+"""Rollout storage for on-policy learners and replay storage for off-policy ones: tensors only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,3 +64,58 @@ class RolloutBuffer:
 
     def clear(self) -> None:
         self.t = 0
+
+
+class ReplayBuffer:
+    """A ring buffer of named tensor fields for off-policy learners.
+
+    Every ``add`` gives each field as a batch ``[M, ...]`` with one ``M`` for all
+    fields; storage ``[capacity, ...]`` is allocated on the first ``add``, on the
+    device and with the dtypes of that batch. When full, the oldest rows are
+    overwritten; a batch larger than ``capacity`` keeps its last ``capacity`` rows.
+    ``sample`` draws rows uniformly with replacement (``torch.randint``, torch's
+    global RNG of the storage device).
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.pos = 0  # next row to write
+        self.size = 0  # rows written so far, at most capacity
+        self._data: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def device(self) -> torch.device | None:
+        return next(iter(self._data.values())).device if self._data else None
+
+    def add(self, **fields: Tensor) -> None:
+        if not fields:
+            raise ValueError("ReplayBuffer.add needs at least one field")
+        sizes = {k: v.shape[0] for k, v in fields.items()}
+        m = next(iter(sizes.values()))
+        if any(size != m for size in sizes.values()):
+            raise ValueError(f"replay fields must share their first dimension, got {sizes}")
+        if not self._data:
+            self._data = {k: torch.empty(self.capacity, *v.shape[1:], dtype=v.dtype, device=v.device)
+                          for k, v in fields.items()}
+        elif fields.keys() != self._data.keys():
+            raise ValueError(f"replay fields {sorted(fields)} differ from the stored {sorted(self._data)}")
+        if m == 0:
+            return
+        skip = max(0, m - self.capacity)  # rows that would be overwritten within this batch
+        rows = (self.pos + skip + torch.arange(m - skip, device=self.device)) % self.capacity
+        for key, value in fields.items():
+            self._data[key][rows] = value[skip:].to(self._data[key].device)
+        self.pos = (self.pos + m) % self.capacity
+        self.size = min(self.capacity, self.size + m)
+
+    def sample(self, batch_size: int) -> dict[str, Tensor]:
+        """``batch_size`` rows drawn uniformly with replacement: ``{field: [batch_size, ...]}``."""
+        if self.size == 0:
+            raise RuntimeError("sample from an empty replay buffer")
+        index = torch.randint(self.size, (batch_size,), device=self.device)
+        return {key: value[index] for key, value in self._data.items()}

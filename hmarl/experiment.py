@@ -10,6 +10,7 @@ the final mean evaluation return.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -67,13 +68,23 @@ class RunConfig:
     env_options: dict = field(default_factory=dict)
     learner_options: dict = field(default_factory=dict)
     """Per-learner option blocks (``ppo:``, ``mappo:``, ...), collected from the top level."""
+    family_options: dict = field(default_factory=dict)
+    """The family's own top-level keys (e.g. ``cg_lambda``), validated by its options class."""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], learner_names: list[str]) -> "RunConfig":
+    def from_config(cls, config: dict[str, Any]) -> "RunConfig":
+        from algorithms import FAMILIES, LEARNERS
+
         config = {k: v for k, v in config.items() if k != "__doc__"}
-        learner_options = {name: config.pop(name) for name in learner_names if name in config}
+        learner_options = {name: config.pop(name) for name in LEARNERS if name in config}
+        family = FAMILIES.get(config.get("family"))
+        family_options = {}
+        if family is not None and family.options is not None:
+            names = [f.name for f in dataclasses.fields(family.options)]
+            family_options = asdict(from_dict(family.options, {k: config.pop(k) for k in names if k in config},
+                                              f"{config['family']} options"))
         run = from_dict(cls, config, "config")
-        run.learner_options = learner_options
+        run.learner_options, run.family_options = learner_options, family_options
         run.validate()
         return run
 
@@ -128,7 +139,8 @@ def build(run: RunConfig) -> Hierarchy:
 
     if run.family not in FAMILIES:
         raise ValueError(f"unknown family {run.family!r}; available: {', '.join(FAMILIES)}")
-    hierarchy = FAMILIES[run.family](make_run_env(run, run.num_envs), run.levels, run.learner_options)
+    hierarchy = FAMILIES[run.family].build(make_run_env(run, run.num_envs), run.levels, run.learner_options,
+                                           **run.family_options)
     hierarchy.check_rollout_length(run.rollout_steps)
     return hierarchy.to(run.device)
 
@@ -241,7 +253,5 @@ for _kind in ("algorithms", "envs"):
 
 @ex.main
 def main(_config: dict[str, Any], _run) -> float:
-    from algorithms import LEARNERS
-
-    run = RunConfig.from_config(dict(_config), list(LEARNERS))
+    run = RunConfig.from_config(dict(_config))
     return Trainer(run, _run.log_scalar).fit()

@@ -16,18 +16,21 @@ from hmarl.level import Level, agent_io, check_partition
 from hmarl.rewards import REWARD_RULES
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
 
-_COMMAND = re.compile(r"^\s*(discrete|box)\s*\(\s*(\d+)\s*\)\s*$")
+_COMMAND = re.compile(r"^\s*(discrete|box)\s*\(\s*(\d+)\s*(?:,\s*([0-9.eE+-]+)\s*)?\)\s*$")
 
 
 def parse_command(text: str | None) -> spaces.Discrete | spaces.Box | None:
-    """``"discrete(5)"`` -> Discrete(5) (one-hot to the child); ``"box(2)"`` -> Box([-1, 1]^2)."""
+    """``"discrete(5)"`` -> Discrete(5) (one-hot to the child); ``"box(2)"`` -> Box([-1, 1]^2);
+    ``"box(2, 10)"`` -> Box([-10, 10]^2)."""
     if text is None:
         return None
     match = _COMMAND.match(str(text))
-    if not match or int(match.group(2)) < 1:
-        raise ValueError(f"command {text!r} is not 'discrete(n)' or 'box(d)' with n, d >= 1")
+    bound = float(match.group(3)) if match and match.group(3) else 1.0
+    if not match or int(match.group(2)) < 1 or bound <= 0 or (match.group(1) == "discrete" and match.group(3)):
+        raise ValueError(f"command {text!r} is not 'discrete(n)', 'box(d)' or 'box(d, bound)' "
+                         "with n, d >= 1 and bound > 0")
     kind, size = match.group(1), int(match.group(2))
-    return spaces.Discrete(size) if kind == "discrete" else spaces.Box(-1.0, 1.0, (size,))
+    return spaces.Discrete(size) if kind == "discrete" else spaces.Box(-bound, bound, (size,))
 
 
 @dataclass
@@ -43,7 +46,11 @@ class LevelSpec:
     period: int = 1
     """This level acts once every ``period`` steps of the level below."""
     command: str | None = None
-    """What each agent sends each child: ``discrete(n)`` or ``box(d)``; ``None`` for the bottom level."""
+    """What each agent sends each child: ``discrete(n)``, ``box(d)`` or ``box(d, bound)``;
+    ``None`` for the bottom level."""
+    relative_goals: bool = False
+    """The commands are goals relative to the children's goal dims, carried by
+    ``h(s, g, s') = s + g - s'`` between this level's actions (HRL-CG)."""
     joint: bool = True
     """Discrete agents act on the joint action of their children (K**c actions)."""
     comm: str = "concat"
@@ -125,7 +132,8 @@ class Hierarchy(nn.Module):
             level = self.levels[index]
             rollout = level.rollout()
             prefix = f"level{index}/{type(level.learner).__name__.lower()}"
-            for key, value in level.learner.update(rollout, progress).items():
+            below = self.levels[index - 1].rollout() if index else None
+            for key, value in level.learner.update(rollout, progress, below).items():
                 metrics[f"{prefix}/{key}"] = value
             child_obs = rollout.obs[..., :level.io.child_obs_dim]
             for key, value in level.comm.update(child_obs).items():
@@ -134,8 +142,15 @@ class Hierarchy(nn.Module):
         return metrics
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [m.optimizer for m in self.modules()
-                if isinstance(getattr(m, "optimizer", None), torch.optim.Optimizer)]
+        """Every optimizer of the stack: a module's ``optimizer`` or its ``optimizers`` list."""
+        found = []
+        for module in self.modules():
+            if module is self:
+                continue
+            one, several = getattr(module, "optimizer", None), getattr(module, "optimizers", ())
+            found += [one] if isinstance(one, torch.optim.Optimizer) else []
+            found += [o for o in several if isinstance(o, torch.optim.Optimizer)]
+        return found
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything the stack learns: parameters, buffers and optimizer states."""
@@ -153,7 +168,7 @@ class Hierarchy(nn.Module):
         for level in self.levels:
             below = Level(below, level.learner, level.children, level.comm, level.reward_rule,
                           command=level.command, steps_per_command=level.steps_per_command,
-                          joint=level.joint)
+                          joint=level.joint, relative_goals=level.relative_goals)
             levels.append(below)
         return Hierarchy(env, levels)
 
@@ -193,8 +208,14 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
         comm = COMMUNICATION[spec.comm](len(children), io.child_obs_dim)
-        level = Level(below, make_learner(spec, io, index), children, comm, REWARD_RULES[spec.reward](),
-                      command=command, steps_per_command=upper.period if upper else 1, joint=spec.joint)
+        learner = make_learner(spec, io, index)
+        try:
+            rule = REWARD_RULES[spec.reward](below.spec, max(len(c) for c in children))
+            level = Level(below, learner, children, comm, rule, command=command,
+                          steps_per_command=upper.period if upper else 1, joint=spec.joint,
+                          relative_goals=bool(upper and upper.relative_goals))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         levels.append(level)
         below = level
     return Hierarchy(env, levels)

@@ -49,6 +49,10 @@ class Learner(nn.Module):
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def update(self, rollout: Rollout, progress: float) -> dict[str, torch.Tensor]:
-        """Learn from a full rollout; ``progress`` in [0, 1) is the share of training done."""
+    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, torch.Tensor]:
+        """Learn from a full rollout; ``progress`` in [0, 1) is the share of training done.
+
+        ``below`` is the level below's rollout of the same env steps (read-only), for
+        cross-level terms such as HRL-CG's connected gradient; None at the bottom.
+        """
         raise NotImplementedError

@@ -23,8 +23,9 @@ from gymnasium import spaces
 
 from hmarl.buffers import Rollout, RolloutBuffer
 from hmarl.comm import Communication
+from hmarl.goals import goal_transition
 from hmarl.learner import AgentIO, Learner
-from hmarl.rewards import RewardRule
+from hmarl.rewards import LevelStep, RewardRule
 from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep
 
 #: A discrete agent over c children with K actions each acts on K**c joint actions.
@@ -96,6 +97,8 @@ class Level:
         steps_per_command: how many steps of this level one command from above lasts.
         joint: discrete agents act on the joint action of their children (TAG's K**c)
             rather than one head per child.
+        relative_goals: the commands are goals relative to the env's ``goal_indices``
+            (HRL-CG): between two commands each goal follows ``h(s, g, s') = s + g - s'``.
 
     Shapes:
         ``step(command)``: command ``[B, N]`` (Discrete) or ``[B, N, d]`` (Box), ``None`` at the top;
@@ -105,7 +108,7 @@ class Level:
     def __init__(self, below: MultiAgentEnv, learner: Learner, children: list[list[int]],
                  comm: Communication, reward_rule: RewardRule,
                  command: spaces.Discrete | spaces.Box | None = None,
-                 steps_per_command: int = 1, joint: bool = True):
+                 steps_per_command: int = 1, joint: bool = True, relative_goals: bool = False):
         check_partition(children, below.spec.n_agents)
         self.below = below
         self.children = children
@@ -136,6 +139,17 @@ class Level:
                             name=f"level over {below_spec.name}")
         self._below_ts: TimeStep | None = None
         self._command_features: Tensor | None = None
+        self.relative_goals = relative_goals
+        self._goal_index = self._goal_dims(below_spec, command) if relative_goals else None
+
+    def _goal_dims(self, below: EnvSpec, command) -> Tensor:
+        index = below.require("goal_indices", "relative goals")
+        if self.group != 1:
+            raise ValueError("relative goals need one child per agent (group_size 1)")
+        if not isinstance(command, spaces.Box) or command.shape[0] != len(index):
+            raise ValueError(f"relative goals live on the {len(index)} goal dims {list(index)} of "
+                             f"{below.name}; the level above must send box({len(index)}, range) commands")
+        return torch.as_tensor(index, device=below.device)
 
     # -- moving data between the level below and this level's agents -------------------
     def children_view(self, x: Tensor) -> Tensor:
@@ -149,8 +163,7 @@ class Level:
     def _child_obs(self, below_obs: Tensor) -> Tensor:
         return self.children_view(below_obs).flatten(2)
 
-    def _observe(self, below_obs: Tensor) -> Tensor:
-        child_obs = self._child_obs(below_obs)
+    def _with_command(self, child_obs: Tensor) -> Tensor:
         if self._command_features is None:
             return child_obs
         return torch.cat([child_obs, self._command_features], dim=-1)
@@ -199,19 +212,25 @@ class Level:
         truncated = torch.zeros_like(alive)
         final_message = None
         for _ in range(self.steps_per_command):
-            obs = self._observe(ts.obs)
+            child_obs = self._child_obs(ts.obs)
+            obs = self._with_command(child_obs)
             action, log_prob = self.learner.act(obs, deterministic=not self.training)
             ts = self.below.step(self._to_below(action))
             children_reward = self.children_view(ts.reward).sum(-1)
+            next_child_obs = self._child_obs(ts.final_obs)
+            step = LevelStep(children_reward, child_obs, next_child_obs, self._command_features)
+            if self._goal_index is not None:
+                self._command_features = goal_transition(child_obs, self._command_features, next_child_obs,
+                                                         self._goal_index)
             if self.training:
                 self.buffer.add(obs=obs, action=action, log_prob=log_prob,
-                                reward=self.reward_rule.step_reward(children_reward),
+                                reward=self.reward_rule.step_reward(step),
                                 terminated=ts.terminated, done=ts.done,
-                                final_obs=self._observe(ts.final_obs))
+                                final_obs=self._with_command(next_child_obs))
             # A copy that finished inside the period starts its next episode under the
             # same command; what follows belongs to that episode, not to this transition.
             reward_up += children_reward * alive.unsqueeze(-1)
-            message = self.comm(self._child_obs(ts.final_obs))
+            message = self.comm(next_child_obs)
             final_message = message if final_message is None else torch.where(
                 alive[:, None, None], message, final_message)
             terminated |= ts.terminated & alive
@@ -226,4 +245,4 @@ class Level:
     @torch.no_grad()
     def rollout(self) -> Rollout:
         """This level's transitions since the last ``clear``, with the bootstrap observation."""
-        return self.buffer.rollout(last_obs=self._observe(self._below_ts.obs))
+        return self.buffer.rollout(last_obs=self._with_command(self._child_obs(self._below_ts.obs)))

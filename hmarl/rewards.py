@@ -4,25 +4,64 @@ What a level passes *up* is always the sum of its children's rewards over its
 period (TAG's phi). What its agents *learn* from is a rule, so that reward
 schemes are an ablation switch rather than a fork of the code.
 
-Shapes: rules map the children's summed reward ``[B, N]`` to ``[B, N]``.
+Shapes: every field of :class:`LevelStep` is ``[B, N, ...]``; rules return ``[B, N]``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from hmarl.goals import goal_distance
+from hmarl.spec import EnvSpec
+
+
+@dataclass
+class LevelStep:
+    """One step of a level, as a reward rule sees it."""
+
+    children_reward: torch.Tensor
+    """Sum of the children's rewards over the step ``[B, N]``."""
+    child_obs: torch.Tensor
+    """The children's messages before the step ``[B, N, child_obs_dim]``."""
+    next_child_obs: torch.Tensor
+    """... and after it, before any reset ``[B, N, child_obs_dim]``."""
+    command: torch.Tensor | None
+    """The command the agents held (one-hot or raw) ``[B, N, k]``; None at the top."""
 
 
 class RewardRule:
-    """Base rule; ``step_reward`` is called once per step of the level."""
+    """Base rule; built for the level's agents over ``below``; called once per step."""
 
-    def step_reward(self, children_reward: torch.Tensor) -> torch.Tensor:
+    def __init__(self, below: EnvSpec, group_size: int):
+        self.below = below
+        self.group_size = group_size
+
+    def step_reward(self, step: LevelStep) -> torch.Tensor:
         raise NotImplementedError
 
 
 class SumUp(RewardRule):
     """TAG: an agent learns from the sum of its children's rewards."""
 
-    def step_reward(self, children_reward: torch.Tensor) -> torch.Tensor:
-        return children_reward
+    def step_reward(self, step: LevelStep) -> torch.Tensor:
+        return step.children_reward
 
 
-REWARD_RULES = {"sum_up": SumUp}
+class GoalDistance(RewardRule):
+    """HRL-CG: a worker learns from ``-||s + g - s'||`` on the env's goal dims (Eq. 5)."""
+
+    def __init__(self, below: EnvSpec, group_size: int):
+        super().__init__(below, group_size)
+        if group_size != 1:
+            raise ValueError("goal_distance needs one child per agent (group_size 1)")
+        self.index = torch.as_tensor(below.require("goal_indices", "the goal_distance reward"),
+                                     device=below.device)
+
+    def step_reward(self, step: LevelStep) -> torch.Tensor:
+        if step.command is None:
+            raise ValueError("goal_distance needs a level above that sends goals")
+        return -goal_distance(step.child_obs, step.command, step.next_child_obs, self.index)
+
+
+REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance}

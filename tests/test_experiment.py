@@ -52,16 +52,16 @@ def test_unknown_named_config_lists_what_exists(tmp_path):
 
 
 @pytest.mark.parametrize("updates, message", [
-    ({"env": "gridworld"}, "unknown env 'gridworld'; available: mpe_simple_spread"),
-    ({"family": "feudal"}, "unknown family 'feudal'; available: tag, flat"),
+    ({"env": "gridworld"}, "unknown env 'gridworld'; available: gymnasium, mpe_simple_spread, point_maze"),
+    ({"family": "feudal"}, "unknown family 'feudal'; available: tag, flat, hrl_cg"),
     ({"total_steps": 0}, "total_steps must be positive"),
     ({"total_steps": 10}, "less than one rollout"),
     ({"num_envs": -2}, "num_envs must be positive"),
     ({"rollout_steps": 6}, "not a whole number of top-level steps"),
     ({"ppo": {"lr": 0.1}}, "unknown option(s) lr; known options: learning_rate"),
     ({"ppo": {"clip_coef": "big"}}, "clip_coef: expected a number"),
-    ({"levels": [{"learner": "ppo"}, {"learner": "dqn", "group_size": 2, "command": "discrete(5)"}]},
-     "unknown learner 'dqn'; available: ppo, mappo, heuristic"),
+    ({"levels": [{"learner": "ppo"}, {"learner": "sac", "group_size": 2, "command": "discrete(5)"}]},
+     "unknown learner 'sac'; available: ppo, mappo, td3, dqn, goal_manager, heuristic"),
     ({"levels": [{"learner": "ppo"}, {"learner": "ppo", "children": [[0, 1], [1, 2, 3]], "command": "discrete(5)"}]},
      "unit 1 has several parents"),
     ({"levels": [{"learner": "ppo", "group_size": "all"}], "family": "flat", "n_agents": 6},
@@ -75,7 +75,7 @@ def test_bad_input_fails_before_training(updates, message, tmp_path):
 
 
 def test_missing_env_capability_says_what_to_change(tmp_path):
-    with pytest.raises(ValueError, match="the heuristic needs an env with landmarks; vmas_balance has positions"):
+    with pytest.raises(ValueError, match="the heuristic needs an env with landmarks; vmas_balance has goal_indices, positions"):
         Trainer(run_config("heuristic", "vmas_balance", tmp_path), lambda *entry: None)
 
 

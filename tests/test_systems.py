@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from algorithms import LEARNERS
 from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml, named_configs
 
 SPREAD_ENVS = {"vmas_simple_spread", "mpe_simple_spread"}
@@ -24,7 +23,7 @@ def run_config(algorithm_name: str, env_name: str, tmp_path, **updates) -> RunCo
     config.update(n_agents=4, num_envs=4, rollout_steps=40, total_steps=320, eval_envs=2, eval_interval=0,
                   max_steps=40, progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
     config.update(updates)
-    return RunConfig.from_config(config, list(LEARNERS))
+    return RunConfig.from_config(config)
 
 
 CASES = [(a, e) for a in named_configs("algorithms") for e in named_configs("envs") if supported(a, e)]

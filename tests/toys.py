@@ -15,10 +15,10 @@ class ToyEnv:
     """
 
     def __init__(self, num_envs=2, n_agents=4, n_actions=5, max_steps=100, terminal_action=None,
-                 continuous=False):
+                 continuous=False, capabilities=None):
         space = spaces.Box(-1.0, 1.0, (2,)) if continuous else spaces.Discrete(n_actions)
         self.spec = EnvSpec(n_agents=n_agents, obs_dim=3, action_space=space, max_steps=max_steps,
-                            num_envs=num_envs, name="toy")
+                            num_envs=num_envs, name="toy", capabilities=capabilities or {})
         self.terminal_action = terminal_action
         self.t = torch.zeros(num_envs)
         self.last = torch.zeros(num_envs, n_agents)
@@ -66,5 +66,5 @@ class Scripted(Learner):
         action = self.policy(obs, len(self.seen) - 1)
         return action, torch.zeros(obs.shape[:2])
 
-    def update(self, rollout, progress):
+    def update(self, rollout, progress, below=None):
         return {}

@@ -207,3 +207,39 @@ def test_autoencoder_messages_are_8d_codes_and_learn():
     loss = ae.update(x)["ae_loss"]
     assert loss < first
     assert F.mse_loss(ae.decoder(ae(x)), x) < first
+
+
+def test_relative_goals_keep_the_absolute_target_and_reward_the_distance():
+    env = ToyEnv(num_envs=1, n_agents=1, continuous=True, capabilities={"goal_indices": [1, 2]})
+    specs = [LevelSpec("x", reward="goal_distance"),
+             LevelSpec("x", period=3, command="box(2, 10)", relative_goals=True)]
+    hierarchy, (worker, manager) = build(env, specs, [
+        lambda obs, call: torch.tensor([[[0.3, 0.0]]]),
+        lambda obs, call: torch.tensor([[[5.0, 0.5]]])])
+    hierarchy.reset(0)
+    hierarchy.rollout(3)
+    # obs = [id, t, last action]; goal dims are (t, last); the target s0 + g = (5, 0.5) stays put
+    goals = torch.stack([seen[0, 0, 3:] for seen in worker.seen])
+    assert torch.allclose(goals, torch.tensor([[5.0, 0.5], [4.0, 0.2], [3.0, 0.2]]))
+    reward = hierarchy.levels[0].buffer._data["reward"][:, 0, 0]
+    expected = -torch.tensor([[4.0, 0.2], [3.0, 0.2], [2.0, 0.2]]).norm(dim=-1)
+    assert torch.allclose(reward, expected)
+    hierarchy.rollout(3)  # the manager's next goal replaces the carried one
+    assert torch.allclose(worker.seen[3][0, 0, 3:], torch.tensor([5.0, 0.5]))
+
+
+@pytest.mark.parametrize("specs, message", [
+    ([LevelSpec("x", reward="goal_distance"), LevelSpec("x", command="box(2)", relative_goals=True)],
+     "needs an env with goal_indices; toy has none"),
+])
+def test_goals_need_goal_dims(specs, message):
+    env = ToyEnv(num_envs=1, n_agents=1, continuous=True)
+    with pytest.raises(ValueError, match=message):
+        build(env, specs, [None, None])
+
+
+def test_goal_commands_must_match_the_goal_dims():
+    env = ToyEnv(num_envs=1, n_agents=1, continuous=True, capabilities={"goal_indices": [1, 2]})
+    specs = [LevelSpec("x"), LevelSpec("x", command="box(3)", relative_goals=True)]
+    with pytest.raises(ValueError, match=r"level 0: relative goals live on the 2 goal dims \[1, 2\]"):
+        build(env, specs, [None, None])

@@ -1,0 +1,193 @@
+"""Double DQN for the agents of one level (Mnih et al. 2015; van Hasselt et al. 2016).
+
+Read beside CleanRL's dqn.py: the same algorithm, batched over the level's agents,
+with the double-DQN target (the online network picks, the target network values):
+
+.. math::
+    y = r + \\gamma (1 - d)\\, Q'\\big(s', \\arg\\max_a Q(s', a)\\big), \\qquad
+    L = \\ell\\big(Q(s, a) - y\\big)
+
+with ``ell`` the Huber or the squared error. Each agent i has its own Q-network
+(stacked weights) unless ``share_params``. Exploration is epsilon-greedy, epsilon
+decaying linearly with the share of training done (``progress``, given to ``update``).
+HRL-CG uses it for discrete workers; ``q_values`` is differentiable so a manager
+can take a soft-max over it.
+
+Shapes: obs ``[B, N, obs_dim]``; actions ``int64 [B, N]``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from algorithms.td3 import flatten_steps, soft_update
+from hmarl.buffers import ReplayBuffer, Rollout
+from hmarl.learner import AgentIO, Learner
+from hmarl.nn import AgentMLP
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class DQNConfig:
+    """Double-DQN hyperparameters, named as in CleanRL's dqn.py."""
+
+    learning_rate: float = 1e-4
+    """Adam step size."""
+    gamma: float = 0.99
+    """Discount factor."""
+    buffer_size: int = 100_000
+    """Replay capacity in rows; a row is one env copy's step for all N agents of the level."""
+    batch_size: int = 128
+    """Rows per gradient step."""
+    tau: float = 1.0
+    """Target network update rate at each target update (1: hard copy)."""
+    target_network_frequency: int = 500
+    """Gradient steps between two target network updates."""
+    start_e: float = 1.0
+    """Exploration epsilon at the start of training."""
+    end_e: float = 0.05
+    """Exploration epsilon at the end of the decay and after."""
+    exploration_fraction: float = 0.5
+    """Share of training (``progress``) over which epsilon decays linearly from start_e to end_e."""
+    learning_starts: int = 1_000
+    """Agent-transitions (all copies and agents count) in the replay before learning starts."""
+    updates_per_step: int = 1
+    """Gradient steps per rollout step (CleanRL's train_frequency, inverted): T * this per update."""
+    hidden_sizes: list[int] = (256, 256)
+    """Hidden layer widths of the Q-network (ReLU)."""
+    share_params: bool = True
+    """One Q-network for all agents of the level instead of one each."""
+    huber_loss: bool = True
+    """Huber (smooth L1) loss instead of the squared error."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before they are stored."""
+
+    def __post_init__(self):
+        checks = [(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+                  (0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}"),
+                  (self.buffer_size >= 1, f"buffer_size must be >= 1, got {self.buffer_size}"),
+                  (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                  (self.batch_size <= self.buffer_size,
+                   f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size})"),
+                  (0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}"),
+                  (self.target_network_frequency >= 1,
+                   f"target_network_frequency must be >= 1, got {self.target_network_frequency}"),
+                  (0 <= self.end_e <= 1 and 0 <= self.start_e <= 1,
+                   f"start_e and end_e must be in [0, 1], got {self.start_e}, {self.end_e}"),
+                  (0 <= self.exploration_fraction <= 1,
+                   f"exploration_fraction must be in [0, 1], got {self.exploration_fraction}"),
+                  (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
+                  (self.updates_per_step >= 0, f"updates_per_step must be >= 0, got {self.updates_per_step}"),
+                  (self.reward_scale > 0, f"reward_scale must be > 0, got {self.reward_scale}"),
+                  (len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
+                   f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.hidden_sizes = list(self.hidden_sizes)
+
+
+class DQN(Learner):
+    """Double DQN with epsilon-greedy exploration for all agents of a level at once."""
+
+    config_class = DQNConfig
+
+    def __init__(self, io: AgentIO, config: DQNConfig):
+        super().__init__(io)
+        self.config = c = config
+        space = io.action_space
+        if not isinstance(space, spaces.Discrete):
+            hint = ("use td3 for a Box one" if isinstance(space, spaces.Box)
+                    else "for one action per child, make the level joint (joint: true)")
+            raise ValueError(f"DQN needs a Discrete action space, got {space}; {hint}")
+        self.n_actions = int(space.n)
+        self.q_network = AgentMLP(io.n_agents, io.obs_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
+                                  c.share_params)
+        self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=c.learning_rate)
+        self.replay = ReplayBuffer(c.buffer_size)
+        #: the latest ``progress`` given to ``update``: drives epsilon in ``act``
+        self.progress = 0.0
+        #: gradient steps taken so far: drives the target network updates
+        self.gradient_steps = 0
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"progress": self.progress, "gradient_steps": self.gradient_steps}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
+
+    # -- policy ----------------------------------------------------------------------------
+    def q_values(self, obs: Tensor) -> Tensor:
+        """``[..., N, obs_dim]`` -> ``[..., N, K]``, differentiable."""
+        return self.q_network(obs)
+
+    def epsilon(self, progress: float | None = None) -> float:
+        """CleanRL's linear schedule over the share of training; the latest progress by default."""
+        c = self.config
+        progress = self.progress if progress is None else progress
+        if c.exploration_fraction == 0:
+            return c.end_e
+        return max(c.end_e, c.start_e + (c.end_e - c.start_e) * progress / c.exploration_fraction)
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Epsilon-greedy ``int64 [B, N]`` (greedy if deterministic), log-prob zeros ``[B, N]``."""
+        b, n = obs.shape[:2]
+        with torch.no_grad():
+            action = self.q_values(obs).argmax(-1)
+            if not deterministic:
+                explore = torch.rand(b, n, device=obs.device) < self.epsilon()
+                random = torch.randint(self.n_actions, (b, n), device=obs.device)
+                action = torch.where(explore, random, action)
+        return action, obs.new_zeros(b, n)
+
+    # -- learning --------------------------------------------------------------------------
+    def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, Tensor]:
+        """The replay rows of a rollout, each ``[T*B, N, ...]`` (terminated ``[T*B, 1]`` float)."""
+        return {"obs": flatten_steps(rollout.obs),
+                "action": flatten_steps(rollout.action),
+                "reward": flatten_steps(rollout.reward) * self.config.reward_scale,
+                "next_obs": flatten_steps(rollout.next_obs()),
+                "terminated": flatten_steps(rollout.terminated).float().unsqueeze(-1)}
+
+    def td_target(self, batch: dict[str, Tensor]) -> Tensor:
+        """Double-DQN target ``[M, N]``: the online network's argmax valued by the target network."""
+        with torch.no_grad():
+            best = self.q_values(batch["next_obs"]).argmax(-1, keepdim=True)
+            next_q = self.target_network(batch["next_obs"]).gather(-1, best).squeeze(-1)
+            return batch["reward"] + self.config.gamma * (1.0 - batch["terminated"]) * next_q
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """TD loss of the stored actions, and their mean Q."""
+        target = self.td_target(batch)
+        q = self.q_values(batch["obs"]).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)
+        loss = F.smooth_l1_loss if self.config.huber_loss else F.mse_loss
+        return loss(q, target), q.detach().mean()
+
+    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+        """Store the rollout, then ``T * updates_per_step`` gradient steps once past ``learning_starts``."""
+        c = self.config
+        self.progress = progress
+        self.replay.add(**self.transitions(rollout, below))
+        ready = len(self.replay) >= c.batch_size and len(self.replay) * self.io.n_agents >= c.learning_starts
+        if not ready:
+            return {}
+        q_loss = q_mean = None
+        for _ in range(rollout.obs.shape[0] * c.updates_per_step):
+            q_loss, q_mean = self.loss(self.replay.sample(c.batch_size))
+            self.optimizer.zero_grad()
+            q_loss.backward()
+            self.optimizer.step()
+            self.gradient_steps += 1
+            if self.gradient_steps % c.target_network_frequency == 0:
+                soft_update(self.target_network, self.q_network, c.tau)
+        if q_loss is None:
+            return {}
+        return {"q_loss": q_loss.detach(), "q": q_mean,
+                "epsilon": torch.tensor(self.epsilon(), device=q_loss.device)}

@@ -1,0 +1,167 @@
+"""HRL-CG (Kreidieh et al. 2020): goal-conditioned manager/worker with connected gradients.
+
+A manager ``pi_m(s)`` emits a relative goal ``g`` every ``period`` steps; between its
+decisions the goal follows ``h(s, g, s') = s + g - s'`` (Eq. 6) and the worker
+``pi_w(s, g)`` learns from ``r_w = -||s + g - s'||`` (Eq. 5). Both are TD3 (a
+double-DQN worker on discrete-action envs). The manager maximises
+``eta_m + lambda * eta_w`` (Eq. 13); its actor loss adds, over the worker steps of
+each sampled meta period, with goals produced by ``pi_m`` and carried by ``h``:
+
+.. math::
+    L_{cg} = -\\lambda \\; \\mathbb{E}_i\\big[r_w(s_{t+i}, g_{t+i}, s_{t+i+1})
+             + Q_w(s_{t+i}, g_{t+i}, \\pi_w(s_{t+i}, g_{t+i}))\\big]
+
+differentiable in the manager's parameters only (the worker is frozen for it).
+Decision (spec): the paper's formula, ``pi_w(s, g)`` inside ``Q_w`` with gradients
+through both, not the reference code's stored worker action. ``cg_lambda = 0`` is
+plain HRL. On multi-agent envs every env agent gets its own manager/worker pair
+(parameters shared across agents unless ``share_params: false``).
+
+Shapes: manager obs ``[B, N, obs_dim]`` (the worker's env observation); goals ``[B, N, goal_dim]``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from gymnasium import spaces
+
+from algorithms.common import build_levels
+from algorithms.dqn import DQN
+from algorithms.td3 import TD3, TD3Config, flatten_steps
+from hmarl.buffers import Rollout
+from hmarl.hierarchy import Hierarchy
+from hmarl.learner import Learner
+from hmarl.spec import MultiAgentEnv
+
+
+@dataclass
+class Options:
+    """Family-level keys of an HRL-CG run (top-level config keys)."""
+
+    cg_lambda: float = 0.005
+    """Weight lambda of the worker's objective in the manager's (0: plain HRL)."""
+    goal_range: float = 10.0
+    """Goals are relative displacements in ``[-goal_range, goal_range]`` per goal dim."""
+
+    def __post_init__(self):
+        if self.cg_lambda < 0:
+            raise ValueError(f"cg_lambda must be >= 0 (0 is plain HRL), got {self.cg_lambda}")
+        if self.goal_range <= 0:
+            raise ValueError(f"goal_range must be > 0, got {self.goal_range}")
+
+
+@dataclass
+class GoalManagerConfig(TD3Config):
+    """TD3 options of the manager, plus the connected-gradient weight."""
+
+    cg_lambda: float = 0.0
+    """Weight of the connected-gradient term (set from the run's ``cg_lambda``)."""
+    cg_temperature: float = 1.0
+    """Softmax temperature of the expected Q of a discrete (DQN) worker."""
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Use ``module`` in a loss without computing gradients for its parameters."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class GoalManager(TD3):
+    """TD3 manager whose actor loss adds the connected gradient through its worker."""
+
+    config_class = GoalManagerConfig
+
+    def __init__(self, io, config: GoalManagerConfig):
+        super().__init__(io, config)
+        self._worker: list[Learner] = []  # a list: the worker's modules are not the manager's
+        self.register_buffer("goal_index", torch.zeros(0, dtype=torch.long))
+
+    def connect(self, worker: Learner, goal_index: list[int]) -> None:
+        """Give the manager read-only access to its worker and the env's goal dims."""
+        if not isinstance(worker, (TD3, DQN)):
+            raise ValueError(f"the connected gradient needs a td3 or dqn worker, got {type(worker).__name__}")
+        self._worker = [worker]
+        self.goal_index = torch.as_tensor(goal_index, device=self.goal_index.device)
+
+    @property
+    def worker(self) -> Learner:
+        return self._worker[0]
+
+    def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, torch.Tensor]:
+        """Adds each meta period's worker observations (``period_obs``), the goal dims after
+        each worker step (``period_next``) and which steps still belong to the episode."""
+        fields = super().transitions(rollout, below)
+        if not self.config.cg_lambda:
+            return fields
+        t_manager = rollout.obs.shape[0]
+        t_worker, b, n = below.obs.shape[:3]
+        k, dim = t_worker // t_manager, self.io.obs_dim
+        per_period = lambda x: x.reshape(t_manager, k, b, n, -1).permute(0, 2, 3, 1, 4)  # noqa: E731
+        obs = per_period(below.obs[..., :dim])
+        following = per_period(below.next_obs()[..., :dim][..., self.goal_index])
+        done = below.done.reshape(t_manager, k, b)
+        still = torch.cat([torch.ones_like(done[:, :1]), ~done[:, :-1]], dim=1).cumprod(dim=1)
+        valid = still.permute(0, 2, 1).unsqueeze(2).expand(t_manager, b, n, k)
+        fields.update(period_obs=flatten_steps(obs), period_next=flatten_steps(following),
+                      period_valid=flatten_steps(valid.float()))
+        return fields
+
+    def connected_term(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``mean_i [r_w + Q_w(s_i, g_i, pi_w(s_i, g_i))]`` over valid worker steps."""
+        worker, index = self.worker, self.goal_index
+        target = batch["obs"][..., index] + self.policy(batch["obs"])  # s_t + g, fixed by h
+        obs = batch["period_obs"]  # [M, N, k, D]
+        goals = target.unsqueeze(-2) - obs[..., index]  # g_{t+i} = h applied i times
+        reward = -(target.unsqueeze(-2) - batch["period_next"]).norm(dim=-1) * worker.config.reward_scale
+        worker_obs = torch.cat([obs, goals], dim=-1).transpose(-3, -2)  # [M, k, N, D + goal]
+        with frozen(worker):
+            if isinstance(worker, DQN):
+                q = worker.q_values(worker_obs)
+                value = (torch.softmax(q / self.config.cg_temperature, dim=-1) * q).sum(-1)
+            else:
+                value = worker.q_value(worker_obs, worker.policy(worker_obs))
+        per_step = reward + value.transpose(-2, -1)  # [M, N, k]
+        valid = batch["period_valid"]
+        return (per_step * valid).sum() / valid.sum().clamp(min=1.0)
+
+    def actor_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = super().actor_loss(batch)
+        if self.config.cg_lambda:
+            loss = loss - self.config.cg_lambda * self.connected_term(batch)
+        return loss
+
+
+def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dict[str, dict[str, Any]],
+          cg_lambda: float = 0.005, goal_range: float = 10.0) -> Hierarchy:
+    """A worker level (one worker per env agent) under a manager level (one manager per worker).
+
+    The worker's learner ``auto`` becomes ``td3`` on continuous-action envs and ``dqn`` on
+    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``.
+    """
+    Options(cg_lambda, goal_range)
+    goal_index = env.spec.require("goal_indices", "hrl_cg")
+    if len(levels) != 2:
+        raise ValueError(f"an HRL-CG hierarchy has two levels (worker, manager), got {len(levels)}")
+    worker, manager = (dict(level) for level in levels)
+    if manager.get("learner") != "goal_manager":
+        raise ValueError("the HRL-CG manager level uses learner: goal_manager")
+    if worker.get("learner") == "auto":
+        worker["learner"] = "dqn" if isinstance(env.spec.action_space, spaces.Discrete) else "td3"
+    manager.update(command=f"box({len(goal_index)}, {goal_range})", relative_goals=True)
+    worker.setdefault("reward", "goal_distance")
+    options = copy.deepcopy(learner_options)
+    options["goal_manager"] = {**options.get("goal_manager", {}), "cg_lambda": cg_lambda}
+    hierarchy = build_levels(env, [worker, manager], options)
+    hierarchy.levels[1].learner.connect(hierarchy.levels[0].learner, goal_index)
+    return hierarchy

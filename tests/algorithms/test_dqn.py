@@ -1,0 +1,190 @@
+"""Double DQN batched over the agents of a level: the target by hand, a bandit, epsilon, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from algorithms import LEARNERS
+from algorithms.dqn import DQN, DQNConfig
+from hmarl.buffers import Rollout
+from hmarl.learner import AgentIO
+
+
+def _io(n: int, obs_dim: int, space) -> AgentIO:
+    return AgentIO(n_agents=n, obs_dim=obs_dim, child_obs_dim=obs_dim, action_space=space)
+
+
+class Fn(nn.Module):
+    """A network replaced by a known function."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def test_registered():
+    assert LEARNERS["dqn"] is DQN and DQN.config_class is DQNConfig
+
+
+# -- the target ----------------------------------------------------------------------------------
+
+def test_double_dqn_target_by_hand():
+    gamma = 0.5
+    learner = DQN(_io(2, 3, spaces.Discrete(3)), DQNConfig(gamma=gamma, reward_scale=2.0, hidden_sizes=[8]))
+    # Online Q(s) = s (obs_dim = K = 3): it picks argmax s. Target Q'(s) = 10 - 3 s: it would pick argmin s.
+    learner.q_network = Fn(lambda obs: obs)
+    learner.target_network = Fn(lambda obs: 10 - 3 * obs)
+
+    T, B, N = 1, 3, 2
+    obs = torch.zeros(T, B, N, 3)
+    next_obs = torch.tensor([[[0.0, 2.0, 1.0], [5.0, 4.0, 3.0]],
+                             [[1.0, 0.0, 0.5], [0.0, 0.0, 9.0]],
+                             [[3.0, 3.5, 4.0], [2.0, 1.0, 0.0]]]).unsqueeze(0)
+    reward = torch.tensor([[[1.0, -1.0], [0.5, 0.0], [2.0, 3.0]]])
+    terminated = torch.tensor([[False, True, False]])
+    done = torch.tensor([[False, True, True]])  # copy 2 is truncated: bootstrap from its final obs
+    final_obs = torch.full((T, B, N, 3), 99.0)
+    final_obs[0, 1] = next_obs[0, 1]
+    final_obs[0, 2] = next_obs[0, 2]
+    last_obs = next_obs[0].clone()
+    last_obs[1:] = -7.0  # copies 1, 2 were reset: what they see now is not their next obs
+    rollout = Rollout(obs=obs, action=torch.zeros(T, B, N, dtype=torch.long), log_prob=torch.zeros(T, B, N),
+                      reward=reward, terminated=terminated, done=done, final_obs=final_obs, last_obs=last_obs)
+
+    batch = learner.transitions(rollout, None)
+    assert batch["action"].shape == (B, N) and batch["action"].dtype == torch.long
+    torch.testing.assert_close(batch["next_obs"], next_obs[0])
+
+    # Online argmax per (copy, agent): [[1, 0], [0, 2], [2, 0]]; target value 10 - 3 * s at that index.
+    picked = torch.tensor([[2.0, 5.0], [1.0, 9.0], [4.0, 2.0]])
+    not_terminal = torch.tensor([[1.0], [0.0], [1.0]])
+    expected = 2.0 * reward[0] + gamma * not_terminal * (10 - 3 * picked)
+    torch.testing.assert_close(learner.td_target(batch), expected)
+
+
+# -- exploration ---------------------------------------------------------------------------------
+
+def test_epsilon_schedule_and_act():
+    torch.manual_seed(0)
+    learner = DQN(_io(2, 4, spaces.Discrete(5)), DQNConfig(hidden_sizes=[8]))  # 1.0 -> 0.05 over half
+    assert learner.epsilon(0.0) == pytest.approx(1.0)
+    assert learner.epsilon(0.25) == pytest.approx(1.0 - 0.95 * 0.5)
+    assert learner.epsilon(1.0) == pytest.approx(0.05)
+    assert learner.epsilon() == pytest.approx(1.0)  # no update yet: progress 0
+
+    obs = torch.randn(4000, 2, 4)
+    greedy, log_prob = learner.act(obs, deterministic=True)
+    assert greedy.shape == (4000, 2) and greedy.dtype == torch.long and log_prob.shape == (4000, 2)
+    torch.testing.assert_close(greedy, learner.q_values(obs).argmax(-1))
+    action, _ = learner.act(obs)  # epsilon 1: uniform
+    counts = torch.bincount(action.flatten(), minlength=5).float() / action.numel()
+    assert (counts - 0.2).abs().max() < 0.02
+
+    T, B = 2, 4  # act follows the progress of the latest update
+    no = torch.zeros(T, B, dtype=torch.bool)
+    learner.update(Rollout(obs=torch.randn(T, B, 2, 4), action=torch.zeros(T, B, 2, dtype=torch.long),
+                           log_prob=torch.zeros(T, B, 2), reward=torch.zeros(T, B, 2), terminated=no,
+                           done=no, final_obs=torch.zeros(T, B, 2, 4), last_obs=torch.zeros(B, 2, 4)), 0.75)
+    assert learner.epsilon() == pytest.approx(0.05)
+    action, _ = learner.act(obs)
+    assert (action != greedy).float().mean() == pytest.approx(0.05 * 0.8, abs=0.015)
+
+
+# -- learning ------------------------------------------------------------------------------------
+
+def test_dqn_solves_contextual_bandit_for_each_agent():
+    torch.manual_seed(0)
+    n, k = 2, 4
+    shift = torch.arange(n)  # agent i is paid for (target + i) % k: independent networks must differ
+    learner = DQN(_io(n, k, spaces.Discrete(k)),
+                  DQNConfig(learning_rate=1e-3, hidden_sizes=[64], share_params=False, learning_starts=256,
+                            batch_size=64, target_network_frequency=50, exploration_fraction=0.5))
+
+    def make_obs(b, n):
+        target = torch.randint(0, k, (b, n))
+        return torch.nn.functional.one_hot(target, k).float(), target
+
+    iterations, T, B = 40, 8, 16
+    for i in range(iterations):  # about 300 gradient steps
+        obs, actions, rewards = [], [], []
+        for _ in range(T):
+            o, target = make_obs(B, n)
+            a, _ = learner.act(o)
+            obs.append(o)
+            actions.append(a)
+            rewards.append((a == (target + shift) % k).float())
+        obs = torch.stack(obs)
+        ones = torch.ones(T, B, dtype=torch.bool)
+        stats = learner.update(Rollout(obs=obs, action=torch.stack(actions), log_prob=torch.zeros(T, B, n),
+                                       reward=torch.stack(rewards), terminated=ones, done=ones,
+                                       final_obs=obs, last_obs=make_obs(B, n)[0]), i / iterations)
+        if i == 0:  # 8 * 16 * 2 = 256 agent-transitions: learning starts with the first update
+            assert set(stats) == {"q_loss", "q", "epsilon"}
+        assert all(torch.isfinite(v) for v in stats.values())
+
+    obs, target = make_obs(1000, n)
+    action, _ = learner.act(obs, deterministic=True)
+    accuracy = (action == (target + shift) % k).float().mean(0)
+    assert (accuracy > 0.9).all(), accuracy
+
+
+def test_learning_starts_and_target_updates():
+    torch.manual_seed(0)
+    learner = DQN(_io(2, 3, spaces.Discrete(2)),
+                  DQNConfig(batch_size=4, learning_starts=40, updates_per_step=2, target_network_frequency=5,
+                            hidden_sizes=[8]))
+    T, B = 3, 4
+
+    def rollout():
+        obs = torch.randn(T, B, 2, 3)
+        no = torch.zeros(T, B, dtype=torch.bool)
+        return Rollout(obs=obs, action=torch.randint(0, 2, (T, B, 2)), log_prob=torch.zeros(T, B, 2),
+                       reward=torch.randn(T, B, 2), terminated=no, done=no, final_obs=obs,
+                       last_obs=torch.randn(B, 2, 3))
+
+    assert learner.update(rollout(), 0.0) == {}  # 24 agent-transitions < 40
+    assert learner.gradient_steps == 0
+    stats = learner.update(rollout(), 0.1)  # 48 >= 40: T * 2 = 6 gradient steps
+    assert learner.gradient_steps == 6 and stats["q_loss"].dim() == 0
+    # A hard target copy happened at step 5; step 6 moved the online network again.
+    online = list(learner.q_network.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(online, learner.target_network.parameters()))
+    assert not any(p.requires_grad for p in learner.target_network.parameters())
+    learner.update(rollout(), 0.2)  # steps 7..12: copy at 10, then 11, 12
+    learner.config.learning_rate = 0.0
+    for group in learner.optimizer.param_groups:
+        group["lr"] = 0.0
+    learner.update(rollout(), 0.3)  # steps 13..18 with no movement; copy at 15
+    assert all(torch.equal(a, b) for a, b in zip(online, learner.target_network.parameters()))
+
+
+def test_q_values_differentiable_and_batched():
+    learner = DQN(_io(3, 4, spaces.Discrete(6)), DQNConfig(hidden_sizes=[8], share_params=False))
+    obs = torch.randn(5, 7, 3, 4, requires_grad=True)
+    q = learner.q_values(obs)
+    assert q.shape == (5, 7, 3, 6)
+    (q.softmax(-1) * q).sum().backward()
+    assert obs.grad.abs().sum() > 0
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, match", [
+    ("tau", 1.5, "tau"), ("gamma", -0.1, "gamma"), ("end_e", 2.0, "end_e"),
+    ("exploration_fraction", 1.5, "exploration_fraction"), ("target_network_frequency", 0, "frequency"),
+    ("batch_size", 200_000, "buffer_size"), ("learning_starts", -1, "learning_starts")])
+def test_bad_config(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        DQNConfig(**{field: value})
+
+
+def test_box_space_is_refused():
+    with pytest.raises(ValueError, match="td3"):
+        DQN(_io(2, 3, spaces.Box(-1.0, 1.0, (2,))), DQNConfig())
+    with pytest.raises(ValueError, match="Discrete"):
+        DQN(_io(2, 3, spaces.MultiDiscrete([2, 2])), DQNConfig())
