@@ -118,10 +118,12 @@ class DQN(Learner):
         self.gradient_steps = 0
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"progress": self.progress, "gradient_steps": self.gradient_steps}
+        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
+                "replay": self.replay.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
+        self.replay.load_state_dict(state["replay"])
 
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:

@@ -155,12 +155,13 @@ class TD3(Learner):
         """Both optimizers, for checkpoints (``Hierarchy.optimizers`` reads this list)."""
         return [self.actor_optimizer, self.critic_optimizer]
 
-    # Counters travel with state_dict, so a resumed run does not redo its warm-up.
+    # Counters and the replay travel with state_dict, so a resumed run continues exactly.
     def get_extra_state(self) -> dict[str, Any]:
-        return {"acted": self.acted, "gradient_steps": self.gradient_steps}
+        return {"acted": self.acted, "gradient_steps": self.gradient_steps, "replay": self.replay.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.acted, self.gradient_steps = int(state["acted"]), int(state["gradient_steps"])
+        self.replay.load_state_dict(state["replay"])
 
     # -- policy and value ------------------------------------------------------------------
     def _scale(self, raw: Tensor) -> Tensor:

@@ -70,7 +70,9 @@ class PointMaze:
         self.spec = EnvSpec(
             n_agents=1, obs_dim=4, action_space=spaces.Box(-1.0, 1.0, (2,)), max_steps=max_steps,
             num_envs=num_envs, device=self._device,
-            capabilities={"goal_indices": [0, 1], "positions": True}, name="point_maze")
+            capabilities={"goal_indices": [0, 1], "positions": True,
+                          **({"eval_groups": [f"{x:g},{y:g}" for x, y in EVAL_TARGETS]} if eval_targets else {})},
+            name="point_maze")
 
     def reset(self, seed: int | None = None) -> TimeStep:
         """Start every copy at (0, 0) with a new target; ``seed`` re-seeds the targets."""

@@ -99,7 +99,7 @@ def main() -> None:
     if peer:
         rows.append(("BenchMARL MAPPO (peer)", peer))
 
-    lines = [f"| system | env steps/s | vs raw env |" + (" vs peer |" if peer else ""),
+    lines = ["| system | env steps/s | vs raw env |" + (" vs peer |" if peer else ""),
              "|---|---:|---:|" + ("---:|" if peer else "")]
     for name, value in rows:
         line = f"| {name} | {value:,.0f} | {value / rows[0][1]:.2f} |"

@@ -113,6 +113,17 @@ class ReplayBuffer:
         self.pos = (self.pos + m) % self.capacity
         self.size = min(self.capacity, self.size + m)
 
+    def state_dict(self) -> dict:
+        """The rows written so far (checkpoints: a resumed learner keeps its experience)."""
+        return {"pos": self.pos, "size": self.size, "data": {k: v[:self.size] for k, v in self._data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._data = {}
+        self.pos = self.size = 0
+        if state["size"]:
+            self.add(**state["data"])
+        self.pos = state["pos"]
+
     def sample(self, batch_size: int) -> dict[str, Tensor]:
         """``batch_size`` rows drawn uniformly with replacement: ``{field: [batch_size, ...]}``."""
         if self.size == 0:

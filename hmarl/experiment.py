@@ -66,6 +66,8 @@ class RunConfig:
     max_steps: int
     continuous_actions: bool
     env_options: dict = field(default_factory=dict)
+    eval_env_options: dict = field(default_factory=dict)
+    """Env options of the evaluation env only, over ``env_options`` (e.g. fixed targets)."""
     learner_options: dict = field(default_factory=dict)
     """Per-learner option blocks (``ppo:``, ``mappo:``, ...), collected from the top level."""
     family_options: dict = field(default_factory=dict)
@@ -121,7 +123,7 @@ class RunConfig:
         return Path(self.checkpoint_dir) / f"{self.algorithm}-{self.env}-seed{self.seed}-{digest}"
 
 
-def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0) -> EpisodeMonitor:
+def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation: bool = False) -> EpisodeMonitor:
     """The run's env with ``num_envs`` copies, wrapped to measure episode returns."""
     from envs import ENVS, make_env
 
@@ -130,7 +132,7 @@ def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0) -> Episode
     return EpisodeMonitor(make_env(
         run.env, num_envs=num_envs, device=run.device, seed=run.seed + seed_offset,
         n_agents=run.n_agents, max_steps=run.max_steps, continuous_actions=run.continuous_actions,
-        **run.env_options))
+        **{**run.env_options, **(run.eval_env_options if evaluation else {})}))
 
 
 def build(run: RunConfig) -> Hierarchy:
@@ -145,8 +147,9 @@ def build(run: RunConfig) -> Hierarchy:
     return hierarchy.to(run.device)
 
 
-def evaluate(hierarchy: Hierarchy, seed: int) -> float:
-    """Mean return of deterministic episodes: every copy plays at least one full episode."""
+def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
+    """Deterministic episodes, every copy playing at least one: ``eval/return`` and, for envs
+    that report success, ``eval/success`` (and per group of copies, ``eval/success/<group>``)."""
     monitor: EpisodeMonitor = hierarchy.env
     hierarchy.train(False)
     with torch.random.fork_rng(devices=[]):
@@ -154,7 +157,14 @@ def evaluate(hierarchy: Hierarchy, seed: int) -> float:
         steps = math.ceil(monitor.spec.max_steps / hierarchy.top_stride)
         for _ in range(steps):
             hierarchy.top.step(None)
-    return monitor.pop()[0]
+    metrics = {"eval/return": monitor.pop()[0]}
+    success = monitor.pop_success()
+    if success is not None:
+        metrics["eval/success"] = float(success.mean())
+        groups = monitor.spec.capabilities.get("eval_groups", [])
+        for index, group in enumerate(groups):
+            metrics[f"eval/success/{group}"] = float(success[index::len(groups)].mean())
+    return metrics
 
 
 Log = Callable[[str, float, int], None]
@@ -182,7 +192,8 @@ class Trainer:
             torch.set_num_threads(run.threads)
         torch.manual_seed(run.seed)
         self.hierarchy = build(run)
-        self.evaluator = self.hierarchy.attach(make_run_env(run, run.eval_envs, seed_offset=10_000))
+        self.evaluator = self.hierarchy.attach(make_run_env(run, run.eval_envs, seed_offset=10_000,
+                                                             evaluation=True))
         self.history: list[tuple[str, float, int]] = []
         self.start = 0
         self.path = run.checkpoint_path()
@@ -232,14 +243,15 @@ class Trainer:
             for name, value in metrics.items():
                 self.record(name, float(value), step)
             if (eval_every and (iteration + 1) % eval_every == 0) or iteration + 1 == run.iterations:
-                self.record("eval/return", evaluate(self.evaluator, run.seed + 10_000), step)
+                for name, value in evaluate(self.evaluator, run.seed + 10_000).items():
+                    self.record(name, value, step)
                 hierarchy.train(True)
             bar.update()
         bar.close()
         if checkpoint_every:
             self.save(run.iterations)
         evals = [value for name, value, _ in self.history if name == "eval/return"]
-        return evals[-1] if evals else evaluate(self.evaluator, run.seed + 10_000)
+        return evals[-1] if evals else evaluate(self.evaluator, run.seed + 10_000)["eval/return"]
 
 
 ex = Experiment("hmarl", save_git_info=False)

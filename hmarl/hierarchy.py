@@ -187,13 +187,14 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
                          "'command' belongs to the levels above it")
     if specs[0].period != 1:
         raise ValueError("level 0 acts at every env step; its period must be 1")
+    for index, spec in enumerate(specs):
+        if spec.period < 1:
+            raise ValueError(f"level {index}: period must be >= 1, got {spec.period}")
     below: MultiAgentEnv = env
     levels: list[Level] = []
     for index, spec in enumerate(specs):
         where = f"level {index}"
         upper = specs[index + 1] if index + 1 < len(specs) else None
-        if spec.period < 1:
-            raise ValueError(f"{where}: period must be >= 1, got {spec.period}")
         for name, table, key in ((spec.comm, COMMUNICATION, "comm"), (spec.reward, REWARD_RULES, "reward")):
             if name not in table:
                 raise ValueError(f"{where}: unknown {key} {name!r}; available: {', '.join(table)}")

@@ -10,7 +10,8 @@ class EpisodeMonitor:
     """Wraps an env; sums each copy's reward (mean over agents) until its episode ends.
 
     ``pop()`` returns the mean return of the episodes finished since the last call
-    (NaN if none) and their count.
+    (NaN if none) and their count. Envs that report ``info["success"]`` on the step
+    that ends an episode also get per-copy success counts (``pop_success``).
     """
 
     def __init__(self, env: MultiAgentEnv):
@@ -20,6 +21,8 @@ class EpisodeMonitor:
         self._running = torch.zeros(env.spec.num_envs, device=device)
         self._total = torch.zeros((), device=device)
         self._count = torch.zeros((), device=device)
+        self._successes = torch.zeros(env.spec.num_envs, device=device)
+        self._episodes = torch.zeros(env.spec.num_envs, device=device)
 
     def reset(self, seed: int | None = None) -> TimeStep:
         self._running.zero_()
@@ -32,7 +35,20 @@ class EpisodeMonitor:
         self._total += (self._running * done).sum()
         self._count += done.sum()
         self._running.masked_fill_(done, 0.0)
+        if "success" in ts.info:
+            self._successes += ts.info["success"]
+            self._episodes += done
         return ts
+
+    def pop_success(self) -> torch.Tensor | None:
+        """Per-copy success rate over the episodes finished since the last call (None if the
+        env reports no success)."""
+        if not bool(self._episodes.any()):
+            return None
+        rate = self._successes / self._episodes.clamp(min=1)
+        self._successes.zero_()
+        self._episodes.zero_()
+        return rate
 
     def pop(self) -> tuple[float, int]:
         count = int(self._count)

@@ -26,7 +26,9 @@ Tensor = torch.Tensor
 #: ``subtasks``: entities, entity->subtask membership, active subtasks, per-subtask rewards.
 #: ``landmarks``: where obs holds landmark positions relative to the agent and the agent velocity
 #: (``{"first": dim, "count": n, "velocity": dim}``).
-CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks")
+#: ``eval_groups``: names of groups of copies (copy ``i`` is in group ``i % len(groups)``) that
+#: evaluation reports separately, e.g. the point maze's three evaluation targets.
+CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks", "eval_groups")
 
 
 @dataclass(frozen=True)

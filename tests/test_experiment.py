@@ -87,17 +87,18 @@ def test_named_configs_run_in_process_through_sacred():
 
 
 def parameters(trainer):
-    return {k: v.clone() for k, v in trainer.hierarchy.state_dict().items()}
+    return {k: v.clone() for k, v in trainer.hierarchy.state_dict().items() if torch.is_tensor(v)}
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("algorithm, env", [("tag_3ppo_comm", "vmas_balance"), ("hrl_cg", "point_maze")])
+def test_resume_reproduces_the_uninterrupted_run(algorithm, env, tmp_path):
     updates = dict(total_steps=6 * 80, rollout_steps=20, checkpoint_interval=160, eval_interval=160)
-    uninterrupted = Trainer(run_config("tag_3ppo_comm", "vmas_balance", tmp_path / "a", **updates),
+    uninterrupted = Trainer(run_config(algorithm, env, tmp_path / "a", **updates),
                             lambda *entry: None)
     uninterrupted.fit()
 
     logs = []
-    first = Trainer(run_config("tag_3ppo_comm", "vmas_balance", tmp_path / "b", **updates),
+    first = Trainer(run_config(algorithm, env, tmp_path / "b", **updates),
                     lambda *entry: logs.append(entry))
     update, calls = first.hierarchy.update, []
 
@@ -113,7 +114,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert (first.path / "checkpoint.pt").exists() and not list(first.path.glob("*.tmp"))
 
     resumed_logs = []
-    resumed = Trainer(run_config("tag_3ppo_comm", "vmas_balance", tmp_path / "b", resume=True, **updates),
+    resumed = Trainer(run_config(algorithm, env, tmp_path / "b", resume=True, **updates),
                       lambda *entry: resumed_logs.append(entry))
     resumed.fit()
     assert resumed.start == 2  # checkpoints every 2 iterations; the crash came in the fourth

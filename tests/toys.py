@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from gymnasium import spaces
+from torch import nn
 
 from hmarl import AgentIO, EnvSpec, Learner, TimeStep
 
@@ -68,3 +69,18 @@ class Scripted(Learner):
 
     def update(self, rollout, progress, below=None):
         return {}
+
+
+def _io(n: int, obs_dim: int, space) -> AgentIO:
+    return AgentIO(n_agents=n, obs_dim=obs_dim, child_obs_dim=obs_dim, action_space=space)
+
+
+class Fn(nn.Module):
+    """A network replaced by a known function."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)

@@ -7,11 +7,7 @@ from gymnasium import spaces
 
 from algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO
-
-
-def _io(n: int, obs_dim: int, space) -> AgentIO:
-    return AgentIO(n_agents=n, obs_dim=obs_dim, child_obs_dim=obs_dim, action_space=space)
+from tests.toys import _io
 
 
 # -- GAE ---------------------------------------------------------------------------------------

@@ -4,27 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 from gymnasium import spaces
-from torch import nn
 
 from algorithms import LEARNERS
 from algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO
-
-
-def _io(n: int, obs_dim: int, space) -> AgentIO:
-    return AgentIO(n_agents=n, obs_dim=obs_dim, child_obs_dim=obs_dim, action_space=space)
-
-
-class Fn(nn.Module):
-    """A network replaced by a known function."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
+from tests.toys import Fn, _io
 
 
 def _bandit_rollout(learner, make_obs, reward_fn, T: int, B: int, n: int) -> Rollout:

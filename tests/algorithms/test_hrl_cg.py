@@ -1,0 +1,166 @@
+"""HRL-CG: the connected gradient by hand, where its gradient goes, lambda = 0, meta-period rows, errors."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from gymnasium import spaces
+
+from algorithms import hrl_cg
+from algorithms.dqn import DQN, DQNConfig
+from algorithms.hrl_cg import GoalManager, GoalManagerConfig
+from algorithms.td3 import TD3, TD3Config
+from hmarl.buffers import Rollout
+from tests.toys import ToyEnv, _io
+
+
+def pair(cg_lambda=0.5, worker_space=spaces.Box(-1.0, 1.0, (1,)), reward_scale=1.0):
+    """A manager over 2-d observations (goal dims 0, 1) and its worker (obs + 2-d goal)."""
+    torch.manual_seed(0)
+    small = dict(hidden_sizes=[8], batch_size=4, buffer_size=64, random_steps=0)
+    manager = GoalManager(_io(1, 2, spaces.Box(-10.0, 10.0, (2,))), GoalManagerConfig(cg_lambda=cg_lambda, **small))
+    if isinstance(worker_space, spaces.Box):
+        worker = TD3(_io(1, 4, worker_space), TD3Config(reward_scale=reward_scale, **small))
+    else:
+        worker = DQN(_io(1, 4, worker_space), DQNConfig(hidden_sizes=[8], reward_scale=reward_scale))
+    manager.connect(worker, [0, 1])
+    return manager, worker
+
+
+def period_batch(m=3, k=2):
+    g = torch.Generator().manual_seed(1)
+    return {"obs": torch.randn(m, 1, 2, generator=g),
+            "period_obs": torch.randn(m, 1, k, 2, generator=g),
+            "period_next": torch.randn(m, 1, k, 2, generator=g),
+            "period_valid": torch.tensor([[[1.0, 1.0]], [[1.0, 0.0]], [[1.0, 1.0]]])}
+
+
+def test_connected_term_by_hand_on_linear_networks():
+    manager, worker = pair(reward_scale=0.5)
+    a = torch.tensor([[2.0, 0.0], [1.0, -1.0]], requires_grad=True)
+    manager.policy = lambda obs: obs @ a  # g = A s
+    worker.policy = lambda obs: obs[..., :1] * 3.0  # pi_w(o) = 3 o_0
+    worker.q_value = lambda obs, action: obs.sum(-1) + action.squeeze(-1)  # Q_w(o, a) = sum(o) + a
+    batch = period_batch()
+    value = manager.connected_term(batch)
+
+    expected, count = 0.0, 0
+    for row in range(3):
+        s0 = batch["obs"][row, 0]
+        target = s0 + s0 @ a
+        for i in range(2):
+            if not batch["period_valid"][row, 0, i]:
+                continue
+            s_i, s_next = batch["period_obs"][row, 0, i], batch["period_next"][row, 0, i]
+            goal = target - s_i  # h applied i times from g_t = A s_t
+            r_w = -0.5 * (s_i + goal - s_next).norm()  # the worker's reward scale applies
+            obs = torch.cat([s_i, goal])
+            expected = expected + r_w + obs.sum() + 3.0 * obs[0]
+            count += 1
+    assert count == 5
+    assert torch.allclose(value, expected / count)
+    (grad,) = torch.autograd.grad(value, a)
+    (expected_grad,) = torch.autograd.grad(expected / count, a)
+    assert torch.allclose(grad, expected_grad) and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("worker_space", [spaces.Box(-1.0, 1.0, (1,)), spaces.Discrete(3)])
+def test_connected_gradient_reaches_the_manager_actor_only(worker_space):
+    manager, worker = pair(worker_space=worker_space)
+    worker_before = copy.deepcopy([p.detach() for p in worker.parameters()])
+    flags = [p.requires_grad for p in worker.parameters()]
+    loss = manager.actor_loss(period_batch())
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in manager.actor.parameters())
+    assert all(p.grad is None for p in worker.parameters())
+    assert [p.requires_grad for p in worker.parameters()] == flags  # unfrozen again
+    assert all(torch.equal(a, b) for a, b in zip(worker_before, worker.parameters()))
+
+
+def test_connected_term_weighs_in_with_lambda():
+    batch = period_batch()
+    plain, _ = pair(cg_lambda=0.0)
+    connected, _ = pair(cg_lambda=0.5)
+    difference = connected.actor_loss(batch) - plain.actor_loss(batch)
+    assert torch.allclose(difference, -0.5 * connected.connected_term(batch))
+
+
+def manager_rollout(t_manager=2, k=3, b=2):
+    """A manager rollout and its worker's rollout of the same env steps (obs_dim 2, goal 2)."""
+    g = torch.Generator().manual_seed(2)
+    t_worker = t_manager * k
+    worker_obs = torch.randn(t_worker, b, 1, 4, generator=g)
+    done = torch.zeros(t_worker, b, dtype=torch.bool)
+    done[1, 0] = True  # copy 0's episode ends at the second worker step of the first period
+    below = Rollout(obs=worker_obs, action=torch.zeros(t_worker, b, 1, 1), log_prob=torch.zeros(t_worker, b, 1),
+                    reward=torch.zeros(t_worker, b, 1), terminated=done.clone(), done=done,
+                    final_obs=torch.full((t_worker, b, 1, 4), 7.0), last_obs=torch.full((b, 1, 4), 5.0))
+    manager_obs = worker_obs[::k, ..., :2]
+    rollout = Rollout(obs=manager_obs, action=torch.zeros(t_manager, b, 1, 2), log_prob=torch.zeros(t_manager, b, 1),
+                      reward=torch.zeros(t_manager, b, 1), terminated=torch.zeros(t_manager, b, dtype=torch.bool),
+                      done=done.reshape(t_manager, k, b).any(1), final_obs=manager_obs.clone(),
+                      last_obs=torch.zeros(b, 1, 2))
+    return rollout, below
+
+
+def test_meta_period_rows_from_the_worker_rollout():
+    manager, _ = pair()
+    rollout, below = manager_rollout()
+    rows = manager.transitions(rollout, below)
+    assert rows["period_obs"].shape == (4, 1, 3, 2) and rows["period_next"].shape == (4, 1, 3, 2)
+    # row (t=0, copy 0) holds worker steps 0..2 of copy 0
+    assert torch.equal(rows["period_obs"][0, 0], below.obs[0:3, 0, 0, :2])
+    # the step that ended the episode is followed by its final observation
+    assert torch.equal(rows["period_next"][0, 0, 1], torch.full((2,), 7.0))
+    assert torch.equal(rows["period_next"][0, 0, 0], below.obs[1, 0, 0, :2])
+    # steps after the episode's end belong to the next episode: not valid for this period
+    assert rows["period_valid"][0, 0].tolist() == [1.0, 1.0, 0.0]
+    assert rows["period_valid"][1, 0].tolist() == [1.0, 1.0, 1.0]
+    # the last worker step bootstraps from the rollout's last observation
+    assert torch.equal(rows["period_next"][3, 0, 2], torch.full((2,), 5.0))
+
+
+def test_lambda_zero_is_exactly_plain_hrl():
+    rollout, below = manager_rollout()
+
+    def trained(cls, config):
+        torch.manual_seed(3)
+        learner = cls(_io(1, 2, spaces.Box(-10.0, 10.0, (2,))), config)
+        worker = TD3(_io(1, 4, spaces.Box(-1.0, 1.0, (1,))), TD3Config(hidden_sizes=[8]))  # same RNG use
+        if isinstance(learner, GoalManager):
+            learner.connect(worker, [0, 1])
+        for _ in range(3):
+            learner.update(rollout, 0.0, below)
+        return learner.actor.state_dict()
+
+    small = dict(hidden_sizes=[8], batch_size=2, buffer_size=64, random_steps=0)
+    plain = trained(TD3, TD3Config(**small))
+    hrl = trained(GoalManager, GoalManagerConfig(cg_lambda=0.0, **small))
+    assert all(torch.equal(plain[k], hrl[k]) for k in plain)
+    cg = trained(GoalManager, GoalManagerConfig(cg_lambda=0.5, **small))
+    assert not all(torch.equal(plain[k], cg[k]) for k in plain)
+
+
+LEVELS = [{"learner": "auto"}, {"learner": "goal_manager", "period": 10}]
+
+
+@pytest.mark.parametrize("env, levels, options, message", [
+    (ToyEnv(n_agents=1, continuous=True), LEVELS, {}, "hrl_cg needs an env with goal_indices; toy has none"),
+    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}), LEVELS, {"cg_lambda": -0.1},
+     "cg_lambda must be >= 0"),
+    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}),
+     [{"learner": "auto"}, {"learner": "goal_manager", "period": 0}], {}, "period must be >= 1"),
+    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}), LEVELS[:1], {}, "has two levels"),
+])
+def test_bad_input(env, levels, options, message):
+    with pytest.raises(ValueError, match=message):
+        hrl_cg.build(env, levels, {}, **options)
+
+
+def test_discrete_envs_get_a_dqn_worker():
+    env = ToyEnv(n_agents=2, n_actions=3, capabilities={"goal_indices": [1, 2]})
+    hierarchy = hrl_cg.build(env, LEVELS, {"dqn": {"hidden_sizes": [8]}, "goal_manager": {"hidden_sizes": [8]}})
+    worker, manager = (level.learner for level in hierarchy.levels)
+    assert isinstance(worker, DQN) and manager.worker is worker
+    assert hierarchy.levels[0].command.shape == (2,) and float(hierarchy.levels[0].command.high[0]) == 10.0
