@@ -1,13 +1,13 @@
 """Throughput of full training loops next to raw env stepping (the limit) and a peer.
 
-    python -m hmarl.bench                       # prints a table, writes docs/benchmarks.md
+    python -m hmarl.bench                       # prints tables, writes docs/benchmarks.md
     python -m hmarl.bench --peer-python /path/to/peer/venv/bin/python
 
-Every system runs its named config on VMAS balance with 4 agents, ``num_envs``
-copies, 100-step rollouts, 4 epochs of 4 minibatches (as the peer does), for
-``frames`` env steps; the figure is env steps per second of its training
-iterations (rollouts and updates). The peer is BenchMARL's MAPPO
-(``shared/tools/peer_benchmarl.py``), run in its own interpreter.
+Each group runs named configs on one env for ``frames`` env steps with 100-step
+rollouts; the on-policy systems use 4 epochs of 4 minibatches, as the peer does.
+The figure is env steps per second of the training iterations (rollouts and
+updates). The peer is BenchMARL's MAPPO (``shared/tools/peer_benchmarl.py``) on the
+first group's setting, run in its own interpreter.
 """
 from __future__ import annotations
 
@@ -18,24 +18,35 @@ import platform
 import re
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
 
-SYSTEMS = ["mappo", "ippo", "tag_3ppo"]
+
+
+@dataclass(frozen=True)
+class Group:
+    env: str
+    n_agents: int
+    num_envs: int
+    frames: int
+    systems: tuple[str, ...]
+
+
+GROUPS = (Group("vmas_balance", 4, 64, 64_000, ("mappo", "ippo", "tag_3ppo")),
+          Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg")))
 PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "peer_benchmarl.py"
 
 
-def system_config(algorithm: str, env: str, num_envs: int, frames: int) -> RunConfig:
-    from algorithms import LEARNERS
-
+def system_config(algorithm: str, group: Group) -> RunConfig:
     config = {**load_yaml(CONFIG_DIR / "default.yaml"), **load_yaml(CONFIG_DIR / "algorithms" / f"{algorithm}.yaml"),
-              **load_yaml(CONFIG_DIR / "envs" / f"{env}.yaml")}
-    config.update(num_envs=num_envs, rollout_steps=100, total_steps=frames, eval_interval=0, eval_envs=4,
-                  progress=False, n_agents=4)
-    for learner in LEARNERS:
+              **load_yaml(CONFIG_DIR / "envs" / f"{group.env}.yaml")}
+    config.update(num_envs=group.num_envs, rollout_steps=100, total_steps=group.frames, eval_interval=0,
+                  eval_envs=3, progress=False, n_agents=group.n_agents)
+    for learner in ("ppo", "mappo"):
         if learner in config:
             config[learner] = {**config[learner], "update_epochs": 4, "num_minibatches": 4}
     return RunConfig.from_config(config)
@@ -55,19 +66,23 @@ def training_throughput(run: RunConfig) -> float:
     return run.iterations * run.steps_per_iteration / sum(seconds)
 
 
-def raw_throughput(env_name: str, num_envs: int, frames: int) -> float:
+def raw_throughput(group: Group) -> float:
     """Env steps per second of the env alone under uniformly random actions."""
     from envs import make_env
 
-    env = make_env(env_name, num_envs=num_envs, n_agents=4, max_steps=100, seed=0)
+    run = system_config(group.systems[0], group)
+    env = make_env(group.env, num_envs=group.num_envs, n_agents=group.n_agents, max_steps=run.max_steps,
+                   continuous_actions=run.continuous_actions, seed=0)
     env.reset(seed=0)
-    steps = frames // num_envs
+    steps = group.frames // group.num_envs
     g = torch.Generator().manual_seed(0)
-    actions = torch.randint(0, env.spec.action_dim, (steps, num_envs, 4), generator=g)
+    shape = (steps, group.num_envs, group.n_agents)
+    actions = (torch.randint(0, env.spec.action_dim, shape, generator=g) if env.spec.discrete
+               else torch.rand(*shape, env.spec.action_dim, generator=g) * 2 - 1)
     tic = time.perf_counter()
     for t in range(steps):
         env.step(actions[t])
-    return steps * num_envs / (time.perf_counter() - tic)
+    return steps * group.num_envs / (time.perf_counter() - tic)
 
 
 def peer_throughput(python: str, num_envs: int, frames: int) -> float | None:
@@ -80,42 +95,42 @@ def peer_throughput(python: str, num_envs: int, frames: int) -> float | None:
     return float(match.group(1))
 
 
+def table(group: Group, peer: float | None) -> str:
+    rows = [("raw env stepping (the limit)", raw_throughput(group))]
+    rows += [(system, training_throughput(system_config(system, group))) for system in group.systems]
+    if peer:
+        rows.append(("BenchMARL MAPPO (peer)", peer))
+    lines = [f"### {group.env}: {group.n_agents} agent(s), {group.num_envs} copies, {group.frames:,} env steps",
+             "", "| system | env steps/s | vs raw env |" + (" vs peer |" if peer else ""),
+             "|---|---:|---:|" + ("---:|" if peer else "")]
+    for name, value in rows:
+        line = f"| {name} | {value:,.0f} | {value / rows[0][1]:.2f} |"
+        lines.append(line + (f" {value / peer:.2f} |" if peer else ""))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", nargs="+", default=SYSTEMS)
-    parser.add_argument("--env", default="vmas_balance")
-    parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=64_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peer-python", help="interpreter with benchmarl installed (see the peer script)")
     parser.add_argument("--out", default="docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = [("raw env stepping (the limit)", raw_throughput(args.env, args.num_envs, args.frames))]
-    for system in args.systems:
-        rows.append((system, training_throughput(system_config(system, args.env, args.num_envs, args.frames))))
-    peer = peer_throughput(args.peer_python, args.num_envs, args.frames) if args.peer_python else None
-    if peer:
-        rows.append(("BenchMARL MAPPO (peer)", peer))
-
-    lines = ["| system | env steps/s | vs raw env |" + (" vs peer |" if peer else ""),
-             "|---|---:|---:|" + ("---:|" if peer else "")]
-    for name, value in rows:
-        line = f"| {name} | {value:,.0f} | {value / rows[0][1]:.2f} |"
-        lines.append(line + (f" {value / peer:.2f} |" if peer else ""))
-    table = "\n".join(lines)
-    print(table)
+    first = GROUPS[0]
+    peer = peer_throughput(args.peer_python, first.num_envs, first.frames) if args.peer_python else None
+    tables = [table(group, peer if group is first else None) for group in GROUPS]
+    print("\n\n".join(tables))
     header = (f"# Benchmarks\n\nGenerated by `python -m hmarl.bench` on {datetime.date.today()}: "
-              f"{args.env}, 4 agents, {args.num_envs} copies, 100-step rollouts, 4 epochs x 4 minibatches, "
-              f"{args.frames:,} env steps per system, {args.threads} torch threads, device cpu.\n"
-              f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}.\n\n"
+              f"100-step rollouts, on-policy updates of 4 epochs x 4 minibatches, {args.threads} torch "
+              f"threads, device cpu. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}.\n\n"
               "Figures are env steps per second of the training iterations (rollouts and updates, "
               "warm-up included; no evaluation, as in the peer's run); the raw row steps the env "
               "alone with random actions (random play ends balance episodes early, so it resets "
               "more often than a policy does).\n\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(header + table + "\n")
+    Path(args.out).write_text(header + "\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":
