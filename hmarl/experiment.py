@@ -68,9 +68,9 @@ class RunConfig:
     env_options: dict = field(default_factory=dict)
     eval_env_options: dict = field(default_factory=dict)
     """Env options of the evaluation env only, over ``env_options`` (e.g. fixed targets)."""
-    learner_options: dict = field(default_factory=dict)
+    learner_options: dict = field(default_factory=dict, init=False)
     """Per-learner option blocks (``ppo:``, ``mappo:``, ...), collected from the top level."""
-    family_options: dict = field(default_factory=dict)
+    family_options: dict = field(default_factory=dict, init=False)
     """The family's own top-level keys (e.g. ``cg_lambda``), validated by its options class."""
 
     @classmethod
@@ -265,5 +265,8 @@ for _kind in ("algorithms", "envs"):
 
 @ex.main
 def main(_config: dict[str, Any], _run) -> float:
-    run = RunConfig.from_config(dict(_config))
-    return Trainer(run, _run.log_scalar).fit()
+    try:  # configuration errors: one message, no traceback, before any training
+        trainer = Trainer(RunConfig.from_config(dict(_config)), _run.log_scalar)
+    except (ValueError, KeyError) as error:
+        raise SystemExit(f"hmarl: {error}") from None
+    return trainer.fit()

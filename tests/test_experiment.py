@@ -51,6 +51,12 @@ def test_unknown_named_config_lists_what_exists(tmp_path):
     assert "vmas_balance" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_cli_config_error_is_one_message(tmp_path):
+    out = cli("with", "mappo", "vmas_balance", "total_steps=0", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "hmarl: total_steps must be positive, got 0" in out.stderr and "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize("updates, message", [
     ({"env": "gridworld"}, "unknown env 'gridworld'; available: gymnasium, mpe_simple_spread, point_maze"),
     ({"family": "feudal"}, "unknown family 'feudal'; available: tag, flat, hrl_cg"),
