@@ -101,6 +101,7 @@ class PPO(Learner):
     """Clipped-surrogate PPO with GAE for all agents of a level at once."""
 
     config_class = PPOConfig
+    estimates_advantages = True
 
     def __init__(self, io: AgentIO, config: PPOConfig):
         super().__init__(io)
@@ -197,6 +198,7 @@ class PPO(Learner):
             for group in self.optimizer.param_groups:
                 group["lr"] = (1.0 - progress) * c.learning_rate
         advantages, values = self.advantages(rollout)
+        self.last_advantages = advantages
         returns = advantages + values
         if c.normalize_value:
             # Value loss and clipping act on the critic's standardised scale.

@@ -57,6 +57,8 @@ class LevelSpec:
     """Communication function: the message this level's agents send up."""
     reward: str = "sum_up"
     """Reward rule: what this level's agents learn from."""
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the reward rule (e.g. ``env_reward_coef`` of ``upper_advantage``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Learner options for this level only, over the run's shared learner options."""
 
@@ -131,6 +133,11 @@ class Hierarchy(nn.Module):
         for index in reversed(range(len(self.levels))):
             level = self.levels[index]
             rollout = level.rollout()
+            if level.reward_rule.deferred:  # the level above has just updated: its advantages exist
+                upper = self.levels[index + 1]
+                parent, slot = upper.parents()
+                rollout.reward = level.reward_rule.relabel(rollout.reward, upper.learner.last_advantages,
+                                                           parent, slot, level.steps_per_command)
             prefix = f"level{index}/{type(level.learner).__name__.lower()}"
             below = self.levels[index - 1].rollout() if index else None
             for key, value in level.learner.update(rollout, progress, below).items():
@@ -211,12 +218,19 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
         comm = COMMUNICATION[spec.comm](len(children), io.child_obs_dim)
         learner = make_learner(spec, io, index)
         try:
-            rule = REWARD_RULES[spec.reward](below.spec, max(len(c) for c in children))
+            rule = REWARD_RULES[spec.reward](below.spec, max(len(c) for c in children), **spec.reward_options)
             level = Level(below, learner, children, comm, rule, command=command,
                           steps_per_command=upper.period if upper else 1, joint=spec.joint,
                           relative_goals=bool(upper and upper.relative_goals))
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
         levels.append(level)
         below = level
+    for index, level in enumerate(levels):
+        if level.reward_rule.deferred:
+            above = levels[index + 1].learner if index + 1 < len(levels) else None
+            if above is None or not above.estimates_advantages:
+                found = "no level above" if above is None else f"{type(above).__name__} above it"
+                raise ValueError(f"level {index}: reward {specs[index].reward} needs an advantage-estimating "
+                                 f"learner (ppo, mappo) on the level above; found {found}")
     return Hierarchy(env, levels)

@@ -36,10 +36,14 @@ class Learner(nn.Module):
 
     #: the dataclass of this learner's options
     config_class: type
+    #: learners that estimate advantages keep the last update's in ``last_advantages``
+    #: (``[T, B, N]`` or ``[T, B, N, children]``), for ``upper_advantage`` rewards below
+    estimates_advantages = False
 
     def __init__(self, io: AgentIO):
         super().__init__()
         self.io = io
+        self.last_advantages: torch.Tensor | None = None
 
     @classmethod
     def build(cls, io: AgentIO, config, env: EnvSpec) -> "Learner":

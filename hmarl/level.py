@@ -151,6 +151,15 @@ class Level:
                              f"{below.name}; the level above must send box({len(index)}, range) commands")
         return torch.as_tensor(index, device=below.device)
 
+    def parents(self) -> tuple[Tensor, Tensor]:
+        """For each unit below: the agent controlling it, and its place among that agent's children."""
+        parent = torch.empty(self.below.spec.n_agents, dtype=torch.long)
+        slot = torch.empty_like(parent)
+        for agent, group in enumerate(self.children):
+            for place, unit in enumerate(group):
+                parent[unit], slot[unit] = agent, place
+        return parent.to(self._index.device), slot.to(self._index.device)
+
     # -- moving data between the level below and this level's agents -------------------
     def children_view(self, x: Tensor) -> Tensor:
         """``[B, N_below, ...]`` -> ``[B, N, group, ...]`` (missing children read zeros)."""

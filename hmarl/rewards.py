@@ -31,7 +31,13 @@ class LevelStep:
 
 
 class RewardRule:
-    """Base rule; built for the level's agents over ``below``; called once per step."""
+    """Base rule; built for the level's agents over ``below``; called once per step.
+
+    A ``deferred`` rule also depends on the level above's advantages, which exist only
+    once that level has updated: the Hierarchy's top-down update then calls ``relabel``.
+    """
+
+    deferred = False
 
     def __init__(self, below: EnvSpec, group_size: int):
         self.below = below
@@ -64,4 +70,37 @@ class GoalDistance(RewardRule):
         return -goal_distance(step.child_obs, step.command, step.next_child_obs, self.index)
 
 
-REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance}
+class UpperAdvantage(RewardRule):
+    """HiMPo: a unit learns from its superior's advantage for the command it was given,
+    divided by the superior's period (Eq. 5), plus ``env_reward_coef`` times its
+    children's env reward (HiMPo's FL ablation for workers; the local cluster reward of
+    sub-managers, ``local_reward_coef``).
+
+    The superior's advantages are ``[T_up, B, N_up]`` (one per superior, shared by its
+    children) or ``[T_up, B, N_up, group]`` (one per child, from a critic that values
+    each (superior, child) pair).
+    """
+
+    deferred = True
+
+    def __init__(self, below: EnvSpec, group_size: int, env_reward_coef: float = 0.0):
+        super().__init__(below, group_size)
+        self.env_reward_coef = env_reward_coef
+
+    def step_reward(self, step: LevelStep) -> torch.Tensor:
+        return self.env_reward_coef * step.children_reward
+
+    def relabel(self, reward: torch.Tensor, upper_advantage: torch.Tensor, parent: torch.Tensor,
+                slot: torch.Tensor, period: int) -> torch.Tensor:
+        """``reward [T, B, N]`` + the superior's advantage of each step's period / period.
+
+        ``parent[i]`` is unit i's superior and ``slot[i]`` its place among that superior's children.
+        """
+        if upper_advantage.dim() == 3:
+            per_unit = upper_advantage[:, :, parent]
+        else:
+            per_unit = upper_advantage[:, :, parent, slot]
+        return reward + per_unit.repeat_interleave(period, dim=0) / period
+
+
+REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage}

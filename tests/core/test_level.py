@@ -243,3 +243,87 @@ def test_goal_commands_must_match_the_goal_dims():
     specs = [LevelSpec("x"), LevelSpec("x", command="box(3)", relative_goals=True)]
     with pytest.raises(ValueError, match=r"level 0: relative goals live on the 2 goal dims \[1, 2\]"):
         build(env, specs, [None, None])
+
+
+class Superior(Scripted):
+    """A scripted upper learner whose advantages are known in advance."""
+
+    estimates_advantages = True
+
+    def __init__(self, io, policy, advantages):
+        super().__init__(io, policy)
+        self.advantages = advantages
+
+    def update(self, rollout, progress, below=None):
+        self.last_advantages = self.advantages
+        return {}
+
+
+class Recorder(Scripted):
+    def update(self, rollout, progress, below=None):
+        self.rollout = rollout
+        return {}
+
+
+@pytest.mark.parametrize("per_child", [False, True])
+@pytest.mark.parametrize("env_reward_coef", [0.0, 1.0])
+def test_upper_advantage_rewards_units_with_their_superiors_advantage(per_child, env_reward_coef):
+    env = ToyEnv(num_envs=2, n_agents=4, n_actions=5)
+    t_up, period = 2, 3
+    g = torch.Generator().manual_seed(0)
+    advantages = torch.randn(t_up, 2, 2, 2, generator=g) if per_child else torch.randn(t_up, 2, 2, generator=g)
+    learners = []
+
+    def make(spec, io, index):
+        if index == 0:
+            learners.append(Recorder(io, constant(1, lambda o: o.shape[:2])))
+        else:
+            learners.append(Superior(io, constant(0, lambda o: o.shape[:2]), advantages))
+        return learners[-1]
+
+    specs = [LevelSpec("x", reward="upper_advantage", reward_options={"env_reward_coef": env_reward_coef}),
+             LevelSpec("x", children=[[0, 2], [1, 3]], period=period, command="discrete(5)")]
+    hierarchy = build_hierarchy(env, specs, make)
+    hierarchy.reset(0)
+    hierarchy.rollout(t_up * period)
+    hierarchy.update(progress=0.0)
+    reward = learners[0].rollout.reward  # [T, B, 4]
+    parent, slot = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1])
+    for t in range(t_up * period):
+        expected = (advantages[t // period][:, parent, slot] if per_child else advantages[t // period][:, parent])
+        expected = expected / period + env_reward_coef * (1 + torch.arange(2.0))[:, None]  # env reward 1 + copy
+        assert torch.allclose(reward[t], expected)
+
+
+def test_upper_advantage_needs_an_advantage_estimator_above():
+    env = ToyEnv(num_envs=1, n_agents=2, n_actions=5)
+    alone = [LevelSpec("x", reward="upper_advantage")]
+    with pytest.raises(ValueError, match="level 0: reward upper_advantage needs .* found no level above"):
+        build(env, alone, [None])
+    below_scripted = [LevelSpec("x", reward="upper_advantage"),
+                      LevelSpec("x", group_size=2, command="discrete(5)")]
+    with pytest.raises(ValueError, match="found Scripted above it"):
+        build(env, below_scripted, [None, None])
+    with pytest.raises(ValueError, match="level 0: .*unexpected keyword argument 'gain'"):
+        build(env, [LevelSpec("x", reward="sum_up", reward_options={"gain": 2})], [None])
+
+
+def test_tag_3ppo_with_upper_advantage_rewards_trains():
+    """A hybrid no paper has: TAG's 3PPO whose lower levels learn from HiMPo's advantage rewards."""
+    from algorithms.common import build_levels
+    from envs import make_env
+
+    env = make_env("vmas_balance", num_envs=4, n_agents=4, max_steps=40, seed=0)
+    levels = [{"learner": "ppo", "reward": "upper_advantage"},
+              {"learner": "ppo", "group_size": 2, "period": 2, "command": "discrete(5)",
+               "reward": "upper_advantage", "reward_options": {"env_reward_coef": 1.0}},
+              {"learner": "ppo", "group_size": 2, "period": 2, "command": "discrete(5)"}]
+    hierarchy = build_levels(env, levels, {"ppo": {"num_minibatches": 2}})
+    before = [p.clone() for p in hierarchy.parameters()]
+    hierarchy.reset(0)
+    for iteration in range(2):
+        hierarchy.rollout(40)
+        metrics = hierarchy.update(progress=iteration / 2)
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert all(not torch.equal(a, b) for a, b in zip(before, hierarchy.parameters()))
+    assert hierarchy.levels[2].learner.last_advantages.shape == (10, 4, 1)
