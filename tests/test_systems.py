@@ -10,6 +10,7 @@ from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml, named_co
 
 SPREAD_ENVS = {"vmas_simple_spread", "mpe_simple_spread"}
 SINGLE_AGENT_ENVS = {"point_maze"}
+NO_GOAL_ENVS = {"lbf", "lbfws_easy", "lbfws_hard"}  # HRL-CG needs goal_indices
 TAG_SYSTEMS = {name for name in named_configs("algorithms") if name.startswith("tag_")}
 OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn")
 
@@ -19,6 +20,8 @@ def supported(algorithm: str, env: str) -> bool:
         return env in SPREAD_ENVS
     if env in SINGLE_AGENT_ENVS:  # TAG systems pair agents up
         return algorithm not in TAG_SYSTEMS
+    if env in NO_GOAL_ENVS and algorithm in ("hrl", "hrl_cg"):
+        return False
     return algorithm != "td3" or env == "point_maze"  # the flat TD3 needs continuous actions
 
 

@@ -1,0 +1,180 @@
+"""HiMPo's hierarchical graph: worker clusters for sub-managers, and same-level edges.
+
+Decisions (the paper does not specify them; see ``specs/himpo.md``):
+sub-managers own balanced clusters of workers by position, found by greedy
+nearest-centroid assignment with capacity ``ceil(N / M)`` (the *dynamic* graph,
+recomputed whenever the sub-managers act); workers talk to their ``k`` nearest
+workers; sub-managers form a complete graph. Envs without positions use
+:func:`static_clusters` (blocks of agent indices).
+
+Edges follow torch-geometric: ``edge_index[0]`` is the source ``j``,
+``edge_index[1]`` the target ``i`` that receives ``j``'s message.
+
+Shapes (``B`` env copies, ``N`` workers, ``M`` sub-managers, ``D`` position size,
+usually 2; extra leading dims are allowed where ``B`` is):
+    positions ``[B, N, D]``, assignment ``[B, N]`` int64, edge_index ``[B, 2, E]`` or ``[2, E]``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _check_clusters(n_workers: int, n_clusters: int) -> None:
+    if n_clusters < 1:
+        raise ValueError(f"need at least one sub-manager; got n_clusters={n_clusters}")
+    if n_clusters > n_workers:
+        raise ValueError(f"more sub-managers than workers ({n_clusters} > {n_workers}): every "
+                         f"sub-manager needs at least one worker; lower n_clusters to <= {n_workers}")
+
+
+def _as_float(positions: Tensor) -> Tensor:
+    return positions if positions.is_floating_point() else positions.float()
+
+
+def _squared_distances(a: Tensor, b: Tensor) -> Tensor:
+    # Differences, not torch.cdist: cdist's matmul form is inexact for near points, and sizes are tiny.
+    return (a.unsqueeze(-2) - b.unsqueeze(-3)).pow(2).sum(-1)
+
+
+def _seed_centroids(positions: Tensor, n_clusters: int, generator: torch.Generator | None) -> Tensor:
+    """``M`` workers' positions as initial centroids ``[B, M, D]``.
+
+    Farthest-point seeding from the worker farthest from the mean, or k-means++
+    sampling when a generator is given.
+    """
+    batch, n_workers, _ = positions.shape
+    rows = torch.arange(batch, device=positions.device)
+    if generator is None:
+        first = _squared_distances(positions, positions.mean(1, keepdim=True)).squeeze(-1).argmax(1)
+    else:
+        first = torch.randint(n_workers, (batch,), generator=generator, device=generator.device).to(positions.device)
+    seeds = [first]
+    nearest = _squared_distances(positions, positions[rows, first].unsqueeze(1)).squeeze(-1)  # [B, N]
+    for _ in range(n_clusters - 1):
+        if generator is None:
+            seed = nearest.argmax(1)
+        else:
+            # clamp: coincident workers leave all-zero weights, which multinomial rejects
+            weights = nearest.clamp(min=torch.finfo(nearest.dtype).tiny)
+            seed = torch.multinomial(weights.to(generator.device), 1, generator=generator).squeeze(1)
+            seed = seed.to(positions.device)
+        seeds.append(seed)
+        nearest = torch.minimum(nearest, _squared_distances(positions, positions[rows, seed].unsqueeze(1)).squeeze(-1))
+    return positions[rows.unsqueeze(1), torch.stack(seeds, 1)]
+
+
+def _assign_with_capacity(positions: Tensor, centroids: Tensor, capacity: int) -> Tensor:
+    """Greedy: each worker joins its nearest centroid that still has room.
+
+    First every cluster takes its nearest free worker (closest pairs first), so
+    none stays empty. Then, one worker per step, the free worker with the most
+    to lose (largest gap between its nearest and second-nearest open cluster)
+    goes first: processing the closest pairs first instead fills a cluster with
+    its near workers and strands a far one in a distant cluster.
+    """
+    batch, n_workers, _ = positions.shape
+    n_clusters = centroids.shape[1]
+    distances = _squared_distances(positions, centroids)  # [B, N, M]
+    rows = torch.arange(batch, device=positions.device)
+    assignment = torch.full((batch, n_workers), -1, dtype=torch.long, device=positions.device)
+    sizes = torch.zeros(batch, n_clusters, dtype=torch.long, device=positions.device)
+    for step in range(n_workers):
+        assigned = assignment >= 0
+        if step < n_clusters:
+            closed = assigned.unsqueeze(2) | (sizes >= 1).unsqueeze(1)
+            pair = distances.masked_fill(closed, math.inf).flatten(1).argmin(1)
+            worker, cluster = pair // n_clusters, pair % n_clusters
+        else:
+            open_distances = distances.masked_fill((sizes >= capacity).unsqueeze(1), math.inf)
+            nearest = open_distances.topk(min(2, n_clusters), dim=2, largest=False)
+            if n_clusters == 1:
+                regret = torch.zeros_like(nearest.values[..., 0])
+            else:
+                regret = nearest.values[..., 1] - nearest.values[..., 0]  # inf when one cluster is open
+            worker = regret.masked_fill(assigned, -math.inf).argmax(1)
+            cluster = nearest.indices[rows, worker, 0]
+        assignment[rows, worker] = cluster
+        sizes[rows, cluster] += 1
+    return assignment
+
+
+def balanced_clusters(positions: Tensor, n_clusters: int, generator: torch.Generator | None = None,
+                      iterations: int = 3) -> Tensor:
+    """Balanced clusters of workers by position (the dynamic hierarchical graph).
+
+    Seeds ``M`` centroids at workers' positions (farthest-point seeding, or
+    k-means++ sampling from ``generator``), then ``iterations`` times assigns
+    workers greedily to the nearest centroid with room (see
+    :func:`_assign_with_capacity`; capacity
+    ``ceil(N / M)``, every cluster gets at least one worker) and moves each
+    centroid to its cluster's mean. Without a generator the result is
+    deterministic and labels follow positions, not agent indices.
+
+    Args:
+        positions: workers' positions.
+        n_clusters: ``M``, the number of sub-managers, ``1 <= M <= N``.
+        generator: randomness for k-means++ seeding; ``None`` for farthest-point seeding.
+        iterations: assignment rounds (>= 1).
+
+    Shapes:
+        positions ``[..., N, D]`` -> assignment ``[..., N]`` int64 in ``[0, M)``.
+    """
+    *lead, n_workers, dim = positions.shape
+    _check_clusters(n_workers, n_clusters)
+    if iterations < 1:
+        raise ValueError(f"balanced_clusters needs iterations >= 1; got {iterations}")
+    flat = _as_float(positions).reshape(-1, n_workers, dim)
+    capacity = math.ceil(n_workers / n_clusters)
+    centroids = _seed_centroids(flat, n_clusters, generator)
+    for i in range(iterations):
+        assignment = _assign_with_capacity(flat, centroids, capacity)
+        if i < iterations - 1:
+            index = assignment.unsqueeze(-1).expand_as(flat)
+            centroids = centroids.scatter_reduce(1, index, flat, reduce="mean", include_self=False)
+    return assignment.view(*lead, n_workers)
+
+
+def static_clusters(n_workers: int, n_clusters: int, device: torch.device | str | None = None) -> Tensor:
+    """Clusters by agent index: ``M`` contiguous blocks whose sizes differ by at most one.
+
+    Shapes:
+        -> ``[N]`` int64, non-decreasing, in ``[0, M)``.
+    """
+    _check_clusters(n_workers, n_clusters)
+    return torch.arange(n_workers, device=device) * n_clusters // n_workers
+
+
+def knn_edges(positions: Tensor, k: int) -> Tensor:
+    """Edges ``j -> i`` from each worker's ``k`` nearest other workers.
+
+    Edges are grouped by target: edges ``i * k`` to ``i * k + k - 1`` enter
+    worker ``i``, nearest first.
+
+    Shapes:
+        positions ``[..., N, D]`` -> edge_index ``[..., 2, N * k]`` int64.
+    """
+    n_workers = positions.shape[-2]
+    if not 0 <= k < n_workers:
+        raise ValueError(f"k nearest neighbours needs 0 <= k < N (other agents); got k={k} with N={n_workers}")
+    distances = _squared_distances(_as_float(positions), _as_float(positions))
+    distances.diagonal(dim1=-2, dim2=-1).fill_(math.inf)
+    # stable sort: ties (common on grids) go to the lower agent index, reproducibly
+    source = distances.sort(dim=-1, stable=True).indices[..., :k].flatten(-2)  # [..., N * k]
+    target = torch.arange(n_workers, device=positions.device).repeat_interleave(k).expand_as(source)
+    return torch.stack([source, target], dim=-2)
+
+
+def complete_edges(n_nodes: int, device: torch.device | str | None = None) -> Tensor:
+    """Every ordered pair ``j -> i`` with ``j != i``, grouped by target.
+
+    Shapes:
+        -> edge_index ``[2, M * (M - 1)]`` int64.
+    """
+    nodes = torch.arange(n_nodes, device=device)
+    source, target = nodes.repeat(n_nodes), nodes.repeat_interleave(n_nodes)
+    keep = source != target
+    return torch.stack([source[keep], target[keep]])
