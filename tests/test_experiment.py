@@ -38,6 +38,16 @@ def test_cli_file_storage_flag_replaces_the_default_folder(tmp_path):
     assert not (tmp_path / "results" / "1").exists()
 
 
+def test_cli_sql_observer_records_the_run(tmp_path):
+    import sqlite3
+
+    out = cli("with", "ippo", "vmas_balance", *TINY, "-s", "sqlite:///runs.db", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = list(sqlite3.connect(tmp_path / "runs.db").execute("select status, result from run"))
+    assert len(rows) == 1 and rows[0][0] == "COMPLETED" and isinstance(rows[0][1], float)
+    assert not (tmp_path / "results").exists()
+
+
 def test_print_config_shows_named_configs_and_overrides(tmp_path):
     out = cli("print_config", "with", "mappo", "vmas_simple_spread", "n_agents=5", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
