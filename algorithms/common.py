@@ -10,6 +10,52 @@ from hmarl.learner import AgentIO, Learner
 from hmarl.spec import MultiAgentEnv
 
 
+@dataclass
+class OffPolicyConfig:
+    """Options every replay-based learner shares (TD3, DQN); each redefines its defaults."""
+
+    learning_rate: float = 3e-4
+    """Adam step size."""
+    gamma: float = 0.99
+    """Discount factor."""
+    buffer_size: int = 200_000
+    """Replay capacity in rows; a row is one env copy's step for all N agents of the level."""
+    batch_size: int = 128
+    """Rows per gradient step."""
+    tau: float = 5e-3
+    """Target networks' update rate at each target update (1: copy)."""
+    huber_loss: bool = True
+    """Huber (smooth L1) critic loss instead of the squared error."""
+    hidden_sizes: list[int] = (256, 256)
+    """Hidden layer widths of the networks (ReLU)."""
+    share_params: bool = True
+    """One set of networks for all agents of the level instead of one each."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before they are stored."""
+    updates_per_step: int = 1
+    """Gradient steps per rollout step: an update from a rollout of T steps takes T * this many."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs; subclasses add theirs."""
+        return [(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+                (0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}"),
+                (self.buffer_size >= 1, f"buffer_size must be >= 1, got {self.buffer_size}"),
+                (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                (self.batch_size <= self.buffer_size,
+                 f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size})"),
+                (0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}"),
+                (self.reward_scale > 0, f"reward_scale must be > 0, got {self.reward_scale}"),
+                (self.updates_per_step >= 0, f"updates_per_step must be >= 0, got {self.updates_per_step}"),
+                (len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
+                 f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
+
+    def __post_init__(self):
+        for ok, message in self.checks():
+            if not ok:
+                raise ValueError(message)
+        self.hidden_sizes = list(self.hidden_sizes)
+
+
 @dataclass(frozen=True)
 class Family:
     """How a family builds its hierarchy: ``build(env, levels, learner_options, **options)``,

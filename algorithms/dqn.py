@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
+from algorithms.common import OffPolicyConfig
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import ReplayBuffer, Rollout
 from hmarl.learner import AgentIO, Learner
@@ -34,19 +35,12 @@ Tensor = torch.Tensor
 
 
 @dataclass
-class DQNConfig:
+class DQNConfig(OffPolicyConfig):
     """Double-DQN hyperparameters, named as in CleanRL's dqn.py."""
 
     learning_rate: float = 1e-4
-    """Adam step size."""
-    gamma: float = 0.99
-    """Discount factor."""
     buffer_size: int = 100_000
-    """Replay capacity in rows; a row is one env copy's step for all N agents of the level."""
-    batch_size: int = 128
-    """Rows per gradient step."""
     tau: float = 1.0
-    """Target network update rate at each target update (1: hard copy)."""
     target_network_frequency: int = 500
     """Gradient steps between two target network updates."""
     start_e: float = 1.0
@@ -57,40 +51,16 @@ class DQNConfig:
     """Share of training (``progress``) over which epsilon decays linearly from start_e to end_e."""
     learning_starts: int = 1_000
     """Agent-transitions (all copies and agents count) in the replay before learning starts."""
-    updates_per_step: int = 1
-    """Gradient steps per rollout step (CleanRL's train_frequency, inverted): T * this per update."""
-    hidden_sizes: list[int] = (256, 256)
-    """Hidden layer widths of the Q-network (ReLU)."""
-    share_params: bool = True
-    """One Q-network for all agents of the level instead of one each."""
-    huber_loss: bool = True
-    """Huber (smooth L1) loss instead of the squared error."""
-    reward_scale: float = 1.0
-    """Rewards are multiplied by this before they are stored."""
 
-    def __post_init__(self):
-        checks = [(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
-                  (0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}"),
-                  (self.buffer_size >= 1, f"buffer_size must be >= 1, got {self.buffer_size}"),
-                  (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-                  (self.batch_size <= self.buffer_size,
-                   f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size})"),
-                  (0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}"),
-                  (self.target_network_frequency >= 1,
-                   f"target_network_frequency must be >= 1, got {self.target_network_frequency}"),
-                  (0 <= self.end_e <= 1 and 0 <= self.start_e <= 1,
-                   f"start_e and end_e must be in [0, 1], got {self.start_e}, {self.end_e}"),
-                  (0 <= self.exploration_fraction <= 1,
-                   f"exploration_fraction must be in [0, 1], got {self.exploration_fraction}"),
-                  (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
-                  (self.updates_per_step >= 0, f"updates_per_step must be >= 0, got {self.updates_per_step}"),
-                  (self.reward_scale > 0, f"reward_scale must be > 0, got {self.reward_scale}"),
-                  (len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
-                   f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        self.hidden_sizes = list(self.hidden_sizes)
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
+            (self.target_network_frequency >= 1,
+             f"target_network_frequency must be >= 1, got {self.target_network_frequency}"),
+            (0 <= self.end_e <= 1 and 0 <= self.start_e <= 1,
+             f"start_e and end_e must be in [0, 1], got {self.start_e}, {self.end_e}"),
+            (0 <= self.exploration_fraction <= 1,
+             f"exploration_fraction must be in [0, 1], got {self.exploration_fraction}"),
+            (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}")]
 
 
 class DQN(Learner):

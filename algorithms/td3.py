@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
+from algorithms.common import OffPolicyConfig
 from hmarl.buffers import ReplayBuffer, Rollout
 from hmarl.learner import AgentIO, Learner
 from hmarl.nn import AgentMLP
@@ -53,19 +54,9 @@ def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) ->
 
 
 @dataclass
-class TD3Config:
+class TD3Config(OffPolicyConfig):
     """TD3 hyperparameters, named as in CleanRL; defaults are HRL-CG's (Fujimoto et al. settings)."""
 
-    learning_rate: float = 3e-4
-    """Adam step size of actor and critics."""
-    tau: float = 5e-3
-    """Target networks' soft-update rate (1: copy)."""
-    gamma: float = 0.99
-    """Discount factor."""
-    buffer_size: int = 200_000
-    """Replay capacity in rows; a row is one env copy's step for all N agents of the level."""
-    batch_size: int = 128
-    """Rows per gradient step."""
     policy_delay: int = 2
     """The actor and the targets learn once every this many critic steps."""
     target_noise: float = 0.2
@@ -76,38 +67,14 @@ class TD3Config:
     """Std of the Gaussian exploration noise, in half-ranges of the action box."""
     random_steps: int = 10_000
     """Uniform random actions for the first this many agent-transitions (all copies and agents count)."""
-    huber_loss: bool = True
-    """Huber (smooth L1) critic loss instead of the squared error."""
-    hidden_sizes: list[int] = (256, 256)
-    """Hidden layer widths of actor and critics (ReLU)."""
-    share_params: bool = True
-    """One actor and one pair of critics for all agents of the level instead of one each."""
-    reward_scale: float = 1.0
-    """Rewards are multiplied by this before they are stored."""
-    updates_per_step: int = 1
-    """Gradient steps per rollout step: an update from a rollout of T steps takes T * this many."""
 
-    def __post_init__(self):
-        checks = [(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
-                  (0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}"),
-                  (0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}"),
-                  (self.buffer_size >= 1, f"buffer_size must be >= 1, got {self.buffer_size}"),
-                  (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-                  (self.batch_size <= self.buffer_size,
-                   f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size})"),
-                  (self.policy_delay >= 1, f"policy_delay must be >= 1, got {self.policy_delay}"),
-                  (self.target_noise >= 0, f"target_noise must be >= 0, got {self.target_noise}"),
-                  (self.target_noise_clip >= 0, f"target_noise_clip must be >= 0, got {self.target_noise_clip}"),
-                  (self.exploration_noise >= 0, f"exploration_noise must be >= 0, got {self.exploration_noise}"),
-                  (self.random_steps >= 0, f"random_steps must be >= 0, got {self.random_steps}"),
-                  (self.reward_scale > 0, f"reward_scale must be > 0, got {self.reward_scale}"),
-                  (self.updates_per_step >= 0, f"updates_per_step must be >= 0, got {self.updates_per_step}"),
-                  (len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
-                   f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        self.hidden_sizes = list(self.hidden_sizes)
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
+            (self.policy_delay >= 1, f"policy_delay must be >= 1, got {self.policy_delay}"),
+            (self.target_noise >= 0, f"target_noise must be >= 0, got {self.target_noise}"),
+            (self.target_noise_clip >= 0, f"target_noise_clip must be >= 0, got {self.target_noise_clip}"),
+            (self.exploration_noise >= 0, f"exploration_noise must be >= 0, got {self.exploration_noise}"),
+            (self.random_steps >= 0, f"random_steps must be >= 0, got {self.random_steps}")]
 
 
 class TD3(Learner):
