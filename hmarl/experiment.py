@@ -250,8 +250,8 @@ class Trainer:
         bar.close()
         if checkpoint_every:
             self.save(run.iterations)
-        evals = [value for name, value, _ in self.history if name == "eval/return"]
-        return evals[-1] if evals else evaluate(self.evaluator, run.seed + 10_000)["eval/return"]
+        # the last iteration always evaluates (a resumed finished run has it in its history)
+        return [value for name, value, _ in self.history if name == "eval/return"][-1]
 
 
 ex = Experiment("hmarl", save_git_info=False)

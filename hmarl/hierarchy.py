@@ -10,6 +10,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from hmarl.buffers import RolloutBuffer
 from hmarl.comm import COMMUNICATION
 from hmarl.learner import AgentIO, Learner
 from hmarl.level import Level, agent_io, check_partition
@@ -122,7 +123,7 @@ class Hierarchy(nn.Module):
         self.check_rollout_length(env_steps)
         for level, stride in zip(self.levels, self.strides):
             if level.buffer.capacity != env_steps // stride:
-                level.buffer = type(level.buffer)(env_steps // stride)
+                level.buffer = RolloutBuffer(env_steps // stride)
             level.buffer.clear()
         for _ in range(env_steps // self.top_stride):
             self.top.step(None)

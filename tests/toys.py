@@ -5,7 +5,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from hmarl import AgentIO, EnvSpec, Learner, TimeStep
+from hmarl import AgentIO, EnvSpec, Learner, Rollout, TimeStep
 
 
 class ToyEnv:
@@ -84,3 +84,23 @@ class Fn(nn.Module):
 
     def forward(self, x):
         return self.fn(x)
+
+
+def bandit_rollout(learner, make_obs, reward_fn, T: int, B: int, n: int) -> Rollout:
+    """T steps of one-step episodes (every step terminated, final_obs = obs) played by ``learner``.
+
+    ``make_obs(B, n) -> (obs, info)``; ``reward_fn(action, info) -> reward [B, n]``.
+    """
+    obs, actions, log_probs, rewards = [], [], [], []
+    for _ in range(T):
+        o, info = make_obs(B, n)
+        a, lp = learner.act(o)
+        obs.append(o)
+        actions.append(a)
+        log_probs.append(lp)
+        rewards.append(reward_fn(a, info))
+    obs = torch.stack(obs)
+    ones = torch.ones(T, B, dtype=torch.bool)
+    return Rollout(obs=obs, action=torch.stack(actions), log_prob=torch.stack(log_probs),
+                   reward=torch.stack(rewards), terminated=ones, done=ones.clone(),
+                   final_obs=obs.clone(), last_obs=make_obs(B, n)[0])

@@ -8,7 +8,7 @@ from gymnasium import spaces
 from algorithms import LEARNERS
 from algorithms.dqn import DQN, DQNConfig
 from hmarl.buffers import Rollout
-from tests.toys import Fn, _io
+from tests.toys import Fn, _io, bandit_rollout
 
 
 def test_registered():
@@ -95,18 +95,8 @@ def test_dqn_solves_contextual_bandit_for_each_agent():
 
     iterations, T, B = 40, 8, 16
     for i in range(iterations):  # about 300 gradient steps
-        obs, actions, rewards = [], [], []
-        for _ in range(T):
-            o, target = make_obs(B, n)
-            a, _ = learner.act(o)
-            obs.append(o)
-            actions.append(a)
-            rewards.append((a == (target + shift) % k).float())
-        obs = torch.stack(obs)
-        ones = torch.ones(T, B, dtype=torch.bool)
-        stats = learner.update(Rollout(obs=obs, action=torch.stack(actions), log_prob=torch.zeros(T, B, n),
-                                       reward=torch.stack(rewards), terminated=ones, done=ones,
-                                       final_obs=obs, last_obs=make_obs(B, n)[0]), i / iterations)
+        rollout = bandit_rollout(learner, make_obs, lambda a, target: (a == (target + shift) % k).float(), T, B, n)
+        stats = learner.update(rollout, i / iterations)
         if i == 0:  # 8 * 16 * 2 = 256 agent-transitions: learning starts with the first update
             assert set(stats) == {"q_loss", "q", "epsilon"}
         assert all(torch.isfinite(v) for v in stats.values())

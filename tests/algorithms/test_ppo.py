@@ -7,7 +7,7 @@ from gymnasium import spaces
 
 from algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig
 from hmarl.buffers import Rollout
-from tests.toys import _io
+from tests.toys import _io, bandit_rollout
 
 
 # -- GAE ---------------------------------------------------------------------------------------
@@ -71,23 +71,6 @@ def test_gae_per_agent_rewards():
 
 # -- learning ----------------------------------------------------------------------------------
 
-def _collect(learner, make_obs, reward_fn, T: int, B: int, n: int) -> Rollout:
-    """One-step episodes: every step is terminated, final_obs = obs."""
-    obs, actions, log_probs, rewards = [], [], [], []
-    for _ in range(T):
-        o, info = make_obs(B, n)
-        a, lp = learner.act(o)
-        obs.append(o)
-        actions.append(a)
-        log_probs.append(lp)
-        rewards.append(reward_fn(a, info))
-    obs = torch.stack(obs)
-    ones = torch.ones(T, B, dtype=torch.bool)
-    return Rollout(obs=obs, action=torch.stack(actions), log_prob=torch.stack(log_probs),
-                   reward=torch.stack(rewards), terminated=ones, done=ones.clone(),
-                   final_obs=obs.clone(), last_obs=make_obs(B, n)[0])
-
-
 def test_ppo_solves_contextual_bandit_for_each_agent():
     torch.manual_seed(0)
     n, k = 2, 4
@@ -104,7 +87,7 @@ def test_ppo_solves_contextual_bandit_for_each_agent():
 
     iterations = 40
     for i in range(iterations):
-        rollout = _collect(learner, make_obs, reward_fn, T=16, B=64, n=n)
+        rollout = bandit_rollout(learner, make_obs, reward_fn, T=16, B=64, n=n)
         assert rollout.action.shape == (16, 64, n) and rollout.action.dtype == torch.long
         assert rollout.log_prob.shape == (16, 64, n)
         stats = learner.update(rollout, i / iterations)
@@ -130,7 +113,7 @@ def test_ppo_continuous_regresses_target():
 
     iterations = 40
     for i in range(iterations):
-        rollout = _collect(learner, make_obs, reward_fn, T=16, B=64, n=1)
+        rollout = bandit_rollout(learner, make_obs, reward_fn, T=16, B=64, n=1)
         assert rollout.action.shape == (16, 64, 1, 1)
         learner.update(rollout, i / iterations)
 

@@ -8,24 +8,7 @@ from gymnasium import spaces
 from algorithms import LEARNERS
 from algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
-from tests.toys import Fn, _io
-
-
-def _bandit_rollout(learner, make_obs, reward_fn, T: int, B: int, n: int) -> Rollout:
-    """One-step episodes: every step is terminated and done, final_obs = obs."""
-    obs, actions, rewards = [], [], []
-    for _ in range(T):
-        o, info = make_obs(B, n)
-        a, log_prob = learner.act(o)
-        assert log_prob.shape == (B, n) and not log_prob.any()
-        obs.append(o)
-        actions.append(a)
-        rewards.append(reward_fn(a, info))
-    obs = torch.stack(obs)
-    ones = torch.ones(T, B, dtype=torch.bool)
-    return Rollout(obs=obs, action=torch.stack(actions), log_prob=torch.zeros(T, B, n),
-                   reward=torch.stack(rewards), terminated=ones, done=ones.clone(),
-                   final_obs=obs.clone(), last_obs=make_obs(B, n)[0])
+from tests.toys import Fn, _io, bandit_rollout
 
 
 def test_registered():
@@ -99,7 +82,8 @@ def test_td3_solves_continuous_bandit_per_agent():
         return -(action - target).pow(2).sum(-1)
 
     for i in range(50):  # 50 * T = 400 gradient steps
-        rollout = _bandit_rollout(learner, make_obs, reward_fn, T=8, B=32, n=n)
+        rollout = bandit_rollout(learner, make_obs, reward_fn, T=8, B=32, n=n)
+        assert rollout.log_prob.shape == (8, 32, n) and not rollout.log_prob.any()
         assert rollout.action.shape == (8, 32, n, 1)
         stats = learner.update(rollout, i / 50)
         assert set(stats) == {"q_loss", "actor_loss", "q1"}

@@ -105,9 +105,13 @@ def test_same_seed_same_trajectory():
 
 
 def test_continuous_actions_are_clamped_to_the_box():
-    env = make_env("vmas_navigation", num_envs=2, n_agents=2, max_steps=10, continuous_actions=True)
-    env.reset(seed=0)
-    env.step(torch.full((2, 2, 2), 5.0))  # VMAS asserts on out-of-range actions
+    def after(action_value):
+        env = make_env("vmas_navigation", num_envs=2, n_agents=2, max_steps=10, continuous_actions=True, seed=0)
+        env.reset(seed=0)
+        return env.step(torch.full((2, 2, 2), action_value)).obs
+
+    assert torch.equal(after(5.0), after(1.0))  # 1.0 is the box's bound
+    assert not torch.equal(after(0.5), after(1.0))
 
 
 def test_registry_lists_names_on_unknown_env():
