@@ -5,9 +5,10 @@
 """
 from __future__ import annotations
 
-from algorithms import flat, hrl_cg, tag
+from algorithms import flat, himpo, hrl_cg, tag
 from algorithms.common import Family
 from algorithms.dqn import DQN
+from algorithms.graph_ppo import GraphPPO
 from algorithms.heuristic import SpreadHeuristic
 from algorithms.ppo import MAPPO, PPO
 from algorithms.hrl_cg import GoalManager
@@ -15,7 +16,9 @@ from algorithms.td3 import TD3
 from hmarl.learner import Learner
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "mappo": MAPPO, "td3": TD3, "dqn": DQN,
-                                      "goal_manager": GoalManager, "heuristic": SpreadHeuristic}
+                                      "goal_manager": GoalManager, "heuristic": SpreadHeuristic,
+                                      "graph_ppo": GraphPPO}
 
 FAMILIES: dict[str, Family] = {"tag": Family(tag.build), "flat": Family(flat.build),
-                               "hrl_cg": Family(hrl_cg.build, hrl_cg.Options)}
+                               "hrl_cg": Family(hrl_cg.build, hrl_cg.Options),
+                               "himpo": Family(himpo.build, himpo.Options)}

@@ -144,11 +144,7 @@ class PPO(Learner):
             mean = self.actor(obs)
             std = self.log_std.exp()
             action = mean if deterministic else mean + std * torch.randn_like(mean)
-            return action, self._normal_log_prob(mean, std, action)
-
-    @staticmethod
-    def _normal_log_prob(mean, std, action):
-        return (-((action - mean) / std).pow(2) / 2 - std.log() - math.log(math.sqrt(2 * math.pi))).sum(-1)
+            return action, normal_log_prob(mean, std, action)
 
     def evaluate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy ``[M, N]`` of stored actions under the current policy."""
@@ -161,7 +157,7 @@ class PPO(Learner):
         mean = self.actor(obs)
         std = self.log_std.exp().expand_as(mean)
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
-        return self._normal_log_prob(mean, std, action), entropy
+        return normal_log_prob(mean, std, action), entropy
 
     def critic_output(self, obs: torch.Tensor) -> torch.Tensor:
         """The critic's raw output ``[..., N]`` (standardised if ``normalize_value``)."""
@@ -177,18 +173,10 @@ class PPO(Learner):
     # -- learning --------------------------------------------------------------------------
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE over the rollout; bootstraps through truncations with the final observation."""
-        c = self.config
         with torch.no_grad():
             values = self.value(rollout.obs)
-            next_values = self.value(rollout.next_obs())
-            not_terminated = (~rollout.terminated).unsqueeze(-1).float()
-            not_done = (~rollout.done).unsqueeze(-1).float()
-            deltas = rollout.reward + c.gamma * next_values * not_terminated - values
-            advantages = torch.zeros_like(deltas)
-            last = torch.zeros_like(deltas[0])
-            for t in reversed(range(deltas.shape[0])):
-                last = deltas[t] + c.gamma * c.gae_lambda * not_done[t] * last
-                advantages[t] = last
+            advantages = gae(rollout.reward, values, self.value(rollout.next_obs()), rollout.terminated,
+                             rollout.done, self.config.gamma, self.config.gae_lambda)
         return advantages, values
 
     def update(self, rollout: Rollout, progress: float,
@@ -216,22 +204,10 @@ class PPO(Learner):
                 mb = order[start:start + minibatch_size]
                 new_log_prob, entropy = self.evaluate(b_obs[mb], b_actions[mb])
                 new_value = self.critic_output(b_obs[mb])
-                log_ratio = new_log_prob - b_log_probs[mb]
-                ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean(0)
-                    clipfrac = ((ratio - 1.0).abs() > c.clip_coef).float().mean(0)
-                mb_advantages = b_advantages[mb]
-                if c.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean(0)) / (mb_advantages.std(0) + 1e-8)
-                pg_loss = torch.max(-mb_advantages * ratio,
-                                    -mb_advantages * ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)).mean(0)
-                if c.clip_vloss:
-                    v_clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-c.clip_coef, c.clip_coef)
-                    v_loss = 0.5 * torch.max((new_value - b_returns[mb]).pow(2),
-                                             (v_clipped - b_returns[mb]).pow(2)).mean(0)
-                else:
-                    v_loss = 0.5 * (new_value - b_returns[mb]).pow(2).mean(0)
+                pg_loss, v_loss, approx_kl, clipfrac = clipped_losses(
+                    new_log_prob, b_log_probs[mb], b_advantages[mb], new_value, b_values[mb], b_returns[mb],
+                    c.clip_coef, c.clip_vloss, c.norm_adv)
+                pg_loss, v_loss, approx_kl, clipfrac = (x.mean(0) for x in (pg_loss, v_loss, approx_kl, clipfrac))
                 entropy_loss = entropy.mean(0)
                 loss = ((pg_loss - c.ent_coef * entropy_loss + c.vf_coef * v_loss) * active).sum()
                 self.optimizer.zero_grad()
@@ -253,6 +229,59 @@ class PPO(Learner):
             state = self.optimizer.state.get(p)
             if state and p.shape[0] == active.shape[0]:
                 state["exp_avg"].mul_(active.view(-1, *([1] * (p.dim() - 1))))
+
+
+def normal_log_prob(mean: torch.Tensor, std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Log-density of a diagonal Gaussian, summed over the last dim."""
+    return (-((action - mean) / std).pow(2) / 2 - std.log() - math.log(math.sqrt(2 * math.pi))).sum(-1)
+
+
+def gae(reward: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
+        done: torch.Tensor, gamma: float, gae_lambda: float) -> torch.Tensor:
+    """Generalised advantage estimates (Schulman et al. 2016) over a rollout.
+
+    ``next_values`` are the values of the observation after each step before any
+    reset, so truncated episodes bootstrap and terminated ones do not.
+
+    Shapes: reward, values, next_values ``[T, B, ...]``; terminated, done ``[T, B]`` -> ``[T, B, ...]``.
+    """
+    extra = (1,) * (reward.dim() - 2)
+    not_terminated = (~terminated).view(*terminated.shape, *extra).float()
+    not_done = (~done).view(*done.shape, *extra).float()
+    deltas = reward + gamma * next_values * not_terminated - values
+    advantages = torch.zeros_like(deltas)
+    last = torch.zeros_like(deltas[0])
+    for t in reversed(range(deltas.shape[0])):
+        last = deltas[t] + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    return advantages
+
+
+def clipped_losses(new_log_prob, old_log_prob, advantages, new_value, old_value, returns,
+                   clip_coef: float, clip_vloss: bool, norm_adv: bool, mask: torch.Tensor | None = None):
+    """PPO's per-sample terms: clipped surrogate, (clipped) value loss, approximate KL, clip indicator.
+
+    Advantages are standardised per column over the minibatch when ``norm_adv`` (over
+    the samples where ``mask`` is true, if given). Shapes: every input ``[M, ...]``; outputs alike.
+    """
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    with torch.no_grad():
+        approx_kl = (ratio - 1) - log_ratio
+        clipfrac = ((ratio - 1.0).abs() > clip_coef).float()
+    if norm_adv:
+        weight = torch.ones_like(advantages) if mask is None else mask.float()
+        count = weight.sum(0).clamp(min=1)
+        mean = (advantages * weight).sum(0) / count
+        std = (((advantages - mean) * weight).pow(2).sum(0) / (count - 1).clamp(min=1)).sqrt()
+        advantages = (advantages - mean) / (std + 1e-8)
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    if clip_vloss:
+        v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
+        v_loss = 0.5 * torch.max((new_value - returns).pow(2), (v_clipped - returns).pow(2))
+    else:
+        v_loss = 0.5 * (new_value - returns).pow(2)
+    return pg_loss, v_loss, approx_kl, clipfrac
 
 
 class RunningNorm(torch.nn.Module):

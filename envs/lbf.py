@@ -214,7 +214,7 @@ class LevelBasedForaging:
         self.spec = EnvSpec(
             n_agents=n_agents, obs_dim=3 * max_num_food + player_dims * n_agents + extra,
             action_space=spaces.Discrete(6), max_steps=max_steps, num_envs=num_envs, device=device,
-            state_dim=3 * max_num_food + 3 * n_agents + extra, capabilities={"positions": True}, name=name)
+            state_dim=3 * max_num_food + 3 * n_agents + extra, capabilities={"positions": 2}, name=name)
         self._spawn(None)
 
     # ----------------------------------------------------------------------------- protocol
@@ -287,6 +287,7 @@ class LevelBasedForaging:
         truncated = (self._t >= self.spec.max_steps) & ~terminated
 
         final_obs = self._obs()
+        final_positions = self._pos.to(torch.float32)
         done = terminated | truncated
         if bool(done.any()):
             self._spawn(done.nonzero().squeeze(-1))
@@ -294,7 +295,8 @@ class LevelBasedForaging:
         else:
             obs = final_obs
         return TimeStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated,
-                        state=self._state(), info={"final_obs": final_obs, **self._info()})
+                        state=self._state(),
+                        info={"final_obs": final_obs, "final_positions": final_positions, **self._info()})
 
     # ----------------------------------------------------------------------------- state access
     def set_state(self, index: int, positions, levels, food, *, step: int = 0, energy=None,

@@ -70,7 +70,7 @@ class PointMaze:
         self.spec = EnvSpec(
             n_agents=1, obs_dim=4, action_space=spaces.Box(-1.0, 1.0, (2,)), max_steps=max_steps,
             num_envs=num_envs, device=self._device,
-            capabilities={"goal_indices": [0, 1], "positions": True,
+            capabilities={"goal_indices": [0, 1], "positions": 2,
                           **({"eval_groups": [f"{x:g},{y:g}" for x, y in EVAL_TARGETS]} if eval_targets else {})},
             name="point_maze")
 
@@ -98,7 +98,7 @@ class PointMaze:
 
         distance = torch.linalg.vector_norm(pos - self._target, dim=-1)
         reward = (-distance * self._reward_scale).unsqueeze(-1)
-        final_obs = self._obs()
+        final_obs, final_positions = self._obs(), self._pos.unsqueeze(1)
         b = self.spec.num_envs
         ended = self._t >= self.spec.max_steps
         truncated = torch.full((b,), ended, dtype=torch.bool, device=self._device)
@@ -107,7 +107,8 @@ class PointMaze:
             self._start()
         return TimeStep(obs=self._obs(), reward=reward,
                         terminated=torch.zeros_like(truncated), truncated=truncated,
-                        info={"final_obs": final_obs, "positions": self._pos.unsqueeze(1),
+                        info={"final_obs": final_obs, "final_positions": final_positions,
+                              "positions": self._pos.unsqueeze(1),
                               "success": success})
 
     def _start(self) -> None:

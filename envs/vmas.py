@@ -25,7 +25,7 @@ class VmasEnv:
     Shapes:
         obs ``[B, N, obs_dim]``; actions ``[B, N]`` int64 (Discrete(9) in VMAS >= 1.4)
         or ``[B, N, 2]`` float in ``[-u_range, u_range]``; reward ``[B, N]``;
-        ``info["positions"]`` ``[B, N, 2]``.
+        ``info["positions"]`` ``[B, N, 2]`` (``info["final_positions"]`` before resets).
     """
 
     def __init__(self, scenario: str, num_envs: int, device: str | torch.device = "cpu",
@@ -50,7 +50,7 @@ class VmasEnv:
         self.spec = EnvSpec(
             n_agents=len(self._env.agents), obs_dim=obs.shape[-1], action_space=action_space,
             max_steps=max_steps, num_envs=num_envs, device=torch.device(device),
-            capabilities={"positions": True, **(capabilities or {})}, name=name or f"vmas_{scenario}")
+            capabilities={"positions": 2, **(capabilities or {})}, name=name or f"vmas_{scenario}")
 
     def _direct_forces(self, action_space, device) -> Tensor | None:
         """Per-agent force scale ``[N, 2]`` if actions can be applied directly, else None."""
@@ -109,17 +109,20 @@ class VmasEnv:
         obs, reward, terminated, truncated = self._vmas_step(actions)
         obs, reward = self._stack(obs), self._stack(reward)
         done = terminated | truncated
-        final_obs = obs
+        final_obs, final_positions = obs, self._positions()
+        positions = final_positions
         if done.all():
             obs = self._stack(self._env.reset())
+            positions = self._positions()
         elif done.any():
             # VMAS resets one copy at a time; this loop runs only at episode ends.
             for index in done.nonzero().squeeze(-1).tolist():
                 self._env.reset_at(index, return_observations=False)
             obs = self._stack(self._env.get_from_scenario(
                 get_observations=True, get_rewards=False, get_infos=False, get_dones=False)[0])
-        return TimeStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated,
-                        info={"final_obs": final_obs, "positions": self._positions()})
+            positions = self._positions()
+        info = {"final_obs": final_obs, "positions": positions, "final_positions": final_positions}
+        return TimeStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated, info=info)
 
 
 def _to_gymnasium(space) -> spaces.Discrete | spaces.Box:

@@ -37,6 +37,8 @@ class Group:
 
 
 GROUPS = (Group("vmas_balance", 4, 64, 64_000, ("mappo", "ippo", "tag_3ppo")),
+          Group("vmas_sampling", 3, 64, 64_000, ("himppo", "ippo", "mappo")),
+          Group("lbfws_hard", 4, 64, 64_000, ("himppo", "ippo", "mappo")),
           Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg")))
 PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "peer_benchmarl.py"
 
@@ -46,7 +48,7 @@ def system_config(algorithm: str, group: Group, threads: int) -> RunConfig:
               **load_yaml(CONFIG_DIR / "envs" / f"{group.env}.yaml")}
     config.update(num_envs=group.num_envs, rollout_steps=100, total_steps=group.frames, eval_interval=0,
                   eval_envs=3, progress=False, n_agents=group.n_agents, threads=threads)
-    for learner in ("ppo", "mappo"):
+    for learner in ("ppo", "mappo", "graph_ppo"):
         if learner in config:
             config[learner] = {**config[learner], "update_epochs": 4, "num_minibatches": 4}
     return RunConfig.from_config(config)

@@ -28,6 +28,10 @@ class Rollout:
     done: Tensor
     final_obs: Tensor
     last_obs: Tensor
+    parent: Tensor | None = None
+    """``[T, B, N_below]``: each unit's agent at each step, for levels that regroup children."""
+    slot: Tensor | None = None
+    """``[T, B, N_below]``: each unit's place among its agent's children."""
 
     def next_obs(self) -> Tensor:
         """The observation following each step, before any reset: ``[T, B, N, obs_dim]``."""

@@ -28,7 +28,7 @@ def _check_clusters(n_workers: int, n_clusters: int) -> None:
         raise ValueError(f"need at least one sub-manager; got n_clusters={n_clusters}")
     if n_clusters > n_workers:
         raise ValueError(f"more sub-managers than workers ({n_clusters} > {n_workers}): every "
-                         f"sub-manager needs at least one worker; lower n_clusters to <= {n_workers}")
+                         f"sub-manager needs at least one worker; use at most {n_workers} sub-managers")
 
 
 def _as_float(positions: Tensor) -> Tensor:
@@ -178,3 +178,39 @@ def complete_edges(n_nodes: int, device: torch.device | str | None = None) -> Te
     source, target = nodes.repeat(n_nodes), nodes.repeat_interleave(n_nodes)
     keep = source != target
     return torch.stack([source[keep], target[keep]])
+
+
+GROUPINGS = ("static", "dynamic", "episode")
+"""How a level's agents get their children: ``static`` (fixed lists), ``dynamic``
+(balanced clusters by position, recomputed every time the level acts) or
+``episode`` (balanced clusters fixed at each episode's first step: HiMPo's SG ablation)."""
+
+
+class Regrouping:
+    """Per-copy children of ``n_groups`` agents over the units below, by the units' positions.
+
+    Each agent owns at most ``capacity = ceil(N / M)`` units; an agent's children sit
+    in its ``capacity`` slots in unit order, and empty slots are padding.
+
+    Shapes:
+        ``assign``: positions ``[B, N, D]``, fresh ``[B]`` bool (copies whose episode
+        just started), previous assignment ``[B, N]`` or None -> assignment ``[B, N]``.
+        ``slots``: assignment ``[B, N]`` -> slot of each unit among its parent's children ``[B, N]``.
+    """
+
+    def __init__(self, n_units: int, n_groups: int, mode: str):
+        if mode not in GROUPINGS[1:]:
+            raise ValueError(f"unknown regrouping {mode!r}; available: {', '.join(GROUPINGS[1:])}")
+        _check_clusters(n_units, n_groups)
+        self.n_units, self.n_groups, self.mode = n_units, n_groups, mode
+        self.capacity = math.ceil(n_units / n_groups)
+
+    def assign(self, positions: Tensor, fresh: Tensor, previous: Tensor | None) -> Tensor:
+        clusters = balanced_clusters(positions, self.n_groups)
+        if previous is None or self.mode == "dynamic":
+            return clusters
+        return torch.where(fresh.unsqueeze(-1), clusters, previous)
+
+    def slots(self, assignment: Tensor) -> Tensor:
+        one_hot = torch.nn.functional.one_hot(assignment, self.n_groups)  # [B, N, M]
+        return (one_hot.cumsum(-2) * one_hot).sum(-1) - 1

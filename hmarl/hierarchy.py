@@ -12,8 +12,9 @@ from torch import nn
 
 from hmarl.buffers import RolloutBuffer
 from hmarl.comm import COMMUNICATION
+from hmarl.graphs import GROUPINGS, Regrouping, static_clusters
 from hmarl.learner import AgentIO, Learner
-from hmarl.level import Level, agent_io, check_partition
+from hmarl.level import Level, check_partition, level_io
 from hmarl.rewards import REWARD_RULES
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
 
@@ -44,6 +45,15 @@ class LevelSpec:
     """Each agent controls this many consecutive units below (default 1); ``all``: one agent over all."""
     children: list[list[int]] | None = None
     """Explicit ``children[i]`` for agent i; excludes ``group_size``."""
+    groups: int | None = None
+    """Number of agents; their children are balanced blocks of the units below by index
+    (``grouping: static``) or by position (``dynamic``, ``episode``). Excludes the two above."""
+    grouping: str = "static"
+    """``static``: fixed children; ``dynamic``: balanced clusters of the units below by
+    position, recomputed after every step of this level; ``episode``: the same clusters
+    kept for a whole episode (HiMPo's SG ablation). The last two need ``groups``."""
+    positions: bool = False
+    """Append each child's position to its message (for graphs built from positions)."""
     period: int = 1
     """This level acts once every ``period`` steps of the level below."""
     command: str | None = None
@@ -63,9 +73,20 @@ class LevelSpec:
     options: dict[str, Any] = field(default_factory=dict)
     """Learner options for this level only, over the run's shared learner options."""
 
-    def resolve_children(self, n_below: int, where: str) -> list[list[int]]:
-        if self.children is not None and self.group_size is not None:
-            raise ValueError(f"{where}: give either group_size or children, not both")
+    def resolve_children(self, n_below: int, where: str) -> list[list[int]] | Regrouping:
+        given = [k for k in ("group_size", "children", "groups") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{where}: give one of group_size, children and groups, not {' and '.join(given)}")
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"{where}: unknown grouping {self.grouping!r}; available: {', '.join(GROUPINGS)}")
+        if self.grouping != "static":
+            if self.groups is None:
+                raise ValueError(f"{where}: grouping {self.grouping} regroups the units below among "
+                                 f"'groups' agents; set groups (the number of agents)")
+            return Regrouping(n_below, self.groups, self.grouping)
+        if self.groups is not None:
+            assignment = static_clusters(n_below, self.groups).tolist()
+            return [[u for u in range(n_below) if assignment[u] == g] for g in range(self.groups)]
         if self.children is not None:
             return [list(c) for c in self.children]
         size = n_below if self.group_size == "all" else self.group_size or 1
@@ -131,21 +152,23 @@ class Hierarchy(nn.Module):
     def update(self, progress: float) -> dict[str, Tensor]:
         """Update every level top-down from its rollout; returns ``level{l}/{name}`` metrics."""
         metrics: dict[str, Tensor] = {}
+        rollouts = [level.rollout() for level in self.levels]
         for index in reversed(range(len(self.levels))):
-            level = self.levels[index]
-            rollout = level.rollout()
+            level, rollout = self.levels[index], rollouts[index]
             if level.reward_rule.deferred:  # the level above has just updated: its advantages exist
-                upper = self.levels[index + 1]
-                parent, slot = upper.parents()
+                upper, upper_rollout = self.levels[index + 1], rollouts[index + 1]
+                parent, slot = (upper.parents() if upper_rollout.parent is None
+                                else (upper_rollout.parent, upper_rollout.slot))
                 rollout.reward = level.reward_rule.relabel(rollout.reward, upper.learner.last_advantages,
                                                            parent, slot, level.steps_per_command)
             prefix = f"level{index}/{type(level.learner).__name__.lower()}"
-            below = self.levels[index - 1].rollout() if index else None
+            below = rollouts[index - 1] if index else None
             for key, value in level.learner.update(rollout, progress, below).items():
                 metrics[f"{prefix}/{key}"] = value
             child_obs = rollout.obs[..., :level.io.child_obs_dim]
             for key, value in level.comm.update(child_obs).items():
                 metrics[f"{prefix}/{key}"] = value
+        for level in self.levels:
             level.buffer.clear()
         return metrics
 
@@ -176,7 +199,7 @@ class Hierarchy(nn.Module):
         for level in self.levels:
             below = Level(below, level.learner, level.children, level.comm, level.reward_rule,
                           command=level.command, steps_per_command=level.steps_per_command,
-                          joint=level.joint, relative_goals=level.relative_goals)
+                          joint=level.joint, relative_goals=level.relative_goals, positions=level.positions)
             levels.append(below)
         return Hierarchy(env, levels)
 
@@ -210,19 +233,20 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
             raise ValueError(f"level {index + 1} sits above level {index} but gives it no command; "
                              "set its command to discrete(n) or box(d)")
         command = parse_command(upper.command) if upper else None
-        children = spec.resolve_children(below.spec.n_agents, where)
-        check_partition(children, below.spec.n_agents, where)
         try:
-            io = agent_io(below.spec, children, command, spec.joint)
+            children = spec.resolve_children(below.spec.n_agents, where)
+            if not isinstance(children, Regrouping):
+                check_partition(children, below.spec.n_agents, where)
+            io = level_io(below.spec, children, command, spec.joint, spec.positions)
         except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
-        comm = COMMUNICATION[spec.comm](len(children), io.child_obs_dim)
+            raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
+        comm = COMMUNICATION[spec.comm](io.n_agents, io.child_obs_dim)
         learner = make_learner(spec, io, index)
         try:
-            rule = REWARD_RULES[spec.reward](below.spec, max(len(c) for c in children), **spec.reward_options)
+            rule = REWARD_RULES[spec.reward](below.spec, io.group, **spec.reward_options)
             level = Level(below, learner, children, comm, rule, command=command,
                           steps_per_command=upper.period if upper else 1, joint=spec.joint,
-                          relative_goals=bool(upper and upper.relative_goals))
+                          relative_goals=bool(upper and upper.relative_goals), positions=spec.positions)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
         levels.append(level)

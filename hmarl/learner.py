@@ -16,6 +16,8 @@ class AgentIO:
     """What the agents of one level observe and emit.
 
     ``obs_dim`` = children's messages (``child_obs_dim``) + the command from above.
+    The children's part is ``group`` slots of ``child_dim`` features each:
+    ``[message, position (position_dim), present (1 if presence)]``.
     ``action_space`` is per agent: Discrete (a joint action over its children),
     MultiDiscrete (one head per child) or Box (children's continuous actions, concatenated).
     """
@@ -24,6 +26,16 @@ class AgentIO:
     obs_dim: int
     child_obs_dim: int
     action_space: spaces.Discrete | spaces.MultiDiscrete | spaces.Box
+    group: int = 1
+    """Child slots per agent."""
+    position_dim: int = 0
+    """Size of the position each child slot carries (0: none)."""
+    presence: bool = False
+    """Each child slot ends with a 1/0 flag: a child is there (children regrouped per copy)."""
+
+    @property
+    def child_dim(self) -> int:
+        return self.child_obs_dim // self.group
 
 
 class Learner(nn.Module):

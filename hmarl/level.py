@@ -24,6 +24,7 @@ from gymnasium import spaces
 from hmarl.buffers import Rollout, RolloutBuffer
 from hmarl.comm import Communication
 from hmarl.goals import goal_transition
+from hmarl.graphs import Regrouping
 from hmarl.learner import AgentIO, Learner
 from hmarl.rewards import LevelStep, RewardRule
 from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep
@@ -60,11 +61,11 @@ def command_features_dim(command: spaces.Space | None) -> int:
     return int(command.shape[0])
 
 
-def agent_io(below: EnvSpec, children: list[list[int]], command: spaces.Space | None,
-             joint: bool) -> AgentIO:
-    """The observation and action spaces of a level's agents over ``below``."""
-    group = max(len(c) for c in children)
-    child_obs_dim = group * below.obs_dim
+def agent_io(below: EnvSpec, n_agents: int, group: int, command: spaces.Space | None, joint: bool,
+             position_dim: int = 0, presence: bool = False) -> AgentIO:
+    """The observation and action spaces of ``n_agents`` agents with ``group`` child slots each."""
+    child_dim = below.obs_dim + position_dim + int(presence)
+    child_obs_dim = group * child_dim
     if below.discrete:
         k = below.action_dim
         if joint:
@@ -80,8 +81,23 @@ def agent_io(below: EnvSpec, children: list[list[int]], command: spaces.Space | 
         box = below.action_space
         action_space = spaces.Box(low=float(box.low.min()), high=float(box.high.max()),
                                   shape=(group * below.action_dim,))
-    return AgentIO(n_agents=len(children), obs_dim=child_obs_dim + command_features_dim(command),
-                   child_obs_dim=child_obs_dim, action_space=action_space)
+    return AgentIO(n_agents=n_agents, obs_dim=child_obs_dim + command_features_dim(command),
+                   child_obs_dim=child_obs_dim, action_space=action_space, group=group,
+                   position_dim=position_dim, presence=presence)
+
+
+def level_io(below: EnvSpec, children: list[list[int]] | Regrouping, command: spaces.Space | None,
+             joint: bool, positions: bool = False) -> AgentIO:
+    """The agents' io of a level with these ``children`` (lists, or a Regrouping) over ``below``."""
+    dynamic = isinstance(children, Regrouping)
+    n, group = (children.n_groups, children.capacity) if dynamic else (len(children), max(map(len, children)))
+    position_dim = 0
+    if positions or dynamic:
+        needed_by = "regrouping children by position" if dynamic else "children's positions (positions: true)"
+        position_dim = int(below.require("positions", needed_by))
+    # an empty slot must be told apart from a child whose message is zero
+    presence = dynamic or any(len(c) < group for c in children)
+    return agent_io(below, n, group, command, joint, position_dim, presence)
 
 
 class Level:
@@ -90,7 +106,9 @@ class Level:
     Args:
         below: the real env or another ``Level``.
         learner: the agents' policy (built for ``agent_io(...)``).
-        children: ``children[i]`` lists the units below that agent ``i`` controls.
+        children: ``children[i]`` lists the units below that agent ``i`` controls, or a
+            :class:`~hmarl.graphs.Regrouping` that reassigns them per copy by position
+            (after every step of this level, or at each episode's start).
         comm: the communication function phi (messages sent up).
         reward_rule: what the agents learn from.
         command: the action space each agent accepts from the level above (``None`` at the top).
@@ -99,17 +117,28 @@ class Level:
             rather than one head per child.
         relative_goals: the commands are goals relative to the env's ``goal_indices``
             (HRL-CG): between two commands each goal follows ``h(s, g, s') = s + g - s'``.
+        positions: each child's position is appended to its message (for graphs built
+            from positions); implied by a Regrouping.
+
+    Each child slot of an agent's observation holds ``[message, position?, present?]``
+    (``present`` when agents may have fewer children than slots: 1 for a child, 0 for an empty slot).
+    An agent's position is the mean of its children's.
 
     Shapes:
         ``step(command)``: command ``[B, N]`` (Discrete) or ``[B, N, d]`` (Box), ``None`` at the top;
         returns obs ``[B, N, comm.out_dim]`` and reward ``[B, N]``.
     """
 
-    def __init__(self, below: MultiAgentEnv, learner: Learner, children: list[list[int]],
+    def __init__(self, below: MultiAgentEnv, learner: Learner, children: list[list[int]] | Regrouping,
                  comm: Communication, reward_rule: RewardRule,
                  command: spaces.Discrete | spaces.Box | None = None,
-                 steps_per_command: int = 1, joint: bool = True, relative_goals: bool = False):
-        check_partition(children, below.spec.n_agents)
+                 steps_per_command: int = 1, joint: bool = True, relative_goals: bool = False,
+                 positions: bool = False):
+        below_spec = below.spec
+        n_below, device = below_spec.n_agents, below_spec.device
+        self.dynamic = isinstance(children, Regrouping)
+        if not self.dynamic:
+            check_partition(children, n_below)
         self.below = below
         self.children = children
         self.learner = learner
@@ -118,24 +147,31 @@ class Level:
         self.command = command
         self.steps_per_command = steps_per_command
         self.joint = joint
+        self.positions = positions or self.dynamic
         self.training = True
         self.buffer = RolloutBuffer(0)
-        below_spec = below.spec
-        self.io = agent_io(below_spec, children, command, joint)
-        n_below, n = below_spec.n_agents, len(children)
-        self.group = max(len(c) for c in children)
-        flat = [u for c in children for u in c]
-        # Consecutive equal blocks are plain reshapes; anything else goes through an index
-        # whose padding slot (n_below) reads zeros and writes nowhere.
-        self._blocks = flat == list(range(n_below)) and all(len(c) == self.group for c in children)
-        padded = [c + [n_below] * (self.group - len(c)) for c in children]
-        self._index = torch.tensor(padded, device=below_spec.device).reshape(-1)
+        self.io = level_io(below_spec, children, command, joint, positions)
+        n, self.group = self.io.n_agents, self.io.group
+        self._rows = torch.arange(below_spec.num_envs, device=device).unsqueeze(1)
+        if self.dynamic:
+            self._assignment = self._slot = self._index = self._unit_slot = None
+            self._blocks = False
+        else:
+            flat = [u for c in children for u in c]
+            # Consecutive equal blocks are plain reshapes; anything else goes through an index
+            # whose padding slot (n_below) reads zeros and writes nowhere.
+            self._blocks = flat == list(range(n_below)) and all(len(c) == self.group for c in children)
+            padded = [c + [n_below] * (self.group - len(c)) for c in children]
+            self._index = torch.tensor(padded, device=device).reshape(1, -1).expand(below_spec.num_envs, -1)
+            parent, slot = self.parents()
+            self._unit_slot = (parent * self.group + slot).expand(below_spec.num_envs, -1)
         self._below_discrete = below_spec.discrete
         self._k = below_spec.action_dim
-        self._digits = self._k ** torch.arange(self.group - 1, -1, -1, device=below_spec.device)
+        self._digits = self._k ** torch.arange(self.group - 1, -1, -1, device=device)
+        capabilities = {"positions": below_spec.capabilities["positions"]} if "positions" in below_spec.capabilities else {}
         self.spec = EnvSpec(n_agents=n, obs_dim=comm.out_dim, action_space=command,
                             max_steps=math.ceil(below_spec.max_steps / steps_per_command),
-                            num_envs=below_spec.num_envs, device=below_spec.device,
+                            num_envs=below_spec.num_envs, device=device, capabilities=capabilities,
                             name=f"level over {below_spec.name}")
         self._below_ts: TimeStep | None = None
         self._command_features: Tensor | None = None
@@ -152,13 +188,30 @@ class Level:
         return torch.as_tensor(index, device=below.device)
 
     def parents(self) -> tuple[Tensor, Tensor]:
-        """For each unit below: the agent controlling it, and its place among that agent's children."""
+        """For each unit below: the agent controlling it, and its place among that agent's children.
+
+        ``[N_below]`` each for fixed children; ``[B, N_below]`` (the current grouping) for a Regrouping.
+        """
+        if self.dynamic:
+            return self._assignment, self._slot
         parent = torch.empty(self.below.spec.n_agents, dtype=torch.long)
         slot = torch.empty_like(parent)
         for agent, group in enumerate(self.children):
             for place, unit in enumerate(group):
                 parent[unit], slot[unit] = agent, place
-        return parent.to(self._index.device), slot.to(self._index.device)
+        device = self._rows.device
+        return parent.to(device), slot.to(device)
+
+    def _regroup(self, ts: TimeStep, fresh: Tensor) -> None:
+        """Reassign children from the units' positions (dynamic levels only)."""
+        assignment = self.children.assign(ts.info["positions"], fresh, self._assignment)
+        self._assignment, self._slot = assignment, self.children.slots(assignment)
+        self._unit_slot = assignment * self.group + self._slot
+        n_below = self.below.spec.n_agents
+        index = torch.full((self.spec.num_envs, self.spec.n_agents * self.group), n_below,
+                           dtype=torch.long, device=assignment.device)
+        units = torch.arange(n_below, device=assignment.device).expand_as(assignment)
+        self._index = index.scatter(1, self._unit_slot, units)
 
     # -- moving data between the level below and this level's agents -------------------
     def children_view(self, x: Tensor) -> Tensor:
@@ -167,10 +220,31 @@ class Level:
         if self._blocks:
             return x.reshape(b, self.spec.n_agents, self.group, *x.shape[2:])
         padded = torch.cat([x, x.new_zeros(b, 1, *x.shape[2:])], dim=1)
-        return padded[:, self._index].reshape(b, self.spec.n_agents, self.group, *x.shape[2:])
+        return padded[self._rows, self._index].reshape(b, self.spec.n_agents, self.group, *x.shape[2:])
 
-    def _child_obs(self, below_obs: Tensor) -> Tensor:
-        return self.children_view(below_obs).flatten(2)
+    def _present(self) -> Tensor:
+        """``[B, N, group]`` bool: which child slots hold a unit."""
+        return (self._index < self.below.spec.n_agents).view(-1, self.spec.n_agents, self.group)
+
+    def _child_obs(self, below_obs: Tensor, positions: Tensor | None) -> Tensor:
+        if self.positions:
+            below_obs = torch.cat([below_obs, positions], dim=-1)
+        view = self.children_view(below_obs)
+        if self.io.presence:
+            view = torch.cat([view, self._present().unsqueeze(-1).to(view.dtype)], dim=-1)
+        return view.flatten(2)
+
+    def _agent_positions(self, positions: Tensor) -> Tensor:
+        """Each agent's position: the mean of its children's ``[B, N, D]``."""
+        total = self.children_view(positions).sum(2)
+        if self._blocks:
+            return total / self.group
+        return total / self._present().sum(-1, keepdim=True).clamp(min=1)
+
+    def _positions_info(self, ts: TimeStep) -> dict[str, Tensor]:
+        if "positions" not in ts.info:
+            return {}
+        return {"positions": self._agent_positions(ts.info["positions"])}
 
     def _with_command(self, child_obs: Tensor) -> Tensor:
         if self._command_features is None:
@@ -196,19 +270,20 @@ class Level:
         per_child = per_child.reshape(b, n * self.group, *per_child.shape[3:])
         if self._blocks:
             return per_child
-        out = per_child.new_zeros(b, self.below.spec.n_agents + 1, *per_child.shape[2:])
-        out[:, self._index] = per_child
-        return out[:, :-1]
+        return per_child[self._rows, self._unit_slot]
 
     # -- the env interface -------------------------------------------------------------
     @torch.no_grad()
     def reset(self, seed: int | None = None) -> TimeStep:
         self._below_ts = ts = self.below.reset(seed)
         self.buffer.clear()
+        if self.dynamic:
+            self._assignment = None
+            self._regroup(ts, fresh=torch.ones_like(ts.terminated))
         b = self.spec.num_envs
-        return TimeStep(obs=self.comm(self._child_obs(ts.obs)),
+        return TimeStep(obs=self.comm(self._child_obs(ts.obs, ts.info.get("positions"))),
                         reward=ts.reward.new_zeros(b, self.spec.n_agents),
-                        terminated=ts.terminated, truncated=ts.truncated)
+                        terminated=ts.terminated, truncated=ts.truncated, info=self._positions_info(ts))
 
     @torch.no_grad()
     def step(self, command: Tensor | None = None) -> TimeStep:
@@ -219,39 +294,49 @@ class Level:
         alive = torch.ones(b, dtype=torch.bool, device=reward_up.device)
         terminated = torch.zeros_like(alive)
         truncated = torch.zeros_like(alive)
-        final_message = None
+        final_message = final_positions = None
         for _ in range(self.steps_per_command):
-            child_obs = self._child_obs(ts.obs)
+            child_obs = self._child_obs(ts.obs, ts.info.get("positions"))
             obs = self._with_command(child_obs)
             action, log_prob = self.learner.act(obs, deterministic=not self.training)
             ts = self.below.step(self._to_below(action))
             children_reward = self.children_view(ts.reward).sum(-1)
-            next_child_obs = self._child_obs(ts.final_obs)
+            next_child_obs = self._child_obs(ts.final_obs, ts.info.get("final_positions", ts.info.get("positions")))
             step = LevelStep(children_reward, child_obs, next_child_obs, self._command_features)
             if self._goal_index is not None:
                 self._command_features = goal_transition(child_obs, self._command_features, next_child_obs,
                                                          self._goal_index)
             if self.training:
+                grouping = {"parent": self._assignment, "slot": self._slot} if self.dynamic else {}
                 self.buffer.add(obs=obs, action=action, log_prob=log_prob,
                                 reward=self.reward_rule.step_reward(step),
                                 terminated=ts.terminated, done=ts.done,
-                                final_obs=self._with_command(next_child_obs))
+                                final_obs=self._with_command(next_child_obs), **grouping)
             # A copy that finished inside the period starts its next episode under the
             # same command; what follows belongs to that episode, not to this transition.
             reward_up += children_reward * alive.unsqueeze(-1)
             message = self.comm(next_child_obs)
             final_message = message if final_message is None else torch.where(
                 alive[:, None, None], message, final_message)
+            if "positions" in ts.info:
+                ended_at = self._agent_positions(ts.info.get("final_positions", ts.info["positions"]))
+                final_positions = ended_at if final_positions is None else torch.where(
+                    alive[:, None, None], ended_at, final_positions)
             terminated |= ts.terminated & alive
             truncated |= ts.truncated & ~ts.terminated & alive
             alive &= ~ts.done
+            if self.dynamic:
+                self._regroup(ts, fresh=ts.done)
         self._below_ts = ts
-        return TimeStep(obs=self.comm(self._child_obs(ts.obs)), reward=reward_up,
-                        terminated=terminated, truncated=truncated,
-                        info={"final_obs": final_message})
+        info = {"final_obs": final_message, **self._positions_info(ts)}
+        if final_positions is not None:
+            info["final_positions"] = final_positions
+        return TimeStep(obs=self.comm(self._child_obs(ts.obs, ts.info.get("positions"))), reward=reward_up,
+                        terminated=terminated, truncated=truncated, info=info)
 
     # -- learning ------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self) -> Rollout:
         """This level's transitions since the last ``clear``, with the bootstrap observation."""
-        return self.buffer.rollout(last_obs=self._with_command(self._child_obs(self._below_ts.obs)))
+        ts = self._below_ts
+        return self.buffer.rollout(last_obs=self._with_command(self._child_obs(ts.obs, ts.info.get("positions"))))

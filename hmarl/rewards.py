@@ -94,12 +94,14 @@ class UpperAdvantage(RewardRule):
                 slot: torch.Tensor, period: int) -> torch.Tensor:
         """``reward [T, B, N]`` + the superior's advantage of each step's period / period.
 
-        ``parent[i]`` is unit i's superior and ``slot[i]`` its place among that superior's children.
+        ``parent`` is each unit's superior and ``slot`` its place among that superior's
+        children: ``[N]`` (fixed children) or ``[T_up, B, N]`` (children regrouped per step).
         """
         if upper_advantage.dim() == 3:
-            per_unit = upper_advantage[:, :, parent]
-        else:
-            per_unit = upper_advantage[:, :, parent, slot]
+            upper_advantage, slot = upper_advantage.unsqueeze(-1), torch.zeros_like(slot)
+        t_up, b, _, group = upper_advantage.shape
+        index = (parent * group + slot).expand(t_up, b, -1)
+        per_unit = upper_advantage.flatten(2).gather(2, index)
         return reward + per_unit.repeat_interleave(period, dim=0) / period
 
 

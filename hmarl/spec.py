@@ -21,7 +21,8 @@ from gymnasium import spaces
 Tensor = torch.Tensor
 
 #: Optional capabilities an env may declare in ``EnvSpec.capabilities``.
-#: ``positions``: agents' xy in ``info["positions"]`` ``[B, N, 2]``.
+#: ``positions``: the size ``D`` of the agents' positions, given in ``info["positions"]``
+#: ``[B, N, D]`` (after any reset) and ``info["final_positions"]`` (before it) from ``step``.
 #: ``goal_indices``: which observation dims a relative goal lives in.
 #: ``subtasks``: entities, entity->subtask membership, active subtasks, per-subtask rewards.
 #: ``landmarks``: where obs holds landmark positions relative to the agent and the agent velocity

@@ -106,7 +106,8 @@ def parameters(trainer):
     return {k: v.clone() for k, v in trainer.hierarchy.state_dict().items() if torch.is_tensor(v)}
 
 
-@pytest.mark.parametrize("algorithm, env", [("tag_3ppo_comm", "vmas_balance"), ("hrl_cg", "point_maze")])
+@pytest.mark.parametrize("algorithm, env", [("tag_3ppo_comm", "vmas_balance"), ("hrl_cg", "point_maze"),
+                                            ("himppo", "lbfws_hard")])
 def test_resume_reproduces_the_uninterrupted_run(algorithm, env, tmp_path):
     updates = dict(total_steps=6 * 80, rollout_steps=20, checkpoint_interval=160, eval_interval=160)
     uninterrupted = Trainer(run_config(algorithm, env, tmp_path / "a", **updates),

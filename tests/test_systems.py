@@ -13,11 +13,15 @@ SINGLE_AGENT_ENVS = {"point_maze"}
 NO_GOAL_ENVS = {"lbf", "lbfws_easy", "lbfws_hard"}  # HRL-CG needs goal_indices
 TAG_SYSTEMS = {name for name in named_configs("algorithms") if name.startswith("tag_")}
 OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn")
+NO_POSITION_ENVS = {"mpe_simple_spread"}
+HIMPO_SUB_MANAGERS = {"himppo", "himppo_fl", "himppo_sg", "himppo_nl"}  # 2 sub-managers clustered by position
 
 
 def supported(algorithm: str, env: str) -> bool:
     if algorithm == "heuristic":
         return env in SPREAD_ENVS
+    if algorithm in HIMPO_SUB_MANAGERS and env in SINGLE_AGENT_ENVS | NO_POSITION_ENVS:
+        return False
     if env in SINGLE_AGENT_ENVS:  # TAG systems pair agents up
         return algorithm not in TAG_SYSTEMS
     if env in NO_GOAL_ENVS and algorithm in ("hrl", "hrl_cg"):
@@ -62,7 +66,12 @@ def test_system_trains_on_env(algorithm, env, tmp_path):
     assert all(v.equal(after[k]) for k, v in before.items()) == (not learning)
 
 
-@pytest.mark.parametrize("algorithm", ["ippo", "mappo", "tag_2mappo_ppo"])
+def test_himppo_on_an_env_without_positions_clusters_by_index(tmp_path):
+    run = run_config("himppo", "mpe_simple_spread", tmp_path, grouping="static")
+    assert math.isfinite(Trainer(run, lambda *entry: None).fit())
+
+
+@pytest.mark.parametrize("algorithm", ["ippo", "mappo", "tag_2mappo_ppo", "himppo"])
 def test_continuous_env_actions(algorithm, tmp_path):
     run = run_config(algorithm, "vmas_balance", tmp_path, continuous_actions=True)
     assert math.isfinite(Trainer(run, lambda *entry: None).fit())

@@ -12,14 +12,17 @@ class ToyEnv:
     """obs[b, i] = [i, t, last action of i]; reward[b, i] = action of i (+1 per step copy b).
 
     Copy b terminates when any agent plays ``terminal_action``; every copy is
-    truncated at ``max_steps``. Records every action batch it receives.
+    truncated at ``max_steps``. Records every action batch it receives. With
+    ``positions(t) -> [B, N, 2]`` (t ``[B]``, the copies' step counters) it has positions.
     """
 
     def __init__(self, num_envs=2, n_agents=4, n_actions=5, max_steps=100, terminal_action=None,
-                 continuous=False, capabilities=None):
+                 continuous=False, capabilities=None, positions=None):
         space = spaces.Box(-1.0, 1.0, (2,)) if continuous else spaces.Discrete(n_actions)
+        capabilities = {**(capabilities or {}), **({"positions": 2} if positions else {})}
+        self.positions = positions
         self.spec = EnvSpec(n_agents=n_agents, obs_dim=3, action_space=space, max_steps=max_steps,
-                            num_envs=num_envs, name="toy", capabilities=capabilities or {})
+                            num_envs=num_envs, name="toy", capabilities=capabilities)
         self.terminal_action = terminal_action
         self.t = torch.zeros(num_envs)
         self.last = torch.zeros(num_envs, n_agents)
@@ -35,7 +38,9 @@ class ToyEnv:
         self.last.zero_()
         b, n = self.spec.num_envs, self.spec.n_agents
         no = torch.zeros(b, dtype=torch.bool)
-        return TimeStep(obs=self._obs(), reward=torch.zeros(b, n), terminated=no, truncated=no.clone())
+        info = {"positions": self.positions(self.t)} if self.positions else {}
+        return TimeStep(obs=self._obs(), reward=torch.zeros(b, n), terminated=no, truncated=no.clone(),
+                        info=info)
 
     def step(self, actions):
         self.received.append(actions.clone())
@@ -47,11 +52,15 @@ class ToyEnv:
                       else torch.zeros(self.spec.num_envs, dtype=torch.bool))
         truncated = (self.t >= self.spec.max_steps) & ~terminated
         final_obs = self._obs()
+        info = {"final_obs": final_obs}
+        if self.positions:
+            info["final_positions"] = self.positions(self.t)
         done = terminated | truncated
         self.t[done] = 0
         self.last[done] = 0
-        return TimeStep(obs=self._obs(), reward=reward, terminated=terminated, truncated=truncated,
-                        info={"final_obs": final_obs})
+        if self.positions:
+            info["positions"] = self.positions(self.t)
+        return TimeStep(obs=self._obs(), reward=reward, terminated=terminated, truncated=truncated, info=info)
 
 
 class Scripted(Learner):

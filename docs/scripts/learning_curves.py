@@ -77,7 +77,7 @@ def main() -> None:
     print("| algorithm | " + " | ".join(columns) + " | seeds | env steps |")
     print("|---|" + "---:|" * (len(columns) + 2))
     for name, finals, seeds, steps in sorted(rows, key=lambda r: -r[1][0]):
-        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in finals) + f" | {seeds} | {steps:,} |")
+        print(f"| {name} | " + " | ".join(f"{v:.4g}" for v in finals) + f" | {seeds} | {steps:,} |")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,10 @@ GNN_LAYERS: dict[str, Callable[[int, int], MessagePassing]] = {
 :math:`x_i' = W_1 x_i + W_2 \\operatorname{mean}_j x_j`; ``gatv2`` adds self loops."""
 
 
+DENSE_LAYER_TYPES = ("neighbour", "graphconv")
+"""Layer types with a dense form (:meth:`GraphEncoder.forward_dense`)."""
+
+
 def make_gnn_layer(layer_type: str, in_channels: int, out_channels: int) -> MessagePassing:
     """Build a layer of :data:`GNN_LAYERS` by name."""
     if layer_type not in GNN_LAYERS:

@@ -90,11 +90,15 @@ def test_unequal_groups_pad_observations_and_drop_extra_digits():
     env = ToyEnv(num_envs=1, n_agents=4, n_actions=2)
     hierarchy, (learner,) = build(env, [LevelSpec("x", children=[[0, 1, 2], [3]])],
                                   [lambda obs, call: torch.tensor([[0b101, 0b100]])])
-    assert learner.io.obs_dim == 9 and learner.io.action_space.n == 8
+    # each slot: the child's 3 obs and a presence flag
+    assert learner.io.obs_dim == 12 and learner.io.presence and learner.io.action_space.n == 8
     hierarchy.reset(0)
     hierarchy.rollout(1)
     assert env.received[0].tolist() == [[1, 0, 1, 1]]
-    assert torch.equal(learner.seen[0][0, 1, 3:], torch.zeros(6))  # agent 1's missing children
+    slots = learner.seen[0][0].view(2, 3, 4)
+    assert slots[..., 3].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert torch.equal(slots[1, 0, :3], torch.tensor([3.0, 0, 0]))  # unit 3's obs
+    assert torch.equal(slots[1, 1:], torch.zeros(2, 4))  # agent 1's missing children
 
 
 def test_continuous_commands_are_appended_raw_and_clamped():
@@ -169,7 +173,7 @@ def test_four_level_hierarchy_of_ppo_agents_trains():
     ([LevelSpec("x", children=[[0, 1], [2]])], "units [3] have no parent"),
     ([LevelSpec("x", children=[[0, 1], [2, 7]])], "lists unit 7"),
     ([LevelSpec("x", group_size=3)], "does not divide the 4 units"),
-    ([LevelSpec("x", group_size=2, children=[[0, 1], [2, 3]])], "either group_size or children"),
+    ([LevelSpec("x", group_size=2, children=[[0, 1], [2, 3]])], "give one of group_size, children and groups"),
     ([LevelSpec("x", command="discrete(2)")], "'command' belongs to the levels above"),
     ([LevelSpec("x"), LevelSpec("x", group_size=2)], "gives it no command"),
     ([LevelSpec("x"), LevelSpec("x", group_size="all", command="discrete(30)")], "joint actions"),
@@ -327,3 +331,109 @@ def test_tag_3ppo_with_upper_advantage_rewards_trains():
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert all(not torch.equal(a, b) for a, b in zip(before, hierarchy.parameters()))
     assert hierarchy.levels[2].learner.last_advantages.shape == (10, 4, 1)
+
+
+# ---------------------------------------------------------------- children regrouped by position
+def _swapping_positions(t):
+    """Two copies of 4 agents on a line. Even steps: {0, 1} left, {2, 3} right; odd steps:
+    {0, 2} left, {1, 3} right. Copy 1 mirrors copy 0."""
+    even = torch.tensor([0.0, 1.0, 10.0, 11.0])
+    odd = torch.tensor([0.0, 10.0, 1.0, 11.0])
+    x = torch.where((t % 2 == 0)[:, None], even, odd)
+    x = torch.stack([x[0], -x[1]]) if x.shape[0] == 2 else x
+    return torch.stack([x, torch.zeros_like(x)], dim=-1)
+
+
+def _slots(obs, n_groups=2, capacity=2):
+    """[B, M, capacity, 3 obs + 2 position + presence]."""
+    return obs.view(obs.shape[0], n_groups, capacity, 6)
+
+
+@pytest.mark.parametrize("grouping", ["dynamic", "episode"])
+def test_regrouped_children_follow_positions_and_receive_their_actions(grouping):
+    env = ToyEnv(num_envs=2, n_agents=4, n_actions=5, max_steps=3, positions=_swapping_positions)
+    # each agent plays, for each child slot, the id of the unit in it (read from the child's obs)
+    play_unit_ids = lambda obs, call: _slots(obs)[..., 0].long()  # noqa: E731
+    hierarchy, (learner,) = build(env, [LevelSpec("x", groups=2, grouping=grouping, joint=False)],
+                                  [play_unit_ids])
+    assert learner.io.group == 2 and learner.io.presence and learner.io.position_dim == 2
+    assert learner.io.action_space.nvec.tolist() == [2 * [5]][0]
+    hierarchy.reset(0)
+    hierarchy.rollout(4)  # steps t = 0, 1, 2 (episode ends), 0
+    for step, obs in enumerate(learner.seen):
+        slots = _slots(obs)
+        assert torch.equal(slots[..., 5], torch.ones(2, 2, 2))  # 4 units, 2 x 2 slots: all present
+        for b in range(2):
+            groups = sorted(sorted(int(u) for u in slots[b, m, :, 0]) for m in range(2))
+            assert sorted(int(u) for u in slots[b, ..., 0].flatten()) == [0, 1, 2, 3]  # one parent each
+            clustered_at = step if grouping == "dynamic" else 0  # episode: kept from the episode's start
+            assert groups == ([[0, 1], [2, 3]] if clustered_at % 3 % 2 == 0 else [[0, 2], [1, 3]])
+            # each slot carries its unit's position
+            assert torch.equal(slots[b, ..., 3:5], _swapping_positions(torch.full((2,), step % 3))[b][
+                slots[b, ..., 0].long()])
+        # every unit received its own id as its action, whichever slot it sat in
+        assert env.received[step].tolist() == [[0, 1, 2, 3]] * 2
+    rollout = hierarchy.levels[0].rollout()  # stores each step's grouping for the level below's rewards
+    for step, obs in enumerate(learner.seen):
+        units = _slots(obs)[..., 0].long()  # [B, M, capacity]
+        for b in range(2):
+            for m in range(2):
+                for place in range(2):
+                    unit = units[b, m, place]
+                    assert (rollout.parent[step, b, unit], rollout.slot[step, b, unit]) == (m, place)
+
+
+def test_episode_grouping_recomputes_only_for_copies_that_start_an_episode():
+    from hmarl.graphs import Regrouping
+
+    grouping = Regrouping(n_units=4, n_groups=2, mode="episode")
+    even, odd = _swapping_positions(torch.zeros(2)), _swapping_positions(torch.ones(2))
+    first = grouping.assign(even, torch.ones(2, dtype=torch.bool), None)
+    kept = grouping.assign(odd, torch.tensor([False, True]), first)
+    assert torch.equal(kept[0], first[0])
+    assert torch.equal(kept[1], grouping.assign(odd, torch.ones(2, dtype=torch.bool), None)[1])
+    groups = lambda row: sorted(sorted(u for u in range(4) if row[u] == m) for m in range(2))  # noqa: E731
+    assert groups(kept[0].tolist()) == [[0, 1], [2, 3]] and groups(kept[1].tolist()) == [[0, 2], [1, 3]]
+
+
+def test_regrouping_slots_and_relabel_with_per_step_parents():
+    from hmarl.graphs import Regrouping
+    from hmarl.rewards import UpperAdvantage
+
+    grouping = Regrouping(n_units=5, n_groups=2, mode="dynamic")
+    assert grouping.capacity == 3
+    assignment = torch.tensor([[1, 0, 1, 0, 1], [0, 0, 0, 1, 1]])
+    assert grouping.slots(assignment).tolist() == [[0, 0, 1, 1, 2], [0, 1, 2, 0, 1]]
+    # advantages of 2 superiors x 3 slots over 2 upper steps of period 2; units regrouped between them
+    advantage = torch.arange(2 * 1 * 2 * 3, dtype=torch.float).view(2, 1, 2, 3)
+    parent = torch.stack([assignment[:1], assignment[1:]])  # [T_up=2, B=1, 5]
+    slot = grouping.slots(parent)
+    rule = UpperAdvantage(ToyEnv().spec, 3)
+    reward = rule.relabel(torch.zeros(4, 1, 5), advantage, parent, slot, period=2)
+    first = advantage[0, 0].flatten()[(parent[0, 0] * 3 + slot[0, 0])] / 2
+    second = advantage[1, 0].flatten()[(parent[1, 0] * 3 + slot[1, 0])] / 2
+    assert first.tolist() == [3 / 2, 0, 4 / 2, 1 / 2, 5 / 2]
+    assert torch.equal(reward[:, 0], torch.stack([first, first, second, second]))
+
+
+def test_upward_positions_are_the_mean_of_the_children():
+    env = ToyEnv(num_envs=2, n_agents=4, n_actions=5, positions=_swapping_positions)
+    hierarchy, (bottom, top) = build(env, [LevelSpec("x"), LevelSpec("x", group_size=2, command="discrete(5)",
+                                                                     positions=True)],
+                                     [constant(0, lambda o: o.shape[:2]), constant(0, lambda o: o.shape[:2])])
+    ts = hierarchy.reset(0)
+    assert top.io.obs_dim == 2 * (3 + 2)
+    assert torch.equal(ts.info["positions"], _swapping_positions(torch.zeros(2)).view(2, 1, 2, 2, 2).mean(3)[:, 0])
+
+
+def test_regrouping_needs_positions_and_groups():
+    env = ToyEnv(num_envs=1, n_agents=4)
+    with pytest.raises(ValueError, match="level 0: regrouping children by position needs an env with positions"):
+        build(env, [LevelSpec("x", groups=2, grouping="dynamic")], [None])
+    with pytest.raises(ValueError, match="level 0: grouping episode .* set groups"):
+        build(env, [LevelSpec("x", grouping="episode")], [None])
+    with pytest.raises(ValueError, match="unknown grouping 'kmeans'; available: static, dynamic, episode"):
+        build(env, [LevelSpec("x", groups=2, grouping="kmeans")], [None])
+    with pytest.raises(ValueError, match="more sub-managers than workers \\(5 > 4\\)"):
+        build(ToyEnv(num_envs=1, n_agents=4, positions=_swapping_positions),
+              [LevelSpec("x", groups=5, grouping="dynamic")], [None])

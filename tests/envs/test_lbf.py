@@ -309,7 +309,7 @@ def test_shapes_spec_and_registry():
     assert "lbf" in ENVS and spec.name == "lbf" and spec.discrete
     assert isinstance(spec.action_space, spaces.Discrete) and spec.action_space.n == 6
     assert (spec.n_agents, spec.obs_dim, spec.state_dim, spec.num_envs) == (3, 15, 15, 3)
-    assert spec.capabilities == {"positions": True}
+    assert spec.capabilities == {"positions": 2}
     ts = env.reset(seed=0)
     assert ts.obs.shape == (3, 3, 15) and ts.reward.shape == (3, 3) and ts.state.shape == (3, 15)
     assert ts.info["positions"].shape == (3, 3, 2)
