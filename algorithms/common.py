@@ -32,8 +32,9 @@ class OffPolicyConfig:
     """One set of networks for all agents of the level instead of one each."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this before they are stored."""
-    updates_per_step: int = 1
-    """Gradient steps per rollout step: an update from a rollout of T steps takes T * this many."""
+    updates_per_step: float = 1.0
+    """Gradient steps per rollout step: an update from a rollout of T steps takes
+    ``gradient_steps(T)`` = round(T * this) of them (fractions: fewer steps than rollout steps)."""
 
     def checks(self) -> list[tuple[bool, str]]:
         """(condition, message) pairs; subclasses add theirs."""
@@ -48,6 +49,9 @@ class OffPolicyConfig:
                 (self.updates_per_step >= 0, f"updates_per_step must be >= 0, got {self.updates_per_step}"),
                 (len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
                  f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
+
+    def gradient_steps(self, rollout_steps: int) -> int:
+        return round(rollout_steps * self.updates_per_step)
 
     def __post_init__(self):
         for ok, message in self.checks():

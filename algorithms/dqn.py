@@ -143,7 +143,7 @@ class DQN(Learner):
         return loss(q, target), q.detach().mean()
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout, then ``T * updates_per_step`` gradient steps once past ``learning_starts``."""
+        """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
         c = self.config
         self.progress = progress
         self.replay.add(**self.transitions(rollout, below))
@@ -151,7 +151,7 @@ class DQN(Learner):
         if not ready:
             return {}
         q_loss = q_mean = None
-        for _ in range(rollout.obs.shape[0] * c.updates_per_step):
+        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
             q_loss, q_mean = self.loss(self.replay.sample(c.batch_size))
             self.optimizer.zero_grad()
             q_loss.backward()

@@ -204,13 +204,13 @@ class TD3(Learner):
         return -self.q_value(batch["obs"], self.policy(batch["obs"])).mean()
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout, then ``T * updates_per_step`` gradient steps once the replay holds a batch."""
+        """Store the rollout, then ``gradient_steps(T)`` gradient steps once the replay holds a batch."""
         c = self.config
         self.replay.add(**self.transitions(rollout, below))
         if len(self.replay) < c.batch_size:
             return {}
         q_loss = q1_mean = None
-        for _ in range(rollout.obs.shape[0] * c.updates_per_step):
+        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
             batch = self.replay.sample(c.batch_size)
             q_loss, q1_mean = self.critic_loss(batch)
             self.critic_optimizer.zero_grad()

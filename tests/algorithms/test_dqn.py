@@ -162,3 +162,8 @@ def test_box_space_is_refused():
         DQN(_io(2, 3, spaces.Box(-1.0, 1.0, (2,))), DQNConfig())
     with pytest.raises(ValueError, match="Discrete"):
         DQN(_io(2, 3, spaces.MultiDiscrete([2, 2])), DQNConfig())
+
+
+def test_fractional_updates_per_step():
+    assert DQNConfig(updates_per_step=0.25).gradient_steps(100) == 25
+    assert DQNConfig(updates_per_step=2).gradient_steps(7) == 14
