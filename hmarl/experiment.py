@@ -157,7 +157,8 @@ def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
         steps = math.ceil(monitor.spec.max_steps / hierarchy.top_stride)
         for _ in range(steps):
             hierarchy.top.step(None)
-    metrics = {"eval/return": monitor.pop()[0]}
+    metrics = {f"eval/{name}": value for name, value in monitor.pop_episode_metrics().items()}
+    metrics["eval/return"] = monitor.pop()[0]
     success = monitor.pop_success()
     if success is not None:
         metrics["eval/success"] = float(success.mean())
@@ -230,15 +231,19 @@ class Trainer:
                     self.save(iteration)
                 hierarchy.train(True)
                 hierarchy.reset(run.seed + iteration)
+                monitor.pop_episode_metrics()
                 monitor.pop()
             tic = time.perf_counter()
             hierarchy.rollout(run.rollout_steps)
             metrics = hierarchy.update(progress=iteration / run.iterations)
             step = (iteration + 1) * run.steps_per_iteration
             self.record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
+            episode_metrics = monitor.pop_episode_metrics()
             train_return, episodes = monitor.pop()
             if episodes:
                 self.record("train/return", train_return, step)
+                for name, value in episode_metrics.items():
+                    self.record(f"train/{name}", value, step)
                 bar.set_postfix(ret=f"{train_return:.2f}")
             for name, value in metrics.items():
                 self.record(name, float(value), step)

@@ -11,7 +11,9 @@ class EpisodeMonitor:
 
     ``pop()`` returns the mean return of the episodes finished since the last call
     (NaN if none) and their count. Envs that report ``info["success"]`` on the step
-    that ends an episode also get per-copy success counts (``pop_success``).
+    that ends an episode also get per-copy success counts (``pop_success``), and the
+    per-episode scalars an env names in its ``episode_metrics`` capability (reported in
+    ``info`` on the step that ends an episode) are averaged by ``pop_episode_metrics``.
     """
 
     def __init__(self, env: MultiAgentEnv):
@@ -23,6 +25,8 @@ class EpisodeMonitor:
         self._count = torch.zeros((), device=device)
         self._successes = torch.zeros(env.spec.num_envs, device=device)
         self._episodes = torch.zeros(env.spec.num_envs, device=device)
+        self._metric_names = list(env.spec.capabilities.get("episode_metrics", []))
+        self._metrics = torch.zeros(len(self._metric_names), device=device)
 
     def reset(self, seed: int | None = None) -> TimeStep:
         self._running.zero_()
@@ -38,7 +42,17 @@ class EpisodeMonitor:
         if "success" in ts.info:
             self._successes += ts.info["success"]
             self._episodes += done
+        for index, name in enumerate(self._metric_names):
+            self._metrics[index] += (ts.info[name] * done).sum()
         return ts
+
+    def pop_episode_metrics(self) -> dict[str, float]:
+        """Mean of each ``episode_metrics`` scalar over the episodes finished since the last ``pop``
+        (call before ``pop``, which counts those episodes)."""
+        count = float(self._count)
+        means = {name: float(total) / count for name, total in zip(self._metric_names, self._metrics)} if count else {}
+        self._metrics.zero_()
+        return means
 
     def pop_success(self) -> torch.Tensor | None:
         """Per-copy success rate over the episodes finished since the last call (None if the

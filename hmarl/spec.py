@@ -24,12 +24,17 @@ Tensor = torch.Tensor
 #: ``positions``: the size ``D`` of the agents' positions, given in ``info["positions"]``
 #: ``[B, N, D]`` (after any reset) and ``info["final_positions"]`` (before it) from ``step``.
 #: ``goal_indices``: which observation dims a relative goal lives in.
-#: ``subtasks``: entities, entity->subtask membership, active subtasks, per-subtask rewards.
+#: ``subtasks``: ``{"n_subtasks": S, "n_entities": E, "entity_dim": F, "obs_entities": [first, E],
+#: "subtask_of_entity": [E ints, -1 for none]}``: entity e's row is ``obs[first + e*F : first + (e+1)*F]``;
+#: ``info`` carries ``entities`` ``[B, E, F]``, ``entity_subtask`` ``[B, E, S]`` bool, ``active_subtasks``
+#: ``[B, S]`` bool and this step's ``subtask_rewards`` ``[B, S]``.
 #: ``landmarks``: where obs holds landmark positions relative to the agent and the agent velocity
 #: (``{"first": dim, "count": n, "velocity": dim}``).
 #: ``eval_groups``: names of groups of copies (copy ``i`` is in group ``i % len(groups)``) that
 #: evaluation reports separately, e.g. the point maze's three evaluation targets.
-CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks", "eval_groups")
+#: ``episode_metrics``: names of per-episode scalars the env reports in ``info`` on the step that
+#: ends an episode (e.g. SaveTheCity's ``completed``); evaluation logs their means as ``eval/<name>``.
+CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks", "eval_groups", "episode_metrics")
 
 
 @dataclass(frozen=True)
