@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
-from algorithms import flat, himpo, hrl_cg, tag
+from algorithms import alma, flat, himpo, hrl_cg, tag
+from algorithms.allocator import Allocator, HeuristicAllocator
+from algorithms.aqmix import AQMIX
 from algorithms.common import Family
 from algorithms.dqn import DQN
 from algorithms.graph_ppo import GraphPPO
@@ -17,8 +19,10 @@ from hmarl.learner import Learner
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "mappo": MAPPO, "td3": TD3, "dqn": DQN,
                                       "goal_manager": GoalManager, "heuristic": SpreadHeuristic,
-                                      "graph_ppo": GraphPPO}
+                                      "graph_ppo": GraphPPO, "aqmix": AQMIX, "allocator": Allocator,
+                                      "heuristic_allocator": HeuristicAllocator}
 
 FAMILIES: dict[str, Family] = {"tag": Family(tag.build), "flat": Family(flat.build),
                                "hrl_cg": Family(hrl_cg.build, hrl_cg.Options),
-                               "himpo": Family(himpo.build, himpo.Options)}
+                               "himpo": Family(himpo.build, himpo.Options),
+                               "alma": Family(alma.build, alma.Options)}

@@ -39,7 +39,8 @@ class Group:
 GROUPS = (Group("vmas_balance", 4, 64, 64_000, ("mappo", "ippo", "tag_3ppo")),
           Group("vmas_sampling", 3, 64, 64_000, ("himppo", "ippo", "mappo")),
           Group("lbfws_hard", 4, 64, 64_000, ("himppo", "ippo", "mappo")),
-          Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg")))
+          Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg")),
+          Group("savethecity", 3, 64, 32_000, ("alma", "alma_heuristic", "aqmix")))
 PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "peer_benchmarl.py"
 
 

@@ -32,6 +32,8 @@ class Rollout:
     """``[T, B, N_below]``: each unit's agent at each step, for levels that regroup children."""
     slot: Tensor | None = None
     """``[T, B, N_below]``: each unit's place among its agent's children."""
+    decision: Tensor | None = None
+    """``[T, B]``: the copy's agents took a new action at this step (levels with ``decide_every``)."""
 
     def next_obs(self) -> Tensor:
         """The observation following each step, before any reset: ``[T, B, N, obs_dim]``."""

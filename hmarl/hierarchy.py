@@ -54,6 +54,10 @@ class LevelSpec:
     kept for a whole episode (HiMPo's SG ablation). The last two need ``groups``."""
     positions: bool = False
     """Append each child's position to its message (for graphs built from positions)."""
+    decide_every: int | None = None
+    """Act anew only every ``decide_every`` steps of the level below, at episode starts and
+    when the env's active subtasks change; hold the last action in between (ALMA's
+    allocator, which uses ``period: 1``). Needs an env with subtasks."""
     period: int = 1
     """This level acts once every ``period`` steps of the level below."""
     command: str | None = None
@@ -199,7 +203,8 @@ class Hierarchy(nn.Module):
         for level in self.levels:
             below = Level(below, level.learner, level.children, level.comm, level.reward_rule,
                           command=level.command, steps_per_command=level.steps_per_command,
-                          joint=level.joint, relative_goals=level.relative_goals, positions=level.positions)
+                          joint=level.joint, relative_goals=level.relative_goals, positions=level.positions,
+                          decide_every=level.decide_every)
             levels.append(below)
         return Hierarchy(env, levels)
 
@@ -244,9 +249,11 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
         learner = make_learner(spec, io, index)
         try:
             rule = REWARD_RULES[spec.reward](below.spec, io.group, **spec.reward_options)
+            rule.check_command(command)
             level = Level(below, learner, children, comm, rule, command=command,
                           steps_per_command=upper.period if upper else 1, joint=spec.joint,
-                          relative_goals=bool(upper and upper.relative_goals), positions=spec.positions)
+                          relative_goals=bool(upper and upper.relative_goals), positions=spec.positions,
+                          decide_every=spec.decide_every)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
         levels.append(level)

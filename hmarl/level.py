@@ -119,6 +119,10 @@ class Level:
             (HRL-CG): between two commands each goal follows ``h(s, g, s') = s + g - s'``.
         positions: each child's position is appended to its message (for graphs built
             from positions); implied by a Regrouping.
+        decide_every: the agents of a copy take a new action only every ``decide_every`` of
+            their steps, at an episode's start, and at once when the copy's active subtasks
+            change (env capability ``subtasks``); in between they hold their last action
+            (ALMA's allocator). Every step is stored, with a ``decision`` flag.
 
     Each child slot of an agent's observation holds ``[message, position?, present?]``
     (``present`` when agents may have fewer children than slots: 1 for a child, 0 for an empty slot).
@@ -133,7 +137,7 @@ class Level:
                  comm: Communication, reward_rule: RewardRule,
                  command: spaces.Discrete | spaces.Box | None = None,
                  steps_per_command: int = 1, joint: bool = True, relative_goals: bool = False,
-                 positions: bool = False):
+                 positions: bool = False, decide_every: int | None = None):
         below_spec = below.spec
         n_below, device = below_spec.n_agents, below_spec.device
         self.dynamic = isinstance(children, Regrouping)
@@ -168,13 +172,19 @@ class Level:
         self._below_discrete = below_spec.discrete
         self._k = below_spec.action_dim
         self._digits = self._k ** torch.arange(self.group - 1, -1, -1, device=device)
-        capabilities = {"positions": below_spec.capabilities["positions"]} if "positions" in below_spec.capabilities else {}
+        capabilities = {k: below_spec.capabilities[k] for k in ("positions", "subtasks") if k in below_spec.capabilities}
         self.spec = EnvSpec(n_agents=n, obs_dim=comm.out_dim, action_space=command,
                             max_steps=math.ceil(below_spec.max_steps / steps_per_command),
                             num_envs=below_spec.num_envs, device=device, capabilities=capabilities,
                             name=f"level over {below_spec.name}")
         self._below_ts: TimeStep | None = None
         self._command_features: Tensor | None = None
+        self.decide_every = decide_every
+        if decide_every is not None:
+            if decide_every < 1:
+                raise ValueError(f"decide_every must be >= 1, got {decide_every}")
+            below_spec.require("subtasks", "re-deciding when subtasks change (decide_every)")
+        self._held: Tensor | None = None
         self.relative_goals = relative_goals
         self._goal_index = self._goal_dims(below_spec, command) if relative_goals else None
 
@@ -241,10 +251,32 @@ class Level:
             return total / self.group
         return total / self._present().sum(-1, keepdim=True).clamp(min=1)
 
-    def _positions_info(self, ts: TimeStep) -> dict[str, Tensor]:
-        if "positions" not in ts.info:
-            return {}
-        return {"positions": self._agent_positions(ts.info["positions"])}
+    def _upward_info(self, ts: TimeStep) -> dict[str, Tensor]:
+        """What the level above may need from below: agents' positions, the env's active subtasks."""
+        info = {"active_subtasks": ts.info["active_subtasks"]} if "active_subtasks" in ts.info else {}
+        if "positions" in ts.info:
+            info["positions"] = self._agent_positions(ts.info["positions"])
+        return info
+
+    def _act(self, obs: Tensor, ts: TimeStep) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The agents' action; with ``decide_every``, copies that need no decision hold their last one."""
+        if self.decide_every is None:
+            return *self.learner.act(obs, deterministic=not self.training), {}
+        active = ts.info["active_subtasks"]
+        decision = (self._age % self.decide_every == 0) | self._fresh | (active != self._active).any(-1)
+        self._age = torch.where(decision, 1, self._age + 1)
+        self._active = active
+        if self._held is None:
+            self._held, self._held_log_prob = self.learner.act(obs, deterministic=not self.training)
+            return self._held, self._held_log_prob, {"decision": decision}
+        # Only the deciding copies act: acting (e.g. scoring many proposed allocations) is the
+        # expensive part, and most steps few copies decide. One host read per step finds them.
+        deciding = decision.nonzero().squeeze(-1)
+        if deciding.numel():
+            action, log_prob = self.learner.act(obs[deciding], deterministic=not self.training)
+            self._held, self._held_log_prob = self._held.clone(), self._held_log_prob.clone()
+            self._held[deciding], self._held_log_prob[deciding] = action, log_prob
+        return self._held, self._held_log_prob, {"decision": decision}
 
     def _with_command(self, child_obs: Tensor) -> Tensor:
         if self._command_features is None:
@@ -280,10 +312,14 @@ class Level:
         if self.dynamic:
             self._assignment = None
             self._regroup(ts, fresh=torch.ones_like(ts.terminated))
+        if self.decide_every is not None:
+            self._held, self._fresh = None, torch.ones_like(ts.terminated)
+            self._age = torch.zeros(ts.terminated.shape, dtype=torch.long, device=ts.terminated.device)
+            self._active = ts.info["active_subtasks"]
         b = self.spec.num_envs
         return TimeStep(obs=self.comm(self._child_obs(ts.obs, ts.info.get("positions"))),
                         reward=ts.reward.new_zeros(b, self.spec.n_agents),
-                        terminated=ts.terminated, truncated=ts.truncated, info=self._positions_info(ts))
+                        terminated=ts.terminated, truncated=ts.truncated, info=self._upward_info(ts))
 
     @torch.no_grad()
     def step(self, command: Tensor | None = None) -> TimeStep:
@@ -298,20 +334,21 @@ class Level:
         for _ in range(self.steps_per_command):
             child_obs = self._child_obs(ts.obs, ts.info.get("positions"))
             obs = self._with_command(child_obs)
-            action, log_prob = self.learner.act(obs, deterministic=not self.training)
+            action, log_prob, extra = self._act(obs, ts)
             ts = self.below.step(self._to_below(action))
             children_reward = self.children_view(ts.reward).sum(-1)
             next_child_obs = self._child_obs(ts.final_obs, ts.info.get("final_positions", ts.info.get("positions")))
-            step = LevelStep(children_reward, child_obs, next_child_obs, self._command_features)
+            step = LevelStep(children_reward, child_obs, next_child_obs, self._command_features, ts.info)
             if self._goal_index is not None:
                 self._command_features = goal_transition(child_obs, self._command_features, next_child_obs,
                                                          self._goal_index)
             if self.training:
-                grouping = {"parent": self._assignment, "slot": self._slot} if self.dynamic else {}
+                if self.dynamic:
+                    extra.update(parent=self._assignment, slot=self._slot)
                 self.buffer.add(obs=obs, action=action, log_prob=log_prob,
                                 reward=self.reward_rule.step_reward(step),
                                 terminated=ts.terminated, done=ts.done,
-                                final_obs=self._with_command(next_child_obs), **grouping)
+                                final_obs=self._with_command(next_child_obs), **extra)
             # A copy that finished inside the period starts its next episode under the
             # same command; what follows belongs to that episode, not to this transition.
             reward_up += children_reward * alive.unsqueeze(-1)
@@ -327,8 +364,10 @@ class Level:
             alive &= ~ts.done
             if self.dynamic:
                 self._regroup(ts, fresh=ts.done)
+            if self.decide_every is not None:
+                self._fresh = ts.done
         self._below_ts = ts
-        info = {"final_obs": final_message, **self._positions_info(ts)}
+        info = {"final_obs": final_message, **self._upward_info(ts)}
         if final_positions is not None:
             info["final_positions"] = final_positions
         return TimeStep(obs=self.comm(self._child_obs(ts.obs, ts.info.get("positions"))), reward=reward_up,

@@ -8,7 +8,7 @@ Shapes: every field of :class:`LevelStep` is ``[B, N, ...]``; rules return ``[B,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,8 @@ class LevelStep:
     """... and after it, before any reset ``[B, N, child_obs_dim]``."""
     command: torch.Tensor | None
     """The command the agents held (one-hot or raw) ``[B, N, k]``; None at the top."""
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+    """What the level below reported with this step (the env's ``info`` at the bottom)."""
 
 
 class RewardRule:
@@ -45,6 +47,9 @@ class RewardRule:
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
         raise NotImplementedError
+
+    def check_command(self, command) -> None:
+        """Fail at build time if the level above sends commands this rule cannot read."""
 
 
 class SumUp(RewardRule):
@@ -105,4 +110,27 @@ class UpperAdvantage(RewardRule):
         return reward + per_unit.repeat_interleave(period, dim=0) / period
 
 
-REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage}
+class SubtaskReward(RewardRule):
+    """ALMA: a unit assigned to subtask ``k`` learns from subtask ``k``'s reward.
+
+    The assignment is the level above's command, a one-hot over the env's ``S`` subtasks;
+    the rewards are the env's ``info["subtask_rewards"]`` ``[B, S]`` (capability ``subtasks``).
+    """
+
+    def __init__(self, below: EnvSpec, group_size: int):
+        super().__init__(below, group_size)
+        if group_size != 1:
+            raise ValueError("the subtask reward needs one env agent per unit (group_size 1)")
+        self.n_subtasks = int(below.require("subtasks", "the subtask reward")["n_subtasks"])
+
+    def check_command(self, command) -> None:
+        if command is None or getattr(command, "n", None) != self.n_subtasks:
+            raise ValueError(f"the subtask reward needs a level above that assigns one of the "
+                             f"{self.n_subtasks} subtasks: command discrete({self.n_subtasks})")
+
+    def step_reward(self, step: LevelStep) -> torch.Tensor:
+        return (step.command * step.info["subtask_rewards"].unsqueeze(1)).sum(-1)
+
+
+REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage,
+                "subtask": SubtaskReward}

@@ -10,9 +10,11 @@ from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml, named_co
 
 SPREAD_ENVS = {"vmas_simple_spread", "mpe_simple_spread"}
 SINGLE_AGENT_ENVS = {"point_maze"}
-NO_GOAL_ENVS = {"lbf", "lbfws_easy", "lbfws_hard"}  # HRL-CG needs goal_indices
+NO_GOAL_ENVS = {"lbf", "lbfws_easy", "lbfws_hard", "savethecity"}  # HRL-CG needs goal_indices
+SUBTASK_ENVS = {"savethecity"}
+SUBTASK_SYSTEMS = {"alma", "alma_nomask", "alma_heuristic", "aqmix"}  # A-QMIX reads entities by subtask
 TAG_SYSTEMS = {name for name in named_configs("algorithms") if name.startswith("tag_")}
-OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn")
+OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn", "aqmix", "allocator")
 NO_POSITION_ENVS = {"mpe_simple_spread"}
 HIMPO_SUB_MANAGERS = {"himppo", "himppo_fl", "himppo_sg", "himppo_nl"}  # 2 sub-managers clustered by position
 
@@ -20,6 +22,8 @@ HIMPO_SUB_MANAGERS = {"himppo", "himppo_fl", "himppo_sg", "himppo_nl"}  # 2 sub-
 def supported(algorithm: str, env: str) -> bool:
     if algorithm == "heuristic":
         return env in SPREAD_ENVS
+    if algorithm in SUBTASK_SYSTEMS:
+        return env in SUBTASK_ENVS
     if algorithm in HIMPO_SUB_MANAGERS and env in SINGLE_AGENT_ENVS | NO_POSITION_ENVS:
         return False
     if env in SINGLE_AGENT_ENVS:  # TAG systems pair agents up
@@ -41,7 +45,9 @@ def run_config(algorithm_name: str, env_name: str, tmp_path, **updates) -> RunCo
     for block in OFF_POLICY_BLOCKS:  # small replays that fill within the budget
         if block in config:
             config[block] = {**config[block], "buffer_size": 2000, "batch_size": 16}
-            config[block].update({"random_steps": 100} if block != "dqn" else {"learning_starts": 100})
+            config[block].update({"random_steps": 100} if block in ("td3", "goal_manager") else {"learning_starts": 100})
+    if "allocator" in config:  # meta-transitions: one per copy and decision
+        config["allocator"].update(learning_starts=10)
     config.update(updates)
     return RunConfig.from_config(config)
 
@@ -59,7 +65,7 @@ def test_system_trains_on_env(algorithm, env, tmp_path):
     names = {name for name, _, _ in logs}
     assert {"train/return", "eval/return", "perf/env_steps_per_s"} <= names
     learning = [i for i, lv in enumerate(trainer.hierarchy.levels)
-                if lv.learner.__class__.__name__ != "SpreadHeuristic"]
+                if lv.learner.__class__.__name__ not in ("SpreadHeuristic", "HeuristicAllocator")]
     for index in learning:
         assert any(n.startswith(f"level{index}/") and n.endswith("_loss") for n in names)
     after = trainer.hierarchy.state_dict()

@@ -7,7 +7,7 @@ Reads every completed run's config.json and metrics.json; runs are grouped by al
 (and ``cg_lambda`` where it is not the named config's default). Plots ``--metric`` against
 env steps (mean over seeds, min-max band; heuristic runs as a line), writes OUT.png, and
 prints a markdown table of the final values of ``--metric`` and of every metric below it
-(e.g. ``eval/success/16,0``), mean over seeds.
+(e.g. ``eval/success/16,0``), mean over seeds (each seed's mean of its last ``--last`` values).
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--env", required=True)
     parser.add_argument("--metric", default="eval/return")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--last", type=int, default=1, help="table: mean of the last LAST logged values")
     args = parser.parse_args()
     runs = load_runs(args.results, args.env)
     columns = sorted({m for metrics in sum(runs.values(), []) for m in metrics
@@ -57,7 +58,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = []
     for name, seeds in sorted(runs.items()):
-        finals = [np.mean([metrics[c]["values"][-1] for metrics in seeds]) for c in columns]
+        finals = [np.mean([np.mean(metrics[c]["values"][-args.last:]) for metrics in seeds]) for c in columns]
         rows.append((name, finals, len(seeds), seeds[0][args.metric]["steps"][-1]))
         if name == "heuristic":
             ax.axhline(finals[0], color="k", ls="--", label="heuristic")

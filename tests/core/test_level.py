@@ -437,3 +437,81 @@ def test_regrouping_needs_positions_and_groups():
     with pytest.raises(ValueError, match="more sub-managers than workers \\(5 > 4\\)"):
         build(ToyEnv(num_envs=1, n_agents=4, positions=_swapping_positions),
               [LevelSpec("x", groups=5, grouping="dynamic")], [None])
+
+
+class SubtaskToy(ToyEnv):
+    """ToyEnv with 3 subtasks whose rewards at the t-th step (from 1) are (10 t, 20 t, 30 t) + copy index."""
+
+    def __init__(self, **kwargs):
+        super().__init__(capabilities={"subtasks": {"n_subtasks": 3}}, **kwargs)
+
+    def _active(self):
+        """In copy 0, subtask 0 is finished from the 4th step of an episode on."""
+        active = torch.ones(self.spec.num_envs, 3, dtype=torch.bool)
+        active[0, 0] = self.t[0] < 4
+        return active
+
+    def reset(self, seed=None):
+        ts = super().reset(seed)
+        ts.info["active_subtasks"] = self._active()
+        return ts
+
+    def step(self, actions):
+        ts = super().step(actions)
+        t = torch.arange(self.spec.num_envs, dtype=torch.float)[:, None]
+        ts.info["subtask_rewards"] = self.t[:, None] * torch.tensor([10.0, 20.0, 30.0]) + t
+        ts.info["active_subtasks"] = self._active()
+        return ts
+
+
+def test_subtask_reward_follows_each_units_assignment():
+    env = SubtaskToy(num_envs=2, n_agents=3)
+    # the allocator assigns unit 0 -> subtask 2, unit 1 -> 0, unit 2 -> 2
+    hierarchy, (workers, allocator) = build(env, [
+        LevelSpec("x", reward="subtask"),
+        LevelSpec("x", group_size="all", joint=False, command="discrete(3)", period=2)],
+        [constant(0, lambda o: o.shape[:2]), lambda obs, call: torch.tensor([[[2, 0, 2]]] * 2)])
+    hierarchy.reset(0)
+    hierarchy.rollout(2)
+    reward = hierarchy.levels[0].rollout().reward  # [2, B, 3]
+    copy = torch.arange(2.0)[:, None]
+    assert torch.equal(reward[0], torch.tensor([30.0, 10.0, 30.0]) + copy)
+    assert torch.equal(reward[1], torch.tensor([60.0, 20.0, 60.0]) + copy)
+
+
+def test_subtask_reward_needs_subtasks_and_an_assigning_level():
+    with pytest.raises(ValueError, match="the subtask reward needs an env with subtasks"):
+        build(ToyEnv(num_envs=1, n_agents=2), [LevelSpec("x", reward="subtask"),
+                                               LevelSpec("x", group_size="all", command="discrete(3)")], [None, None])
+    with pytest.raises(ValueError, match=r"level 0: the subtask reward needs a level above that assigns one of "
+                                         r"the 3 subtasks: command discrete\(3\)"):
+        build(SubtaskToy(num_envs=1, n_agents=2), [LevelSpec("x", reward="subtask"),
+                                                   LevelSpec("x", group_size="all", command="discrete(5)")],
+              [None, None])
+
+
+def test_decide_every_holds_actions_and_redecides_when_subtasks_change():
+    env = SubtaskToy(num_envs=2, n_agents=3, max_steps=8)
+    # the allocator proposes (call % 3) for every unit; the level decides what is kept
+    hierarchy, (workers, allocator) = build(env, [
+        LevelSpec("x", reward="subtask"),
+        LevelSpec("x", group_size="all", joint=False, command="discrete(3)", decide_every=3)],
+        [constant(0, lambda o: o.shape[:2]), lambda obs, call: torch.full((obs.shape[0], 1, 3), call % 3)])
+    hierarchy.reset(0)
+    hierarchy.rollout(10)
+    flags = hierarchy.levels[1].rollout().decision  # [T, B]
+    decisions = [flags[:, b].nonzero().squeeze(-1).tolist() for b in range(2)]
+    # every 3 steps (0, 3), subtask 0 finishing in copy 0 (seen at 4), 3 steps after the last
+    # decision (7 in copy 0, 6 in copy 1), a new episode (8)
+    assert decisions == [[0, 3, 4, 7, 8], [0, 3, 6, 8]]
+    calls = sorted(set(decisions[0]) | set(decisions[1]))
+    # asked only when some copy decides, about the deciding copies only
+    assert [len(obs) for obs in allocator.seen] == [sum(t in d for d in decisions) for t in calls]
+    commands = torch.stack(workers.seen)[..., 3:].argmax(-1)  # [10, B, 3]
+    for b in range(2):
+        held = [calls.index(max(d for d in decisions[b] if d <= t)) % 3 for t in range(10)]
+        assert commands[:, b].tolist() == [[h] * 3 for h in held]
+    with pytest.raises(ValueError, match=r"decide_every\) needs an env with subtasks"):
+        build(ToyEnv(num_envs=1, n_agents=2), [LevelSpec("x"), LevelSpec("x", group_size="all", joint=False,
+                                                                         command="discrete(3)", decide_every=3)],
+              [None, None])

@@ -1,0 +1,362 @@
+"""ALMA's allocator: amortized Q-learning over subtask allocations (Iqbal et al. 2022, Sec. 4.1).
+
+An allocation gives each of the N agents one active subtask: S**N choices, too many
+to enumerate. A proposal network samples allocations agent by agent; a critic
+``Q(s, alloc)`` scores them; the allocator takes the best of ``n_proposals``::
+
+    u_k = sum of the embeddings of subtask k's entities                 # subtask embeddings
+    for agent i = 0 .. N-1:                                             # autoregressive
+        p(a_i = k) = softmax_k(e_i . u_k / sqrt(d)),  inactive k masked
+        u_{a_i} += f([u_{a_i}, e_i])                                    # later agents see earlier choices
+    alloc* = argmax over n_proposals samples of Q(s, alloc)
+
+Learning (meta-transitions between two decision points, reward = mean env reward of
+the segment): ``y = r + gamma (1 - term) Q'(s', alloc*(s'))`` with ``alloc*`` picked by the
+online networks and valued by the target critic; the proposal network imitates the
+best of its own samples: ``L_prop = -log p(alloc*(s)) - c_H H``.
+
+The allocator sees the world through the first agent's observation (``obs_entities``
+of the env's ``subtasks`` capability; full observability). Its level sits over all
+agents (``group_size: all``, ``joint: false``) and re-decides with ``decide_every``
+(``action_length``), at episode starts and when a subtask finishes.
+
+Shapes: obs ``[B, 1, N * child_dim]``; action ``[B, 1, N]`` int64 (a subtask per agent).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from algorithms.common import OffPolicyConfig
+from hmarl.buffers import ReplayBuffer, Rollout
+from hmarl.learner import AgentIO, Learner
+from hmarl.spec import EnvSpec
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class AllocatorConfig(OffPolicyConfig):
+    """Allocator hyperparameters; defaults from ALMA's reference settings where it has them."""
+
+    learning_rate: float = 5e-4
+    """RMSprop step size (paper: 5e-4)."""
+    buffer_size: int = 50_000
+    """Meta-transitions kept (a row is one copy's segment between two decisions)."""
+    batch_size: int = 32
+    max_grad_norm: float = 10.0
+    """Gradient norm limit (paper: 10)."""
+    hidden_sizes: list[int] = (128,)
+    embedding: int = 128
+    """Entity and subtask embedding size (the attention dim)."""
+    heads: int = 4
+    """Attention heads of the critic."""
+    n_proposals: int = 32
+    """Allocations sampled per decision and scored by the critic (paper: 32)."""
+    target_update_interval: int = 200
+    """Gradient steps between two copies of the critic into its target."""
+    prop_alloc_eps_start: float = 1.0
+    prop_alloc_eps_end: float = 0.05
+    prop_alloc_eps_fraction: float = 0.2
+    """With probability prop_alloc_eps take an unscored proposal; it decays linearly over
+    this share of training (paper's code: 1.0 -> 0.05 over 20%)."""
+    alloc_eps_start: float = 1.0
+    alloc_eps_end: float = 0.0
+    alloc_eps_fraction: float = 0.05
+    """Then each agent independently gets a uniformly random active subtask with probability
+    alloc_eps (1.0 -> 0 over 5%)."""
+    entropy_coef: float = 0.01
+    """Entropy bonus of the proposal loss."""
+    learning_starts: int = 500
+    """Meta-transitions in the replay before learning starts."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        fractions = (self.prop_alloc_eps_fraction, self.alloc_eps_fraction)
+        return super().checks() + [
+            (self.n_proposals >= 1, f"n_proposals must be >= 1, got {self.n_proposals}"),
+            (self.embedding % self.heads == 0, f"embedding ({self.embedding}) must divide into {self.heads} heads"),
+            (self.target_update_interval >= 1, "target_update_interval must be >= 1"),
+            (all(0 <= f <= 1 for f in fractions), "exploration fractions must be in [0, 1]"),
+            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.learning_starts >= 0, "learning_starts must be >= 0")]
+
+
+def linear(start: float, end: float, fraction: float, progress: float) -> float:
+    """Linear decay from start to end over ``fraction`` of training, then flat."""
+    if fraction == 0:
+        return end
+    return start + (end - start) * min(progress / fraction, 1.0)
+
+
+class EntityView(nn.Module):
+    """Reads the entity rows, their subtask membership and the active subtasks from obs."""
+
+    def __init__(self, io: AgentIO, env: EnvSpec):
+        super().__init__()
+        subtasks = env.require("subtasks", "the allocator")
+        self.n_agents, self.n_subtasks = io.group, int(subtasks["n_subtasks"])
+        self.entity_dim = int(subtasks["entity_dim"])
+        self.first, self.n_entities = (int(v) for v in subtasks["obs_entities"])
+        self.finished = int(subtasks["finished_feature"])
+        member = torch.nn.functional.one_hot(torch.tensor(subtasks["subtask_of_entity"]) + 1,
+                                             self.n_subtasks + 1)[:, 1:].float()
+        self.register_buffer("membership", member, persistent=False)  # [E, S]
+        self.child_dim = io.child_dim
+
+    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs ``[..., 1, N * child_dim]`` -> entities ``[..., E, F]``, active subtasks ``[..., S]`` bool."""
+        first_agent = obs[..., 0, :self.child_dim]
+        rows = first_agent[..., self.first:self.first + self.n_entities * self.entity_dim]
+        entities = rows.unflatten(-1, (self.n_entities, self.entity_dim))
+        unfinished = (entities[..., self.finished] < 0.5).float()  # [..., E]
+        active = (unfinished.unsqueeze(-1) * self.membership).sum(-2) > 0
+        return entities, active
+
+
+class ProposalNetwork(nn.Module):
+    """Samples allocations agent by agent (see the module docstring)."""
+
+    def __init__(self, view: EntityView, c: AllocatorConfig):
+        super().__init__()
+        d = c.embedding
+        self.view, self.scale = view, 1.0 / math.sqrt(d)
+        self.encode = nn.Sequential(nn.Linear(view.entity_dim, d), nn.ReLU(), nn.Linear(d, d))
+        self.residual = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, d))
+
+    def forward(self, entities: Tensor, active: Tensor, n_samples: int,
+                given: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample ``n_samples`` allocations (or score ``given`` ones ``[..., n, N]``).
+
+        Returns allocations ``[..., n, N]``, each agent's log-probability of its choice
+        ``[..., n, N]`` and the summed per-agent entropies ``[..., n]``.
+        """
+        embedded = self.encode(entities)  # [..., E, d]
+        agents = embedded[..., :self.view.n_agents, :].unsqueeze(-3)  # [..., 1, N, d]
+        subtask = torch.einsum("...ed,es->...sd", embedded, self.view.membership)  # [..., S, d]
+        subtask = subtask.unsqueeze(-3).expand(*subtask.shape[:-2], n_samples, *subtask.shape[-2:])
+        inactive = ~active.unsqueeze(-2)  # [..., 1, S]
+        choices, log_probs, entropy = [], [], 0.0
+        for i in range(self.view.n_agents):  # autoregressive over agents (N is small), batched otherwise
+            agent = agents[..., i, :]  # [..., 1, d]
+            logits = (subtask * agent.unsqueeze(-2)).sum(-1) * self.scale  # [..., n, S]
+            log_p = logits.masked_fill(inactive, -1e9).log_softmax(-1)
+            if given is None:
+                choice = torch.distributions.Categorical(logits=log_p).sample()
+            else:
+                choice = given[..., i]
+            log_probs.append(log_p.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
+            entropy = entropy - (log_p.exp() * log_p).sum(-1)
+            # only the chosen subtask's embedding changes: compute its update alone
+            index = choice.unsqueeze(-1).unsqueeze(-1).expand(*choice.shape, 1, subtask.shape[-1])
+            picked = subtask.gather(-2, index)  # [..., n, 1, d]
+            update = self.residual(torch.cat([picked, agent.unsqueeze(-2).expand_as(picked)], -1))
+            subtask = subtask.scatter_add(-2, index, update)
+            choices.append(choice)
+        return torch.stack(choices, -1), torch.stack(log_probs, -1), entropy
+
+
+class AllocationCritic(nn.Module):
+    """``Q(s, alloc)``: attention over the entities, each agent embedded with its subtask."""
+
+    def __init__(self, view: EntityView, c: AllocatorConfig):
+        super().__init__()
+        d = c.embedding
+        self.view = view
+        self.encode = nn.Linear(view.entity_dim, d)
+        self.assigned = nn.Embedding(view.n_subtasks, d)
+        self.member = nn.Linear(view.n_subtasks, d, bias=False)
+        self.attention = nn.MultiheadAttention(d, c.heads, batch_first=True)
+        layers, width = [], d
+        for hidden in c.hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.head = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def forward(self, entities: Tensor, alloc: Tensor) -> Tensor:
+        """entities ``[..., E, F]``, alloc ``[..., n, N]`` -> ``[..., n]``."""
+        n = alloc.shape[-2]
+        h = self.encode(entities) + self.member(self.view.membership)  # [..., E, d]
+        h = h.unsqueeze(-3).expand(*h.shape[:-2], n, *h.shape[-2:])  # [..., n, E, d]
+        agents = h[..., :self.view.n_agents, :] + self.assigned(alloc)
+        h = torch.cat([agents, h[..., self.view.n_agents:, :]], dim=-2)
+        flat = h.reshape(-1, *h.shape[-2:])
+        attended, _ = self.attention(flat, flat, flat, need_weights=False)
+        pooled = torch.relu(attended + flat).mean(-2)
+        return self.head(pooled).view(h.shape[:-2])
+
+
+class Allocator(Learner):
+    """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
+
+    config_class = AllocatorConfig
+
+    def __init__(self, io: AgentIO, config: AllocatorConfig, env: EnvSpec):
+        super().__init__(io)
+        self.config = c = config
+        if io.n_agents != 1 or not isinstance(io.action_space, spaces.MultiDiscrete):
+            raise ValueError("the allocator is one agent over all units below: group_size: all, joint: false, "
+                             "command: discrete(n_subtasks)")
+        self.view = EntityView(io, env)
+        agent_entities = int((self.view.membership.sum(-1) == 0).sum())
+        if agent_entities < io.group or bool(self.view.membership[:io.group].any()):
+            raise ValueError(f"the allocator reads agent i from entity i, but {env.name} lists {agent_entities} "
+                             f"agent entities for {io.group} agents; it supports at most {agent_entities} agents")
+        if io.group > self.view.n_entities or int(io.action_space.nvec[0]) != self.view.n_subtasks:
+            raise ValueError(f"the allocator assigns {io.group} agents to {self.view.n_subtasks} subtasks: "
+                             f"its command must be discrete({self.view.n_subtasks})")
+        self.proposal = ProposalNetwork(self.view, c)
+        self.critic = AllocationCritic(self.view, c)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.optimizer = torch.optim.RMSprop([*self.proposal.parameters(), *self.critic.parameters()],
+                                             lr=c.learning_rate)
+        self.replay = ReplayBuffer(c.buffer_size)
+        self.progress, self.gradient_steps = 0.0, 0
+
+    @classmethod
+    def build(cls, io: AgentIO, config: AllocatorConfig, env: EnvSpec) -> "Allocator":
+        return cls(io, config, env)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
+                "replay": self.replay.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
+        self.replay.load_state_dict(state["replay"])
+
+    # -- acting -----------------------------------------------------------------------------
+    def best_proposal(self, entities: Tensor, active: Tensor, critic: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+        """The best of ``n_proposals`` samples under ``critic``: alloc ``[..., N]``, its value, all samples."""
+        proposals, _, _ = self.proposal(entities, active, self.config.n_proposals)
+        values = critic(entities, proposals)  # [..., n]
+        best = values.argmax(-1, keepdim=True)
+        alloc = proposals.gather(-2, best.unsqueeze(-1).expand(*best.shape, proposals.shape[-1])).squeeze(-2)
+        return alloc, values.gather(-1, best).squeeze(-1), proposals
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        c = self.config
+        entities, active = self.view(obs)
+        alloc, _, proposals = self.best_proposal(entities, active, self.critic)
+        if not deterministic:
+            p = self.progress
+            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < linear(
+                c.prop_alloc_eps_start, c.prop_alloc_eps_end, c.prop_alloc_eps_fraction, p)
+            alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
+            uniform = torch.distributions.Categorical(logits=torch.where(active, 0.0, -1e9).unsqueeze(-2)
+                                                      .expand(*alloc.shape, -1)).sample()
+            random = torch.rand(alloc.shape, device=obs.device) < linear(
+                c.alloc_eps_start, c.alloc_eps_end, c.alloc_eps_fraction, p)
+            alloc = torch.where(random, uniform, alloc)
+        return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
+
+    # -- learning ---------------------------------------------------------------------------
+    @staticmethod
+    def meta_transitions(rollout: Rollout) -> dict[str, Tensor]:
+        """Segments from each decision to the next, complete within the rollout.
+
+        A segment's reward is the mean per-step reward of the level over it; it ends at the
+        next decision, whose observation (or the final one, if the episode ended) is ``s'``.
+        """
+        decision, done = rollout.decision, rollout.done
+        steps = decision.shape[0]
+        # boundaries: decisions, and the end of a copy's episode at the rollout's last step
+        boundary = torch.cat([decision, done[-1:]], dim=0)  # [T + 1, B]
+        index = torch.arange(steps + 1, device=decision.device).unsqueeze(-1).expand_as(boundary)
+        upcoming = torch.where(boundary, index, steps + 1)
+        next_boundary = upcoming.flip(0).cummin(0).values.flip(0)[1:]  # first boundary after t: [T, B]
+        valid = decision & (next_boundary <= steps)
+        cumulative = torch.cat([torch.zeros_like(rollout.reward[:1]), rollout.reward.cumsum(0)], 0)
+        reward = cumulative.sum(-1)  # [T + 1, B]: the level's reward, one agent
+        t0, b = valid.nonzero(as_tuple=True)
+        t1 = next_boundary[t0, b]
+        next_obs = rollout.next_obs()
+        return {"obs": rollout.obs[t0, b], "alloc": rollout.action[t0, b, 0],
+                "reward": (reward[t1, b] - reward[t0, b]) / (t1 - t0).float(),
+                "next_obs": next_obs[t1 - 1, b], "terminated": rollout.terminated[t1 - 1, b].float()}
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        c = self.config
+        entities, active = self.view(batch["obs"])
+        with torch.no_grad():
+            next_entities, next_active = self.view(batch["next_obs"])
+            next_alloc, _, _ = self.best_proposal(next_entities, next_active, self.critic)
+            next_value = self.critic_target(next_entities, next_alloc.unsqueeze(-2)).squeeze(-1)
+            target = batch["reward"] + c.gamma * (1 - batch["terminated"]) * next_value
+            best, _, _ = self.best_proposal(entities, active, self.critic)
+        q = self.critic(entities, batch["alloc"].unsqueeze(-2)).squeeze(-1)
+        q_loss = nn.functional.smooth_l1_loss(q, target) if c.huber_loss else nn.functional.mse_loss(q, target)
+        _, log_prob, entropy = self.proposal(entities, active, 1, given=best.unsqueeze(-2))
+        proposal_loss = -(log_prob.sum(-1) + c.entropy_coef * entropy).mean()
+        return q_loss, proposal_loss, q.mean().detach()
+
+    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+        c = self.config
+        self.progress = progress
+        if rollout.decision is None:
+            raise ValueError("the allocator's level must re-decide by events: set decide_every on it")
+        self.replay.add(**self.meta_transitions(rollout))
+        if len(self.replay) < max(c.batch_size, c.learning_starts):
+            return {}
+        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
+            q_loss, proposal_loss, q_mean = self.loss(self.replay.sample(c.batch_size))
+            self.optimizer.zero_grad()
+            (q_loss + proposal_loss).backward()
+            nn.utils.clip_grad_norm_([*self.proposal.parameters(), *self.critic.parameters()], c.max_grad_norm)
+            self.optimizer.step()
+            self.gradient_steps += 1
+            if self.gradient_steps % c.target_update_interval == 0:
+                self.critic_target.load_state_dict(self.critic.state_dict())
+        return {"q_loss": q_loss.detach(), "proposal_loss": proposal_loss.detach(), "q_mean": q_mean}
+
+
+@dataclass
+class HeuristicAllocatorConfig:
+    """The heuristic allocator has nothing to tune."""
+
+
+class HeuristicAllocator(Learner):
+    """ALMA's heuristic baseline on SaveTheCity: every agent goes to the nearest active building
+    where its ability is useful (firefighters and generalists: a burning one; builders: any),
+    or to the nearest active one if none is. Reads the env's ``feature_names``; learns nothing."""
+
+    config_class = HeuristicAllocatorConfig
+    NEEDED = ("row", "col", "is_firefighter", "is_builder", "is_generalist", "fire")
+
+    def __init__(self, io: AgentIO, config: HeuristicAllocatorConfig, env: EnvSpec):
+        super().__init__(io)
+        self.view = EntityView(io, env)
+        names = env.capabilities["subtasks"].get("feature_names", [])
+        missing = [n for n in self.NEEDED if n not in names]
+        if missing:
+            raise ValueError(f"the heuristic allocator reads SaveTheCity's entity features; {env.name} lacks "
+                             f"{', '.join(missing)}. Use the learned allocator")
+        self.index = {n: names.index(n) for n in self.NEEDED}
+
+    @classmethod
+    def build(cls, io: AgentIO, config: HeuristicAllocatorConfig, env: EnvSpec) -> "HeuristicAllocator":
+        return cls(io, config, env)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        entities, active = self.view(obs)
+        i, member = self.index, self.view.membership
+        count = member.sum(0).clamp(min=1)  # entities per subtask
+        per_subtask = torch.einsum("...ef,es->...sf", entities, member) / count.unsqueeze(-1)  # [..., S, F]
+        agents = entities[..., :self.view.n_agents, :]  # [..., N, F]
+        where = [i["row"], i["col"]]
+        distance = (agents[..., :, None, where] - per_subtask[..., None, :, where]).abs().sum(-1)  # [..., N, S]
+        burning = per_subtask[..., i["fire"]] > 0  # [..., S]
+        builder = agents[..., i["is_builder"]] > 0.5  # [..., N]
+        useful = builder.unsqueeze(-1) | burning.unsqueeze(-2)
+        score = distance + 1e3 * (~useful) + 1e6 * (~active).unsqueeze(-2)
+        return score.argmin(-1).unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
+
+    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+        return {}

@@ -1,0 +1,418 @@
+"""A-QMIX: QMIX with entity-attention agents, the low level of ALMA (Iqbal et al. 2022).
+
+Read beside QMIX (Rashid et al. 2018) and ALMA's low level and code (``flex_qmix.py``,
+``q_learner.py``). Every agent i has a utility Q_i(o_i, u) (one network shared by all
+agents); a monotonic mixing network combines them into a team value, and only the team
+value is trained, by double-Q TD learning:
+
+.. math::
+    Q^k_{tot} = f_k\\big(\\{Q_i(o_i, u_i)\\}_{i \\in k}; s\\big),\\quad
+    \\frac{\\partial Q^k_{tot}}{\\partial Q_i} \\ge 0,\\qquad
+    y^k = r^k + \\gamma (1 - d)\\, Q'^k_{tot}\\big(\\{Q'_i(o'_i, \\arg\\max_u Q_i(o'_i, u))\\}; s'\\big)
+
+With a command from the level above (ALMA's subtask allocation, a one-hot of S subtasks
+at the end of the observation) there is one mixed value **per subtask** k, over the
+agents assigned to k only, trained on that subtask's reward r^k; each agent attends only
+to the entities of its subtask (``mask_subtasks``). Without a command (the flat A-QMIX)
+there is one Q_tot over all agents, trained on the mean of the agents' rewards.
+
+Agent network (entity attention, as ALMA's / REFIL's agents): every entity row of the
+observation is embedded by an MLP; the agent's query is its own row's embedding with the
+command; multi-head attention over the entities (those of other subtasks hidden); then an
+MLP of [own embedding, command, attention output] to the K utilities.
+
+Mixer (QMIX hypernetworks, weights made non-negative by abs): the env state is not stored
+in our rollouts, so the mixer's state is built from the agents' observations (each is a
+full entity list): h_i = MLP(o_i); a subtask's state is the mean of h_i over its agents
+(all agents when flat), as ALMA's mixer pools its per-agent hypernetwork outputs per
+subtask. The first layer's weights of agent i come from [h_i, that mean] (QMIX's
+``hyper_w_1`` gives one row per agent), ``b1``, ``w_final`` and ``V`` from the mean.
+A Q_i enters subtask k's mix multiplied by i's membership of k, so Q^k_tot does not
+depend on the utilities of other subtasks' agents.
+
+Decisions where our setting differs from the paper:
+
+* Transition replay of (obs, action, reward, next_obs, terminated) instead of the paper's
+  episodic replay: the agents are feed-forward (no RNN), so single steps suffice.
+* Target networks are copied every ``target_update_interval`` gradient steps (the paper:
+  every 200 episodes, which has no direct analogue with vectorised rollouts).
+* ``target_groups``: the target mixes the next step's assignment (``"next"``, read from
+  next_obs's command); a subtask that has no agents at the next step bootstraps 0 (its
+  agents' share of it ended there, and an empty mix is never trained). ``"current"``
+  keeps the step's own groups, as ALMA's released code does.
+* The subtask reward r^k is read from the agents' rewards: every agent assigned to k
+  carries r^k (the mean over k's agents is taken); a subtask with no agents has no loss.
+
+Shapes: obs ``[B, N, obs_dim]``; actions ``int64 [B, N]``.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from algorithms.common import OffPolicyConfig
+from algorithms.td3 import flatten_steps, soft_update
+from hmarl.buffers import ReplayBuffer, Rollout
+from hmarl.learner import AgentIO, Learner
+from hmarl.spec import EnvSpec
+
+Tensor = torch.Tensor
+
+TARGET_GROUPS = ("next", "current")
+
+
+@dataclass
+class AQMIXConfig(OffPolicyConfig):
+    """A-QMIX hyperparameters; defaults from QMIX / ALMA where they have one."""
+
+    learning_rate: float = 5e-4
+    """RMSprop step size (the paper's 5e-4)."""
+    buffer_size: int = 100_000
+    """Replay capacity in rows; a row is one env copy's step for all N agents of the level."""
+    batch_size: int = 128
+    """Rows per gradient step."""
+    tau: float = 1.0
+    """Target networks' update rate at each target update (1: a copy, as QMIX)."""
+    huber_loss: bool = False
+    """Huber (smooth L1) TD loss instead of QMIX's squared error."""
+    hidden_sizes: list[int] = (64,)
+    """Hidden layer widths of the utility MLP after the attention (ReLU)."""
+    optim_alpha: float = 0.99
+    """RMSprop smoothing constant (pymarl's optim_alpha)."""
+    optim_eps: float = 1e-5
+    """RMSprop epsilon (pymarl's optim_eps)."""
+    max_grad_norm: float = 10.0
+    """The gradient's global norm is clipped to this."""
+    target_update_interval: int = 200
+    """Gradient steps between two target network updates."""
+    target_groups: str = "next"
+    """Which assignment the target mixes: "next" (next_obs's command) or "current" (ALMA's code)."""
+    epsilon_start: float = 1.0
+    """Exploration epsilon at the start of training."""
+    epsilon_finish: float = 0.05
+    """Exploration epsilon at the end of the anneal and after."""
+    epsilon_anneal: float = 0.1
+    """Share of training (``progress``) over which epsilon decays linearly from start to finish."""
+    learning_starts: int = 1_000
+    """Replay rows (one env copy's step each) before the first gradient step."""
+    attention_dim: int = 128
+    """Entity embedding and attention width."""
+    heads: int = 4
+    """Attention heads; must divide attention_dim."""
+    mixing_embed_dim: int = 32
+    """Width of the mixing network's hidden layer (QMIX's mixing_embed_dim)."""
+    hypernet_embed: int = 64
+    """Width of the agents' observation embedding that feeds the hypernetworks."""
+    mask_subtasks: bool = True
+    """Agents attend only to entities of their assigned subtask (and to those of none); needs a command."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
+            (self.share_params, "share_params must be true: A-QMIX agents share one attention network"),
+            (self.optim_alpha > 0 and self.optim_eps > 0,
+             f"optim_alpha and optim_eps must be > 0, got {self.optim_alpha}, {self.optim_eps}"),
+            (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
+            (self.target_update_interval >= 1,
+             f"target_update_interval must be >= 1, got {self.target_update_interval}"),
+            (self.target_groups in TARGET_GROUPS,
+             f"target_groups must be one of {', '.join(TARGET_GROUPS)}, got {self.target_groups!r}"),
+            (0 <= self.epsilon_start <= 1 and 0 <= self.epsilon_finish <= 1,
+             f"epsilon_start, epsilon_finish must be in [0, 1], got {self.epsilon_start}, {self.epsilon_finish}"),
+            (0 <= self.epsilon_anneal <= 1, f"epsilon_anneal must be in [0, 1], got {self.epsilon_anneal}"),
+            (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
+            (self.attention_dim >= 1 and self.heads >= 1 and self.attention_dim % self.heads == 0,
+             f"heads ({self.heads}) must divide attention_dim ({self.attention_dim}), both >= 1"),
+            (self.mixing_embed_dim >= 1 and self.hypernet_embed >= 1,
+             f"mixing_embed_dim, hypernet_embed must be >= 1, got {self.mixing_embed_dim}, {self.hypernet_embed}")]
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        layers += [nn.Linear(fan_in, fan_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+# -- the agents ----------------------------------------------------------------------------------
+
+class EntityAttention(nn.Module):
+    """Multi-head attention of one query per agent over its entities; hidden entities get no weight.
+
+    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``.
+    """
+
+    def __init__(self, query_dim: int, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(query_dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, query: Tensor, entities: Tensor, hidden: Tensor | None = None) -> Tensor:
+        q = self.query(query).unflatten(-1, (self.heads, -1))  # [..., H, d]
+        k = self.key(entities).unflatten(-1, (self.heads, -1))  # [..., E, H, d]
+        v = self.value(entities).unflatten(-1, (self.heads, -1))
+        scores = torch.einsum("...hd,...ehd->...he", q, k) / math.sqrt(q.shape[-1])
+        if hidden is None:
+            weights = scores.softmax(-1)
+        else:
+            hidden = hidden.unsqueeze(-2)  # [..., 1, E]: the same for every head
+            # A row with every entity hidden would be a softmax over -inf only (NaN): give it
+            # finite scores, then zero weights, so an agent that may see nothing reads zeros.
+            scores = scores.masked_fill(hidden, float("-inf")).masked_fill(hidden.all(-1, keepdim=True), 0.0)
+            weights = scores.softmax(-1).masked_fill(hidden, 0.0)
+        return self.out(torch.einsum("...he,...ehd->...hd", weights, v).flatten(-2))
+
+
+class AgentNetwork(nn.Module):
+    """Q_i(o_i, .) for every agent at once, one set of weights: ``[..., N, obs_dim]`` -> ``[..., N, K]``."""
+
+    def __init__(self, layout: EntityLayout, n_actions: int, config: AQMIXConfig):
+        super().__init__()
+        self.layout = layout
+        d, c = config.attention_dim, layout.command_dim
+        self.embed = nn.Sequential(nn.Linear(layout.entity_dim, d), nn.ReLU())
+        self.attention = EntityAttention(d + c, d, config.heads)
+        # the command also goes straight to the head: attention over identical entities
+        # would otherwise hide which subtask the agent works on
+        self.head = mlp([2 * d + c, *config.hidden_sizes, n_actions])
+        self.mask_subtasks = config.mask_subtasks and c > 0
+        subtask = torch.tensor(layout.subtask_of_entity)
+        # membership[e, k] = 1 if entity e belongs to subtask k (rows of -1 entities are 0)
+        self.register_buffer("membership", F.one_hot(subtask.clamp(min=0), layout.n_subtasks).float()
+                             * (subtask >= 0).float().unsqueeze(-1), persistent=False)
+        self.register_buffer("in_subtask", subtask >= 0, persistent=False)
+
+    def hidden_entities(self, command: Tensor) -> Tensor:
+        """``[..., N, E]`` bool: entities of a subtask other than the agent's (those of none stay visible)."""
+        return self.in_subtask & (command @ self.membership.T < 0.5)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        lay = self.layout
+        own = self.embed(obs[..., :lay.entity_dim])  # [..., N, D]
+        rows = obs[..., lay.first:lay.first + lay.n_entities * lay.entity_dim]
+        entities = self.embed(rows.unflatten(-1, (lay.n_entities, lay.entity_dim)))  # [..., N, E, D]
+        command = obs[..., obs.shape[-1] - lay.command_dim:]  # [..., N, S] (S may be 0)
+        hidden = self.hidden_entities(command) if self.mask_subtasks else None
+        query = torch.cat([own, command], -1)
+        attended = self.attention(query, entities, hidden)  # [..., N, D]
+        return self.head(torch.cat([query, attended], -1))
+
+
+# -- the mixer -----------------------------------------------------------------------------------
+
+class Mixer(nn.Module):
+    """Monotonic QMIX mixing, one output per group: ``q [..., N]``, ``obs [..., N, obs_dim]``,
+    ``groups [..., N, G]`` 0/1 -> ``Q_tot [..., G]``; dQ_tot[g]/dq_i = 0 unless i is in g, else >= 0."""
+
+    def __init__(self, obs_dim: int, mixing_embed_dim: int, hypernet_embed: int):
+        super().__init__()
+        h, d = hypernet_embed, mixing_embed_dim
+        self.embed = nn.Sequential(nn.Linear(obs_dim, h), nn.ReLU())  # the state, per agent
+        self.hyper_w_1 = nn.Linear(2 * h, d)
+        self.hyper_b_1 = nn.Linear(h, d)
+        self.hyper_w_final = nn.Linear(h, d)
+        self.V = nn.Sequential(nn.Linear(h, d), nn.ReLU(), nn.Linear(d, 1))  # QMIX's state-dependent bias
+
+    def forward(self, q: Tensor, obs: Tensor, groups: Tensor) -> Tensor:
+        h = self.embed(obs)  # [..., N, H]
+        member = groups.transpose(-1, -2)  # [..., G, N]
+        state = member @ h / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]: mean over the group
+        pair = torch.cat([h.unsqueeze(-3).expand(*member.shape, -1),
+                          state.unsqueeze(-2).expand(*member.shape, -1)], -1)  # [..., G, N, 2H]
+        w1 = self.hyper_w_1(pair).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
+        b1 = self.hyper_b_1(state)  # [..., G, D]
+        q_in = member * q.unsqueeze(-2)  # [..., G, N]: agents outside the group contribute nothing
+        hidden = F.elu((q_in.unsqueeze(-1) * w1).sum(-2) + b1)
+        w_final = self.hyper_w_final(state).abs()
+        return (hidden * w_final).sum(-1) + self.V(state).squeeze(-1)
+
+
+# -- the learner ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EntityLayout:
+    """Where the entities sit in an agent's observation (from the env's ``subtasks`` capability)."""
+
+    n_subtasks: int
+    n_entities: int
+    entity_dim: int
+    first: int
+    """Entity e's row is ``obs[..., first + e F : first + (e + 1) F]``; the agent's own row is ``obs[..., :F]``."""
+    subtask_of_entity: tuple[int, ...]
+    command_dim: int
+    """S when the level's obs ends with a one-hot subtask command, else 0."""
+
+    @classmethod
+    def read(cls, io: AgentIO, subtasks: dict[str, Any], name: str) -> EntityLayout:
+        keys = ("n_subtasks", "n_entities", "entity_dim", "obs_entities", "subtask_of_entity")
+        missing = [k for k in keys if k not in subtasks]
+        if missing:
+            raise ValueError(f"aqmix needs the entity layout in {name}'s subtasks capability; "
+                             f"missing: {', '.join(missing)}")
+        s, e, f = int(subtasks["n_subtasks"]), int(subtasks["n_entities"]), int(subtasks["entity_dim"])
+        first, count = (int(x) for x in subtasks["obs_entities"])
+        of_entity = tuple(int(k) for k in subtasks["subtask_of_entity"])
+        command_dim = io.obs_dim - io.child_obs_dim
+        problems = [
+            (s >= 1 and e >= 1 and f >= 1, f"n_subtasks, n_entities, entity_dim must be >= 1, got {s}, {e}, {f}"),
+            (count == e, f"obs_entities lists {count} entities, n_entities is {e}"),
+            (len(of_entity) == e and all(-1 <= k < s for k in of_entity),
+             f"subtask_of_entity needs {e} subtasks in -1..{s - 1}, got {list(of_entity)}"),
+            (io.group == 1, f"aqmix reads env observations: one env agent per agent (group 1), got {io.group}"),
+            (f <= first and first + e * f <= io.child_obs_dim,
+             (f"entities at {first}..{first + e * f} (after the own row of {f}) exceed the observation of "
+              f"{io.child_obs_dim}") if f <= first else f"entities start at {first}, inside the own row of {f}"),
+            (command_dim in (0, s),
+             f"the command must be a one-hot of the {s} subtasks or absent, got {command_dim} command dims")]
+        for ok, message in problems:
+            if not ok:
+                raise ValueError(f"aqmix on {name}: {message}")
+        return cls(s, e, f, first, of_entity, command_dim)
+
+
+class AQMIX(Learner):
+    """A-QMIX for all agents of a level: entity-attention utilities, per-subtask monotonic mixing."""
+
+    config_class = AQMIXConfig
+
+    @classmethod
+    def build(cls, io: AgentIO, config: AQMIXConfig, env: EnvSpec) -> AQMIX:
+        return cls(io, config, env.require("subtasks", "aqmix"), env.name)
+
+    def __init__(self, io: AgentIO, config: AQMIXConfig, subtasks: dict[str, Any], env_name: str = "env"):
+        super().__init__(io)
+        self.config = c = config
+        space = io.action_space
+        if not isinstance(space, spaces.Discrete):
+            hint = ("for one action per child, make the level joint (joint: true)"
+                    if isinstance(space, spaces.MultiDiscrete) else "use td3 for a Box one")
+            raise ValueError(f"aqmix needs a Discrete action space, got {space}; {hint}")
+        self.n_actions = int(space.n)
+        self.layout = EntityLayout.read(io, subtasks, env_name)
+        self.agent = AgentNetwork(self.layout, self.n_actions, c)
+        self.mixer = Mixer(io.obs_dim, c.mixing_embed_dim, c.hypernet_embed)
+        self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
+        self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
+        self.optimizer = torch.optim.RMSprop([*self.agent.parameters(), *self.mixer.parameters()],
+                                             lr=c.learning_rate, alpha=c.optim_alpha, eps=c.optim_eps)
+        self.replay = ReplayBuffer(c.buffer_size)
+        #: the latest ``progress`` given to ``update``: drives epsilon in ``act``
+        self.progress = 0.0
+        #: gradient steps taken so far: drives the target network updates
+        self.gradient_steps = 0
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
+                "replay": self.replay.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
+        self.replay.load_state_dict(state["replay"])
+
+    # -- policy ----------------------------------------------------------------------------
+    def q_values(self, obs: Tensor) -> Tensor:
+        """The utilities ``[..., N, obs_dim]`` -> ``[..., N, K]``, differentiable."""
+        return self.agent(obs)
+
+    def groups(self, obs: Tensor) -> Tensor:
+        """Who each Q_tot mixes, ``[..., N, G]`` 0/1: the command one-hot (G = S), or everyone (G = 1)."""
+        if self.layout.command_dim == 0:
+            return obs.new_ones(*obs.shape[:-1], 1)
+        return (obs[..., -self.layout.command_dim:] > 0.5).float()
+
+    def epsilon(self, progress: float | None = None) -> float:
+        """Linear anneal over the share of training; the latest progress by default."""
+        c = self.config
+        progress = self.progress if progress is None else progress
+        if c.epsilon_anneal == 0:
+            return c.epsilon_finish
+        share = min(1.0, progress / c.epsilon_anneal)
+        return c.epsilon_start + (c.epsilon_finish - c.epsilon_start) * share
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Epsilon-greedy ``int64 [B, N]`` (greedy if deterministic), log-prob zeros ``[B, N]``."""
+        b, n = obs.shape[:2]
+        with torch.no_grad():
+            action = self.q_values(obs).argmax(-1)
+            if not deterministic:
+                explore = torch.rand(b, n, device=obs.device) < self.epsilon()
+                random = torch.randint(self.n_actions, (b, n), device=obs.device)
+                action = torch.where(explore, random, action)
+        return action, obs.new_zeros(b, n)
+
+    # -- learning --------------------------------------------------------------------------
+    def transitions(self, rollout: Rollout) -> dict[str, Tensor]:
+        """The replay rows of a rollout, each ``[T*B, N, ...]`` (terminated ``[T*B, 1]`` float)."""
+        return {"obs": flatten_steps(rollout.obs),
+                "action": flatten_steps(rollout.action),
+                "reward": flatten_steps(rollout.reward) * self.config.reward_scale,
+                "next_obs": flatten_steps(rollout.next_obs()),
+                "terminated": flatten_steps(rollout.terminated).float().unsqueeze(-1)}
+
+    def group_reward(self, obs: Tensor, reward: Tensor) -> Tensor:
+        """``[M, G]``: r^k, carried by every agent assigned to k (their mean); flat: the agents' mean."""
+        groups = self.groups(obs)
+        return (groups * reward.unsqueeze(-1)).sum(-2) / groups.sum(-2).clamp(min=1)
+
+    def td_target(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[M, G]``: the online agents pick the next actions, the target agents and mixer value them."""
+        c = self.config
+        with torch.no_grad():
+            next_obs = batch["next_obs"]
+            best = self.agent(next_obs).argmax(-1, keepdim=True)
+            next_q = self.target_agent(next_obs).gather(-1, best).squeeze(-1)  # [M, N]
+            groups = self.groups(next_obs if c.target_groups == "next" else batch["obs"])
+            next_tot = self.target_mixer(next_q, next_obs, groups)
+            if c.target_groups == "next":  # a subtask left by all its agents: nothing to bootstrap
+                next_tot = next_tot * (groups.sum(-2) > 0)
+            reward = self.group_reward(batch["obs"], batch["reward"])
+            return reward + c.gamma * (1.0 - batch["terminated"]) * next_tot
+
+    def q_tot(self, obs: Tensor, action: Tensor) -> Tensor:
+        """``[M, G]``: the mixed utilities of the joint ``action`` ``[M, N]``, differentiable."""
+        q = self.q_values(obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)  # [M, N]
+        return self.mixer(q, obs, self.groups(obs))
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """TD loss of the stored joint actions over the subtasks that have agents, and their mean Q_tot."""
+        q_tot = self.q_tot(batch["obs"], batch["action"])
+        target = self.td_target(batch)
+        active = (self.groups(batch["obs"]).sum(-2) > 0).float()  # a subtask without agents has no loss
+        error = (F.smooth_l1_loss if self.config.huber_loss else F.mse_loss)(q_tot, target, reduction="none")
+        count = active.sum().clamp(min=1)
+        return (error * active).sum() / count, (q_tot.detach() * active).sum() / count
+
+    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+        """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
+        c = self.config
+        self.progress = progress
+        self.replay.add(**self.transitions(rollout))
+        if len(self.replay) < max(c.batch_size, c.learning_starts):
+            return {}
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        stats = {}
+        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
+            q_loss, q_tot = self.loss(self.replay.sample(c.batch_size))
+            self.optimizer.zero_grad()
+            q_loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+            self.optimizer.step()
+            self.gradient_steps += 1
+            if self.gradient_steps % c.target_update_interval == 0:
+                soft_update(self.target_agent, self.agent, c.tau)
+                soft_update(self.target_mixer, self.mixer, c.tau)
+            stats = {"q_loss": q_loss.detach(), "q_tot": q_tot, "grad_norm": grad_norm}
+        if stats:
+            stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
+        return stats

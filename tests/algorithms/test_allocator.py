@@ -1,0 +1,132 @@
+"""ALMA's allocator: valid proposals, autoregression, best-of-N, meta-transitions, learning."""
+from __future__ import annotations
+
+import pytest
+import torch
+from gymnasium import spaces
+
+from algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig
+from hmarl import AgentIO, EnvSpec, Rollout
+
+N, S, F = 3, 4, 3  # agents, subtasks, entity features: [x, is_agent, finished]
+E = N + S
+
+
+def env_spec(**subtasks):
+    description = {"n_subtasks": S, "n_entities": E, "entity_dim": F, "obs_entities": [0, E],
+                   "subtask_of_entity": [-1] * N + list(range(S)), "finished_feature": 2, **subtasks}
+    return EnvSpec(n_agents=N, obs_dim=E * F, action_space=spaces.Discrete(5), max_steps=50, num_envs=2,
+                   capabilities={"subtasks": description}, name="toy subtasks")
+
+
+def allocator(**options):
+    io = AgentIO(n_agents=1, obs_dim=N * E * F, child_obs_dim=N * E * F, action_space=spaces.MultiDiscrete([S] * N),
+                 group=N)
+    return Allocator(io, AllocatorConfig(**{"n_proposals": 8, "embedding": 16, "heads": 2,
+                                            "hidden_sizes": [16], **options}), env_spec())
+
+
+def observation(batch: int, finished=(), generator=None) -> torch.Tensor:
+    """Every agent sees the same entity rows; subtasks in ``finished`` are done."""
+    rows = torch.zeros(batch, E, F)
+    rows[..., 0] = torch.rand(batch, E, generator=generator)
+    rows[:, :N, 1] = 1.0
+    for k in finished:
+        rows[:, N + k, 2] = 1.0
+    return rows.flatten(1).repeat(1, N).unsqueeze(1)  # [B, 1, N * E * F]
+
+
+def test_proposals_give_every_agent_one_active_subtask():
+    torch.manual_seed(0)
+    learner = allocator()
+    entities, active = learner.view(observation(64, finished=(1, 3)))
+    assert active[0].tolist() == [True, False, True, False]
+    proposals, log_probs, _ = learner.proposal(entities, active, 32)
+    assert proposals.shape == (64, 32, N) and log_probs.shape == (64, 32, N)
+    assert set(proposals.unique().tolist()) == {0, 2}  # one subtask each, never a finished one
+    action, _ = learner.act(observation(64, finished=(1, 3)))  # exploration included
+    assert action.shape == (64, 1, N) and set(action.unique().tolist()) <= {0, 2}
+
+
+def test_later_agents_see_earlier_choices():
+    torch.manual_seed(0)
+    learner = allocator()
+    entities, active = learner.view(observation(1))
+    given = torch.tensor([[[0, 1, 1], [2, 1, 1]]])  # only agent 0's choice differs
+    _, log_probs, _ = learner.proposal(entities, active, 2, given=given)
+    assert log_probs[0, 0, 0] != log_probs[0, 1, 0]
+    assert not torch.allclose(log_probs[0, 0, 1:], log_probs[0, 1, 1:])  # agents 1 and 2 react to it
+    # agent 0 has nobody before it: its probabilities do not depend on the others' choices
+    _, again, _ = learner.proposal(entities, active, 2, given=torch.tensor([[[0, 3, 3], [2, 0, 2]]]))
+    torch.testing.assert_close(again[..., 0], log_probs[..., 0])
+
+
+def test_best_of_n_takes_the_critics_argmax():
+    torch.manual_seed(0)
+    learner = allocator()
+    class PreferHighSubtasks(torch.nn.Module):
+        def forward(self, entities, alloc):
+            return alloc.float().sum(-1)
+
+    critic = PreferHighSubtasks()
+    entities, active = learner.view(observation(16))
+    alloc, value, proposals = learner.best_proposal(entities, active, critic)
+    assert torch.equal(value, proposals.sum(-1).float().max(-1).values)
+    assert torch.equal(alloc.sum(-1).float(), value)
+
+
+def test_meta_transitions_between_decisions():
+    # one copy, T = 6: decisions at 0, 2 and 5; the episode ends (terminated) at step 3
+    decision = torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool).view(6, 1)
+    terminated = torch.tensor([0, 0, 0, 1, 0, 0], dtype=torch.bool).view(6, 1)
+    obs = torch.arange(6.0).view(6, 1, 1, 1)
+    rollout = Rollout(obs=obs, action=torch.arange(6).view(6, 1, 1, 1).expand(6, 1, 1, N),
+                      log_prob=torch.zeros(6, 1, 1), reward=torch.tensor([1.0, 3, 5, 7, 9, 11]).view(6, 1, 1),
+                      terminated=terminated, done=terminated.clone(), final_obs=obs + 100,
+                      last_obs=torch.full((1, 1, 1), 6.0), decision=decision)
+    batch = Allocator.meta_transitions(rollout)
+    # segments [0, 2), [2, 4) (ends with the episode), [4, 5); the one from 5 is incomplete
+    assert batch["obs"].flatten().tolist() == [0.0, 2.0, 4.0]
+    assert batch["alloc"][:, 0].tolist() == [0, 2, 4]
+    assert batch["reward"].tolist() == [2.0, 6.0, 9.0]
+    assert batch["next_obs"].flatten().tolist() == [2.0, 103.0, 5.0]
+    assert batch["terminated"].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_allocator_learns_a_one_step_allocation_bandit():
+    """Reward = agents on subtask 2 minus agents on subtask 0; every segment one step long."""
+    torch.manual_seed(0)
+    learner = allocator(learning_rate=3e-3, batch_size=64, learning_starts=0, updates_per_step=4,
+                        target_update_interval=10)
+    g = torch.Generator().manual_seed(0)
+    for iteration in range(25):
+        obs = observation(32, generator=g)
+        learner.progress = iteration / 25
+        action, _ = learner.act(obs)
+        alloc = action[:, 0]
+        reward = ((alloc == 2).sum(-1) - (alloc == 0).sum(-1)).float()
+        steps = torch.ones(1, 32, dtype=torch.bool)
+        rollout = Rollout(obs=obs.unsqueeze(0), action=action.unsqueeze(0), log_prob=torch.zeros(1, 32, 1),
+                          reward=reward.view(1, 32, 1), terminated=steps, done=steps.clone(),
+                          final_obs=obs.unsqueeze(0), last_obs=obs, decision=steps.clone())
+        learner.update(rollout, progress=iteration / 25)
+    greedy, _ = learner.act(observation(64, generator=g), deterministic=True)
+    assert (greedy == 2).float().mean() > 0.9
+
+
+def test_bad_input():
+    io = AgentIO(n_agents=1, obs_dim=10, child_obs_dim=10, action_space=spaces.MultiDiscrete([S] * N), group=N)
+    no_subtasks = EnvSpec(n_agents=N, obs_dim=10, action_space=spaces.Discrete(5), max_steps=5, num_envs=1)
+    with pytest.raises(ValueError, match="the allocator needs an env with subtasks"):
+        Allocator(io, AllocatorConfig(), no_subtasks)
+    joint = AgentIO(n_agents=1, obs_dim=10, child_obs_dim=10, action_space=spaces.Discrete(S ** N), group=N)
+    with pytest.raises(ValueError, match="group_size: all, joint: false"):
+        Allocator(joint, AllocatorConfig(), env_spec())
+    with pytest.raises(ValueError, match="reads agent i from entity i, but toy subtasks lists 2 agent entities "
+                                         "for 3 agents"):
+        Allocator(io, AllocatorConfig(), env_spec(subtask_of_entity=[-1, -1] + list(range(S)) + [0]))
+    with pytest.raises(ValueError, match="heuristic allocator reads SaveTheCity's entity features; toy subtasks "
+                                         "lacks row, col, is_firefighter"):
+        HeuristicAllocator(io, HeuristicAllocatorConfig(), env_spec())
+    with pytest.raises(ValueError, match="must divide into 3 heads"):
+        AllocatorConfig(embedding=16, heads=3)

@@ -1,0 +1,64 @@
+"""ALMA as a hierarchy: structure, the heuristic allocation, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from algorithms.allocator import HeuristicAllocator
+from algorithms.alma import build
+from envs import make_env
+from hmarl.experiment import CONFIG_DIR, load_yaml
+from hmarl.rewards import SubtaskReward
+
+
+def alma(env, name="alma", **overrides):
+    config = load_yaml(CONFIG_DIR / "algorithms" / f"{name}.yaml")
+    options = {k: config[k] for k in ("aqmix", "allocator") if k in config}
+    return build(env, config["levels"], options, **{"action_length": config["action_length"], **overrides})
+
+
+def city(num_envs=2, n_agents=3):
+    return make_env("savethecity", num_envs=num_envs, n_agents=n_agents, max_steps=150, seed=0)
+
+
+def test_structure():
+    env = city()
+    hierarchy = alma(env)
+    agents, allocator = hierarchy.levels
+    assert isinstance(agents.reward_rule, SubtaskReward)
+    assert allocator.decide_every == 5 and hierarchy.strides == [1, 1]
+    assert allocator.io.action_space.nvec.tolist() == [4, 4, 4]  # a building per agent
+    assert agents.io.obs_dim == env.spec.obs_dim + 4  # the assignment, one-hot
+    assert agents.learner.config.mask_subtasks and not alma(env, "alma_nomask").levels[0].learner.config.mask_subtasks
+    hierarchy.reset(0)
+    hierarchy.rollout(20)
+    rollout = allocator.rollout()
+    assert rollout.decision[0].all() and rollout.decision[5].all()  # episode start, then every 5 steps
+    held = rollout.action[:, :, 0]  # [T, B, N]
+    between = ~rollout.decision
+    assert torch.equal(held[1:][between[1:]], held[:-1][between[1:]])  # held between decisions
+
+
+def test_heuristic_allocation_on_a_hand_made_city():
+    env = city(num_envs=1)
+    # buildings at (1, 1) burning, (1, 13) not, (13, 1) burning, (13, 13) not
+    obs = env.set_state(0, agent_positions=[[2, 12], [2, 12], [12, 2]],
+                        agent_types=["firefighter", "builder", "generalist"],
+                        building_positions=[[1, 1], [1, 13], [13, 1], [13, 13]],
+                        health=[0.5, 0.5, 0.5, 0.5], fire=[0.5, 0.0, 0.5, 0.0])
+    hierarchy = alma(env, "alma_heuristic")
+    allocator = hierarchy.levels[1].learner
+    assert isinstance(allocator, HeuristicAllocator)
+    action, _ = allocator.act(hierarchy.levels[1]._child_obs(obs, None))
+    # the firefighter near (1, 13) goes to the nearest burning building (1, 1); the builder
+    # stays with the nearest one (1, 13); the generalist goes to the burning (13, 1) next to it
+    assert action[0, 0].tolist() == [0, 1, 2]
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="alma needs an env with subtasks; vmas_balance has goal_indices, positions"):
+        alma(make_env("vmas_balance", num_envs=1, n_agents=3, max_steps=10, seed=0))
+    with pytest.raises(ValueError, match="action_length must be >= 1"):
+        alma(city(), action_length=0)
+    with pytest.raises(ValueError, match="an ALMA hierarchy has two levels"):
+        build(city(), [{"learner": "aqmix"}], {})
