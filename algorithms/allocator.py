@@ -27,14 +27,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig
-from hmarl.buffers import ReplayBuffer, Rollout
+from algorithms.common import OffPolicyConfig, ReplayLearner
+from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import EnvSpec
 
@@ -191,13 +190,13 @@ class AllocationCritic(nn.Module):
         return self.head(pooled).view(h.shape[:-2])
 
 
-class Allocator(Learner):
+class Allocator(ReplayLearner):
     """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
 
     config_class = AllocatorConfig
 
     def __init__(self, io: AgentIO, config: AllocatorConfig, env: EnvSpec):
-        super().__init__(io)
+        super().__init__(io, config.buffer_size)
         self.config = c = config
         if io.n_agents != 1 or not isinstance(io.action_space, spaces.MultiDiscrete):
             raise ValueError("the allocator is one agent over all units below: group_size: all, joint: false, "
@@ -215,20 +214,10 @@ class Allocator(Learner):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizer = torch.optim.RMSprop([*self.proposal.parameters(), *self.critic.parameters()],
                                              lr=c.learning_rate)
-        self.replay = ReplayBuffer(c.buffer_size)
-        self.progress, self.gradient_steps = 0.0, 0
 
     @classmethod
     def build(cls, io: AgentIO, config: AllocatorConfig, env: EnvSpec) -> "Allocator":
         return cls(io, config, env)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
-                "replay": self.replay.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
-        self.replay.load_state_dict(state["replay"])
 
     # -- acting -----------------------------------------------------------------------------
     def best_proposal(self, entities: Tensor, active: Tensor, critic: nn.Module) -> tuple[Tensor, Tensor, Tensor]:

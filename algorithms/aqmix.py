@@ -58,10 +58,10 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig
+from algorithms.common import OffPolicyConfig, ReplayLearner
 from algorithms.td3 import flatten_steps, soft_update
-from hmarl.buffers import ReplayBuffer, Rollout
-from hmarl.learner import AgentIO, Learner
+from hmarl.buffers import Rollout
+from hmarl.learner import AgentIO
 from hmarl.spec import EnvSpec
 
 Tensor = torch.Tensor
@@ -281,7 +281,7 @@ class EntityLayout:
         return cls(s, e, f, first, of_entity, command_dim)
 
 
-class AQMIX(Learner):
+class AQMIX(ReplayLearner):
     """A-QMIX for all agents of a level: entity-attention utilities, per-subtask monotonic mixing."""
 
     config_class = AQMIXConfig
@@ -291,7 +291,7 @@ class AQMIX(Learner):
         return cls(io, config, env.require("subtasks", "aqmix"), env.name)
 
     def __init__(self, io: AgentIO, config: AQMIXConfig, subtasks: dict[str, Any], env_name: str = "env"):
-        super().__init__(io)
+        super().__init__(io, config.buffer_size)
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Discrete):
@@ -306,19 +306,6 @@ class AQMIX(Learner):
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizer = torch.optim.RMSprop([*self.agent.parameters(), *self.mixer.parameters()],
                                              lr=c.learning_rate, alpha=c.optim_alpha, eps=c.optim_eps)
-        self.replay = ReplayBuffer(c.buffer_size)
-        #: the latest ``progress`` given to ``update``: drives epsilon in ``act``
-        self.progress = 0.0
-        #: gradient steps taken so far: drives the target network updates
-        self.gradient_steps = 0
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
-                "replay": self.replay.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
-        self.replay.load_state_dict(state["replay"])
 
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:

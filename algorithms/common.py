@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hmarl.config import from_dict
+from hmarl.buffers import ReplayBuffer
 from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import MultiAgentEnv
@@ -58,6 +59,28 @@ class OffPolicyConfig:
             if not ok:
                 raise ValueError(message)
         self.hidden_sizes = list(self.hidden_sizes)
+
+
+class ReplayLearner(Learner):
+    """A learner with a replay, the training progress (exploration schedules) and a count of
+    gradient steps (target updates); all three travel with ``state_dict``, so a resumed run
+    continues exactly."""
+
+    def __init__(self, io: AgentIO, buffer_size: int):
+        super().__init__(io)
+        self.replay = ReplayBuffer(buffer_size)
+        #: the latest ``progress`` given to ``update``: drives exploration in ``act``
+        self.progress = 0.0
+        #: gradient steps taken so far: drives the target network updates
+        self.gradient_steps = 0
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
+                "replay": self.replay.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
+        self.replay.load_state_dict(state["replay"])
 
 
 @dataclass(frozen=True)

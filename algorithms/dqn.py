@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig
+from algorithms.common import OffPolicyConfig, ReplayLearner
 from algorithms.td3 import flatten_steps, soft_update
-from hmarl.buffers import ReplayBuffer, Rollout
-from hmarl.learner import AgentIO, Learner
+from hmarl.buffers import Rollout
+from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
@@ -63,13 +62,13 @@ class DQNConfig(OffPolicyConfig):
             (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}")]
 
 
-class DQN(Learner):
+class DQN(ReplayLearner):
     """Double DQN with epsilon-greedy exploration for all agents of a level at once."""
 
     config_class = DQNConfig
 
     def __init__(self, io: AgentIO, config: DQNConfig):
-        super().__init__(io)
+        super().__init__(io, config.buffer_size)
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Discrete):
@@ -81,19 +80,6 @@ class DQN(Learner):
                                   c.share_params)
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=c.learning_rate)
-        self.replay = ReplayBuffer(c.buffer_size)
-        #: the latest ``progress`` given to ``update``: drives epsilon in ``act``
-        self.progress = 0.0
-        #: gradient steps taken so far: drives the target network updates
-        self.gradient_steps = 0
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
-                "replay": self.replay.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
-        self.replay.load_state_dict(state["replay"])
 
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:
