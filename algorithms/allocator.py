@@ -32,7 +32,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig, ReplayLearner
+from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import EnvSpec
@@ -84,13 +84,6 @@ class AllocatorConfig(OffPolicyConfig):
             (all(0 <= f <= 1 for f in fractions), "exploration fractions must be in [0, 1]"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
             (self.learning_starts >= 0, "learning_starts must be >= 0")]
-
-
-def linear(start: float, end: float, fraction: float, progress: float) -> float:
-    """Linear decay from start to end over ``fraction`` of training, then flat."""
-    if fraction == 0:
-        return end
-    return start + (end - start) * min(progress / fraction, 1.0)
 
 
 class EntityView(nn.Module):
@@ -235,12 +228,12 @@ class Allocator(ReplayLearner):
         alloc, _, proposals = self.best_proposal(entities, active, self.critic)
         if not deterministic:
             p = self.progress
-            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < linear(
+            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < linear_schedule(
                 c.prop_alloc_eps_start, c.prop_alloc_eps_end, c.prop_alloc_eps_fraction, p)
             alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
             uniform = torch.distributions.Categorical(logits=torch.where(active, 0.0, -1e9).unsqueeze(-2)
                                                       .expand(*alloc.shape, -1)).sample()
-            random = torch.rand(alloc.shape, device=obs.device) < linear(
+            random = torch.rand(alloc.shape, device=obs.device) < linear_schedule(
                 c.alloc_eps_start, c.alloc_eps_end, c.alloc_eps_fraction, p)
             alloc = torch.where(random, uniform, alloc)
         return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)

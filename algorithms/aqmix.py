@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig, ReplayLearner
+from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
@@ -322,10 +322,7 @@ class AQMIX(ReplayLearner):
         """Linear anneal over the share of training; the latest progress by default."""
         c = self.config
         progress = self.progress if progress is None else progress
-        if c.epsilon_anneal == 0:
-            return c.epsilon_finish
-        share = min(1.0, progress / c.epsilon_anneal)
-        return c.epsilon_start + (c.epsilon_finish - c.epsilon_start) * share
+        return linear_schedule(c.epsilon_start, c.epsilon_finish, c.epsilon_anneal, progress)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """Epsilon-greedy ``int64 [B, N]`` (greedy if deterministic), log-prob zeros ``[B, N]``."""

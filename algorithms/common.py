@@ -61,6 +61,14 @@ class OffPolicyConfig:
         self.hidden_sizes = list(self.hidden_sizes)
 
 
+def linear_schedule(start: float, end: float, fraction: float, progress: float) -> float:
+    """From ``start`` to ``end`` linearly over the first ``fraction`` of training, then ``end``
+    (exploration rates of the off-policy learners; ``progress`` in [0, 1])."""
+    if fraction == 0:
+        return end
+    return start + (end - start) * min(progress / fraction, 1.0)
+
+
 class ReplayLearner(Learner):
     """A learner with a replay, the training progress (exploration schedules) and a count of
     gradient steps (target updates); all three travel with ``state_dict``, so a resumed run

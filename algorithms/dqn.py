@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner
+from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
@@ -90,9 +90,7 @@ class DQN(ReplayLearner):
         """CleanRL's linear schedule over the share of training; the latest progress by default."""
         c = self.config
         progress = self.progress if progress is None else progress
-        if c.exploration_fraction == 0:
-            return c.end_e
-        return max(c.end_e, c.start_e + (c.end_e - c.start_e) * progress / c.exploration_fraction)
+        return linear_schedule(c.start_e, c.end_e, c.exploration_fraction, progress)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """Epsilon-greedy ``int64 [B, N]`` (greedy if deterministic), log-prob zeros ``[B, N]``."""

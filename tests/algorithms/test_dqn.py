@@ -167,3 +167,10 @@ def test_box_space_is_refused():
 def test_fractional_updates_per_step():
     assert DQNConfig(updates_per_step=0.25).gradient_steps(100) == 25
     assert DQNConfig(updates_per_step=2).gradient_steps(7) == 14
+
+
+def test_linear_schedule():
+    from algorithms.common import linear_schedule
+
+    assert [linear_schedule(1.0, 0.05, 0.2, p) for p in (0.0, 0.1, 0.2, 0.9)] == pytest.approx([1.0, 0.525, 0.05, 0.05])
+    assert linear_schedule(1.0, 0.0, 0.0, 0.0) == 0.0  # no anneal: the end value from the start
