@@ -95,7 +95,8 @@ class EntityView(nn.Module):
         self.n_agents, self.n_subtasks = io.group, int(subtasks["n_subtasks"])
         self.entity_dim = int(subtasks["entity_dim"])
         self.first, self.n_entities = (int(v) for v in subtasks["obs_entities"])
-        self.finished = int(subtasks["finished_feature"])
+        finished = subtasks.get("finished_feature")  # None: subtasks never finish (simple spread)
+        self.finished = None if finished is None else int(finished)
         member = torch.nn.functional.one_hot(torch.tensor(subtasks["subtask_of_entity"]) + 1,
                                              self.n_subtasks + 1)[:, 1:].float()
         self.register_buffer("membership", member, persistent=False)  # [E, S]
@@ -106,6 +107,8 @@ class EntityView(nn.Module):
         first_agent = obs[..., 0, :self.child_dim]
         rows = first_agent[..., self.first:self.first + self.n_entities * self.entity_dim]
         entities = rows.unflatten(-1, (self.n_entities, self.entity_dim))
+        if self.finished is None:
+            return entities, torch.ones(*entities.shape[:-2], self.n_subtasks, dtype=torch.bool, device=obs.device)
         unfinished = (entities[..., self.finished] < 0.5).float()  # [..., E]
         active = (unfinished.unsqueeze(-1) * self.membership).sum(-2) > 0
         return entities, active

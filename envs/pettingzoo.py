@@ -9,6 +9,7 @@ from gymnasium import spaces
 from mpe2 import simple_spread_v3
 from pettingzoo import ParallelEnv
 
+from envs.landmark_subtasks import with_subtasks
 from envs.registry import register
 from hmarl.spec import EnvSpec, TimeStep
 
@@ -193,11 +194,13 @@ def mpe_simple_spread(
     n_agents: int = 4,
     max_steps: int = 100,
     continuous_actions: bool = False,
+    subtasks: bool = False,
     **options: Any,
-) -> ParallelEnvAdapter:
+):
     """MPE2 ``simple_spread_v3``: ``n_agents`` agents cover as many landmarks.
 
     ``seed`` is accepted for the registry's uniform call and unused: ``reset`` takes it.
+    ``subtasks=True``: landmarks as ALMA subtasks (``envs.landmark_subtasks``).
     ``options`` go to ``simple_spread_v3.parallel_env`` (e.g. ``local_ratio``).
     """
 
@@ -207,6 +210,7 @@ def mpe_simple_spread(
         )
 
     # mpe2 observes [vel, pos, landmarks relative to the agent, ...]
-    return ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe_simple_spread",
-                              capabilities={"goal_indices": [2, 3],
-                                            "landmarks": {"first": 4, "count": n_agents, "velocity": 0}})
+    env = ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe_simple_spread",
+                             capabilities={"goal_indices": [2, 3],
+                                           "landmarks": {"first": 4, "count": n_agents, "velocity": 0}})
+    return with_subtasks(env, subtasks, position=2, velocity=0)

@@ -6,6 +6,7 @@ import vmas
 from gymnasium import spaces
 from vmas.simulator.environment.environment import local_seed
 
+from envs.landmark_subtasks import with_subtasks
 from envs.registry import register
 from hmarl.spec import EnvSpec, Tensor, TimeStep
 
@@ -134,17 +135,20 @@ def _to_gymnasium(space) -> spaces.Discrete | spaces.Box:
 
 def _scenario(name: str, scenario: str, landmarks: bool = False) -> None:
     def factory(num_envs: int, device: str = "cpu", seed: int | None = None, n_agents: int = 4,
-                max_steps: int = 100, continuous_actions: bool = False, **options) -> VmasEnv:
+                max_steps: int = 100, continuous_actions: bool = False, **options):
         # every scenario observes the agent's own position first; simple_spread then
         # [vel, landmarks relative to the agent, ...], a landmark per agent
         capabilities: dict = {"goal_indices": [0, 1]}
         if landmarks:
             capabilities["landmarks"] = {"first": 4, "count": n_agents, "velocity": 2}
-        return VmasEnv(scenario, num_envs=num_envs, device=device, seed=seed, n_agents=n_agents,
-                       max_steps=max_steps, continuous_actions=continuous_actions, name=name,
-                       capabilities=capabilities, **options)
+            subtasks = options.pop("subtasks", False)
+        env = VmasEnv(scenario, num_envs=num_envs, device=device, seed=seed, n_agents=n_agents,
+                      max_steps=max_steps, continuous_actions=continuous_actions, name=name,
+                      capabilities=capabilities, **options)
+        return with_subtasks(env, subtasks, position=0, velocity=2) if landmarks else env
 
-    factory.__doc__ = f"VMAS {scenario!r} scenario."
+    factory.__doc__ = f"VMAS {scenario!r} scenario." + (
+        " ``subtasks=True``: landmarks as ALMA subtasks (``envs.landmark_subtasks``)." if landmarks else "")
     register(name)(factory)
 
 

@@ -114,7 +114,10 @@ class SubtaskReward(RewardRule):
     """ALMA: a unit assigned to subtask ``k`` learns from subtask ``k``'s reward.
 
     The assignment is the level above's command, a one-hot over the env's ``S`` subtasks;
-    the rewards are the env's ``info["subtask_rewards"]`` ``[B, S]`` (capability ``subtasks``).
+    the rewards are the env's ``info["subtask_rewards"]`` (capability ``subtasks``): ``[B, S]``,
+    or ``[B, N, S]`` when they depend on who works on a subtask; then subtask ``k`` is worth
+    the best of its assigned agents' rewards (simple spread: minus the distance of the
+    landmark's nearest assigned agent), and every agent on ``k`` gets that.
     """
 
     def __init__(self, below: EnvSpec, group_size: int):
@@ -129,7 +132,11 @@ class SubtaskReward(RewardRule):
                              f"{self.n_subtasks} subtasks: command discrete({self.n_subtasks})")
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
-        return (step.command * step.info["subtask_rewards"].unsqueeze(1)).sum(-1)
+        rewards, assigned = step.info["subtask_rewards"], step.command > 0.5  # [B, (N,) S], [B, N, S]
+        if rewards.dim() == 3:
+            best = torch.where(assigned, rewards, float("-inf")).amax(1)  # [B, S]
+            rewards = torch.where(assigned.any(1), best, 0.0)  # a subtask nobody works on pays no one
+        return (step.command * rewards.unsqueeze(1)).sum(-1)
 
 
 REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage,

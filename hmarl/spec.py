@@ -27,7 +27,11 @@ Tensor = torch.Tensor
 #: ``subtasks``: ``{"n_subtasks": S, "n_entities": E, "entity_dim": F, "obs_entities": [first, E],
 #: "subtask_of_entity": [E ints, -1 for none]}``: entity e's row is ``obs[first + e*F : first + (e+1)*F]``;
 #: ``info`` carries ``entities`` ``[B, E, F]``, ``entity_subtask`` ``[B, E, S]`` bool, ``active_subtasks``
-#: ``[B, S]`` bool and this step's ``subtask_rewards`` ``[B, S]``.
+#: ``[B, S]`` bool and this step's ``subtask_rewards``: ``[B, S]``, or ``[B, N, S]`` when a subtask's
+#: reward depends on who works on it (agent ``i``'s reward if it were the one; the ``subtask`` rule
+#: gives a subtask the best of its assigned agents'). Optional keys: ``finished_feature`` (the
+#: entity feature that is >= 0.5 once its subtask is done; without it subtasks never finish) and
+#: ``feature_names``. Agents come first among the entities.
 #: ``landmarks``: where obs holds landmark positions relative to the agent and the agent velocity
 #: (``{"first": dim, "count": n, "velocity": dim}``).
 #: ``eval_groups``: names of groups of copies (copy ``i`` is in group ``i % len(groups)``) that
@@ -52,6 +56,8 @@ class EnvSpec:
     capabilities: dict[str, Any] = field(default_factory=dict)
     """Capability name -> its description (e.g. ``{"goal_indices": [0, 1]}``)."""
     name: str = "env"
+    switches: dict[str, str] = field(default_factory=dict)
+    """Capabilities this env has behind an option: capability -> the env option that turns it on."""
 
     @property
     def discrete(self) -> bool:
@@ -67,6 +73,9 @@ class EnvSpec:
     def require(self, capability: str, needed_by: str) -> Any:
         """Return a capability's description, or fail with what to change."""
         if capability not in self.capabilities:
+            if capability in self.switches:
+                raise ValueError(f"{needed_by} needs an env with {capability}; {self.name} has it behind an "
+                                 f"option: set env_options: {{{self.switches[capability]}: true}}")
             have = ", ".join(sorted(self.capabilities)) or "none"
             raise ValueError(f"{needed_by} needs an env with {capability}; {self.name} has "
                              f"{have}. Pick an env that provides {capability}, or another algorithm.")

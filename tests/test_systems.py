@@ -90,3 +90,18 @@ def test_heuristic_beats_random_on_simple_spread(tmp_path):
         return Trainer(run, lambda *entry: None).fit()
 
     assert mean_return("heuristic") > 0.5 * mean_return("ippo")  # returns are negative
+
+
+@pytest.mark.parametrize("algorithm", ["alma", "alma_nomask", "aqmix"])
+@pytest.mark.parametrize("env", sorted(SPREAD_ENVS))
+def test_subtask_systems_on_simple_spread_landmarks(algorithm, env, tmp_path):
+    run = run_config(algorithm, env, tmp_path, env_options={"subtasks": True})
+    assert math.isfinite(Trainer(run, lambda *entry: None).fit())
+
+
+def test_subtask_systems_need_the_option_on_shared_envs(tmp_path):
+    with pytest.raises(ValueError, match=r"set env_options: \{subtasks: true\}"):
+        Trainer(run_config("alma", "vmas_simple_spread", tmp_path), lambda *entry: None)
+    with pytest.raises(ValueError, match="the heuristic allocator reads SaveTheCity's entity features"):
+        Trainer(run_config("alma_heuristic", "vmas_simple_spread", tmp_path, env_options={"subtasks": True}),
+                lambda *entry: None)

@@ -479,6 +479,28 @@ def test_subtask_reward_follows_each_units_assignment():
     assert torch.equal(reward[1], torch.tensor([60.0, 20.0, 60.0]) + copy)
 
 
+class PerAgentSubtaskToy(SubtaskToy):
+    """Subtask rewards that depend on the agent: agent i on subtask k would get -(10 k + i)."""
+
+    def step(self, actions):
+        ts = super().step(actions)
+        agent, subtask = torch.arange(3.0)[:, None], torch.arange(3.0)[None]
+        ts.info["subtask_rewards"] = -(10 * subtask + agent).expand(self.spec.num_envs, 3, 3).clone()
+        return ts
+
+
+def test_per_agent_subtask_rewards_pay_every_assignee_the_best_assignee_reward():
+    # units 0 and 2 share subtask 1 (candidates -10 and -12: both get -10), unit 1 has subtask 2 alone
+    hierarchy, _ = build(PerAgentSubtaskToy(num_envs=2, n_agents=3), [
+        LevelSpec("x", reward="subtask"),
+        LevelSpec("x", group_size="all", joint=False, command="discrete(3)", period=2)],
+        [constant(0, lambda o: o.shape[:2]), lambda obs, call: torch.tensor([[[1, 2, 1]]] * 2)])
+    hierarchy.reset(0)
+    hierarchy.rollout(2)
+    reward = hierarchy.levels[0].rollout().reward  # [2, B, 3]
+    assert torch.equal(reward, torch.tensor([-10.0, -21.0, -10.0]).expand(2, 2, 3))
+
+
 def test_subtask_reward_needs_subtasks_and_an_assigning_level():
     with pytest.raises(ValueError, match="the subtask reward needs an env with subtasks"):
         build(ToyEnv(num_envs=1, n_agents=2), [LevelSpec("x", reward="subtask"),
