@@ -49,9 +49,10 @@ agent has an energy in ``[0, 1]``, 1 at reset. Each step it drops by ``energy_de
 then a successful LOAD the agent took part in refills it (to 1, or by ``energy_gain``
 when that is set, capped at 1). An agent whose energy reaches 0 dies: it stays on its
 cell as an obstacle, its actions are ignored (NONE) and its reward is 0 from then on.
-A food that was eaten respawns at the end of the step with the same level (so the food
-count and ``food_spawned`` stay constant), on a cell drawn by the spawning rule above,
-or, when no such cell is left, on any cell without player or food. The episode ends
+A food that was eaten respawns at the end of the step with the same level and in the same
+food slot (see below; so the food count and ``food_spawned`` stay constant), on a cell drawn
+by the spawning rule above, or, when no such cell is left, on any cell without player or
+food; foods eaten together are placed in slot order. The episode ends
 (``terminated``) when every agent is dead, else it is truncated at ``max_steps``.
 The observation appends ``n_agents`` energies, in the order of the player slots
 (observer first; 0 for an empty slot); ``info["alive"]`` and ``info["energy"]`` give them
@@ -65,6 +66,26 @@ Presets (registered envs; their options can be overridden):
 * ``lbfws_hard``: 8 x 8, 4 agents, 4 foods, every player level 1 and every food level 2
   (``force_coop``: a food needs two agents loading together), ``energy_decay=0.04`` (25
   steps), eating refills to 1, 100 steps.
+
+Food slots: each food keeps a slot ``0..max_num_food - 1`` for as long as it lies on the
+grid (at reset food ``i`` gets slot ``i``; ``set_state`` numbers the foods row-major); an
+eaten food empties its slot, and a Survival respawn refills it. The vector observation
+ignores the slots (it lists the foods row-major); the subtask interface below is built on
+them, so that subtask ``k`` stays the same food while it lasts.
+
+Subtasks (``subtasks=True``; ALMA's subtasks are the foods): the observation becomes
+entity-structured, as in SaveTheCity. The entities are the ``N`` players in index order,
+then the ``max_num_food`` food slots in slot order, each with the features ``ENTITY_FEATURES``
+``(row, col, level, agent, energy, gone)``: ``agent`` is 1 for players; ``energy`` is the
+Survival energy of a player (1 without Survival, 0 for food); ``gone`` is 1 for an empty
+food slot or a dead player; an empty slot has level and row/col 0. Agent ``i``'s observation
+is its own row, with ``(row, col) / (max(rows, cols) - 1)``, followed by every entity's row
+with ``(entity - agent i) / (max(rows, cols) - 1)`` as row/col: ``obs_dim = 6 + 6 (N + F)``.
+It needs the whole grid in sight (``sight`` unset or >= the field size). ``info`` then
+carries the capability's ``entities`` ``[B, N + F, 6]`` (rows as the own row),
+``entity_subtask``, ``active_subtasks`` ``[B, F]`` (the slot holds food) and
+``subtask_rewards`` ``[B, F]``: the rewards this step's successful loaders of the slot's food
+received (0 at reset). Without the option the env declares it in ``EnvSpec.switches``.
 
 ``info["positions"]`` is ``[B, N, 2]`` float ``(row, col)``. ``state`` is the global view:
 the foods (grid coordinates, row-major, ``(-1, -1, 0)`` for empty slots), then every
@@ -95,6 +116,8 @@ MOVES = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (0, 0))
 NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 #: Offsets from a food where the package's spawner places no other food.
 SPAWN_EXCLUSION = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)) + ((-2, 0), (2, 0), (0, -2), (0, 2))
+#: The features of an entity in the ``subtasks`` observation (see the module docstring).
+ENTITY_FEATURES = ("row", "col", "level", "agent", "energy", "gone")
 #: Survival energies at or below this count as zero (energy is float64, so only rounding).
 _EMPTY = 1e-9
 
@@ -102,7 +125,7 @@ _EMPTY = 1e-9
 #: are hmarl's ``n_agents`` and ``max_steps``).
 OPTIONS = ("field_size", "max_num_food", "min_player_level", "max_player_level", "min_food_level",
            "max_food_level", "sight", "force_coop", "normalize_reward", "observe_agent_levels", "penalty",
-           "survival", "energy_decay", "energy_gain")
+           "survival", "energy_decay", "energy_gain", "subtasks")
 
 #: LBF with Survival presets (see the module docstring).
 LBFWS_EASY = dict(field_size=8, max_num_food=4, min_player_level=2, max_player_level=2, min_food_level=1,
@@ -129,7 +152,8 @@ class LevelBasedForaging:
         obs ``[B, N, 3 F + 3 N (+ N with survival)]`` (``2 N`` players' dims without
         ``observe_agent_levels``); actions ``[B, N]`` int64 in ``0..5``; reward ``[B, N]``;
         ``info["positions"]`` ``[B, N, 2]`` ``(row, col)``; ``info["final_obs"]``; with
-        survival ``info["alive"]`` ``[B, N]`` bool and ``info["energy"]`` ``[B, N]``.
+        survival ``info["alive"]`` ``[B, N]`` bool and ``info["energy"]`` ``[B, N]``. With
+        ``subtasks`` obs ``[B, N, 6 + 6 (N + F)]`` and the subtask ``info`` keys.
     """
 
     def __init__(self, num_envs: int, device: str | torch.device = "cpu", seed: int | None = None,
@@ -138,7 +162,7 @@ class LevelBasedForaging:
                  max_food_level=None, sight: int | None = None, force_coop: bool = False,
                  normalize_reward: bool = True, observe_agent_levels: bool = True, penalty: float = 0.0,
                  survival: bool = False, energy_decay: float | None = None, energy_gain: float | None = None,
-                 name: str = "lbf") -> None:
+                 subtasks: bool = False, name: str = "lbf") -> None:
         for key, value in (("num_envs", num_envs), ("n_agents", n_agents), ("max_steps", max_steps),
                            ("max_num_food", max_num_food)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -155,6 +179,12 @@ class LevelBasedForaging:
             sight = max(rows, cols)
         if isinstance(sight, bool) or not isinstance(sight, int) or sight < 1:
             raise ValueError(f"{name}: sight must be an int >= 1 (or None for the whole grid), got {sight!r}")
+        if subtasks and sight < max(rows, cols):
+            raise ValueError(f"{name}: subtasks need the whole grid in sight: sight >= field size "
+                             f"{max(rows, cols)} (or sight unset), got sight={sight}")
+        if subtasks and not observe_agent_levels:
+            raise ValueError(f"{name}: observe_agent_levels=False applies to the vector observation; the "
+                             "subtasks observation always shows the levels")
         pmin = _levels("min_player_level", min_player_level, n_agents, "agent")
         pmax = _levels("max_player_level", max_player_level, n_agents, "agent")
         fmin = _levels("min_food_level", min_food_level, max_num_food, "food")
@@ -181,6 +211,9 @@ class LevelBasedForaging:
         self._force_coop, self._normalize, self._penalty = bool(force_coop), bool(normalize_reward), float(penalty)
         self._levels_seen = bool(observe_agent_levels)
         self._survival = bool(survival)
+        self._subtasks = bool(subtasks)
+        # entity coordinates are scaled to [0, 1] (relative ones to [-1, 1])
+        self._span = max(rows, cols) - 1
         self._decay, self._gain = energy_decay, energy_gain
         self._pmin = torch.tensor(pmin, device=device)
         self._pmax = torch.tensor(pmax, device=device)
@@ -195,6 +228,10 @@ class LevelBasedForaging:
         # Row i: the observer i first, then the other players in index order.
         self._order = torch.tensor([[i] + [j for j in range(n_agents) if j != i] for i in range(n_agents)],
                                    device=device)
+        entities = n_agents + max_num_food
+        entity_subtask = torch.zeros(entities, max_num_food, dtype=torch.bool, device=device)
+        entity_subtask[n_agents:] = torch.eye(max_num_food, dtype=torch.bool, device=device)
+        self._entity_subtask = entity_subtask
         # Spawns are drawn on the CPU so a seed gives the same episodes on every device.
         self._gen = torch.Generator()
         if seed is None:
@@ -206,15 +243,28 @@ class LevelBasedForaging:
         self._pos = torch.zeros(b, n_agents, 2, dtype=torch.long, device=device)
         self._level = torch.ones(b, n_agents, dtype=torch.long, device=device)
         self._food = torch.zeros(b, rows * cols, dtype=torch.long, device=device)
+        self._slot_cell = torch.full((b, max_num_food), -1, dtype=torch.long, device=device)  # -1: empty slot
         self._food_spawned = torch.ones(b, device=device)
         self._energy = torch.ones(b, n_agents, dtype=torch.float64, device=device)
         self._t = torch.zeros(b, dtype=torch.long, device=device)
         player_dims = 3 if self._levels_seen else 2
         extra = n_agents if self._survival else 0
+        capabilities: dict = {"positions": 2}
+        if self._subtasks:
+            width = len(ENTITY_FEATURES)
+            obs_dim = width + entities * width
+            capabilities["subtasks"] = {
+                "n_subtasks": max_num_food, "n_entities": entities, "entity_dim": width,
+                "obs_entities": [width, entities], "subtask_of_entity": [-1] * n_agents + list(range(max_num_food)),
+                "finished_feature": ENTITY_FEATURES.index("gone"), "feature_names": list(ENTITY_FEATURES)}
+            switches = {}
+        else:
+            obs_dim = 3 * max_num_food + player_dims * n_agents + extra
+            switches = {"subtasks": "subtasks"}
         self.spec = EnvSpec(
-            n_agents=n_agents, obs_dim=3 * max_num_food + player_dims * n_agents + extra,
-            action_space=spaces.Discrete(6), max_steps=max_steps, num_envs=num_envs, device=device,
-            state_dim=3 * max_num_food + 3 * n_agents + extra, capabilities={"positions": 2}, name=name)
+            n_agents=n_agents, obs_dim=obs_dim, action_space=spaces.Discrete(6), max_steps=max_steps,
+            num_envs=num_envs, device=device, state_dim=3 * max_num_food + 3 * n_agents + extra,
+            capabilities=capabilities, name=name, switches=switches)
         self._spawn(None)
 
     # ----------------------------------------------------------------------------- protocol
@@ -226,7 +276,8 @@ class LevelBasedForaging:
         b, n = self.spec.num_envs, self._n
         no = torch.zeros(b, dtype=torch.bool, device=self._device)
         return TimeStep(obs=self._obs(), reward=torch.zeros(b, n, device=self._device), terminated=no,
-                        truncated=no.clone(), state=self._state(), info=self._info())
+                        truncated=no.clone(), state=self._state(),
+                        info=self._info(torch.zeros(b, self._f, device=self._device)))
 
     def step(self, actions: Tensor) -> TimeStep:
         b, n, rows, cols = self.spec.num_envs, self._n, self._rows, self._cols
@@ -267,9 +318,13 @@ class LevelBasedForaging:
         eaten = torch.zeros(b, rows * cols + 1, dtype=torch.long, device=self._device)
         eaten = eaten.scatter_add_(1, torch.where(loaded, food_cell, rows * cols), torch.ones_like(food_cell))
         eaten = eaten[:, :-1] > 0
-        eaten_levels = torch.where(eaten, food, 0)
         food = torch.where(eaten, 0, food)
+        # the same per food slot: which loaders ate it, and what an eaten slot held
+        loaded_slot = (food_cell.unsqueeze(-1) == self._slot_cell.unsqueeze(1)) & loaded.unsqueeze(-1)  # [B, N, F]
+        eaten_slot = loaded_slot.any(1)
+        eaten_levels = torch.where(eaten_slot, self._food.gather(1, self._slot_cell.clamp(min=0)), 0)
         self._pos, self._food = pos, food
+        self._slot_cell = torch.where(eaten_slot, -1, self._slot_cell)
         self._t = self._t + 1
 
         # 4. survival and episode ends
@@ -279,12 +334,14 @@ class LevelBasedForaging:
             energy = torch.where(loaded & alive, refill, energy)
             self._energy = torch.where(energy > _EMPTY, energy, 0.0)
             reward = torch.where(alive, reward, 0.0)
-            if bool(eaten.any()):
-                self._respawn(eaten, eaten_levels)
+            if bool(eaten_slot.any()):
+                self._respawn(eaten_levels)
             terminated = ~self._alive().any(-1)
         else:
             terminated = (self._food == 0).all(-1)
         truncated = (self._t >= self.spec.max_steps) & ~terminated
+        # loaders are never penalised, so this is their share of `reward`
+        subtask_rewards = (loaded_slot * reward.unsqueeze(-1)).sum(1)
 
         final_obs = self._obs()
         final_positions = self._pos.to(torch.float32)
@@ -296,7 +353,8 @@ class LevelBasedForaging:
             obs = final_obs
         return TimeStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated,
                         state=self._state(),
-                        info={"final_obs": final_obs, "final_positions": final_positions, **self._info()})
+                        info={"final_obs": final_obs, "final_positions": final_positions,
+                              **self._info(subtask_rewards)})
 
     # ----------------------------------------------------------------------------- state access
     def set_state(self, index: int, positions, levels, food, *, step: int = 0, energy=None,
@@ -304,8 +362,9 @@ class LevelBasedForaging:
         """Overwrite copy ``index`` (replays and hand-made tests); returns every copy's obs.
 
         ``positions`` ``[N, 2]`` ``(row, col)``, ``levels`` ``[N]``, ``food`` ``[rows, cols]``
-        food levels (0 = none); ``food_spawned`` defaults to the food's total level;
-        ``energy`` ``[N]`` (survival only) defaults to 1 each.
+        food levels (0 = none; the foods take the food slots in row-major order);
+        ``food_spawned`` defaults to the food's total level; ``energy`` ``[N]`` (survival only)
+        defaults to 1 each.
         """
         dev, n = self._device, self._n
         positions = torch.as_tensor(positions, dtype=torch.long, device=dev).reshape(n, 2)
@@ -322,6 +381,9 @@ class LevelBasedForaging:
         self._pos[index] = positions
         self._level[index] = levels
         self._food[index] = food.reshape(-1)
+        food_cells = (food.reshape(-1) > 0).nonzero().squeeze(-1)
+        self._slot_cell[index] = -1
+        self._slot_cell[index, :food_cells.numel()] = food_cells
         self._food_spawned[index] = float(food.sum()) if food_spawned is None else float(food_spawned)
         self._t[index] = step
         self._energy[index] = 1.0 if energy is None else torch.as_tensor(energy, dtype=torch.float64, device=dev)
@@ -331,6 +393,11 @@ class LevelBasedForaging:
     def food_grid(self) -> Tensor:
         """Food levels ``[B, rows, cols]`` (0 = no food); a copy."""
         return self._food.reshape(-1, self._rows, self._cols).clone()
+
+    @property
+    def food_slots(self) -> Tensor:
+        """The flat cell ``row * cols + col`` of each food slot's food ``[B, F]`` (-1 = empty); a copy."""
+        return self._slot_cell.clone()
 
     @property
     def levels(self) -> Tensor:
@@ -343,11 +410,15 @@ class LevelBasedForaging:
             return torch.ones_like(self._level, dtype=torch.bool)
         return self._energy > 0
 
-    def _info(self) -> dict[str, Tensor]:
+    def _info(self, subtask_rewards: Tensor) -> dict[str, Tensor]:
         info = {"positions": self._pos.to(torch.float32)}
         if self._survival:
             info["alive"] = self._alive()
             info["energy"] = self._energy.to(torch.float32)
+        if self._subtasks:
+            info.update(entities=self._entities(),
+                        entity_subtask=self._entity_subtask.expand(self.spec.num_envs, -1, -1).clone(),
+                        active_subtasks=self._slot_cell >= 0, subtask_rewards=subtask_rewards)
         return info
 
     def _inside(self, rc: Tensor) -> Tensor:
@@ -415,38 +486,45 @@ class LevelBasedForaging:
             low = high
         food_level = low + (self._rand(k, f) * (high - low + 1)).long()
         food = torch.zeros(k, self._rows * cols, dtype=torch.long, device=dev)
+        slots = []
         for i in range(f):
             cell, placed = self._pick(self._interior & ~occupied & ~self._near_food(food))
             put = food.scatter(1, cell.unsqueeze(-1), food_level[:, i:i + 1])
             food = torch.where(placed.unsqueeze(-1), put, food)
+            slots.append(torch.where(placed, cell, -1))
+        slot_cell = torch.stack(slots, -1)
         spawned = food.sum(-1).to(torch.float32)
         if index is None:
             self._pos, self._level, self._food, self._food_spawned = pos, level, food, spawned
+            self._slot_cell = slot_cell
             self._energy = torch.ones_like(self._energy)
             self._t = torch.zeros_like(self._t)
         else:
             # new tensors, so the ones handed out earlier stay valid
             self._pos, self._level = self._pos.index_put((index,), pos), self._level.index_put((index,), level)
             self._food = self._food.index_put((index,), food)
+            self._slot_cell = self._slot_cell.index_put((index,), slot_cell)
             self._food_spawned = self._food_spawned.index_put((index,), spawned)
             self._energy = self._energy.index_put((index,), torch.ones(k, n, dtype=torch.float64, device=dev))
             self._t = self._t.index_put((index,), torch.zeros(k, dtype=torch.long, device=dev))
 
-    def _respawn(self, eaten: Tensor, eaten_levels: Tensor) -> None:
-        """Survival: each eaten food comes back, same level, at a free cell."""
-        cells = self._rows * self._cols
-        key = torch.where(eaten, self._cells, self._cells + cells)
-        order = key.topk(self._f, dim=-1, largest=False).indices
-        levels = eaten_levels.gather(1, order)                         # [B, F], 0 = nothing to place
+    def _respawn(self, levels: Tensor) -> None:
+        """Survival: each eaten food comes back, same level and slot, at a free cell.
+
+        ``levels`` ``[B, F]``: the level of each slot's eaten food (0 = nothing to place).
+        """
         occupied = self._occupied(self._pos)
         food = self._food
+        cells = []
         for i in range(self._f):
             spaced, found = self._pick(self._interior & ~occupied & ~self._near_food(food))
             anywhere, _ = self._pick(~occupied & (food == 0))
             cell = torch.where(found, spaced, anywhere)
             put = food.scatter(1, cell.unsqueeze(-1), levels[:, i:i + 1])
             food = torch.where((levels[:, i] > 0).unsqueeze(-1), put, food)
+            cells.append(cell)
         self._food = food
+        self._slot_cell = torch.where(levels > 0, torch.stack(cells, -1), self._slot_cell)
 
     def _food_list(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The foods in row-major order, ``max_num_food`` slots: row, col, level, present ``[B, F]``."""
@@ -457,7 +535,41 @@ class LevelBasedForaging:
         cell = first % cells
         return cell // self._cols, cell % self._cols, self._food.gather(1, cell), present
 
+    def _entity_cells(self) -> tuple[Tensor, Tensor]:
+        """Every entity's ``(row, col)`` ``[B, N + F, 2]`` (0 for an empty slot) and whether it has one."""
+        b, cols = self.spec.num_envs, self._cols
+        present = self._slot_cell >= 0
+        cell = self._slot_cell.clamp(min=0)
+        food_rc = torch.where(present.unsqueeze(-1), torch.stack([cell // cols, cell % cols], -1), 0)
+        located = torch.cat([torch.ones(b, self._n, dtype=torch.bool, device=self._device), present], 1)
+        return torch.cat([self._pos, food_rc], 1), located
+
+    def _entities(self) -> Tensor:
+        """Entity rows ``[B, N + F, 6]`` (``ENTITY_FEATURES``; absolute coordinates): players, then food slots."""
+        b, n, f, dev = self.spec.num_envs, self._n, self._f, self._device
+        rc, _ = self._entity_cells()
+        present = self._slot_cell >= 0
+        food_level = torch.where(present, self._food.gather(1, self._slot_cell.clamp(min=0)), 0)
+        level = torch.cat([self._level, food_level], 1)
+        agent = torch.cat([torch.ones(b, n, device=dev), torch.zeros(b, f, device=dev)], 1)
+        energy = torch.cat([self._energy.to(torch.float32), torch.zeros(b, f, device=dev)], 1)
+        gone = torch.cat([~self._alive(), ~present], 1)
+        features = torch.stack([level.to(torch.float32), agent, energy, gone.to(torch.float32)], -1)
+        return torch.cat([rc.to(torch.float32) / self._span, features], -1)
+
+    def _entity_obs(self) -> Tensor:
+        """Each agent's own entity row, then every entity's row with coordinates relative to the agent."""
+        b, n = self.spec.num_envs, self._n
+        entities = self._entities()
+        rc, located = self._entity_cells()
+        relative = (rc.unsqueeze(1) - self._pos.unsqueeze(2)).to(torch.float32) / self._span   # [B, N, E, 2]
+        relative = torch.where(located[:, None, :, None], relative, 0.0)                        # empty slots: 0
+        rows = torch.cat([relative, entities[:, None, :, 2:].expand(b, n, -1, -1)], -1)
+        return torch.cat([entities[:, :n], rows.flatten(2)], -1)
+
     def _obs(self) -> Tensor:
+        if self._subtasks:
+            return self._entity_obs()
         b, n, f, s = self.spec.num_envs, self._n, self._f, self._sight
         dev = self._device
         pos = self._pos
