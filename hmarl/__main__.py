@@ -7,9 +7,8 @@ import warnings
 # sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every run.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from sacred.observers import FileStorageObserver  # noqa: E402
-
 from hmarl.experiment import ex, named_configs  # noqa: E402
+from hmarl.observer import AtomicFileStorageObserver  # noqa: E402
 
 OBSERVER_FLAGS = ("-F", "--file_storage", "-m", "--mongo_db", "-s", "--sql", "-u", "--unobserved")
 
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
     check_named_configs(argv)
     if not any(a.split("=")[0] in OBSERVER_FLAGS for a in argv[1:]):
-        ex.observers.append(FileStorageObserver("results"))
+        ex.observers.append(AtomicFileStorageObserver("results"))
     ex.run_commandline(argv)
 
 

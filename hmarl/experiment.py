@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import yaml
 from sacred import Experiment
 from tqdm import tqdm
 
+from hmarl.action_trace import LevelActionTrace
 from hmarl.config import from_dict
 from hmarl.hierarchy import Hierarchy
 from hmarl.monitor import EpisodeMonitor
@@ -58,6 +60,7 @@ class RunConfig:
     checkpoint_dir: str
     resume: bool
     progress: bool
+    variant: str
     algorithm: str
     family: str
     levels: list
@@ -118,7 +121,7 @@ class RunConfig:
     def checkpoint_path(self) -> Path:
         """Where this config's checkpoints live: same training config -> same place."""
         identity = {k: v for k, v in asdict(self).items()
-                    if k not in ("resume", "progress", "checkpoint_dir", "threads")}
+                    if k not in ("resume", "progress", "checkpoint_dir", "threads", "variant")}
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return Path(self.checkpoint_dir) / f"{self.algorithm}-{self.env}-seed{self.seed}-{digest}"
 
@@ -196,6 +199,8 @@ class Trainer:
         self.evaluator = self.hierarchy.attach(make_run_env(run, run.eval_envs, seed_offset=10_000,
                                                              evaluation=True))
         self.history: list[tuple[str, float, int]] = []
+        self.trace = LevelActionTrace.for_hierarchy(self.hierarchy)
+        """Inter-level action streams (TAG Sec. 5.3), for hierarchies with discrete commands."""
         self.start = 0
         self.path = run.checkpoint_path()
 
@@ -206,12 +211,14 @@ class Trainer:
     def save(self, iteration: int) -> None:
         save_checkpoint(self.path, {"iteration": iteration, "history": self.history,
                                     "hierarchy": self.hierarchy.checkpoint_state(),
-                                    "rng": torch.get_rng_state()})
+                                    "trace": self.trace and self.trace.state(), "rng": torch.get_rng_state()})
 
     def restore(self) -> None:
         state = torch.load(self.path / "checkpoint.pt", weights_only=False)
         self.hierarchy.load_checkpoint_state(state["hierarchy"])
         torch.set_rng_state(state["rng"])
+        if self.trace is not None:
+            self.trace.load_state(state["trace"])
         self.start = state["iteration"]
         for name, value, step in state["history"]:  # the resumed run's metrics are complete
             self.record(name, value, step)
@@ -235,6 +242,8 @@ class Trainer:
                 monitor.pop()
             tic = time.perf_counter()
             hierarchy.rollout(run.rollout_steps)
+            if self.trace is not None:
+                self.trace.add(hierarchy.levels[0].rollout())
             metrics = hierarchy.update(progress=iteration / run.iterations)
             step = (iteration + 1) * run.steps_per_iteration
             self.record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
@@ -274,4 +283,10 @@ def main(_config: dict[str, Any], _run) -> float:
         trainer = Trainer(RunConfig.from_config(dict(_config)), _run.log_scalar)
     except (ValueError, KeyError) as error:
         raise SystemExit(f"hmarl: {error}") from None
-    return trainer.fit()
+    result = trainer.fit()
+    if trainer.trace is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "level_actions.npz"
+            trainer.trace.save(path)
+            _run.add_artifact(str(path), "level_actions.npz")
+    return result

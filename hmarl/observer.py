@@ -1,0 +1,31 @@
+"""sacred's FileStorageObserver with atomic JSON writes.
+
+sacred rewrites ``run.json`` and ``metrics.json`` in place as a run goes; a process
+killed mid-write would leave a truncated file that a report might read. Here every
+JSON file is written to a temporary file next to it and moved into place, so a reader
+sees the previous version or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from sacred.observers import FileStorageObserver
+from sacred.serializer import flatten
+
+
+class AtomicFileStorageObserver(FileStorageObserver):
+    """``FileStorageObserver`` (same folder layout) whose JSON files are replaced atomically."""
+
+    def save_json(self, obj, filename: str) -> None:
+        handle, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{filename}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as f:
+                json.dump(flatten(obj), f, sort_keys=True, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.dir, filename))
+        except BaseException:
+            os.unlink(tmp)
+            raise

@@ -1,0 +1,433 @@
+"""Tables, learning curves and a paper check from the sacred runs under a results folder.
+
+    python -m hmarl.report RESULTS_DIR --out OUT_DIR [--claims FILE ...] [--metric NAME ...] [--threshold ENV=VALUE ...]
+
+Reads every COMPLETED FileStorageObserver run below RESULTS_DIR (the latest of duplicates of one
+env, label and seed), groups them by (env, label) with the seeds as samples, and writes
+OUT_DIR/README.md, ``curves_<env>.png`` and, for runs with a ``level_actions.npz`` artifact,
+``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). Statistics live in ``hmarl.analysis``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+import numpy as np
+import yaml
+# Figure objects render PNGs through Agg without pyplot, so importing this module leaves the user's backend alone.
+from matplotlib.figure import Figure
+
+from hmarl.analysis import (BOOTSTRAP_RESAMPLES, Estimate, action_modes, align_curves, bootstrap_ci, estimate,
+                            first_step_reaching, mode_stability)
+
+PRIMARY_METRIC = "eval/return"
+THROUGHPUT_METRIC = "perf/env_steps_per_s"
+LEVEL_ACTIONS = "level_actions.npz"
+BRANCHES = ("connected", "unconnected")
+CLAIM_FORMS = {"better": "than", "reaches": "target"}  # claim kind -> key naming the other label
+CLAIM_KEYS = {"text", "env", *CLAIM_FORMS, *CLAIM_FORMS.values()}
+# What a half-written, foreign or key-less run file raises while being read.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+Curve = tuple[np.ndarray, np.ndarray]  # (steps, values)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One COMPLETED sacred run."""
+
+    folder: Path
+    env: str
+    label: str
+    seed: int
+    stop_time: datetime
+    metrics: dict[str, Curve]
+
+
+@dataclass(frozen=True)
+class Collection:
+    """The runs a report uses, and how many run folders it left out."""
+
+    runs: list[Run]
+    skipped: int  # not COMPLETED, or unreadable
+    superseded: int  # COMPLETED, but an env/label/seed that a later run repeated
+
+
+def run_label(config: dict) -> str:
+    """``algorithm``, or ``algorithm[variant]`` for a non-empty variant."""
+    variant = config.get("variant") or ""
+    return f"{config['algorithm']}[{variant}]" if variant else str(config["algorithm"])
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_metrics(path: Path) -> dict[str, Curve]:
+    """sacred's metrics.json as name -> (steps, values); metrics with no values are left out."""
+    metrics = {}
+    for name, logged in read_json(path).items():
+        steps, values = np.asarray(logged["steps"]), np.asarray(logged["values"], dtype=float)
+        if len(steps) != len(values):
+            raise ValueError(f"{name} has {len(steps)} steps but {len(values)} values")
+        if len(values):
+            metrics[name] = (steps, values)
+    return metrics
+
+
+def read_run(folder: Path) -> Run | None:
+    """The run in ``folder``, or None when it did not complete; raises one of UNREADABLE otherwise."""
+    info = read_json(folder / "run.json")
+    if info["status"] != "COMPLETED":
+        return None
+    config = read_json(folder / "config.json")
+    return Run(folder, str(config["env"]), run_label(config), int(config["seed"]),
+               datetime.fromisoformat(info["stop_time"]), read_metrics(folder / "metrics.json"))
+
+
+def load_runs(root: Path) -> Collection:
+    """Every COMPLETED run below ``root``, the latest ``stop_time`` of each (env, label, seed).
+
+    Unreadable runs are skipped with one warning line on stderr.
+    """
+    latest: dict[tuple[str, str, int], Run] = {}
+    skipped = superseded = 0
+    for folder in sorted(p.parent for p in root.rglob("run.json") if "_sources" not in p.parts):
+        try:
+            run = read_run(folder)
+        except UNREADABLE as error:
+            print(f"warning: skipping {folder}: {type(error).__name__}: {error}", file=sys.stderr)
+            run = None
+        if run is None:
+            skipped += 1
+            continue
+        key = (run.env, run.label, run.seed)
+        superseded += key in latest
+        if key not in latest or run.stop_time > latest[key].stop_time:
+            latest[key] = run
+    return Collection(list(latest.values()), skipped, superseded)
+
+
+def final_return(runs: list[Run], metric: str = PRIMARY_METRIC) -> Estimate | None:
+    """Mean, 95% CI and IQM over seeds of each seed's last ``metric`` value; None if no seed logged it."""
+    finals = [run.metrics[metric][1][-1] for run in runs if metric in run.metrics]
+    return estimate(np.array(finals)) if finals else None
+
+
+@dataclass(frozen=True)
+class ThresholdSteps:
+    """When the seeds first reached a threshold."""
+
+    mean_step: float | None  # over the seeds that reached it
+    reached: int
+    seeds: int
+
+
+def steps_to_threshold(runs: list[Run], threshold: float, metric: str = PRIMARY_METRIC) -> ThresholdSteps:
+    """Per seed the first logged step with ``metric`` >= threshold; the mean over the seeds that got there."""
+    steps = [first_step_reaching(*run.metrics[metric], threshold) for run in runs if metric in run.metrics]
+    reached = [s for s in steps if s is not None]
+    return ThresholdSteps(float(np.mean(reached)) if reached else None, len(reached), len(steps))
+
+
+def env_steps_per_s(runs: list[Run]) -> float | None:
+    """Mean over seeds of each seed's mean ``perf/env_steps_per_s``; None if no seed logged it."""
+    per_seed = [run.metrics[THROUGHPUT_METRIC][1].mean() for run in runs if THROUGHPUT_METRIC in run.metrics]
+    return float(np.mean(per_seed)) if per_seed else None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``kind`` "better": ``a``'s CI lies above ``b``'s; "reaches": ``a``'s CI reaches ``b``'s mean."""
+
+    text: str
+    env: str
+    kind: str
+    a: str
+    b: str
+
+
+def parse_claim(entry: object, path: Path) -> Claim:
+    """One entry of a claims file's ``claims:`` list; ValueError naming the file on a bad entry."""
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - CLAIM_KEYS, key=str)
+        if unknown:
+            raise ValueError(f"{path}: claim {entry.get('text', entry)!r} has unknown key {unknown[0]!r}")
+        for kind, other in CLAIM_FORMS.items():
+            if set(entry) == {"text", "env", kind, other}:
+                return Claim(str(entry["text"]), str(entry["env"]), kind, str(entry[kind]), str(entry[other]))
+    raise ValueError(f"{path}: claim {entry!r} needs exactly text, env and either better+than or reaches+target")
+
+
+def load_claims(paths: list[Path]) -> tuple[list[Claim], dict[str, float]]:
+    """The ``claims:`` and ``thresholds:`` (env -> value) of YAML files that may hold other keys too."""
+    claims, thresholds = [], {}
+    for path in paths:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a YAML mapping")
+        claims += [parse_claim(entry, path) for entry in data.get("claims") or []]
+        thresholds |= {str(env): float(value) for env, value in (data.get("thresholds") or {}).items()}
+    return claims, thresholds
+
+
+def verdict(claim: Claim, a: Estimate | None, b: Estimate | None) -> str:
+    """The claim judged on the two groups' final estimates (None: the group was not run)."""
+    if a is None or b is None:
+        return "not run"
+    if claim.kind == "reaches":
+        return "holds" if a.high >= b.mean else "does not hold"
+    if a.low > b.high:
+        return "holds"
+    if a.high < b.low:
+        return "does not hold"
+    return "within noise (A ahead)" if a.mean > b.mean else "within noise (B ahead)"
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temp file beside ``path``, then rename it over ``path``: readers never see half a file."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(temp))
+        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide the report from the others sharing the results
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    write_atomically(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
+
+
+def file_name(text: str) -> str:
+    """``text`` with the characters that upset shells and links (``[`` of variants, ``/``) as ``-``."""
+    return re.sub(r"[^\w.-]+", "-", text).strip("-")
+
+
+def plot_curves(path: Path, env: str, groups: dict[str, list[Run]], metric: str, threshold: float | None) -> None:
+    """``metric`` against env steps per label: mean over seeds, shaded per-step 95% bootstrap CI.
+
+    Seeds logged at different steps are interpolated onto the shortest run's steps (``align_curves``).
+    """
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    for label, runs in groups.items():
+        curves = [run.metrics[metric] for run in runs if metric in run.metrics]
+        if curves:
+            steps, values = align_curves(curves)
+            low, high = bootstrap_ci(values)
+            (line,) = axes.plot(steps, values.mean(0), label=f"{label} ({len(curves)} seeds)")
+            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+    if threshold is not None:
+        axes.axhline(threshold, color="k", ls=":", lw=1, label="threshold")
+    axes.set(xlabel="env steps", ylabel=metric, title=env)
+    if axes.lines:
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_correlation(path: Path, title: str, modes: dict[str, np.ndarray], n_upper_actions: int) -> None:
+    """One panel per branch: x episode, y bottom action, colour the upper level's mode, white where absent."""
+    palette = "tab10" if n_upper_actions <= 10 else "tab20" if n_upper_actions <= 20 else "turbo"
+    colours = matplotlib.colormaps[palette].resampled(n_upper_actions).with_extremes(bad="white")
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    panels = figure.subplots(1, len(modes), sharey=True)
+    for panel, (branch, branch_modes) in zip(panels, modes.items()):
+        image = panel.imshow(np.ma.masked_less(branch_modes.T, 0), cmap=colours, vmin=-0.5,
+                             vmax=n_upper_actions - 0.5, origin="lower", aspect="auto", interpolation="nearest")
+        panel.set(title=f"{branch} (constant mode {mode_stability(branch_modes):.2f})", xlabel="episode")
+    panels[0].set_ylabel("bottom action")
+    figure.colorbar(image, ax=panels, ticks=range(n_upper_actions), label="upper-level action (mode)")
+    figure.suptitle(title)
+    save_figure(figure, path)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A run's correlation figure and its constant-mode shares per branch."""
+
+    label: str
+    seed: int
+    image: str
+    stability: dict[str, float]
+
+
+def correlation_figure(run: Run, out: Path) -> Correlation | None:
+    """Plot the run's ``level_actions.npz`` (None when it has none or it does not load)."""
+    source = run.folder / LEVEL_ACTIONS
+    if not source.exists():
+        return None
+    try:
+        with np.load(source) as data:
+            bottom, n_actions, n_upper = data["bottom"], int(data["n_actions"]), int(data["n_upper_actions"])
+            modes = {branch: action_modes(bottom, data[branch], n_actions) for branch in BRANCHES}
+    except (*UNREADABLE, zipfile.BadZipFile, IndexError) as error:
+        print(f"warning: no correlation figure from {source}: {type(error).__name__}: {error}", file=sys.stderr)
+        return None
+    image = f"correlation_{file_name(run.env)}_{file_name(run.label)}_seed{run.seed}.png"
+    plot_correlation(out / image, f"{run.env}: {run.label}, seed {run.seed}", modes, n_upper)
+    return Correlation(run.label, run.seed, image, {branch: mode_stability(m) for branch, m in modes.items()})
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One table row: a label's statistics over its seeds."""
+
+    label: str
+    seeds: int
+    finals: dict[str, Estimate | None]  # per metric, the first one primary
+    threshold: ThresholdSteps | None
+    steps_per_s: float | None
+
+
+def best_first(final: Estimate | None) -> float:
+    """Sort key: highest final mean first, groups without the metric last."""
+    return -final.mean if final is not None else np.inf
+
+
+def summarize(label: str, runs: list[Run], metrics: list[str], threshold: float | None) -> GroupSummary:
+    """The row of one (env, label) group; ``metrics[0]`` is the primary metric, the one the threshold applies to."""
+    reached = steps_to_threshold(runs, threshold, metrics[0]) if threshold is not None else None
+    return GroupSummary(label, len(runs), {m: final_return(runs, m) for m in metrics}, reached, env_steps_per_s(runs))
+
+
+def number(value: float | None) -> str:
+    if value is None or np.isnan(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def interval(value: Estimate) -> str:
+    return f"[{number(value.low)}, {number(value.high)}]"
+
+
+def mean_and_interval(value: Estimate | None) -> str:
+    return "–" if value is None else f"{number(value.mean)} {interval(value)}"
+
+
+def cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """Markdown table lines: the first ``text_columns`` columns left-aligned, the numbers after them right-aligned."""
+    return ([f"| {' | '.join(header)} |", "|" + "---|" * text_columns + "---:|" * (len(header) - text_columns)]
+            + [f"| {' | '.join(cell(c) for c in row)} |" for row in rows])
+
+
+def env_section(env: str, rows: list[GroupSummary], metrics: list[str], threshold: float | None,
+                curves_image: str, correlations: list[Correlation]) -> list[str]:
+    primary, extras = metrics[0], metrics[1:]
+    header = ["label", "seeds", "final return mean", "95% CI", "IQM"]
+    header += [f"steps to {primary} ≥ {threshold:g}"] if threshold is not None else []
+    header += ["env steps/s", *extras]
+    lines = [f"## {env}", ""]
+    body = []
+    for row in rows:
+        final = row.finals[primary]
+        cells = [row.label, str(row.seeds)]
+        cells += [number(final.mean), interval(final), number(final.iqm)] if final else ["–"] * 3
+        if row.threshold is not None:
+            cells.append(f"{number(row.threshold.mean_step)} ({row.threshold.reached}/{row.threshold.seeds} seeds)")
+        cells.append(number(row.steps_per_s))
+        cells += [mean_and_interval(row.finals[m]) for m in extras]
+        body.append(cells)
+    lines += table(header, body) + ["", f"![{primary} on {env}]({curves_image})", ""]
+    if correlations:
+        lines += [("TAG inter-level action correlation: share of consecutive episode pairs whose mode "
+                   "(the upper level's most frequent action per bottom action) is unchanged."), ""]
+        lines += table(["figure", *BRANCHES], [[f"[{c.label} seed {c.seed}]({c.image})",
+                                               *(number(c.stability[b]) for b in BRANCHES)] for c in correlations])
+        lines.append("")
+    return lines
+
+
+def paper_check(claims: list[Claim], finals: dict[tuple[str, str], Estimate | None]) -> list[str]:
+    rows = []
+    for claim in claims:
+        a, b = finals.get((claim.env, claim.a)), finals.get((claim.env, claim.b))
+        numbers = f"{claim.a} {mean_and_interval(a)} vs {claim.b} {mean_and_interval(b)}"
+        rows.append([claim.text, claim.env, numbers, verdict(claim, a, b)])
+    header = ["claim", "env", "A mean [95% CI] vs B mean [95% CI]", "verdict"]
+    return ["## Paper check", ""] + table(header, rows, text_columns=len(header)) + [""]
+
+
+def write_report(collection: Collection, results: Path, out: Path, metrics: list[str],
+                 thresholds: dict[str, float], claims: list[Claim]) -> Path:
+    """Write the figures and README.md into ``out``; returns README.md's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    by_group: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted(collection.runs, key=lambda r: (r.env, r.label, r.seed)):
+        by_group[run.env][run.label].append(run)
+    read = (f"{len(collection.runs)} runs read from `{results}`; {collection.skipped} skipped (not COMPLETED or "
+            f"unreadable), {collection.superseded} superseded by a later run of the same env, label and seed.")
+    method = (f"Final values are each seed's last logged value; 95% CIs are percentile bootstraps over seeds "
+              f"({BOOTSTRAP_RESAMPLES:,} resamples); IQM is the interquartile mean; "
+              f"env steps/s is each seed's mean `{THROUGHPUT_METRIC}`, averaged.")
+    lines = ["# Results report", "", read, "", method, ""]
+    sections, finals = [], {}
+    for env, groups in sorted(by_group.items()):
+        threshold = thresholds.get(env)
+        rows = [summarize(label, runs, metrics, threshold) for label, runs in groups.items()]
+        rows.sort(key=lambda row: best_first(row.finals[metrics[0]]))
+        finals |= {(env, row.label): row.finals[metrics[0]] for row in rows}
+        curves_image = f"curves_{file_name(env)}.png"
+        plot_curves(out / curves_image, env, {row.label: groups[row.label] for row in rows}, metrics[0], threshold)
+        correlations = [c for row in rows for run in groups[row.label] if (c := correlation_figure(run, out))]
+        sections += env_section(env, rows, metrics, threshold, curves_image, correlations)
+    if claims:
+        lines += paper_check(claims, finals)
+    readme = out / "README.md"
+    text = "\n".join(lines + sections)
+    write_atomically(readme, lambda temp: temp.write_text(text, encoding="utf-8"))
+    return readme
+
+
+def env_threshold(text: str) -> tuple[str, float]:
+    env, _, value = text.partition("=")
+    try:
+        return env, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ENV=VALUE, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hmarl.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="folder searched recursively for sacred runs")
+    parser.add_argument("--out", type=Path, required=True, help="folder for README.md and the figures")
+    parser.add_argument("--claims", type=Path, nargs="+", action="extend", default=[],
+                        help="YAML files whose claims: and thresholds: are checked and used")
+    parser.add_argument("--metric", action="append", default=[],
+                        help=f"extra metric columns (final mean and CI) besides {PRIMARY_METRIC}")
+    parser.add_argument("--threshold", type=env_threshold, action="append", default=[], metavar="ENV=VALUE",
+                        help=f"steps to {PRIMARY_METRIC} >= VALUE on ENV (overrides the claims files)")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"results folder {args.results} does not exist")
+    claims, thresholds = load_claims(args.claims)
+    collection = load_runs(args.results)
+    if not collection.runs:
+        raise SystemExit(f"no COMPLETED sacred runs under {args.results} "
+                         f"({collection.skipped} run folders skipped); nothing to report")
+    metrics = list(dict.fromkeys([PRIMARY_METRIC, *args.metric]))
+    print(write_report(collection, args.results, args.out, metrics, thresholds | dict(args.threshold), claims))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hmarl.analysis import (Estimate, action_modes, align_curves, bootstrap_ci, estimate, first_step_reaching,
+                            interquartile_mean, mode_stability)
+from hmarl.report import (Claim, env_steps_per_s, final_return, load_claims, load_runs, main, steps_to_threshold,
+                          verdict)
+
+STEPS = [100, 200, 300]
+
+
+def write_run(root: Path, name: str, *, algorithm: str = "ippo", env: str = "balance", seed: int = 0,
+              variant: str | None = None, status: str = "COMPLETED", stop_time: str = "2025-01-01T00:00:00",
+              returns: list[float] = (0.0, 1.0, 2.0), **metrics: list[float]) -> Path:
+    """A sacred FileStorageObserver run folder; metrics given as name=values are logged at STEPS
+    (``eval_success`` -> ``eval/success``)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    config = {"algorithm": algorithm, "env": env, "seed": seed, "total_steps": STEPS[-1]}
+    if variant is not None:
+        config["variant"] = variant
+    logged = {"eval/return": list(returns), **{k.replace("_", "/", 1): v for k, v in metrics.items()}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.json").write_text(json.dumps(
+        {k: {"steps": STEPS[:len(v)], "values": v, "timestamps": ["2025-01-01T00:00:00"] * len(v)}
+         for k, v in logged.items()}))
+    (folder / "run.json").write_text(json.dumps(
+        {"status": status, "result": logged["eval/return"][-1], "start_time": "2024-12-31T00:00:00",
+         "stop_time": stop_time}))
+    return folder
+
+
+def test_interquartile_mean_trims_a_quarter_at_each_end_with_fractional_boundaries():
+    assert interquartile_mean(np.arange(1, 9)) == 4.5
+    assert interquartile_mean([7, 100, 3, 6, -50, 5, 2, 4]) == 4.5  # unsorted, outliers trimmed
+    assert interquartile_mean([1, 2, 4, 8, 16]) == pytest.approx((0.75 * 2 + 4 + 0.75 * 8) / 2.5)
+    assert interquartile_mean([1, 2, 3, 4, 5, 100]) == pytest.approx((0.5 * 2 + 3 + 4 + 0.5 * 5) / 3)
+    assert interquartile_mean([1, 2, 9]) == 4  # fewer than 4 values: the mean
+
+
+def test_bootstrap_ci_of_identical_values_collapses_to_the_value():
+    assert bootstrap_ci(np.full(5, 0.1)) == (0.1, 0.1)
+    assert bootstrap_ci([7.5]) == (7.5, 7.5)
+
+
+def test_bootstrap_ci_is_deterministic_within_the_range_and_around_the_mean():
+    values = np.random.default_rng(1).normal(size=7)
+    low, high = bootstrap_ci(values)
+    assert (low, high) == bootstrap_ci(values)
+    assert values.min() <= low <= values.mean() <= high <= values.max()
+    assert bootstrap_ci([1.0, 3.0]) == (1.0, 3.0)  # resampled means 1, 2, 3 with weights 1/4, 1/2, 1/4
+
+
+def test_bootstrap_ci_per_step_of_curves():
+    curves = np.array([[0.0, 1.0, 5.0], [0.0, 3.0, 5.0]])
+    low, high = bootstrap_ci(curves)
+    np.testing.assert_array_equal(low, [0.0, 1.0, 5.0])
+    np.testing.assert_array_equal(high, [0.0, 3.0, 5.0])
+
+
+def test_estimate():
+    assert estimate([1.0, 3.0]) == Estimate(mean=2.0, low=1.0, high=3.0, iqm=2.0, n=2)
+
+
+def test_first_step_reaching():
+    steps = np.array(STEPS)
+    assert first_step_reaching(steps, np.array([0.0, 5.0, 4.0]), 5.0) == 200
+    assert first_step_reaching(steps, np.array([0.0, 4.9, 4.0]), 5.0) is None
+
+
+def test_align_curves_stacks_equal_steps_and_interpolates_onto_the_shortest_run():
+    steps, values = align_curves([(np.array([1, 2]), np.array([1.0, 2.0])), (np.array([1, 2]), np.array([3.0, 4.0]))])
+    np.testing.assert_array_equal(steps, [1, 2])
+    np.testing.assert_array_equal(values, [[1, 2], [3, 4]])
+    steps, values = align_curves([(np.array([0, 10, 20]), np.array([0.0, 10.0, 20.0])),
+                                  (np.array([5, 15]), np.array([1.0, 3.0]))])
+    np.testing.assert_array_equal(steps, [5, 15])
+    np.testing.assert_array_equal(values, [[5, 15], [1, 3]])
+
+
+def test_action_modes_hand_case_with_ties_padding_and_absent_actions():
+    bottom = np.array([[0, 0, 1, 1, 0, -1],
+                       [2, 2, 2, 2, -1, -1]])
+    upper = np.array([[1, 1, 3, 2, 1, -1],  # action 1: upper 3 and 2 once each -> 2
+                      [3, 0, 3, 0, -1, -1]])  # action 2: upper 3 and 0 twice each -> 0
+    np.testing.assert_array_equal(action_modes(bottom, upper, n_actions=3), [[1, 2, -1], [-1, -1, 0]])
+
+
+def test_mode_stability_counts_cells_present_in_both_episodes():
+    modes = np.array([[1, 2, -1], [1, 3, 0], [1, 3, -1]])
+    assert mode_stability(modes) == 0.75  # (0,1): 1 of 2 same; (1,2): 2 of 2
+    assert np.isnan(mode_stability(np.array([[0, -1], [-1, 1]])))
+
+
+def test_load_runs_skips_unfinished_and_unreadable_runs_and_keeps_the_latest_duplicate(tmp_path, capsys):
+    write_run(tmp_path, "1", seed=0, returns=[1.0])
+    write_run(tmp_path, "2", seed=0, returns=[9.0], stop_time="2025-01-03T00:00:00")
+    write_run(tmp_path, "3", seed=0, returns=[5.0], stop_time="2025-01-02T00:00:00")
+    write_run(tmp_path, "sweep/4", seed=1, variant="comm")
+    write_run(tmp_path, "sweep/5", seed=1, variant="")
+    write_run(tmp_path, "6", status="FAILED")
+    write_run(tmp_path, "7", status="RUNNING")
+    truncated = write_run(tmp_path, "8", seed=2)
+    (truncated / "metrics.json").write_text('{"eval/return": {"steps": [1')
+    (write_run(tmp_path, "9", seed=3) / "config.json").write_text('{"algorithm": "ippo", "seed": 3}')
+    (tmp_path / "_sources").mkdir()
+    (tmp_path / "_sources" / "run.json").write_text("not a run")
+
+    collection = load_runs(tmp_path)
+
+    assert (collection.skipped, collection.superseded) == (4, 2)
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2 and "8" in warnings[0] and "9" in warnings[1]
+    runs = {(run.label, run.seed): run for run in collection.runs}
+    assert sorted(runs) == [("ippo", 0), ("ippo", 1), ("ippo[comm]", 1)]
+    assert runs["ippo", 0].metrics["eval/return"][1].tolist() == [9.0]
+
+
+def test_group_statistics(tmp_path):
+    write_run(tmp_path, "a", seed=0, returns=[0.0, 5.0, 1.0], perf_env_steps_per_s=[100.0, 300.0])
+    write_run(tmp_path, "b", seed=1, returns=[0.0, 2.0, 3.0], perf_env_steps_per_s=[1000.0])
+    runs = load_runs(tmp_path).runs
+
+    assert final_return(runs) == Estimate(mean=2.0, low=1.0, high=3.0, iqm=2.0, n=2)
+    assert final_return(runs, "eval/success") is None
+    reached = steps_to_threshold(runs, 5.0)
+    assert (reached.mean_step, reached.reached, reached.seeds) == (200.0, 1, 2)
+    assert steps_to_threshold(runs, 3.0).mean_step == 250.0
+    assert env_steps_per_s(runs) == 600.0
+
+
+def test_claim_verdicts():
+    def group(mean: float, low: float, high: float) -> Estimate:
+        return Estimate(mean, low, high, mean, 3)
+
+    better = Claim("A beats B", "balance", "better", "a", "b")
+    reaches = Claim("A matches B", "balance", "reaches", "a", "b")
+    assert verdict(better, group(10, 9, 11), group(5, 4, 6)) == "holds"
+    assert verdict(better, group(5, 4, 6), group(10, 9, 11)) == "does not hold"
+    assert verdict(better, group(6, 4, 8), group(5, 3, 7)) == "within noise (A ahead)"
+    assert verdict(better, group(5, 3, 7), group(6, 4, 8)) == "within noise (B ahead)"
+    assert verdict(better, None, group(6, 4, 8)) == "not run"
+    assert verdict(reaches, group(5, 4, 8), group(8, 7, 9)) == "holds"
+    assert verdict(reaches, group(5, 4, 7.9), group(8, 7, 9)) == "does not hold"
+    assert verdict(reaches, group(5, 4, 8), None) == "not run"
+
+
+def test_load_claims_reads_only_claims_and_thresholds(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("algorithms: [ippo]\nseeds: 3\nthresholds: {balance: 50}\nclaims:\n"
+                     "  - {text: t1, env: balance, better: ippo, than: mappo}\n"
+                     "  - {text: t2, env: balance, reaches: ippo, target: mappo}\n")
+    claims, thresholds = load_claims([sweep])
+    assert claims == [Claim("t1", "balance", "better", "ippo", "mappo"),
+                      Claim("t2", "balance", "reaches", "ippo", "mappo")]
+    assert thresholds == {"balance": 50.0}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{text: t, env: e, better: a, than: b, beats: c}", "unknown key 'beats'"),
+    ("{text: t, env: e, better: a, target: b}", "needs exactly"),
+])
+def test_bad_claims_name_the_file_and_the_problem(tmp_path, entry, message):
+    path = tmp_path / "claims.yaml"
+    path.write_text(f"claims:\n  - {entry}\n")
+    with pytest.raises(ValueError, match=message) as error:
+        load_claims([path])
+    assert str(path) in str(error.value)
+
+
+def write_level_actions(folder: Path) -> None:
+    bottom = np.array([[0, 1, 0, -1], [0, 1, 1, 0], [1, 1, 0, 0]])
+    connected = np.array([[2, 0, 2, -1], [2, 0, 0, 2], [0, 0, 2, 2]])
+    unconnected = np.array([[1, 0, 1, -1], [0, 2, 2, 0], [0, 1, 1, 1]])
+    np.savez(folder / "level_actions.npz", bottom=bottom, connected=connected, unconnected=unconnected,
+             n_actions=2, n_upper_actions=3)
+
+
+def test_main_writes_the_report(tmp_path, capsys):
+    results, out = tmp_path / "results", tmp_path / "report"
+    write_run(results, "1", algorithm="mappo", seed=0, returns=[0.0, 6.0, 10.0], eval_success=[0.0, 1.0])
+    write_run(results, "2", algorithm="mappo", seed=1, returns=[0.0, 2.0, 12.0], eval_success=[0.0, 0.5])
+    write_run(results, "3", algorithm="ippo", seed=0, returns=[0.0, 1.0, 2.0],
+              perf_env_steps_per_s=[1000.0, 2000.0])
+    write_level_actions(write_run(results, "4", algorithm="tag_3ppo", variant="comm", seed=0, returns=[1.5]))
+    write_run(results, "5", algorithm="ippo", seed=1, status="FAILED")
+    write_run(results, "6", algorithm="ippo", env="sampling", seed=0)
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("thresholds: {balance: 11}\nclaims:\n"
+                      "  - {text: MAPPO beats I-PPO, env: balance, better: mappo, than: ippo}\n"
+                      "  - {text: HRL beats MAPPO, env: balance, better: hrl, than: mappo}\n")
+
+    main([str(results), "--out", str(out), "--claims", str(claims), "--metric", "eval/success"])
+
+    assert capsys.readouterr().out.strip() == str(out / "README.md")
+    for image in ["curves_balance.png", "curves_sampling.png", "correlation_balance_tag_3ppo-comm_seed0.png"]:
+        assert (out / image).read_bytes().startswith(b"\x89PNG")
+    assert not list(out.glob(".*"))  # no temp files left behind
+    readme = (out / "README.md").read_text()
+    assert f"5 runs read from `{results}`; 1 skipped" in readme
+    assert ("| label | seeds | final return mean | 95% CI | IQM | steps to eval/return ≥ 11 | env steps/s "
+            "| eval/success |") in readme
+    assert "| mappo | 2 | 11 | [10, 12] | 11 | 300 (1/2 seeds) | – | 0.75 [0.5, 1] |" in readme
+    assert readme.index("| mappo |") < readme.index("| ippo |") < readme.index("| tag_3ppo[comm] |")
+    assert "| ippo | 1 | 2 | [2, 2] | 2 | – (0/1 seeds) | 1,500 | – |" in readme
+    assert "![eval/return on balance](curves_balance.png)" in readme
+    # connected modes per episode [[2, 0], [2, 0], [2, 0]]; unconnected [[1, 0], [0, 2], [1, 0]]
+    assert "| [tag_3ppo[comm] seed 0](correlation_balance_tag_3ppo-comm_seed0.png) | 1 | 0 |" in readme
+    assert "| MAPPO beats I-PPO | balance | mappo 11 [10, 12] vs ippo 2 [2, 2] | holds |" in readme
+    assert "| HRL beats MAPPO | balance | hrl – vs mappo 11 [10, 12] | not run |" in readme
+    assert readme.index("## Paper check") < readme.index("## balance") < readme.index("## sampling")
+
+
+def test_cli_threshold_overrides_the_claims_files(tmp_path):
+    write_run(tmp_path / "results", "1", returns=[0.0, 1.0, 2.0])
+    main([str(tmp_path / "results"), "--out", str(tmp_path / "out"), "--threshold", "balance=2"])
+    assert "| ippo | 1 | 2 | [2, 2] | 2 | 300 (1/1 seeds) |" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_empty_and_missing_results_folders_exit_with_a_message(tmp_path, capsys):
+    write_run(tmp_path, "failed", status="FAILED")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "no COMPLETED sacred runs" in exit_.value.code  # a message: Python prints it and exits with 1
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "does not exist" in capsys.readouterr().err
