@@ -10,6 +10,7 @@ OUT_DIR/README.md, ``curves_<env>.png`` and, for runs with a ``level_actions.npz
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -369,9 +370,14 @@ def paper_check(claims: list[Claim], finals: dict[tuple[str, str], Estimate | No
 
 
 def write_report(collection: Collection, results: Path, out: Path, metrics: list[str],
-                 thresholds: dict[str, float], claims: list[Claim]) -> Path:
-    """Write the figures and README.md into ``out``; returns README.md's path."""
+                 thresholds: dict[str, float], claims: list[Claim], page: Path | None = None) -> Path:
+    """Write the figures into ``out`` and the markdown ``page`` (default ``out/README.md``); returns the page."""
     out.mkdir(parents=True, exist_ok=True)
+    page = out / "README.md" if page is None else page
+
+    def link(name: str) -> str:  # figures are linked relative to the page
+        return Path(os.path.relpath(out / name, page.parent)).as_posix()
+
     by_group: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in sorted(collection.runs, key=lambda r: (r.env, r.label, r.seed)):
         by_group[run.env][run.label].append(run)
@@ -389,14 +395,14 @@ def write_report(collection: Collection, results: Path, out: Path, metrics: list
         finals |= {(env, row.label): row.finals[metrics[0]] for row in rows}
         curves_image = f"curves_{file_name(env)}.png"
         plot_curves(out / curves_image, env, {row.label: groups[row.label] for row in rows}, metrics[0], threshold)
-        correlations = [c for row in rows for run in groups[row.label] if (c := correlation_figure(run, out))]
-        sections += env_section(env, rows, metrics, threshold, curves_image, correlations)
+        correlations = [dataclasses.replace(c, image=link(c.image))
+                        for row in rows for run in groups[row.label] if (c := correlation_figure(run, out))]
+        sections += env_section(env, rows, metrics, threshold, link(curves_image), correlations)
     if claims:
         lines += paper_check(claims, finals)
-    readme = out / "README.md"
     text = "\n".join(lines + sections)
-    write_atomically(readme, lambda temp: temp.write_text(text, encoding="utf-8"))
-    return readme
+    write_atomically(page, lambda temp: temp.write_text(text, encoding="utf-8"))
+    return page
 
 
 def env_threshold(text: str) -> tuple[str, float]:
@@ -411,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hmarl.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="folder searched recursively for sacred runs")
     parser.add_argument("--out", type=Path, required=True, help="folder for README.md and the figures")
+    parser.add_argument("--page", type=Path, default=None,
+                        help="where the markdown goes (default OUT/README.md), e.g. docs/results.md")
     parser.add_argument("--claims", type=Path, nargs="+", action="extend", default=[],
                         help="YAML files whose claims: and thresholds: are checked and used")
     parser.add_argument("--metric", action="append", default=[],
@@ -426,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no COMPLETED sacred runs under {args.results} "
                          f"({collection.skipped} run folders skipped); nothing to report")
     metrics = list(dict.fromkeys([PRIMARY_METRIC, *args.metric]))
-    print(write_report(collection, args.results, args.out, metrics, thresholds | dict(args.threshold), claims))
+    print(write_report(collection, args.results, args.out, metrics, thresholds | dict(args.threshold), claims,
+                       args.page))
 
 
 if __name__ == "__main__":

@@ -228,3 +228,14 @@ def test_empty_and_missing_results_folders_exit_with_a_message(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_a_page_elsewhere_links_the_figures_relative_to_itself(tmp_path, capsys):
+    results = tmp_path / "results"
+    write_level_actions(write_run(results, "1", algorithm="tag_2ppo"))
+    page = tmp_path / "docs" / "results.md"
+    main([str(results), "--out", str(tmp_path / "docs" / "results"), "--page", str(page)])
+    text = page.read_text()
+    assert "![eval/return on balance](results/curves_balance.png)" in text
+    assert "](results/correlation_balance_tag_2ppo_seed0.png)" in text
+    assert not (tmp_path / "docs" / "results" / "README.md").exists()
