@@ -28,6 +28,8 @@ def check_named_configs(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run sacred's command line on ``argv`` (default ``sys.argv``), with a file observer under
+    ``results/`` unless an observer flag is given."""
     argv = sys.argv if argv is None else argv
     check_named_configs(argv)
     if not any(a.split("=")[0] in OBSERVER_FLAGS for a in argv[1:]):

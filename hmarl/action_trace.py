@@ -49,6 +49,7 @@ class LevelActionTrace:
         self.current = np.concatenate([self.current, pieces[-1]], axis=1)
 
     def arrays(self) -> dict[str, Any]:
+        """The finished episodes as padded arrays (the contents of ``level_actions.npz``)."""
         length = max((e.shape[1] for e in self.episodes), default=0)
         padded = np.full((len(self.episodes), 3, length), -1, dtype=np.int64)
         for i, episode in enumerate(self.episodes):
@@ -57,11 +58,14 @@ class LevelActionTrace:
                 "n_actions": np.int64(self.n_actions), "n_upper_actions": np.int64(self.n_upper_actions)}
 
     def save(self, path: Path) -> None:
+        """Write :meth:`arrays` to ``path`` as a compressed ``.npz``."""
         with open(path, "wb") as f:
             np.savez_compressed(f, **self.arrays())
 
     def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the finished episodes and the one in progress."""
         return {"episodes": self.episodes, "current": self.current}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from what :meth:`state` returned."""
         self.episodes, self.current = state["episodes"], state["current"]

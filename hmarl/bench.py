@@ -45,6 +45,7 @@ PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "peer_b
 
 
 def system_config(algorithm: str, group: Group, threads: int) -> RunConfig:
+    """The run of named config ``algorithm`` on the group's env with the benchmark's budget."""
     config = {**load_yaml(CONFIG_DIR / "default.yaml"), **load_yaml(CONFIG_DIR / "algorithms" / f"{algorithm}.yaml"),
               **load_yaml(CONFIG_DIR / "envs" / f"{group.env}.yaml")}
     config.update(num_envs=group.num_envs, rollout_steps=100, total_steps=group.frames, eval_interval=0,
@@ -89,6 +90,7 @@ def raw_throughput(group: Group, threads: int) -> float:
 
 
 def peer_throughput(python: str, num_envs: int, frames: int) -> float | None:
+    """BenchMARL MAPPO's env steps per second, run by ``python`` (None if it fails)."""
     out = subprocess.run([python, str(PEER_SCRIPT), "--n-envs", str(num_envs), "--frames", str(frames)],
                          capture_output=True, text=True, cwd="/tmp")
     match = re.search(r"frames_per_s=(\d+)", out.stdout)
@@ -99,6 +101,7 @@ def peer_throughput(python: str, num_envs: int, frames: int) -> float | None:
 
 
 def table(group: Group, peer: float | None, threads: int) -> str:
+    """The markdown table of one group: raw env stepping, each system and the peer."""
     rows = [("raw env stepping (the limit)", raw_throughput(group, threads))]
     rows += [(system, training_throughput(system_config(system, group, threads))) for system in group.systems]
     if peer:
@@ -113,6 +116,7 @@ def table(group: Group, peer: float | None, threads: int) -> str:
 
 
 def main() -> None:
+    """``python -m hmarl.bench``: print the tables and write them to ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peer-python", help="interpreter with benchmarl installed (see the peer script)")

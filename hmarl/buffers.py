@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 
 
 @dataclass
@@ -51,9 +52,11 @@ class RolloutBuffer:
 
     @property
     def full(self) -> bool:
+        """Whether all ``capacity`` steps have been added."""
         return self.t == self.capacity
 
     def add(self, **fields: Tensor) -> None:
+        """Store one step: every field ``[B, ...]`` (storage is allocated on the first call)."""
         if self.t >= self.capacity:
             raise RuntimeError(f"rollout buffer overflow: capacity {self.capacity}")
         if not self._data:
@@ -64,11 +67,13 @@ class RolloutBuffer:
         self.t += 1
 
     def rollout(self, last_obs: Tensor) -> Rollout:
+        """The stored steps as a :class:`Rollout` (the buffer must be full); ``last_obs`` bootstraps."""
         if not self.full:
             raise RuntimeError(f"rollout read after {self.t} of {self.capacity} steps")
         return Rollout(last_obs=last_obs, **self._data)
 
     def clear(self) -> None:
+        """Start the next rollout (storage is kept and overwritten)."""
         self.t = 0
 
 
@@ -96,9 +101,11 @@ class ReplayBuffer:
 
     @property
     def device(self) -> torch.device | None:
+        """The storage's device (None before the first ``add``)."""
         return next(iter(self._data.values())).device if self._data else None
 
     def add(self, **fields: Tensor) -> None:
+        """Append a batch of rows, every field ``[M, ...]`` with the same ``M``."""
         if not fields:
             raise ValueError("ReplayBuffer.add needs at least one field")
         sizes = {k: v.shape[0] for k, v in fields.items()}
@@ -124,6 +131,7 @@ class ReplayBuffer:
         return {"pos": self.pos, "size": self.size, "data": {k: v[:self.size] for k, v in self._data.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self._data = {}
         self.pos = self.size = 0
         if state["size"]:

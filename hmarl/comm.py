@@ -24,9 +24,11 @@ class Communication(nn.Module):
 
     @property
     def out_dim(self) -> int:
+        """Size of the message each agent sends up."""
         return self.in_dim
 
     def forward(self, child_obs: torch.Tensor) -> torch.Tensor:
+        """The messages ``[..., N, out_dim]`` from the children's part of the agents' observations."""
         return child_obs
 
     def update(self, child_obs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -56,9 +58,11 @@ class Autoencoder(Communication):
 
     @property
     def out_dim(self) -> int:
+        """Size of the message each agent sends up."""
         return self.code_dim
 
     def forward(self, child_obs: torch.Tensor) -> torch.Tensor:
+        """The messages ``[..., N, out_dim]`` from the children's part of the agents' observations."""
         return torch.sigmoid(self.encoder(child_obs))
 
     def update(self, child_obs: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -17,13 +17,17 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import yaml
-from sacred import Experiment
+
+# sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every import.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+from sacred import Experiment  # noqa: E402
 from tqdm import tqdm
 
 from hmarl.action_trace import LevelActionTrace
@@ -40,6 +44,7 @@ def named_configs(kind: str) -> dict[str, Path]:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file as a dict (empty file: ``{}``)."""
     with open(path) as f:
         return yaml.safe_load(f) or {}
 
@@ -78,6 +83,7 @@ class RunConfig:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "RunConfig":
+        """Validate a merged config: run keys, learner option blocks (by learner name) and family keys."""
         from algorithms import FAMILIES, LEARNERS
 
         config = {k: v for k, v in config.items() if k != "__doc__"}
@@ -94,6 +100,7 @@ class RunConfig:
         return run
 
     def validate(self) -> None:
+        """Fail with a message on impossible values (before anything is built)."""
         for key in ("total_steps", "num_envs", "rollout_steps", "eval_envs", "n_agents", "max_steps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
@@ -108,10 +115,12 @@ class RunConfig:
 
     @property
     def steps_per_iteration(self) -> int:
+        """Env steps of one rollout, all copies together."""
         return self.num_envs * self.rollout_steps
 
     @property
     def iterations(self) -> int:
+        """Rollout-update iterations to reach ``total_steps``."""
         return self.total_steps // self.steps_per_iteration
 
     def every(self, interval_steps: int) -> int:
@@ -205,15 +214,18 @@ class Trainer:
         self.path = run.checkpoint_path()
 
     def record(self, name: str, value: float, step: int) -> None:
+        """Log a metric and keep it in the history (checkpoints carry it)."""
         self.history.append((name, value, step))
         self.log(name, value, step)
 
     def save(self, iteration: int) -> None:
+        """Checkpoint everything needed to resume at ``iteration``."""
         save_checkpoint(self.path, {"iteration": iteration, "history": self.history,
                                     "hierarchy": self.hierarchy.checkpoint_state(),
                                     "trace": self.trace and self.trace.state(), "rng": torch.get_rng_state()})
 
     def restore(self) -> None:
+        """Load the last checkpoint and replay its metric history into the log."""
         state = torch.load(self.path / "checkpoint.pt", weights_only=False)
         self.hierarchy.load_checkpoint_state(state["hierarchy"])
         torch.set_rng_state(state["rng"])
@@ -279,6 +291,7 @@ for _kind in ("algorithms", "envs"):
 
 @ex.main
 def main(_config: dict[str, Any], _run) -> float:
+    """The experiment's main function: validate the config, train, return the final eval return."""
     try:  # configuration errors: one message, no traceback, before any training
         trainer = Trainer(RunConfig.from_config(dict(_config)), _run.log_scalar)
     except (ValueError, KeyError) as error:

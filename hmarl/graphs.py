@@ -21,6 +21,7 @@ import math
 import torch
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 
 
 def _check_clusters(n_workers: int, n_clusters: int) -> None:
@@ -206,11 +207,14 @@ class Regrouping:
         self.capacity = math.ceil(n_units / n_groups)
 
     def assign(self, positions: Tensor, fresh: Tensor, previous: Tensor | None) -> Tensor:
+        """Each unit's agent: balanced clusters of ``positions``; in ``episode`` mode only the
+        ``fresh`` copies are reclustered and the others keep ``previous``."""
         clusters = balanced_clusters(positions, self.n_groups)
         if previous is None or self.mode == "dynamic":
             return clusters
         return torch.where(fresh.unsqueeze(-1), clusters, previous)
 
     def slots(self, assignment: Tensor) -> Tensor:
+        """Each unit's place among its agent's children, in unit order."""
         one_hot = torch.nn.functional.one_hot(assignment, self.n_groups)  # [B, N, M]
         return (one_hot.cumsum(-2) * one_hot).sum(-1) - 1

@@ -78,6 +78,8 @@ class LevelSpec:
     """Learner options for this level only, over the run's shared learner options."""
 
     def resolve_children(self, n_below: int, where: str) -> list[list[int]] | Regrouping:
+        """The children of this level's agents over ``n_below`` units: lists, or a Regrouping for
+        ``dynamic``/``episode`` grouping; ``where`` prefixes error messages."""
         given = [k for k in ("group_size", "children", "groups") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"{where}: give one of group_size, children and groups, not {' and '.join(given)}")
@@ -127,6 +129,7 @@ class Hierarchy(nn.Module):
 
     @property
     def top(self) -> Level:
+        """The top level, which the Hierarchy steps with no command."""
         return self.levels[-1]
 
     def train(self, mode: bool = True) -> "Hierarchy":
@@ -136,9 +139,11 @@ class Hierarchy(nn.Module):
         return self
 
     def reset(self, seed: int | None = None) -> TimeStep:
+        """Reset the whole stack (each level resets the one below) and return the top's first TimeStep."""
         return self.top.reset(seed)
 
     def check_rollout_length(self, env_steps: int) -> None:
+        """Fail unless ``env_steps`` is a whole number of top-level steps (``top_stride`` env steps each)."""
         if env_steps % self.top_stride:
             raise ValueError(f"a rollout of {env_steps} env steps is not a whole number of top-level "
                              f"steps ({self.top_stride} env steps each); use a multiple of {self.top_stride}")
@@ -192,6 +197,7 @@ class Hierarchy(nn.Module):
         return {"modules": self.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers()]}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` saved, on a hierarchy built from the same config."""
         self.load_state_dict(state["modules"])
         for optimizer, saved in zip(self.optimizers(), state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)

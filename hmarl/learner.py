@@ -35,6 +35,7 @@ class AgentIO:
 
     @property
     def child_dim(self) -> int:
+        """Features per child slot: message, position, presence flag."""
         return self.child_obs_dim // self.group
 
 
@@ -63,6 +64,8 @@ class Learner(nn.Module):
         return cls(io, config)
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions of all agents and their log-probabilities, without gradients; ``deterministic``
+        (evaluation) takes the most likely action."""
         raise NotImplementedError
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, torch.Tensor]:

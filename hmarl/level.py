@@ -54,6 +54,7 @@ def check_partition(children: list[list[int]], n_below: int, where: str = "level
 
 
 def command_features_dim(command: spaces.Space | None) -> int:
+    """How many numbers a command adds to a child's observation (one-hot size or box length; 0 for none)."""
     if command is None:
         return 0
     if isinstance(command, spaces.Discrete):
@@ -307,6 +308,7 @@ class Level:
     # -- the env interface -------------------------------------------------------------
     @torch.no_grad()
     def reset(self, seed: int | None = None) -> TimeStep:
+        """Reset the levels below and return this level's first messages (reward 0)."""
         self._below_ts = ts = self.below.reset(seed)
         self.buffer.clear()
         if self.dynamic:
@@ -323,6 +325,8 @@ class Level:
 
     @torch.no_grad()
     def step(self, command: Tensor | None = None) -> TimeStep:
+        """Hold ``command`` for ``steps_per_command`` steps of this level's agents; return their messages,
+        the sum of their children's rewards and whether each copy's episode ended (see the class docstring)."""
         self._set_command(command)
         ts = self._below_ts
         b, n = self.spec.num_envs, self.spec.n_agents

@@ -29,10 +29,12 @@ class EpisodeMonitor:
         self._metrics = torch.zeros(len(self._metric_names), device=device)
 
     def reset(self, seed: int | None = None) -> TimeStep:
+        """Reset the env; returns in progress are dropped."""
         self._running.zero_()
         return self.env.reset(seed)
 
     def step(self, actions: Tensor) -> TimeStep:
+        """Step the env and add the agent-mean reward to each copy's running return."""
         ts = self.env.step(actions)
         self._running += ts.reward.mean(-1)
         done = ts.done
@@ -65,6 +67,7 @@ class EpisodeMonitor:
         return rate
 
     def pop(self) -> tuple[float, int]:
+        """Mean return of the episodes finished since the last call (NaN if none) and their count."""
         count = int(self._count)
         mean = float(self._total) / count if count else float("nan")
         self._total.zero_()

@@ -19,6 +19,7 @@ class AtomicFileStorageObserver(FileStorageObserver):
     """``FileStorageObserver`` (same folder layout) whose JSON files are replaced atomically."""
 
     def save_json(self, obj, filename: str) -> None:
+        """Write ``obj`` as ``filename`` in the run folder: a temporary file, then an atomic rename."""
         handle, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{filename}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "w") as f:

@@ -72,6 +72,7 @@ def run_label(config: dict) -> str:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON file as a dict (errors propagate: the caller decides what unreadable means)."""
     with open(path) as f:
         return json.load(f)
 
@@ -212,6 +213,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
+    """Save ``figure`` as a PNG, atomically."""
     write_atomically(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
 
 
@@ -309,20 +311,24 @@ def summarize(label: str, runs: list[Run], metrics: list[str], threshold: float 
 
 
 def number(value: float | None) -> str:
+    """3 significant figures, thousands separated from 1,000 up; "–" for missing."""
     if value is None or np.isnan(value):
         return "–"
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def interval(value: Estimate) -> str:
+    """The CI as ``[low, high]``."""
     return f"[{number(value.low)}, {number(value.high)}]"
 
 
 def mean_and_interval(value: Estimate | None) -> str:
+    """``mean [low, high]``, or "–"."""
     return "–" if value is None else f"{number(value.mean)} {interval(value)}"
 
 
 def cell(text: str) -> str:
+    """Escape a markdown table cell."""
     return str(text).replace("|", "\\|")
 
 
@@ -334,6 +340,7 @@ def table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> li
 
 def env_section(env: str, rows: list[GroupSummary], metrics: list[str], threshold: float | None,
                 curves_image: str, correlations: list[Correlation]) -> list[str]:
+    """One env's markdown: the table, its curves and its correlation figures."""
     primary, extras = metrics[0], metrics[1:]
     header = ["label", "seeds", "final return mean", "95% CI", "IQM"]
     header += [f"steps to {primary} ≥ {threshold:g}"] if threshold is not None else []
@@ -360,6 +367,7 @@ def env_section(env: str, rows: list[GroupSummary], metrics: list[str], threshol
 
 
 def paper_check(claims: list[Claim], finals: dict[tuple[str, str], Estimate | None]) -> list[str]:
+    """The "Paper check" section: each claim, both numbers and the verdict."""
     rows = []
     for claim in claims:
         a, b = finals.get((claim.env, claim.a)), finals.get((claim.env, claim.b))
@@ -406,6 +414,7 @@ def write_report(collection: Collection, results: Path, out: Path, metrics: list
 
 
 def env_threshold(text: str) -> tuple[str, float]:
+    """Parse ``ENV=VALUE`` (argparse type)."""
     env, _, value = text.partition("=")
     try:
         return env, float(value)
@@ -414,6 +423,7 @@ def env_threshold(text: str) -> tuple[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m hmarl.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="folder searched recursively for sacred runs")
     parser.add_argument("--out", type=Path, required=True, help="folder for README.md and the figures")

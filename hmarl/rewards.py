@@ -46,6 +46,7 @@ class RewardRule:
         self.group_size = group_size
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
+        """The reward ``[B, N]`` the level's agents store for this step."""
         raise NotImplementedError
 
     def check_command(self, command) -> None:
@@ -56,6 +57,7 @@ class SumUp(RewardRule):
     """TAG: an agent learns from the sum of its children's rewards."""
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
+        """The reward ``[B, N]`` the level's agents store for this step."""
         return step.children_reward
 
 
@@ -70,6 +72,7 @@ class GoalDistance(RewardRule):
                                      device=below.device)
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
+        """The reward ``[B, N]`` the level's agents store for this step."""
         if step.command is None:
             raise ValueError("goal_distance needs a level above that sends goals")
         return -goal_distance(step.child_obs, step.command, step.next_child_obs, self.index)
@@ -93,6 +96,7 @@ class UpperAdvantage(RewardRule):
         self.env_reward_coef = env_reward_coef
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
+        """The reward ``[B, N]`` the level's agents store for this step."""
         return self.env_reward_coef * step.children_reward
 
     def relabel(self, reward: torch.Tensor, upper_advantage: torch.Tensor, parent: torch.Tensor,
@@ -132,6 +136,7 @@ class SubtaskReward(RewardRule):
                              f"{self.n_subtasks} subtasks: command discrete({self.n_subtasks})")
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
+        """The reward ``[B, N]`` the level's agents store for this step."""
         rewards, assigned = step.info["subtask_rewards"], step.command > 0.5  # [B, (N,) S], [B, N, S]
         if rewards.dim() == 3:
             best = torch.where(assigned, rewards, float("-inf")).amax(1)  # [B, S]

@@ -19,6 +19,7 @@ import torch
 from gymnasium import spaces
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 
 #: Optional capabilities an env may declare in ``EnvSpec.capabilities``.
 #: ``positions``: the size ``D`` of the agents' positions, given in ``info["positions"]``
@@ -61,6 +62,7 @@ class EnvSpec:
 
     @property
     def discrete(self) -> bool:
+        """Whether the per-agent action space is ``Discrete``."""
         return isinstance(self.action_space, spaces.Discrete)
 
     @property
@@ -95,10 +97,12 @@ class TimeStep:
 
     @property
     def done(self) -> Tensor:
+        """``terminated | truncated`` ``[B]``: the copies whose episode ended at this step."""
         return self.terminated | self.truncated
 
     @property
     def final_obs(self) -> Tensor:
+        """The observation that ended each copy's episode (``obs`` where none ended)."""
         return self.info.get("final_obs", self.obs)
 
 
@@ -108,6 +112,8 @@ class MultiAgentEnv(Protocol):
 
     spec: EnvSpec
 
-    def reset(self, seed: int | None = None) -> TimeStep: ...
+    def reset(self, seed: int | None = None) -> TimeStep:
+        """Start new episodes in every copy; ``seed`` makes them reproducible."""
 
-    def step(self, actions: Tensor) -> TimeStep: ...
+    def step(self, actions: Tensor) -> TimeStep:
+        """Step every copy; copies whose episode ends reset inside (``info["final_obs"]``)."""

@@ -6,8 +6,8 @@
 
 A sweep file (YAML, validated into ``SweepFile``) names sacred named configs and
 overrides; each combination is one sacred run of the same experiment as ``python -m
-hmarl``, stored under ``<results>/<name>/<env>/<label>/seed<k>/`` by sacred's file
-observer (atomic writes). Every run is a fresh Python process: a crash, a wrong config
+hmarl``, stored under ``<results>/<name>/<env>/<label>/seed<k>/`` (``--results``, default
+``results/sweeps``) by sacred's file observer (atomic writes). Every run is a fresh Python process: a crash, a wrong config
 or a kill takes down that run only; its error goes to ``<results>/<name>/sweep.json``
 and the sweep goes on. Starting the same sweep again skips the runs that completed and
 resumes the others from their last checkpoint (``checkpoint_interval``, by default a
@@ -88,6 +88,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
+        """``env/label/seed<k>``, as in the results folder."""
         label = f"{self.algorithm}[{self.variant}]" if self.variant else self.algorithm
         return f"{self.env}/{label}/seed{self.seed}"
 
@@ -246,6 +247,7 @@ def ray_backend(runs: list[RunSpec], address: str | None) -> Iterable[dict[str, 
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to a temporary file next to ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(handle, "w") as f:
@@ -253,7 +255,7 @@ def write_json_atomically(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_sweep(sweep: SweepFile, results: str | Path = "results", quick: bool = False, backend: str = "local",
+def run_sweep(sweep: SweepFile, results: str | Path = "results/sweeps", quick: bool = False, backend: str = "local",
               workers: int = 2, address: str | None = None,
               on_outcome: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Check, then run every run of ``sweep``; returns the outcomes (also in ``sweep.json``)."""
@@ -277,10 +279,11 @@ def run_sweep(sweep: SweepFile, results: str | Path = "results", quick: bool = F
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring); exits with 1 if a run failed."""
     parser = argparse.ArgumentParser(prog="python -m hmarl.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", nargs="?", help="a sweep file, e.g. configs/sweeps/tag_paper.yaml")
     parser.add_argument("--quick", action="store_true", help="the sweep's reduced budget (its quick: block)")
-    parser.add_argument("--results", default="results", help="results root (default: results)")
+    parser.add_argument("--results", default="results/sweeps", help="results root (default: results/sweeps)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local")
     parser.add_argument("--workers", type=int, default=2, help="local backend: runs at a time (default 2)")
     parser.add_argument("--address", default=None, help="ray backend: cluster address, e.g. auto")

@@ -24,6 +24,7 @@ from torch_geometric.nn import GATv2Conv, GraphConv, MessagePassing
 from hmarl.nn.mlp import ACTIVATIONS
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 EdgeIndex = Tensor
 """``[2, E]`` or ``[B, 2, E]`` int64; row 0 the source ``j``, row 1 the target ``i``."""
 Adjacency = Tensor
@@ -210,6 +211,7 @@ class GraphEncoder(nn.Module):
         return h.view(*lead, n, -1)
 
     def forward_dense(self, x: Tensor, adj: Adjacency) -> Tensor:
+        """The same rounds on a dense adjacency ``[..., B, n, n]`` (layers with a dense form only)."""
         h = x
         for conv in self.convs:
             h = self.activation(_dense_layer(conv, h, adj))
