@@ -267,6 +267,7 @@ class Allocator(ReplayLearner):
                 "next_obs": next_obs[t1 - 1, b], "terminated": rollout.terminated[t1 - 1, b].float()}
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Critic TD loss, proposal loss and entropy on a batch of meta-transitions."""
         c = self.config
         entities, active = self.view(batch["obs"])
         with torch.no_grad():

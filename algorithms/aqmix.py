@@ -255,6 +255,7 @@ class EntityLayout:
 
     @classmethod
     def read(cls, io: AgentIO, subtasks: dict[str, Any], name: str) -> EntityLayout:
+        """The layout from env ``name``'s ``subtasks`` capability; a ValueError says what does not fit."""
         keys = ("n_subtasks", "n_entities", "entity_dim", "obs_entities", "subtask_of_entity")
         missing = [k for k in keys if k not in subtasks]
         if missing:

@@ -52,6 +52,7 @@ class OffPolicyConfig:
                  f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
 
     def gradient_steps(self, rollout_steps: int) -> int:
+        """Gradient steps for a rollout of ``rollout_steps`` steps (``updates_per_step`` of them per step)."""
         return round(rollout_steps * self.updates_per_step)
 
     def __post_init__(self):
@@ -83,10 +84,12 @@ class ReplayLearner(Learner):
         self.gradient_steps = 0
 
     def get_extra_state(self) -> dict[str, Any]:
+        """Progress, gradient-step count and replay, saved with ``state_dict`` so a resume is exact."""
         return {"progress": self.progress, "gradient_steps": self.gradient_steps,
                 "replay": self.replay.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``get_extra_state`` saved."""
         self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
         self.replay.load_state_dict(state["replay"])
 

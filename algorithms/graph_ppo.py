@@ -198,6 +198,7 @@ class GraphPPO(Learner):
         return normal_log_prob(mean, std, action.view_as(mean)), entropy
 
     def critic_output(self, obs: torch.Tensor) -> torch.Tensor:
+        """Values per (agent, child slot)."""
         return self.critic(obs).squeeze(-1)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,7 @@ class GoalManager(TD3):
 
     @property
     def worker(self) -> Learner:
+        """The worker below, whose critic the connected gradient differentiates."""
         return self._worker[0]
 
     def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, torch.Tensor]:
@@ -136,6 +137,7 @@ class GoalManager(TD3):
         return (per_step * valid).sum() / valid.sum().clamp(min=1.0)
 
     def actor_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """TD3's actor loss, plus ``cg_lambda`` times the worker's value of the goal (connected gradient)."""
         loss = super().actor_loss(batch)
         if self.config.cg_lambda:
             loss = loss - self.config.cg_lambda * self.connected_term(batch)

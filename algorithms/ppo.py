@@ -303,9 +303,11 @@ class RunningNorm(torch.nn.Module):
         self.count.copy_(total)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std``."""
         return (x - self.mean) / (self.var.sqrt() + 1e-8)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x * std + mean``."""
         return x * (self.var.sqrt() + 1e-8) + self.mean
 
 

@@ -16,6 +16,7 @@ from hmarl.spec import MultiAgentEnv
 
 def build(env: MultiAgentEnv, levels: list[dict[str, Any]],
           learner_options: dict[str, dict[str, Any]]) -> Hierarchy:
+    """A TAG stack of two or more levels, each an env for the one above (LevelEnv)."""
     if len(levels) < 2:
         raise ValueError("a TAG hierarchy has at least two levels; use family: flat for one")
     return build_levels(env, levels, learner_options)

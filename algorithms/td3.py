@@ -124,9 +124,11 @@ class TD3(Learner):
 
     # Counters and the replay travel with state_dict, so a resumed run continues exactly.
     def get_extra_state(self) -> dict[str, Any]:
+        """Counters and replay, saved with ``state_dict``."""
         return {"acted": self.acted, "gradient_steps": self.gradient_steps, "replay": self.replay.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``get_extra_state`` saved."""
         self.acted, self.gradient_steps = int(state["acted"]), int(state["gradient_steps"])
         self.replay.load_state_dict(state["replay"])
 
