@@ -37,7 +37,7 @@ THROUGHPUT_METRIC = "perf/env_steps_per_s"
 LEVEL_ACTIONS = "level_actions.npz"
 BRANCHES = ("connected", "unconnected")
 CLAIM_FORMS = {"better": "than", "reaches": "target"}  # claim kind -> key naming the other label
-CLAIM_KEYS = {"text", "env", *CLAIM_FORMS, *CLAIM_FORMS.values()}
+CLAIM_KEYS = {"text", "env", "metric", *CLAIM_FORMS, *CLAIM_FORMS.values()}
 # What a half-written, foreign or key-less run file raises while being read.
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
@@ -152,13 +152,15 @@ def env_steps_per_s(runs: list[Run]) -> float | None:
 
 @dataclass(frozen=True)
 class Claim:
-    """``kind`` "better": ``a``'s CI lies above ``b``'s; "reaches": ``a``'s CI reaches ``b``'s mean."""
+    """``kind`` "better": ``a``'s CI lies above ``b``'s; "reaches": ``a``'s CI reaches ``b``'s mean;
+    both on the final value of ``metric``."""
 
     text: str
     env: str
     kind: str
     a: str
     b: str
+    metric: str = PRIMARY_METRIC
 
 
 def parse_claim(entry: object, path: Path) -> Claim:
@@ -168,9 +170,11 @@ def parse_claim(entry: object, path: Path) -> Claim:
         if unknown:
             raise ValueError(f"{path}: claim {entry.get('text', entry)!r} has unknown key {unknown[0]!r}")
         for kind, other in CLAIM_FORMS.items():
-            if set(entry) == {"text", "env", kind, other}:
-                return Claim(str(entry["text"]), str(entry["env"]), kind, str(entry[kind]), str(entry[other]))
-    raise ValueError(f"{path}: claim {entry!r} needs exactly text, env and either better+than or reaches+target")
+            if set(entry) - {"metric"} == {"text", "env", kind, other}:
+                return Claim(str(entry["text"]), str(entry["env"]), kind, str(entry[kind]), str(entry[other]),
+                             str(entry.get("metric", PRIMARY_METRIC)))
+    raise ValueError(f"{path}: claim {entry!r} needs exactly text, env and either better+than or reaches+target "
+                     "(and optionally metric)")
 
 
 def load_claims(paths: list[Path]) -> tuple[list[Claim], dict[str, float]]:
@@ -366,14 +370,15 @@ def env_section(env: str, rows: list[GroupSummary], metrics: list[str], threshol
     return lines
 
 
-def paper_check(claims: list[Claim], finals: dict[tuple[str, str], Estimate | None]) -> list[str]:
+def paper_check(claims: list[Claim], groups: dict[str, dict[str, list[Run]]]) -> list[str]:
     """The "Paper check" section: each claim, both numbers and the verdict."""
     rows = []
     for claim in claims:
-        a, b = finals.get((claim.env, claim.a)), finals.get((claim.env, claim.b))
+        runs = groups.get(claim.env, {})
+        a, b = (final_return(runs[label], claim.metric) if label in runs else None for label in (claim.a, claim.b))
         numbers = f"{claim.a} {mean_and_interval(a)} vs {claim.b} {mean_and_interval(b)}"
-        rows.append([claim.text, claim.env, numbers, verdict(claim, a, b)])
-    header = ["claim", "env", "A mean [95% CI] vs B mean [95% CI]", "verdict"]
+        rows.append([claim.text, claim.env, claim.metric, numbers, verdict(claim, a, b)])
+    header = ["claim", "env", "final", "A mean [95% CI] vs B mean [95% CI]", "verdict"]
     return ["## Paper check", ""] + table(header, rows, text_columns=len(header)) + [""]
 
 
@@ -395,19 +400,18 @@ def write_report(collection: Collection, results: Path, out: Path, metrics: list
               f"({BOOTSTRAP_RESAMPLES:,} resamples); IQM is the interquartile mean; "
               f"env steps/s is each seed's mean `{THROUGHPUT_METRIC}`, averaged.")
     lines = ["# Results report", "", read, "", method, ""]
-    sections, finals = [], {}
+    sections = []
     for env, groups in sorted(by_group.items()):
         threshold = thresholds.get(env)
         rows = [summarize(label, runs, metrics, threshold) for label, runs in groups.items()]
         rows.sort(key=lambda row: best_first(row.finals[metrics[0]]))
-        finals |= {(env, row.label): row.finals[metrics[0]] for row in rows}
         curves_image = f"curves_{file_name(env)}.png"
         plot_curves(out / curves_image, env, {row.label: groups[row.label] for row in rows}, metrics[0], threshold)
         correlations = [dataclasses.replace(c, image=link(c.image))
                         for row in rows for run in groups[row.label] if (c := correlation_figure(run, out))]
         sections += env_section(env, rows, metrics, threshold, link(curves_image), correlations)
     if claims:
-        lines += paper_check(claims, finals)
+        lines += paper_check(claims, by_group)
     text = "\n".join(lines + sections)
     write_atomically(page, lambda temp: temp.write_text(text, encoding="utf-8"))
     return page

@@ -191,7 +191,8 @@ def test_main_writes_the_report(tmp_path, capsys):
     claims = tmp_path / "claims.yaml"
     claims.write_text("thresholds: {balance: 11}\nclaims:\n"
                       "  - {text: MAPPO beats I-PPO, env: balance, better: mappo, than: ippo}\n"
-                      "  - {text: HRL beats MAPPO, env: balance, better: hrl, than: mappo}\n")
+                      "  - {text: HRL beats MAPPO, env: balance, better: hrl, than: mappo}\n"
+                      "  - {text: MAPPO succeeds more, env: balance, better: mappo, than: ippo, metric: eval/success}\n")
 
     main([str(results), "--out", str(out), "--claims", str(claims), "--metric", "eval/success"])
 
@@ -209,8 +210,10 @@ def test_main_writes_the_report(tmp_path, capsys):
     assert "![eval/return on balance](curves_balance.png)" in readme
     # connected modes per episode [[2, 0], [2, 0], [2, 0]]; unconnected [[1, 0], [0, 2], [1, 0]]
     assert "| [tag_3ppo[comm] seed 0](correlation_balance_tag_3ppo-comm_seed0.png) | 1 | 0 |" in readme
-    assert "| MAPPO beats I-PPO | balance | mappo 11 [10, 12] vs ippo 2 [2, 2] | holds |" in readme
-    assert "| HRL beats MAPPO | balance | hrl – vs mappo 11 [10, 12] | not run |" in readme
+    assert "| MAPPO beats I-PPO | balance | eval/return | mappo 11 [10, 12] vs ippo 2 [2, 2] | holds |" in readme
+    assert "| HRL beats MAPPO | balance | eval/return | hrl – vs mappo 11 [10, 12] | not run |" in readme
+    assert ("| MAPPO succeeds more | balance | eval/success | mappo 0.75 [0.5, 1] vs ippo – | not run |"
+            in readme)  # ippo logged no eval/success
     assert readme.index("## Paper check") < readme.index("## balance") < readme.index("## sampling")
 
 
