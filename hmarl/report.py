@@ -52,6 +52,7 @@ class Run:
     env: str
     label: str
     seed: int
+    total_steps: int
     stop_time: datetime
     metrics: dict[str, Curve]
 
@@ -95,18 +96,22 @@ def read_run(folder: Path) -> Run | None:
     if info["status"] != "COMPLETED":
         return None
     config = read_json(folder / "config.json")
-    return Run(folder, str(config["env"]), run_label(config), int(config["seed"]),
+    return Run(folder, str(config["env"]), run_label(config), int(config["seed"]), int(config["total_steps"]),
                datetime.fromisoformat(info["stop_time"]), read_metrics(folder / "metrics.json"))
 
 
-def load_runs(root: Path) -> Collection:
-    """Every COMPLETED run below ``root``, the latest ``stop_time`` of each (env, label, seed).
+def load_runs(*roots: Path) -> Collection:
+    """Every COMPLETED run below the ``roots``, the latest ``stop_time`` of each (env, label, seed).
 
-    Unreadable runs are skipped with one warning line on stderr.
+    Unreadable runs are skipped with one warning line on stderr. Runs of one env and label
+    with different budgets (``total_steps``, e.g. a sweep's quick and full runs) are an error:
+    their statistics would mix.
     """
     latest: dict[tuple[str, str, int], Run] = {}
+    budgets: dict[tuple[str, str], set[int]] = defaultdict(set)
     skipped = superseded = 0
-    for folder in sorted(p.parent for p in root.rglob("run.json") if "_sources" not in p.parts):
+    folders = sorted({p.parent for root in roots for p in root.rglob("run.json") if "_sources" not in p.parts})
+    for folder in folders:
         try:
             run = read_run(folder)
         except UNREADABLE as error:
@@ -115,10 +120,16 @@ def load_runs(root: Path) -> Collection:
         if run is None:
             skipped += 1
             continue
+        budgets[run.env, run.label].add(run.total_steps)
         key = (run.env, run.label, run.seed)
         superseded += key in latest
         if key not in latest or run.stop_time > latest[key].stop_time:
             latest[key] = run
+    mixed = {group: steps for group, steps in budgets.items() if len(steps) > 1}
+    if mixed:
+        (env, label), steps = next(iter(mixed.items()))
+        raise ValueError(f"runs of {label} on {env} have different budgets ({', '.join(f'{s:,}' for s in sorted(steps))} "
+                         "env steps); report them separately, e.g. one sweep folder (results/sweeps/<name>) at a time")
     return Collection(list(latest.values()), skipped, superseded)
 
 
@@ -382,7 +393,7 @@ def paper_check(claims: list[Claim], groups: dict[str, dict[str, list[Run]]]) ->
     return ["## Paper check", ""] + table(header, rows, text_columns=len(header)) + [""]
 
 
-def write_report(collection: Collection, results: Path, out: Path, metrics: list[str],
+def write_report(collection: Collection, results: str, out: Path, metrics: list[str],
                  thresholds: dict[str, float], claims: list[Claim], page: Path | None = None) -> Path:
     """Write the figures into ``out`` and the markdown ``page`` (default ``out/README.md``); returns the page."""
     out.mkdir(parents=True, exist_ok=True)
@@ -429,7 +440,7 @@ def env_threshold(text: str) -> tuple[str, float]:
 def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m hmarl.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="folder searched recursively for sacred runs")
+    parser.add_argument("results", type=Path, nargs="+", help="folders searched recursively for sacred runs")
     parser.add_argument("--out", type=Path, required=True, help="folder for README.md and the figures")
     parser.add_argument("--page", type=Path, default=None,
                         help="where the markdown goes (default OUT/README.md), e.g. docs/results.md")
@@ -440,16 +451,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=env_threshold, action="append", default=[], metavar="ENV=VALUE",
                         help=f"steps to {PRIMARY_METRIC} >= VALUE on ENV (overrides the claims files)")
     args = parser.parse_args(argv)
-    if not args.results.is_dir():
-        parser.error(f"results folder {args.results} does not exist")
-    claims, thresholds = load_claims(args.claims)
-    collection = load_runs(args.results)
+    missing = [str(folder) for folder in args.results if not folder.is_dir()]
+    if missing:
+        parser.error(f"results folder {', '.join(missing)} does not exist")
+    where = ", ".join(str(folder) for folder in args.results)
+    try:
+        claims, thresholds = load_claims(args.claims)
+        collection = load_runs(*args.results)
+    except ValueError as error:
+        raise SystemExit(f"hmarl.report: {error}") from None
     if not collection.runs:
-        raise SystemExit(f"no COMPLETED sacred runs under {args.results} "
+        raise SystemExit(f"no COMPLETED sacred runs under {where} "
                          f"({collection.skipped} run folders skipped); nothing to report")
     metrics = list(dict.fromkeys([PRIMARY_METRIC, *args.metric]))
-    print(write_report(collection, args.results, args.out, metrics, thresholds | dict(args.threshold), claims,
-                       args.page))
+    print(write_report(collection, where, args.out, metrics, thresholds | dict(args.threshold), claims, args.page))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ STEPS = [100, 200, 300]
 
 def write_run(root: Path, name: str, *, algorithm: str = "ippo", env: str = "balance", seed: int = 0,
               variant: str | None = None, status: str = "COMPLETED", stop_time: str = "2025-01-01T00:00:00",
-              returns: list[float] = (0.0, 1.0, 2.0), **metrics: list[float]) -> Path:
+              returns: list[float] = (0.0, 1.0, 2.0), total_steps: int = STEPS[-1], **metrics: list[float]) -> Path:
     """A sacred FileStorageObserver run folder; metrics given as name=values are logged at STEPS
     (``eval_success`` -> ``eval/success``)."""
     folder = root / name
     folder.mkdir(parents=True)
-    config = {"algorithm": algorithm, "env": env, "seed": seed, "total_steps": STEPS[-1]}
+    config = {"algorithm": algorithm, "env": env, "seed": seed, "total_steps": total_steps}
     if variant is not None:
         config["variant"] = variant
     logged = {"eval/return": list(returns), **{k.replace("_", "/", 1): v for k, v in metrics.items()}}
@@ -242,3 +242,14 @@ def test_a_page_elsewhere_links_the_figures_relative_to_itself(tmp_path, capsys)
     assert "![eval/return on balance](results/curves_balance.png)" in text
     assert "](results/correlation_balance_tag_2ppo_seed0.png)" in text
     assert not (tmp_path / "docs" / "results" / "README.md").exists()
+
+
+def test_several_folders_are_read_but_budgets_never_mix(tmp_path, capsys):
+    write_run(tmp_path / "tag_quick", "1", seed=0)
+    write_run(tmp_path / "himpo_quick", "1", algorithm="himppo", seed=0)
+    main([str(tmp_path / "tag_quick"), str(tmp_path / "himpo_quick"), "--out", str(tmp_path / "out")])
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "| ippo | 1 |" in readme and "| himppo | 1 |" in readme
+    write_run(tmp_path / "tag_full", "1", seed=1, total_steps=2_000_000)
+    with pytest.raises(SystemExit, match=r"runs of ippo on balance have different budgets \(300, 2,000,000 env steps\)"):
+        main([str(tmp_path / "tag_quick"), str(tmp_path / "tag_full"), "--out", str(tmp_path / "out")])
