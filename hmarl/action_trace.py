@@ -1,6 +1,7 @@
 """Records what TAG's inter-level analysis (Sec. 5.3) needs from training: per episode, one
 bottom agent's actions, the command its own superior gave it (connected) and the command
-given to another bottom agent (unconnected).
+the level above gave another bottom agent, which the first never sees (unconnected; the paper
+pairs the top's action for agent i with agent j's actions).
 
 The bottom level's observation ends with its one-hot command, so the rollout of the bottom
 level holds everything; copy 0 is traced, agent 0 against agent 1. Saved as
@@ -32,12 +33,16 @@ class LevelActionTrace:
         """A trace if the bottom level takes discrete commands over discrete actions of >= 2 agents."""
         bottom = hierarchy.levels[0]
         command, env = bottom.command, bottom.below.spec
-        if not isinstance(command, spaces.Discrete) or not env.discrete or env.n_agents < 2:
+        if not isinstance(command, spaces.Discrete) or not env.discrete or bottom.io.group != 1 or env.n_agents < 2:
             return None
         return cls(env.action_dim, int(command.n))
 
+    def restart(self) -> None:
+        """Drop the episode in progress: the env copies were reset (a checkpoint restarts episodes)."""
+        self.current = np.zeros((3, 0), dtype=np.int64)
+
     def add(self, rollout: Rollout) -> None:
-        """Append copy 0's steps of one rollout of the bottom level (one transfer per rollout)."""
+        """Append copy 0's steps of one rollout of the bottom level (a few transfers per rollout, none per step)."""
         k = self.n_upper_actions
         commands = rollout.obs[:, 0, :2, -k:].argmax(-1)  # [T, 2]: agents 0 and 1
         steps = np.stack([rollout.action[:, 0, 0].cpu().numpy(), *commands.T.cpu().numpy()])  # [3, T]
@@ -68,4 +73,4 @@ class LevelActionTrace:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from what :meth:`state` returned."""
-        self.episodes, self.current = state["episodes"], state["current"]
+        self.episodes, self.current = list(state["episodes"]), state["current"]

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 import warnings
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from hmarl.action_trace import LevelActionTrace
 from hmarl.config import from_dict
+from hmarl.files import write_atomically
 from hmarl.hierarchy import Hierarchy
 from hmarl.monitor import EpisodeMonitor
 
@@ -185,10 +185,7 @@ Log = Callable[[str, float, int], None]
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a half-written checkpoint is never read back."""
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "checkpoint.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path / "checkpoint.pt")
+    write_atomically(path / "checkpoint.pt", lambda temp: torch.save(state, temp))
 
 
 class Trainer:
@@ -250,6 +247,8 @@ class Trainer:
                     self.save(iteration)
                 hierarchy.train(True)
                 hierarchy.reset(run.seed + iteration)
+                if self.trace is not None:
+                    self.trace.restart()
                 monitor.pop_episode_metrics()
                 monitor.pop()
             tic = time.perf_counter()

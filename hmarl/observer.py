@@ -8,11 +8,12 @@ sees the previous version or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from pathlib import Path
 
 from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
+
+from hmarl.files import write_atomically
 
 
 class AtomicFileStorageObserver(FileStorageObserver):
@@ -20,13 +21,8 @@ class AtomicFileStorageObserver(FileStorageObserver):
 
     def save_json(self, obj, filename: str) -> None:
         """Write ``obj`` as ``filename`` in the run folder: a temporary file, then an atomic rename."""
-        handle, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{filename}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as f:
+        def dump(temp: Path) -> None:
+            with open(temp, "w") as f:
                 json.dump(flatten(obj), f, sort_keys=True, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(self.dir, filename))
-        except BaseException:
-            os.unlink(tmp)
-            raise
+
+        write_atomically(Path(self.dir) / filename, dump)

@@ -16,24 +16,33 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 import numpy as np
 import yaml
+
 # Figure objects render PNGs through Agg without pyplot, so importing this module leaves the user's backend alone.
 from matplotlib.figure import Figure
 
-from hmarl.analysis import (BOOTSTRAP_RESAMPLES, Estimate, action_modes, align_curves, bootstrap_ci, estimate,
-                            first_step_reaching, mode_stability)
+from hmarl.analysis import (
+    BOOTSTRAP_RESAMPLES,
+    Estimate,
+    action_modes,
+    align_curves,
+    bootstrap_ci,
+    estimate,
+    first_step_reaching,
+    mode_stability,
+)
+from hmarl.files import write_atomically
 
 PRIMARY_METRIC = "eval/return"
+MIN_SEEDS = 3  # per side, for a claim's verdict
 THROUGHPUT_METRIC = "perf/env_steps_per_s"
 LEVEL_ACTIONS = "level_actions.npz"
 BRANCHES = ("connected", "unconnected")
@@ -203,9 +212,15 @@ def load_claims(paths: list[Path]) -> tuple[list[Claim], dict[str, float]]:
 
 
 def verdict(claim: Claim, a: Estimate | None, b: Estimate | None) -> str:
-    """The claim judged on the two groups' final estimates (None: the group was not run)."""
+    """The claim judged on the two groups' final estimates (None: the group was not run).
+
+    Below ``MIN_SEEDS`` seeds a side's percentile-bootstrap interval covers the mean far less
+    than 95% of the time (about half at 2 seeds), so no verdict is given.
+    """
     if a is None or b is None:
         return "not run"
+    if min(a.n, b.n) < MIN_SEEDS:
+        return f"too few seeds (< {MIN_SEEDS})"
     if claim.kind == "reaches":
         return "holds" if a.high >= b.mean else "does not hold"
     if a.low > b.high:
@@ -213,19 +228,6 @@ def verdict(claim: Claim, a: Estimate | None, b: Estimate | None) -> str:
     if a.high < b.low:
         return "does not hold"
     return "within noise (A ahead)" if a.mean > b.mean else "within noise (B ahead)"
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temp file beside ``path``, then rename it over ``path``: readers never see half a file."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(temp))
-        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide the report from the others sharing the results
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def save_figure(figure: Figure, path: Path) -> None:
@@ -391,10 +393,12 @@ def paper_check(claims: list[Claim], groups: dict[str, dict[str, list[Run]]]) ->
         runs = groups.get(claim.env, {})
         a, b = (final_return(runs[label], claim.metric) if label in runs else None for label in (claim.a, claim.b))
         numbers = f"{claim.a} {mean_and_interval(a)} vs {claim.b} {mean_and_interval(b)}"
+        numbers += f" (seeds {a.n} vs {b.n})" if a and b else ""
         rows.append([claim.text, claim.env, claim.metric, numbers, verdict(claim, a, b)])
     header = ["claim", "env", "final", "A mean [95% CI] vs B mean [95% CI]", "verdict"]
     caveat = ("Each verdict holds at the budgets of the tables below (column *env steps*), which may be far "
-              "below the papers'; *within noise*: the 95% intervals overlap.")
+              "below the papers'; *within noise*: the 95% intervals overlap; below "
+              f"{MIN_SEEDS} seeds a side no verdict is given (bootstrap intervals over so few seeds are too narrow).")
     return ["## Paper check", "", caveat, ""] + table(header, rows, text_columns=len(header)) + [""]
 
 

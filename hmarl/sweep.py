@@ -19,16 +19,18 @@ On a Ray cluster every node must see ``--results`` (shared storage) and have hma
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
-import os
+import shutil
+import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -36,6 +38,7 @@ import yaml
 from tqdm import tqdm
 
 from hmarl.config import from_dict
+from hmarl.files import write_atomically
 
 
 @dataclass
@@ -85,12 +88,19 @@ class RunSpec:
     variant: str
     updates: dict
     directory: str
+    checkpoint: str = ""
+    """Where the run's checkpoint lands (set by ``prepare``): a run that finds it resumes."""
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        """The algorithm, with the variant in brackets if a grid made one."""
+        return f"{self.algorithm}[{self.variant}]" if self.variant else self.algorithm
 
     @property
     def name(self) -> str:
         """``env/label/seed<k>``, as in the results folder."""
-        label = f"{self.algorithm}[{self.variant}]" if self.variant else self.algorithm
-        return f"{self.env}/{label}/seed{self.seed}"
+        return f"{self.env}/{self.label}/seed{self.seed}"
 
 
 def load_sweep(path: str | Path) -> SweepFile:
@@ -110,6 +120,8 @@ def load_sweep(path: str | Path) -> SweepFile:
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ValueError(f"{path}: unknown {kind} {', '.join(unknown)}; available: {', '.join(known)}")
+        if len(set(names)) < len(names):
+            raise ValueError(f"{path}: {kind} lists a name twice: {names}")
     for key, values in sweep.grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
@@ -123,17 +135,36 @@ def load_sweep(path: str | Path) -> SweepFile:
     for rule in sweep.exclude:
         if not isinstance(rule, dict) or not set(rule) <= {"algorithm", "env", "seed", "variant"}:
             raise ValueError(f"{path}: exclude entries are mappings of algorithm/env/seed/variant, got {rule!r}")
-    seeds = sweep.seeds if isinstance(sweep.seeds, list) else list(range(sweep.seeds))
-    if not seeds:
-        raise ValueError(f"{path}: seeds is empty")
+        if rule.get("algorithm", sweep.algorithms[0]) not in sweep.algorithms or rule.get("env", sweep.envs[0]) \
+                not in sweep.envs:
+            raise ValueError(f"{path}: exclude {rule!r} names an algorithm or env the sweep does not run")
+    for name, seeds in (("seeds", sweep.seeds), ("quick.seeds", sweep.quick.seeds)):
+        seeds = seeds if isinstance(seeds, list) or seeds is None else list(range(seeds))
+        if seeds is not None and (not seeds or len(set(seeds)) < len(seeds)):
+            raise ValueError(f"{path}: {name} must be a positive count or a list of distinct seeds, got {seeds}")
+    check_claims(sweep, path)
     return sweep
+
+
+def check_claims(sweep: SweepFile, path: str | Path) -> None:
+    """Claims must parse and name labels the sweep produces (else the report would say "not run")."""
+    from hmarl.report import parse_claim
+
+    labels = {(run.env, run.label) for run in expand(sweep, "results")}
+    for entry in sweep.claims:
+        claim = parse_claim(entry, Path(path))
+        missing = [label for label in (claim.a, claim.b) if (claim.env, label) not in labels]
+        if missing:
+            raise ValueError(f"{path}: claim {claim.text!r} names {', '.join(missing)} on {claim.env}, which the sweep "
+                             f"does not run; its labels there: "
+                             f"{', '.join(sorted(label for env, label in labels if env == claim.env))}")
 
 
 def expand(sweep: SweepFile, results: str | Path, quick: bool = False) -> list[RunSpec]:
     """Every run of the sweep, in algorithm, env, variant, seed order."""
     seeds = sweep.quick.seeds if quick and sweep.quick.seeds is not None else sweep.seeds
     seeds = seeds if isinstance(seeds, list) else list(range(seeds))
-    root = Path(results) / (f"{sweep.name}_quick" if quick else sweep.name)
+    root = Path(results).resolve() / (f"{sweep.name}_quick" if quick else sweep.name)  # Ray workers run elsewhere
     keys = list(sweep.grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*(sweep.grid[k] for k in keys))]
     gridded = sweep.algorithms if sweep.grid_algorithms is None else sweep.grid_algorithms
@@ -147,8 +178,7 @@ def expand(sweep: SweepFile, results: str | Path, quick: bool = False) -> list[R
         candidate = {"algorithm": algorithm, "env": env, "seed": seed, "variant": variant}
         if any(all(candidate[k] == v for k, v in rule.items()) for rule in sweep.exclude):
             continue
-        label = f"{algorithm}[{variant}]" if variant else algorithm
-        directory = root / env / label / f"seed{seed}"
+        directory = root / env / (f"{algorithm}[{variant}]" if variant else algorithm) / f"seed{seed}"
         updates = {**sweep.config, **sweep.per_env.get(env, {}), **(sweep.quick.config if quick else {}),
                    **point, "seed": seed, "variant": variant, "progress": False,
                    "checkpoint_dir": str(directory / "checkpoints"), "resume": True}
@@ -156,75 +186,145 @@ def expand(sweep: SweepFile, results: str | Path, quick: bool = False) -> list[R
     return runs
 
 
+#: Config keys that change how a run is carried out, not what it computes.
+NOT_IDENTITY = ("progress", "threads", "resume", "checkpoint_dir", "__doc__")
+
+
 def sacred_config(run: RunSpec) -> dict[str, Any]:
-    """The run's full config exactly as sacred will merge it, with the default checkpoint interval."""
+    """The run's full config exactly as sacred will merge it."""
     from sacred.initialize import create_run
 
     from hmarl.experiment import ex
 
-    config = dict(create_run(ex, ex.default_command, run.updates, [run.algorithm, run.env], log_level="ERROR").config)
-    if "checkpoint_interval" not in run.updates:
-        config["checkpoint_interval"] = max(config["total_steps"] // 5, 1)
-    return config
+    return dict(create_run(ex, ex.default_command, run.updates, [run.algorithm, run.env], log_level="ERROR").config)
 
 
-def check(runs: list[RunSpec]) -> None:
-    """Build every distinct run config and hierarchy once: bad input fails before anything trains."""
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same experiment, as JSON would store it."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in NOT_IDENTITY}, default=str))
+
+
+def prepare(runs: list[RunSpec]) -> list[RunSpec]:
+    """Check every run before anything trains and fill in what a run needs to resume.
+
+    Builds each distinct config and hierarchy once (bad input fails here, naming the run),
+    sets the default checkpoint interval (a fifth of the budget, at least one episode of every
+    copy, since checkpoints restart episodes) and refuses a results folder that holds a
+    completed run of a different config (an edited sweep file, or two sweeps of one name).
+    """
     from hmarl.experiment import RunConfig, build
 
-    seen = set()
+    configs: dict[tuple[str, str, str], dict[str, Any]] = {}
+    prepared = []
     for run in runs:
         key = (run.algorithm, run.env, run.variant)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            build(RunConfig.from_config(sacred_config(run)))
-        except Exception as error:  # any failure here is the config's: name the run
-            raise ValueError(f"{run.name}: {error}") from error
+        if key not in configs:
+            config = sacred_config(run)
+            if "checkpoint_interval" not in run.updates:
+                config["checkpoint_interval"] = max(config["total_steps"] // 5, config["num_envs"] * config["max_steps"])
+            try:
+                build(RunConfig.from_config(config))
+            except Exception as error:  # any failure here is the config's: name the run
+                raise ValueError(f"{run.name}: {error}") from error
+            configs[key] = config
+        config = {**configs[key], "seed": run.seed, "checkpoint_dir": run.updates["checkpoint_dir"]}  # seeds differ
+        earlier = completed_config(run.directory)
+        if earlier is not None and identity(earlier) != identity(config):
+            changed = sorted(k for k in identity(config).keys() | identity(earlier).keys()
+                             if identity(config).get(k) != identity(earlier).get(k))
+            raise ValueError(f"{run.directory} holds a completed run of another config (differs in "
+                             f"{', '.join(changed)}); move it away or give the sweep another name")
+        run = replace(run, updates={**run.updates, "checkpoint_interval": config["checkpoint_interval"]},
+                                  checkpoint=str(RunConfig.from_config(config).checkpoint_path() / "checkpoint.pt"),
+                                  device=str(config["device"]))
+        prepared.append(run)
+    return prepared
 
 
-def completed(directory: str | Path) -> bool:
-    """Whether a run folder holds a sacred run that completed."""
-    for path in Path(directory).glob("*/run.json"):
+def completed_config(directory: str | Path) -> dict[str, Any] | None:
+    """The config of a sacred run in ``directory`` that completed, or None."""
+    for path in sorted(Path(directory).glob("*/run.json")):
         try:
             if json.loads(path.read_text()).get("status") == "COMPLETED":
-                return True
+                return json.loads((path.parent / "config.json").read_text())
         except (OSError, ValueError):
             continue
-    return False
+    return None
 
 
 def execute(run: RunSpec) -> None:
-    """Run one sweep run in this process (the child process of ``run_isolated``)."""
+    """Run one sweep run in this process (the child process of ``run_isolated``).
+
+    A lock on the run folder keeps a second sweep (a restart while an orphan still runs)
+    from training the same run into the same folder at once.
+    """
     from hmarl.experiment import ex
     from hmarl.observer import AtomicFileStorageObserver
 
-    updates = {**run.updates, "checkpoint_interval": sacred_config(run)["checkpoint_interval"]}
-    ex.observers[:] = [AtomicFileStorageObserver(run.directory)]
-    ex.run(config_updates=updates, named_configs=[run.algorithm, run.env])
+    Path(run.directory).mkdir(parents=True, exist_ok=True)
+    with open(Path(run.directory) / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{run.name} is being run by another process") from None
+        ex.observers[:] = [AtomicFileStorageObserver(run.directory)]
+        ex.run(config_updates=run.updates, named_configs=[run.algorithm, run.env])
+
+
+_children: set[subprocess.Popen] = set()  # the runs in flight, stopped if the sweep is interrupted
+_children_lock = threading.Lock()
+
+
+def stop_children() -> None:
+    """Terminate the runs in flight (they can resume from their checkpoints later)."""
+    with _children_lock:
+        children = list(_children)
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def run_isolated(run: RunSpec) -> dict[str, Any]:
-    """Run ``run`` in a fresh Python process; returns its outcome (never raises for the run's failure)."""
+    """Run ``run`` in a fresh Python process; returns its outcome (never raises for the run's failure).
+
+    A completed run is skipped; once a run completes, its checkpoints are deleted (replays
+    make them large, and nothing reads them any more).
+    """
     tic = time.perf_counter()
-    if completed(run.directory):
-        return {"run": run.name, "status": "SKIPPED", "seconds": 0.0, "error": None}
-    resumed = any(Path(run.directory, "checkpoints").glob("*/checkpoint.pt"))
-    Path(run.directory).mkdir(parents=True, exist_ok=True)
-    child = subprocess.run([sys.executable, "-m", "hmarl.sweep", "--execute", json.dumps(asdict(run))],
-                           capture_output=True, text=True)
-    ok = child.returncode == 0 and completed(run.directory)
-    error = None if ok else (child.stderr.strip().splitlines() or [f"exit code {child.returncode}"])[-20:]
-    return {"run": run.name, "status": "COMPLETED" if ok else "FAILED", "resumed": resumed,
-            "seconds": round(time.perf_counter() - tic, 1), "error": None if ok else "\n".join(error)}
+    outcome = {"run": run.name, "resumed": bool(run.checkpoint) and Path(run.checkpoint).exists()}
+    if completed_config(run.directory) is not None:
+        return {**outcome, "status": "SKIPPED", "seconds": 0.0, "error": None}
+    with subprocess.Popen([sys.executable, "-m", "hmarl.sweep", "--execute", json.dumps(asdict(run))],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        with _children_lock:
+            _children.add(child)
+        try:
+            _, stderr = child.communicate()
+        finally:
+            with _children_lock:
+                _children.discard(child)
+    ok = child.returncode == 0 and completed_config(run.directory) is not None
+    if ok:
+        shutil.rmtree(Path(run.directory) / "checkpoints", ignore_errors=True)
+    error = None if ok else "\n".join((stderr.strip().splitlines() or [f"exit code {child.returncode}"])[-20:])
+    return {**outcome, "status": "COMPLETED" if ok else "FAILED", "seconds": round(time.perf_counter() - tic, 1),
+            "error": error}
 
 
 def local_backend(runs: list[RunSpec], workers: int) -> Iterable[dict[str, Any]]:
-    """Outcomes as runs finish, ``workers`` runs at a time on this machine."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    """Outcomes as runs finish, ``workers`` runs at a time on this machine; an interruption
+    cancels the queued runs and stops the running ones."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for future in as_completed([pool.submit(run_isolated, run) for run in runs]):
             yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_children()
 
 
 def ray_backend(runs: list[RunSpec], address: str | None) -> Iterable[dict[str, Any]]:
@@ -236,31 +336,25 @@ def ray_backend(runs: list[RunSpec], address: str | None) -> Iterable[dict[str, 
     if not ray.is_initialized():
         ray.init(address=address)
     remote = ray.remote(num_cpus=1, max_retries=0)(run_isolated)
-    pending = {remote.remote(run): run for run in runs}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        run = pending.pop(done[0])
-        try:
-            yield ray.get(done[0])
-        except Exception as error:  # the task itself died (node lost, worker killed)
-            yield {"run": run.name, "status": "FAILED", "seconds": None, "error": f"ray: {error}"}
-
-
-def write_json_atomically(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to a temporary file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    pending = {remote.options(num_gpus=1 if run.device.startswith("cuda") else 0).remote(run): run for run in runs}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(done[0])
+            try:
+                yield ray.get(done[0])
+            except Exception as error:  # the task itself died (node lost, worker killed)
+                yield {"run": run.name, "resumed": False, "status": "FAILED", "seconds": None, "error": f"ray: {error}"}
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
 
 def run_sweep(sweep: SweepFile, results: str | Path = "results/sweeps", quick: bool = False, backend: str = "local",
               workers: int = 2, address: str | None = None,
               on_outcome: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Check, then run every run of ``sweep``; returns the outcomes (also in ``sweep.json``)."""
-    runs = expand(sweep, results, quick)
-    check(runs)
+    runs = prepare(expand(sweep, results, quick))
     if backend == "local":
         outcomes_as_they_come = local_backend(runs, workers)
     elif backend == "ray":
@@ -271,11 +365,16 @@ def run_sweep(sweep: SweepFile, results: str | Path = "results/sweeps", quick: b
     outcomes = []
     for outcome in outcomes_as_they_come:
         outcomes.append(outcome)
-        write_json_atomically(summary, {"sweep": sweep.name, "quick": quick, "runs": len(runs),
-                                        "outcomes": sorted(outcomes, key=lambda o: o["run"])})
+        text = json.dumps({"sweep": sweep.name, "quick": quick, "runs": len(runs),
+                           "outcomes": sorted(outcomes, key=lambda o: o["run"])}, indent=2)
+        write_atomically(summary, lambda temp: temp.write_text(text))
         if on_outcome is not None:
             on_outcome(outcome)
     return outcomes
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -290,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
     parser.add_argument("--execute", help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed sweep stops its runs as Ctrl-C does
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     if args.execute:
         execute(RunSpec(**json.loads(args.execute)))
@@ -311,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
             bar.update()
             if outcome["status"] == "FAILED":
                 failed.append(outcome)
-                bar.write(f"FAILED {outcome['run']}: {(outcome['error'] or '').splitlines()[-1:]}")
+                last = (outcome["error"] or "").strip().splitlines()
+                bar.write(f"FAILED {outcome['run']}: {last[-1] if last else 'no error text'}")
 
         tic = time.perf_counter()
         outcomes = run_sweep(sweep, args.results, args.quick, args.backend, args.workers, args.address, progress)

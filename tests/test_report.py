@@ -146,6 +146,8 @@ def test_claim_verdicts():
     assert verdict(reaches, group(5, 4, 8), group(8, 7, 9)) == "holds"
     assert verdict(reaches, group(5, 4, 7.9), group(8, 7, 9)) == "does not hold"
     assert verdict(reaches, group(5, 4, 8), None) == "not run"
+    two_seeds = Estimate(10, 9, 11, 10, 2)
+    assert verdict(better, two_seeds, group(5, 4, 6)) == "too few seeds (< 3)"
 
 
 def test_load_claims_reads_only_claims_and_thresholds(tmp_path):
@@ -211,7 +213,8 @@ def test_main_writes_the_report(tmp_path, capsys):
     assert "![eval/return on balance](curves_balance.png)" in readme
     # connected modes per episode [[2, 0], [2, 0], [2, 0]]; unconnected [[1, 0], [0, 2], [1, 0]]
     assert "| [tag_3ppo[comm] seed 0](correlation_balance_tag_3ppo-comm_seed0.png) | 1 | 0 |" in readme
-    assert "| MAPPO beats I-PPO | balance | eval/return | mappo 11 [10, 12] vs ippo 2 [2, 2] | holds |" in readme
+    assert ("| MAPPO beats I-PPO | balance | eval/return | mappo 11 [10, 12] vs ippo 2 [2, 2] (seeds 2 vs 1) "
+            "| too few seeds (< 3) |") in readme
     assert "| HRL beats MAPPO | balance | eval/return | hrl – vs mappo 11 [10, 12] | not run |" in readme
     assert ("| MAPPO succeeds more | balance | eval/success | mappo 0.75 [0.5, 1] vs ippo – | not run |"
             in readme)  # ippo logged no eval/success

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from hmarl import sweep as sweeps
+from hmarl.experiment import RunConfig
 from hmarl.observer import AtomicFileStorageObserver
 
 TINY = {"num_envs": 2, "rollout_steps": 10, "total_steps": 40, "eval_envs": 2, "eval_interval": 0,
@@ -55,7 +56,13 @@ def test_expansion_crosses_algorithms_envs_grid_and_seeds_minus_exclusions(tmp_p
     ({"per_env": {"lbf": {}}}, r"per_env names 'lbf', which is not among envs"),
     ({"exclude": [{"algo": "ippo"}]}, r"exclude entries are mappings of algorithm/env/seed/variant"),
     ({"quick": {"budget": 1}}, r"quick: unknown option\(s\) budget"),
-    ({"seeds": []}, r"seeds is empty"),
+    ({"seeds": []}, r"seeds must be a positive count or a list of distinct seeds"),
+    ({"seeds": [1, 1]}, r"seeds must be a positive count or a list of distinct seeds, got \[1, 1\]"),
+    ({"algorithms": ["ippo", "ippo"]}, r"algorithms lists a name twice"),
+    ({"exclude": [{"algorithm": "mappo"}]}, r"exclude .* names an algorithm or env the sweep does not run"),
+    ({"claims": [{"text": "t", "env": "vmas_balance", "better": "ippo", "than": "mappo"}]},
+     r"claim 't' names mappo on vmas_balance, which the sweep does not run; its labels there: ippo"),
+    ({"claims": [{"text": "t", "env": "vmas_balance", "beats": "ippo"}]}, r"unknown key 'beats'"),
 ])
 def test_bad_sweep_files_say_what_is_wrong(tmp_path, keys, message):
     with pytest.raises(ValueError, match=message):
@@ -71,7 +78,7 @@ def test_an_impossible_config_stops_the_sweep_before_any_run(tmp_path):
 
 def test_finished_runs_are_skipped_and_a_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
     sweep = sweeps.load_sweep(write_sweep(tmp_path, seeds=2, grid={"n_agents": [2, "two"]}))
-    monkeypatch.setattr(sweeps, "check", lambda runs: None)  # let the bad variant reach its own process
+    monkeypatch.setattr(sweeps, "prepare", lambda runs: runs)  # let the bad variant reach its own process
     first = sweeps.run_sweep(sweep, tmp_path / "results", workers=2)
     assert statuses(first) == {"vmas_balance/ippo[n_agents=2]/seed0": "COMPLETED",
                                "vmas_balance/ippo[n_agents=2]/seed1": "COMPLETED",
@@ -91,7 +98,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     import hmarl.experiment
 
     sweep = sweeps.load_sweep(write_sweep(tmp_path, config={**TINY, "total_steps": 80, "checkpoint_interval": 20}))
-    (run,) = sweeps.expand(sweep, tmp_path / "results")
+    (run,) = sweeps.prepare(sweeps.expand(sweep, tmp_path / "results"))
     save = hmarl.experiment.Trainer.save
 
     def save_then_die(self, iteration):
@@ -102,14 +109,17 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(hmarl.experiment.Trainer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         sweeps.execute(run)
-    assert not sweeps.completed(run.directory)
+    assert sweeps.completed_config(run.directory) is None and Path(run.checkpoint).exists()
 
     outcome = sweeps.run_isolated(run)
     assert outcome["status"] == "COMPLETED" and outcome["resumed"]
     runs = {json.loads(p.read_text())["status"]: p.parent for p in Path(run.directory).glob("*/run.json")}
     assert set(runs) == {"INTERRUPTED", "COMPLETED"}
-    metrics = json.loads((runs["COMPLETED"] / "metrics.json").read_text())
-    assert metrics["perf/env_steps_per_s"]["steps"] == [20, 40, 60, 80]  # the history before the kill included
+    before, after = (json.loads((runs[s] / "metrics.json").read_text())["perf/env_steps_per_s"]
+                     for s in ("INTERRUPTED", "COMPLETED"))
+    assert after["steps"] == [20, 40, 60, 80]
+    assert after["values"][:2] == before["values"][:2]  # replayed from the checkpoint, not trained again
+    assert not Path(run.directory, "checkpoints").exists()  # a completed run's checkpoints are removed
 
 
 def test_the_observer_never_leaves_a_half_written_file(tmp_path, monkeypatch):
@@ -144,7 +154,7 @@ def test_the_ray_backend_runs_a_sweep_on_a_local_instance(tmp_path):
     finally:
         ray.shutdown()
     assert statuses(outcomes) == {"vmas_balance/ippo/seed0": "COMPLETED", "vmas_balance/ippo/seed1": "COMPLETED"}
-    assert all(sweeps.completed(run.directory) for run in sweeps.expand(sweep, tmp_path / "results"))
+    assert all(sweeps.completed_config(run.directory) for run in sweeps.expand(sweep, tmp_path / "results"))
 
 
 def test_shipped_sweeps_build_every_quick_run():
@@ -152,11 +162,44 @@ def test_shipped_sweeps_build_every_quick_run():
     assert {p.stem for p in paths} >= {"tag_paper", "himpo_paper", "hrl_cg_paper", "alma_paper"}
     for path in paths:
         sweep = sweeps.load_sweep(path)
-        quick = sweeps.expand(sweep, "results", quick=True)
-        assert 0 < len(quick) < len(sweeps.expand(sweep, "results"))
-        sweeps.check(quick)  # every quick config and hierarchy builds
+        quick, full = sweeps.expand(sweep, "results", quick=True), sweeps.expand(sweep, "results")
+        assert 0 < len(quick) < len(full)
+        sweeps.prepare(quick)  # every quick config and hierarchy builds
+        for run in {(r.algorithm, r.env, r.variant): r for r in full}.values():  # full configs are valid
+            RunConfig.from_config(sweeps.sacred_config(run))
 
 
 def test_run_spec_round_trips_through_json():
     run = sweeps.RunSpec("ippo", "vmas_balance", 0, "", {"seed": 0}, "results/x")
     assert sweeps.RunSpec(**json.loads(json.dumps(dataclasses.asdict(run)))) == run
+
+
+def test_a_results_folder_of_another_config_is_refused(tmp_path):
+    sweep = sweeps.load_sweep(write_sweep(tmp_path))
+    assert [o["status"] for o in sweeps.run_sweep(sweep, tmp_path / "results")] == ["COMPLETED"]
+    edited = sweeps.load_sweep(write_sweep(tmp_path, config={**TINY, "ppo.learning_rate": 0.1}))
+    with pytest.raises(ValueError, match=r"holds a completed run of another config \(differs in ppo\)"):
+        sweeps.run_sweep(edited, tmp_path / "results")
+
+
+def test_an_interrupted_sweep_cancels_queued_runs_and_stops_running_ones(tmp_path):
+    sweep = sweeps.load_sweep(write_sweep(tmp_path, seeds=3))
+
+    def interrupt(outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweeps.run_sweep(sweep, tmp_path / "results", workers=1, on_outcome=interrupt)
+    done = [run for run in sweeps.expand(sweep, tmp_path / "results") if sweeps.completed_config(run.directory)]
+    assert len(done) == 1 and not sweeps._children
+
+
+def test_a_run_being_run_elsewhere_is_not_started_twice(tmp_path):
+    import fcntl
+
+    (run,) = sweeps.expand(sweeps.load_sweep(write_sweep(tmp_path)), tmp_path / "results")
+    Path(run.directory).mkdir(parents=True)
+    with open(Path(run.directory) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit, match="vmas_balance/ippo/seed0 is being run by another process"):
+            sweeps.execute(run)

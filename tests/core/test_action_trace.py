@@ -36,6 +36,12 @@ def test_episodes_are_split_at_done_and_continue_across_rollouts():
     assert np.array_equal(trace.current, [[1], [2], [2]])  # the open episode is not saved yet
     assert arrays["n_actions"] == 5 and arrays["n_upper_actions"] == 3
 
+    reset = LevelActionTrace(5, 3)
+    reset.load_state(trace.state())
+    reset.restart()  # the envs were reset: the open episode [1] is not continued
+    reset.add(rollout([3], [[0, 2]], [True]))
+    assert np.array_equal(reset.arrays()["bottom"][-1], [3, -1, -1])
+
     restored = LevelActionTrace(5, 3)
     restored.load_state(trace.state())
     restored.add(rollout([3], [[0, 2]], [True]))
