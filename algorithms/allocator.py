@@ -38,6 +38,7 @@ from hmarl.learner import AgentIO, Learner
 from hmarl.spec import EnvSpec
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 
 
 @dataclass

@@ -65,6 +65,7 @@ from hmarl.learner import AgentIO
 from hmarl.spec import EnvSpec
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 
 TARGET_GROUPS = ("next", "current")
 

@@ -31,6 +31,7 @@ from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from hmarl.learner import AgentIO, Learner
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
+"""Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
 
 
 def flatten_steps(x: Tensor) -> Tensor:
