@@ -35,7 +35,7 @@ from torch import nn
 from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner
-from hmarl.spec import EnvSpec
+from hmarl.spec import EnvSpec, subtask_membership
 
 Tensor = torch.Tensor
 """Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
@@ -98,8 +98,7 @@ class EntityView(nn.Module):
         self.first, self.n_entities = (int(v) for v in subtasks["obs_entities"])
         finished = subtasks.get("finished_feature")  # None: subtasks never finish (simple spread)
         self.finished = None if finished is None else int(finished)
-        member = torch.nn.functional.one_hot(torch.tensor(subtasks["subtask_of_entity"]) + 1,
-                                             self.n_subtasks + 1)[:, 1:].float()
+        member = subtask_membership(subtasks["subtask_of_entity"], self.n_subtasks).float()
         self.register_buffer("membership", member, persistent=False)  # [E, S]
         self.child_dim = io.child_dim
 

@@ -62,7 +62,7 @@ from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
-from hmarl.spec import EnvSpec
+from hmarl.spec import EnvSpec, subtask_membership
 
 Tensor = torch.Tensor
 """Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
@@ -188,11 +188,9 @@ class AgentNetwork(nn.Module):
         # would otherwise hide which subtask the agent works on
         self.head = mlp([2 * d + c, *config.hidden_sizes, n_actions])
         self.mask_subtasks = config.mask_subtasks and c > 0
-        subtask = torch.tensor(layout.subtask_of_entity)
-        # membership[e, k] = 1 if entity e belongs to subtask k (rows of -1 entities are 0)
-        self.register_buffer("membership", F.one_hot(subtask.clamp(min=0), layout.n_subtasks).float()
-                             * (subtask >= 0).float().unsqueeze(-1), persistent=False)
-        self.register_buffer("in_subtask", subtask >= 0, persistent=False)
+        membership = subtask_membership(layout.subtask_of_entity, layout.n_subtasks)
+        self.register_buffer("membership", membership.float(), persistent=False)  # [E, S]
+        self.register_buffer("in_subtask", membership.any(-1), persistent=False)
 
     def hidden_entities(self, command: Tensor) -> Tensor:
         """``[..., N, E]`` bool: entities of a subtask other than the agent's (those of none stay visible)."""

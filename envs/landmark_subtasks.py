@@ -22,7 +22,7 @@ import dataclasses
 
 import torch
 
-from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
+from hmarl.spec import MultiAgentEnv, Tensor, TimeStep, agents_then_subtasks, subtask_membership
 
 FEATURES = ("x", "y", "vx", "vy", "agent", "landmark")
 
@@ -42,16 +42,10 @@ class LandmarkSubtasks:
         self._position, self._velocity, self._landmarks = position, velocity, int(landmarks["first"])
         self._n, self._s = n, s
         capabilities = {k: v for k, v in spec.capabilities.items() if k != "landmarks"}  # layout changed
-        self.spec = dataclasses.replace(
-            spec, obs_dim=f * (1 + n + s), switches={},
-            capabilities={**capabilities, "goal_indices": [0, 1],
-                          "subtasks": {"n_subtasks": s, "n_entities": n + s, "entity_dim": f,
-                                       "obs_entities": [f, n + s],
-                                       "subtask_of_entity": [-1] * n + list(range(s)),
-                                       "feature_names": list(FEATURES)}})
-        membership = torch.zeros(n + s, s, dtype=torch.bool, device=spec.device)
-        membership[n:] = torch.eye(s, dtype=torch.bool, device=spec.device)
-        self._membership = membership
+        subtasks = agents_then_subtasks(n, s, FEATURES)
+        self.spec = dataclasses.replace(spec, obs_dim=f * (1 + n + s), switches={},
+                                        capabilities={**capabilities, "goal_indices": [0, 1], "subtasks": subtasks})
+        self._membership = subtask_membership(subtasks["subtask_of_entity"], s, spec.device)
         kind = torch.zeros(n + s, 2, device=spec.device)
         kind[:n, 0], kind[n:, 1] = 1.0, 1.0
         self._kind = kind  # [E, 2]: agent, landmark

@@ -106,7 +106,7 @@ import torch
 from gymnasium import spaces
 
 from envs.registry import register
-from hmarl.spec import EnvSpec, Tensor, TimeStep
+from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
 
 NONE, NORTH, SOUTH, WEST, EAST, LOAD = range(6)
 ACTION_NAMES = ("NONE", "NORTH", "SOUTH", "WEST", "EAST", "LOAD")
@@ -228,10 +228,6 @@ class LevelBasedForaging:
         # Row i: the observer i first, then the other players in index order.
         self._order = torch.tensor([[i] + [j for j in range(n_agents) if j != i] for i in range(n_agents)],
                                    device=device)
-        entities = n_agents + max_num_food
-        entity_subtask = torch.zeros(entities, max_num_food, dtype=torch.bool, device=device)
-        entity_subtask[n_agents:] = torch.eye(max_num_food, dtype=torch.bool, device=device)
-        self._entity_subtask = entity_subtask
         # Spawns are drawn on the CPU so a seed gives the same episodes on every device.
         self._gen = torch.Generator()
         if seed is None:
@@ -250,13 +246,11 @@ class LevelBasedForaging:
         player_dims = 3 if self._levels_seen else 2
         extra = n_agents if self._survival else 0
         capabilities: dict = {"positions": 2}
+        subtasks = agents_then_subtasks(n_agents, max_num_food, ENTITY_FEATURES, finished="gone")
+        self._entity_subtask = subtask_membership(subtasks["subtask_of_entity"], max_num_food, device)
         if self._subtasks:
-            width = len(ENTITY_FEATURES)
-            obs_dim = width + entities * width
-            capabilities["subtasks"] = {
-                "n_subtasks": max_num_food, "n_entities": entities, "entity_dim": width,
-                "obs_entities": [width, entities], "subtask_of_entity": [-1] * n_agents + list(range(max_num_food)),
-                "finished_feature": ENTITY_FEATURES.index("gone"), "feature_names": list(ENTITY_FEATURES)}
+            capabilities["subtasks"] = subtasks
+            obs_dim = len(ENTITY_FEATURES) * (1 + n_agents + max_num_food)
             switches = {}
         else:
             obs_dim = 3 * max_num_food + player_dims * n_agents + extra

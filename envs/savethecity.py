@@ -99,7 +99,7 @@ import torch
 from gymnasium import spaces
 
 from envs.registry import register
-from hmarl.spec import EnvSpec, Tensor, TimeStep
+from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
 
 GRID = 16
 #: Rows/cols of the building lattice (spacing 3).
@@ -206,9 +206,6 @@ class SaveTheCity:
         self._fire_speed = torch.tensor(FIRE_SPEED, dtype=torch.float64, device=device)
         self._build_speed = torch.tensor(BUILD_SPEED, dtype=torch.float64, device=device)
         self._move_range = torch.tensor(MOVE_RANGE, device=device)
-        subtask = torch.zeros(n + s, s, dtype=torch.bool, device=device)
-        subtask[n:] = torch.eye(s, dtype=torch.bool, device=device)
-        self._entity_subtask = subtask
         # Spawns and ignitions are drawn on the CPU so a seed gives the same episodes on every device.
         self._gen = torch.Generator()
         if seed is None:
@@ -230,14 +227,10 @@ class SaveTheCity:
         self.spec = EnvSpec(
             n_agents=n, obs_dim=N_FEATURES + entities * N_FEATURES, action_space=spaces.Discrete(N_ACTIONS),
             max_steps=max_steps, num_envs=num_envs, device=device, state_dim=entities * N_FEATURES,
-            capabilities={"positions": 2,
-                          "subtasks": {"n_subtasks": s, "n_entities": entities, "entity_dim": N_FEATURES,
-                                       "obs_entities": [N_FEATURES, entities],
-                                       "subtask_of_entity": [-1] * n + list(range(s)),
-                                       "finished_feature": FEATURES.index("finished"),
-                                       "feature_names": list(FEATURES)},
+            capabilities={"positions": 2, "subtasks": agents_then_subtasks(n, s, FEATURES, finished="finished"),
                           "episode_metrics": ["completed"]},
             name=name)
+        self._entity_subtask = subtask_membership(self.spec.capabilities["subtasks"]["subtask_of_entity"], s, device)
         self._spawn(None)
 
     # ----------------------------------------------------------------------------- protocol

@@ -13,7 +13,7 @@ is ``TimeStep.info["final_obs"]`` (equal to ``obs`` for copies that did not end)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from gymnasium import spaces
@@ -40,6 +40,29 @@ Tensor = torch.Tensor
 #: ``episode_metrics``: names of per-episode scalars the env reports in ``info`` on the step that
 #: ends an episode (e.g. SaveTheCity's ``completed``); evaluation logs their means as ``eval/<name>``.
 CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks", "eval_groups", "episode_metrics")
+
+
+def agents_then_subtasks(n_agents: int, n_subtasks: int, feature_names: Sequence[str],
+                         finished: str | None = None) -> dict[str, Any]:
+    """The ``subtasks`` capability of an env whose entities are its agents, then one entity per
+    subtask, each a row of ``feature_names`` after the agent's own row in its observation.
+
+    ``finished``: the feature that is >= 0.5 once the entity's subtask is done (None: never).
+    """
+    width, entities = len(feature_names), n_agents + n_subtasks
+    capability = {"n_subtasks": n_subtasks, "n_entities": entities, "entity_dim": width,
+                  "obs_entities": [width, entities], "subtask_of_entity": [-1] * n_agents + list(range(n_subtasks)),
+                  "feature_names": list(feature_names)}
+    if finished is not None:
+        capability["finished_feature"] = list(feature_names).index(finished)
+    return capability
+
+
+def subtask_membership(subtask_of_entity: Sequence[int], n_subtasks: int,
+                       device: str | torch.device | None = None) -> Tensor:
+    """``[E, S]`` bool: entity ``e`` belongs to subtask ``k`` (entities of subtask -1 to none)."""
+    of_entity = torch.as_tensor(list(subtask_of_entity), device=device)
+    return of_entity.unsqueeze(-1) == torch.arange(n_subtasks, device=device)
 
 
 @dataclass(frozen=True)
