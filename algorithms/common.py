@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+
 from hmarl.config import from_dict
 from hmarl.buffers import ReplayBuffer
 from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy
 from hmarl.learner import AgentIO, Learner
-from hmarl.spec import MultiAgentEnv
+from hmarl.spec import MultiAgentEnv, Tensor
 
 
 @dataclass
@@ -68,6 +70,13 @@ def linear_schedule(start: float, end: float, fraction: float, progress: float) 
     if fraction == 0:
         return end
     return start + (end - start) * min(progress / fraction, 1.0)
+
+
+def epsilon_greedy(q_values: Tensor, epsilon: float) -> Tensor:
+    """The greedy action of ``q_values [..., K]``, replaced by a uniform one with probability ``epsilon``."""
+    greedy = q_values.argmax(-1)
+    explore = torch.rand(greedy.shape, device=greedy.device) < epsilon
+    return torch.where(explore, torch.randint_like(greedy, q_values.shape[-1]), greedy)
 
 
 class ReplayLearner(Learner):

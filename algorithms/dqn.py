@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
+from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
@@ -95,14 +95,10 @@ class DQN(ReplayLearner):
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """Epsilon-greedy ``int64 [B, N]`` (greedy if deterministic), log-prob zeros ``[B, N]``."""
-        b, n = obs.shape[:2]
         with torch.no_grad():
-            action = self.q_values(obs).argmax(-1)
-            if not deterministic:
-                explore = torch.rand(b, n, device=obs.device) < self.epsilon()
-                random = torch.randint(self.n_actions, (b, n), device=obs.device)
-                action = torch.where(explore, random, action)
-        return action, obs.new_zeros(b, n)
+            q_values = self.q_values(obs)
+        action = q_values.argmax(-1) if deterministic else epsilon_greedy(q_values, self.epsilon())
+        return action, obs.new_zeros(obs.shape[:2])
 
     # -- learning --------------------------------------------------------------------------
     def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, Tensor]:

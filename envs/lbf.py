@@ -106,6 +106,7 @@ import torch
 from gymnasium import spaces
 
 from envs.registry import register
+from envs.seeding import cpu_generator
 from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
 
 NONE, NORTH, SOUTH, WEST, EAST, LOAD = range(6)
@@ -228,12 +229,7 @@ class LevelBasedForaging:
         # Row i: the observer i first, then the other players in index order.
         self._order = torch.tensor([[i] + [j for j in range(n_agents) if j != i] for i in range(n_agents)],
                                    device=device)
-        # Spawns are drawn on the CPU so a seed gives the same episodes on every device.
-        self._gen = torch.Generator()
-        if seed is None:
-            self._gen.seed()
-        else:
-            self._gen.manual_seed(seed)
+        self._gen = cpu_generator(seed)
 
         b = num_envs
         self._pos = torch.zeros(b, n_agents, 2, dtype=torch.long, device=device)

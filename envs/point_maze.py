@@ -17,6 +17,7 @@ import torch
 from gymnasium import spaces
 
 from envs.registry import register
+from envs.seeding import cpu_generator
 from hmarl.spec import EnvSpec, Tensor, TimeStep
 
 CELL = 8.0
@@ -58,12 +59,7 @@ class PointMaze:
         self._radius = success_radius
         self._eval = eval_targets
         self._walls = torch.tensor(WALLS, dtype=torch.bool, device=self._device)
-        # Targets are drawn on the CPU so a seed gives the same targets on every device.
-        self._gen = torch.Generator()
-        if seed is None:
-            self._gen.seed()
-        else:
-            self._gen.manual_seed(seed)
+        self._gen = cpu_generator(seed)
         self._pos = torch.zeros(num_envs, 2, device=self._device)
         self._target = torch.zeros(num_envs, 2, device=self._device)
         self._t = 0

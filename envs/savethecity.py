@@ -99,6 +99,7 @@ import torch
 from gymnasium import spaces
 
 from envs.registry import register
+from envs.seeding import cpu_generator
 from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
 
 GRID = 16
@@ -206,12 +207,7 @@ class SaveTheCity:
         self._fire_speed = torch.tensor(FIRE_SPEED, dtype=torch.float64, device=device)
         self._build_speed = torch.tensor(BUILD_SPEED, dtype=torch.float64, device=device)
         self._move_range = torch.tensor(MOVE_RANGE, device=device)
-        # Spawns and ignitions are drawn on the CPU so a seed gives the same episodes on every device.
-        self._gen = torch.Generator()
-        if seed is None:
-            self._gen.seed()
-        else:
-            self._gen.manual_seed(seed)
+        self._gen = cpu_generator(seed)
 
         b = num_envs
         self._pos = torch.zeros(b, n, 2, dtype=torch.long, device=device)

@@ -174,3 +174,15 @@ def test_linear_schedule():
 
     assert [linear_schedule(1.0, 0.05, 0.2, p) for p in (0.0, 0.1, 0.2, 0.9)] == pytest.approx([1.0, 0.525, 0.05, 0.05])
     assert linear_schedule(1.0, 0.0, 0.0, 0.0) == 0.0  # no anneal: the end value from the start
+
+
+def test_epsilon_greedy_takes_the_greedy_action_or_a_uniform_one():
+    from algorithms.common import epsilon_greedy
+
+    torch.manual_seed(0)
+    q = torch.tensor([0.0, 3.0, 1.0]).expand(2000, 3)
+    assert torch.equal(epsilon_greedy(q, 0.0), torch.ones(2000, dtype=torch.long))
+    counts = torch.bincount(epsilon_greedy(q, 1.0), minlength=3).float() / 2000
+    assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.05)
+    greedy_share = (epsilon_greedy(q, 0.3) == 1).float().mean()
+    assert abs(greedy_share - (0.7 + 0.3 / 3)) < 0.05
