@@ -35,6 +35,17 @@ class Rollout:
     """``[T, B, N_below]``: each unit's place among its agent's children."""
     decision: Tensor | None = None
     """``[T, B]``: the copy's agents took a new action at this step (levels with ``decide_every``)."""
+    mask: Tensor | None = None
+    """``[T, B, N]`` bool: the transitions that count in every loss (None: all of them). A step
+    is left out when its agent is dead (env ``info["alive"]``) or when the command it acted
+    on belongs to an episode that has already ended (an episode ended inside the period of
+    a level above, and that level has not decided since)."""
+
+    def weights(self) -> Tensor:
+        """``mask`` as float ``[T, B, N]`` (ones when every transition counts)."""
+        if self.mask is None:
+            return self.reward.new_ones(self.reward.shape[:3])
+        return self.mask.to(self.reward.dtype)
 
     def next_obs(self) -> Tensor:
         """The observation following each step, before any reset: ``[T, B, N, obs_dim]``."""
