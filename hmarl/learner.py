@@ -52,9 +52,9 @@ class Learner(nn.Module):
     #: learners that estimate advantages keep the last update's in ``last_advantages``
     #: (``[T, B, N]`` or ``[T, B, N, children]``), for ``upper_advantage`` rewards below
     estimates_advantages = False
-    #: transitions of this level (steps x env copies) to collect before each update; the
+    #: transitions of this level (its steps x env copies) to collect before each update; the
     #: Hierarchy rounds it up to whole rollouts. None: update after every rollout.
-    buffer_size: int | None = None
+    transitions_per_update: int | None = None
 
     def __init__(self, io: AgentIO):
         super().__init__()
