@@ -77,11 +77,15 @@ class RolloutBuffer:
             self._data[key][self.t] = value
         self.t += 1
 
-    def rollout(self, last_obs: Tensor) -> Rollout:
-        """The stored steps as a :class:`Rollout` (the buffer must be full); ``last_obs`` bootstraps."""
-        if not self.full:
+    def rollout(self, last_obs: Tensor, steps: int | None = None) -> Rollout:
+        """The stored steps as a :class:`Rollout` (the buffer must be full), or only the last
+        ``steps`` of them stored so far; ``last_obs`` bootstraps."""
+        if steps is None and not self.full:
             raise RuntimeError(f"rollout read after {self.t} of {self.capacity} steps")
-        return Rollout(last_obs=last_obs, **self._data)
+        if steps is not None and not 0 < steps <= self.t:
+            raise RuntimeError(f"the last {steps} steps were asked for; {self.t} are stored")
+        start, end = (0, self.capacity) if steps is None else (self.t - steps, self.t)
+        return Rollout(last_obs=last_obs, **{k: v[start:end] for k, v in self._data.items()})
 
     def clear(self) -> None:
         """Start the next rollout (storage is kept and overwritten)."""

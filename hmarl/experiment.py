@@ -254,7 +254,7 @@ class Trainer:
             tic = time.perf_counter()
             hierarchy.rollout(run.rollout_steps)
             if self.trace is not None:
-                self.trace.add(hierarchy.levels[0].rollout())
+                self.trace.add(hierarchy.levels[0].rollout(steps=run.rollout_steps))
             metrics = hierarchy.update(progress=iteration / run.iterations)
             step = (iteration + 1) * run.steps_per_iteration
             self.record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)

@@ -143,26 +143,76 @@ class Hierarchy(nn.Module):
         return self.top.reset(seed)
 
     def check_rollout_length(self, env_steps: int) -> None:
-        """Fail unless ``env_steps`` is a whole number of top-level steps (``top_stride`` env steps each)."""
+        """Fail unless ``env_steps`` is a whole number of top-level steps (``top_stride`` env steps
+        each) and every level's update schedule (:meth:`rollouts_per_update`) is possible."""
         if env_steps % self.top_stride:
             raise ValueError(f"a rollout of {env_steps} env steps is not a whole number of top-level "
                              f"steps ({self.top_stride} env steps each); use a multiple of {self.top_stride}")
+        self.rollouts_per_update(env_steps)
+
+    def rollouts_per_update(self, env_steps: int) -> list[int]:
+        """For each level, how many rollouts of ``env_steps`` it collects before it updates: enough
+        for its learner's ``transitions_per_update`` (its own steps x env copies; TAG Appendix A's
+        buffer), so a level acting every 4 env steps updates a quarter as often as the bottom
+        at the same buffer size; 1 (every rollout) when the learner sets none."""
+        copies = self.env.spec.num_envs
+        rounds = []
+        for level, stride in zip(self.levels, self.strides):
+            wanted = level.learner.transitions_per_update
+            rounds.append(1 if wanted is None else math.ceil(wanted / (env_steps // stride * copies)))
+        for index, level in enumerate(self.levels[:-1]):
+            if level.reward_rule.deferred and rounds[index] != rounds[index + 1]:
+                raise ValueError(
+                    f"level {index} learns from the advantages of level {index + 1}, so the two must update "
+                    f"together, but with rollouts of {env_steps} env steps on {copies} copies they update "
+                    f"every {rounds[index]} and {rounds[index + 1]} rollouts; give their learners buffer sizes "
+                    f"of the same number of rollouts (or none)")
+        return rounds
 
     def rollout(self, env_steps: int) -> None:
-        """Step every copy ``env_steps`` env steps; each level fills its buffer."""
-        self.check_rollout_length(env_steps)
-        for level, stride in zip(self.levels, self.strides):
-            if level.buffer.capacity != env_steps // stride:
-                level.buffer = RolloutBuffer(env_steps // stride)
-            level.buffer.clear()
+        """Step every copy ``env_steps`` env steps; each level adds its transitions to its buffer,
+        which holds :meth:`rollouts_per_update` rollouts."""
+        for level, stride, rounds in zip(self.levels, self.strides, self.rollouts_per_update(env_steps)):
+            if level.buffer.capacity != env_steps // stride * rounds:
+                level.buffer = RolloutBuffer(env_steps // stride * rounds)
+            elif level.buffer.full:  # collected but never updated on: the new rollout replaces it
+                level.buffer.clear()
         for _ in range(env_steps // self.top_stride):
             self.top.step(None)
 
+    def ready(self) -> list[bool]:
+        """Which levels hold a full buffer, i.e. update at the next :meth:`update`."""
+        return [level.buffer.full for level in self.levels]
+
+    @torch.no_grad()
+    def next_commands(self) -> list[Tensor | None]:
+        """The command each level will receive at its next step, drawn top-down from the current
+        (not yet updated) policies: the bootstrap observation of a rollout carries it, since every
+        level above decides anew at a rollout's end. ``None`` where the command is held instead (a
+        level that re-decides only sometimes, relative goals carried by ``h``) or the level below
+        learns off-policy."""
+        commands: list[Tensor | None] = [None] * len(self.levels)
+        upper_obs = self.top.bootstrap_observation()
+        for index in reversed(range(len(self.levels) - 1)):
+            upper, level = self.levels[index + 1], self.levels[index]
+            if upper.decide_every is not None or level.relative_goals or not level.learner.estimates_advantages:
+                upper_obs = level.bootstrap_observation()
+                continue
+            action, _ = upper.learner.act(upper_obs, deterministic=not upper.training)
+            commands[index] = upper.split_action(action)
+            upper_obs = level.bootstrap_observation(commands[index])
+        return commands
+
     def update(self, progress: float) -> dict[str, Tensor]:
-        """Update every level top-down from its rollout; returns ``level{l}/{name}`` metrics."""
+        """Update top-down every level whose buffer is full (:meth:`ready`), so an upper level's
+        results exist before a lower level reads them; returns ``level{l}/{name}`` metrics."""
         metrics: dict[str, Tensor] = {}
-        rollouts = [level.rollout() for level in self.levels]
+        ready = self.ready()
+        commands = self.next_commands()
+        rollouts = {i: level.rollout(commands[i]) for i, level in enumerate(self.levels) if ready[i]}
         for index in reversed(range(len(self.levels))):
+            if not ready[index]:
+                continue
             level, rollout = self.levels[index], rollouts[index]
             if level.reward_rule.deferred:  # the level above has just updated: its advantages exist
                 upper, upper_rollout = self.levels[index + 1], rollouts[index + 1]
@@ -171,14 +221,16 @@ class Hierarchy(nn.Module):
                 rollout.reward = level.reward_rule.relabel(rollout.reward, upper.learner.last_advantages,
                                                            parent, slot, level.steps_per_command)
             prefix = f"level{index}/{type(level.learner).__name__.lower()}"
-            below = rollouts[index - 1] if index else None
-            for key, value in level.learner.update(rollout, progress, below).items():
+            for key, value in level.learner.update(rollout, progress, rollouts.get(index - 1)).items():
                 metrics[f"{prefix}/{key}"] = value
             child_obs = rollout.obs[..., :level.io.child_obs_dim]
             for key, value in level.comm.update(child_obs).items():
                 metrics[f"{prefix}/{key}"] = value
-        for level in self.levels:
             level.buffer.clear()
+        # What each level above sees of the one below was encoded before the communication
+        # functions learned: encode it again, bottom-up, so the next rollout starts with new messages.
+        for below, level in zip(self.levels, self.levels[1:]):
+            level.refresh_below(below.messages())
         return metrics
 
     def optimizers(self) -> list[torch.optim.Optimizer]:

@@ -16,6 +16,7 @@ Commands reach the children by what they observe: appended as a one-hot
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -253,11 +254,20 @@ class Level:
         return total / self._present().sum(-1, keepdim=True).clamp(min=1)
 
     def _upward_info(self, ts: TimeStep) -> dict[str, Tensor]:
-        """What the level above may need from below: agents' positions, the env's active subtasks."""
+        """What the level above may need from below: agents' positions, which agents are alive
+        (an agent is while any of its children is), the env's active subtasks."""
         info = {"active_subtasks": ts.info["active_subtasks"]} if "active_subtasks" in ts.info else {}
         if "positions" in ts.info:
             info["positions"] = self._agent_positions(ts.info["positions"])
+        if "alive" in ts.info:
+            info["alive"] = self._agents_alive(ts)
         return info
+
+    def _agents_alive(self, ts: TimeStep) -> Tensor:
+        """``[B, N]`` bool: agents with a living child (all of them if the level below has no deaths)."""
+        if "alive" not in ts.info:
+            return ts.terminated.new_ones(self.spec.num_envs, self.spec.n_agents)
+        return self.children_view(ts.info["alive"]).any(-1)
 
     def _act(self, obs: Tensor, ts: TimeStep) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The agents' action; with ``decide_every``, copies that need no decision hold their last one."""
@@ -284,14 +294,16 @@ class Level:
             return child_obs
         return torch.cat([child_obs, self._command_features], dim=-1)
 
-    def _set_command(self, command: Tensor | None) -> None:
+    def _encode(self, command: Tensor | None) -> Tensor | None:
+        """A command as the features appended to the agents' observations (one-hot or clamped raw)."""
         if self.command is None:
-            self._command_features = None
-        elif isinstance(self.command, spaces.Discrete):
-            self._command_features = torch.nn.functional.one_hot(command, int(self.command.n)).float()
-        else:
-            self._command_features = command.clamp(float(self.command.low.min()),
-                                                   float(self.command.high.max()))
+            return None
+        if isinstance(self.command, spaces.Discrete):
+            return torch.nn.functional.one_hot(command, int(self.command.n)).float()
+        return command.clamp(float(self.command.low.min()), float(self.command.high.max()))
+
+    def _set_command(self, command: Tensor | None) -> None:
+        self._command_features = self._encode(command)
 
     def _to_below(self, action: Tensor) -> Tensor:
         """Split each agent's action into its children's actions: ``[B, N_below, ...]``."""
@@ -338,6 +350,11 @@ class Level:
         for _ in range(self.steps_per_command):
             child_obs = self._child_obs(ts.obs, ts.info.get("positions"))
             obs = self._with_command(child_obs)
+            # A copy whose episode ended earlier in this period acts on a command decided in
+            # that episode: its steps until the level above decides again count in no loss.
+            # (The level above acts on a fixed stride for all copies, so it cannot decide
+            # afresh for one copy mid-period; masking keeps its transitions whole.)
+            mask = alive.unsqueeze(-1) & self._agents_alive(ts)
             action, log_prob, extra = self._act(obs, ts)
             ts = self.below.step(self._to_below(action))
             children_reward = self.children_view(ts.reward).sum(-1)
@@ -352,7 +369,7 @@ class Level:
                 self.buffer.add(obs=obs, action=action, log_prob=log_prob,
                                 reward=self.reward_rule.step_reward(step),
                                 terminated=ts.terminated, done=ts.done,
-                                final_obs=self._with_command(next_child_obs), **extra)
+                                final_obs=self._with_command(next_child_obs), mask=mask, **extra)
             # A copy that finished inside the period starts its next episode under the
             # same command; what follows belongs to that episode, not to this transition.
             reward_up += children_reward * alive.unsqueeze(-1)
@@ -378,8 +395,32 @@ class Level:
                         terminated=terminated, truncated=truncated, info=info)
 
     # -- learning ------------------------------------------------------------------------
-    @torch.no_grad()
-    def rollout(self) -> Rollout:
-        """This level's transitions since the last ``clear``, with the bootstrap observation."""
+    def bootstrap_observation(self, next_command: Tensor | None = None) -> Tensor:
+        """The observation after the last stored step, carrying ``next_command`` (the command the
+        level above gives for the next step) when given, else the command held now."""
         ts = self._below_ts
-        return self.buffer.rollout(last_obs=self._with_command(self._child_obs(ts.obs, ts.info.get("positions"))))
+        child_obs = self._child_obs(ts.obs, ts.info.get("positions"))
+        if next_command is None:
+            return self._with_command(child_obs)
+        return torch.cat([child_obs, self._encode(next_command)], dim=-1)
+
+    def split_action(self, action: Tensor) -> Tensor:
+        """The agents' action ``[B, N, ...]`` as the commands of the units below ``[B, N_below, ...]``."""
+        return self._to_below(action)
+
+    @torch.no_grad()
+    def messages(self) -> Tensor:
+        """The messages the agents send up from what they observe now ``[B, N, comm.out_dim]``."""
+        ts = self._below_ts
+        return self.comm(self._child_obs(ts.obs, ts.info.get("positions")))
+
+    def refresh_below(self, messages: Tensor) -> None:
+        """Replace what this level sees of the level below by ``messages`` (recomputed after the
+        level below's communication function learned)."""
+        self._below_ts = dataclasses.replace(self._below_ts, obs=messages)
+
+    @torch.no_grad()
+    def rollout(self, next_command: Tensor | None = None, steps: int | None = None) -> Rollout:
+        """This level's stored transitions (all of a full buffer, or the last ``steps``),
+        bootstrapped from :meth:`bootstrap_observation`."""
+        return self.buffer.rollout(self.bootstrap_observation(next_command), steps)
