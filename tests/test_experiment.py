@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +14,15 @@ from hmarl.experiment import Trainer, ex
 from tests.test_systems import run_config
 
 TINY = ["num_envs=4", "rollout_steps=20", "total_steps=160", "eval_envs=2", "max_steps=20", "progress=False"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, cwd):
+    """``python -m hmarl *args`` in ``cwd``, importing this checkout's code (not whichever copy
+    is installed: an editable install may point at another checkout)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "hmarl", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})
 
 
 def test_cli_run_writes_metrics_and_result(tmp_path):
