@@ -96,6 +96,16 @@ def test_bad_input_fails_before_training(updates, message, tmp_path):
     assert message in str(error.value)
 
 
+def test_cli_refuses_an_allocator_over_coded_messages_in_one_line(tmp_path):
+    """Pins that the CLI reports ALMA's allocator over autoencoder messages as one line, before
+    training (it used to start and crash at the first rollout with a traceback)."""
+    out = cli("with", "alma", "savethecity", *TINY,
+              'levels=[{"learner": "aqmix", "comm": "autoencoder"}, {"learner": "allocator"}]', cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert ("hmarl: level 1: allocator reads the env agents' observations from its children's messages, "
+            "but level 0 sends autoencoder messages" in out.stderr)
+
+
 def test_missing_env_capability_says_what_to_change(tmp_path):
     with pytest.raises(ValueError, match="the heuristic needs an env with landmarks; vmas_balance has goal_indices, positions"):
         Trainer(run_config("heuristic", "vmas_balance", tmp_path), lambda *entry: None)
