@@ -190,6 +190,7 @@ class Allocator(ReplayLearner):
     """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
 
     config_class = AllocatorConfig
+    reads_env_observations = True  # its entities are rows of the first child's env observation
 
     def __init__(self, io: AgentIO, config: AllocatorConfig, env: EnvSpec):
         super().__init__(io, config.buffer_size)

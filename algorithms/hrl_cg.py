@@ -81,6 +81,7 @@ class GoalManager(TD3):
     """TD3 manager whose actor loss adds the connected gradient through its worker."""
 
     config_class = GoalManagerConfig
+    reads_env_observations = True  # goals are taken on, and carried along, its worker's env observation
 
     def __init__(self, io, config: GoalManagerConfig):
         super().__init__(io, config)

@@ -161,7 +161,13 @@ def build(run: RunConfig) -> Hierarchy:
 
 def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
     """Deterministic episodes, every copy playing at least one: ``eval/return`` and, for envs
-    that report success, ``eval/success`` (and per group of copies, ``eval/success/<group>``)."""
+    that report them, ``eval/success`` (and per group of copies, ``eval/success/<group>``) and
+    the env's episode metrics.
+
+    Every copy counts once, by the first episode it finishes: a copy whose episodes end
+    early fits more of them into the evaluation, and counting those too would favour short
+    episodes. Episodes end by ``max_steps``, so every copy finishes one.
+    """
     monitor: EpisodeMonitor = hierarchy.env
     hierarchy.train(False)
     with torch.random.fork_rng(devices=[]):
@@ -169,14 +175,15 @@ def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
         steps = math.ceil(monitor.spec.max_steps / hierarchy.top_stride)
         for _ in range(steps):
             hierarchy.top.step(None)
-    metrics = {f"eval/{name}": value for name, value in monitor.pop_episode_metrics().items()}
-    metrics["eval/return"] = monitor.pop()[0]
-    success = monitor.pop_success()
-    if success is not None:
-        metrics["eval/success"] = float(success.mean())
+    first = monitor.first_episodes()
+    metrics = {f"eval/{name}": first.mean(values) for name, values in first.metrics.items()}
+    metrics["eval/return"] = first.mean(first.returns)
+    if first.success is not None:
+        metrics["eval/success"] = first.mean(first.success)
         groups = monitor.spec.capabilities.get("eval_groups", [])
-        for index, group in enumerate(groups):
-            metrics[f"eval/success/{group}"] = float(success[index::len(groups)].mean())
+        copy = torch.arange(monitor.spec.num_envs, device=first.finished.device)
+        for index, group in enumerate(groups):  # copies are assigned to the groups in turn
+            metrics[f"eval/success/{group}"] = first.mean(first.success, among=copy % len(groups) == index)
     return metrics
 
 

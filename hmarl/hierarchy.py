@@ -272,18 +272,31 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
 
     Every structural problem is reported here, before any env step: a bad
     partition, an impossible group size, a joint action space too large to
-    enumerate, unknown communication or reward names, a command on the bottom level.
+    enumerate, unknown communication or reward names, a command on the bottom level,
+    and what only works directly above the env's agents placed higher: relative goals,
+    the rewards that read the env's own signals (``subtask``, ``goal_distance``) and
+    learners that read the env agents' observations (``reads_env_observations``).
     """
     if not specs:
         raise ValueError("a hierarchy needs at least one level")
     if specs[0].command is not None:
         raise ValueError("level 0 acts in the env with the env's own actions; "
                          "'command' belongs to the levels above it")
+    if specs[0].relative_goals:
+        raise ValueError("level 0: relative_goals belongs to the level above it, whose commands are the goals")
     if specs[0].period != 1:
         raise ValueError("level 0 acts at every env step; its period must be 1")
+    # What these rules read reaches level 0 only: Levels pass up neither the env's info nor its goal dims.
+    env_rewards = {"subtask": "the env's subtask rewards", "goal_distance": "the env's goal dims"}
     for index, spec in enumerate(specs):
         if spec.period < 1:
             raise ValueError(f"level {index}: period must be >= 1, got {spec.period}")
+        if index and spec.reward in env_rewards:
+            raise ValueError(f"level {index}: reward {spec.reward} reads {env_rewards[spec.reward]}, which only "
+                             f"level 0 receives; use it on level 0 only (here e.g. reward: sum_up)")
+        if index > 1 and spec.relative_goals:
+            raise ValueError(f"level {index}: relative goals are targets on the env's goal dims, which only level 0 "
+                             f"observes; relative_goals works on level 1 only (directly above level 0)")
     below: MultiAgentEnv = env
     levels: list[Level] = []
     for index, spec in enumerate(specs):
@@ -303,8 +316,34 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
             io = level_io(below.spec, children, command, spec.joint, spec.positions)
         except ValueError as error:
             raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
+        if upper is not None and upper.relative_goals:  # checked here to name the manager, not its workers
+            manager = f"level {index + 1}"
+            goal_index = env.spec.require("goal_indices", f"{manager}: relative_goals")
+            if not isinstance(command, spaces.Box) or command.shape[0] != len(goal_index):
+                raise ValueError(f"{manager}: relative goals live on the {len(goal_index)} goal dims "
+                                 f"{list(goal_index)} of {env.spec.name}; set its command to "
+                                 f"box({len(goal_index)}, bound)")
+            if io.group != 1:
+                raise ValueError(f"{manager}: relative goals are carried on each worker's own env agent, so "
+                                 f"level {index} needs one env agent per agent (group_size 1), not {io.group}")
         comm = COMMUNICATION[spec.comm](io.n_agents, io.child_obs_dim)
         learner = make_learner(spec, io, index)
+        if getattr(learner, "reads_env_observations", False):
+            for lower_index, lower in enumerate(levels):  # each must pass the env agents' observations up as is
+                units = lower.children
+                if isinstance(units, Regrouping):
+                    problem = "regroups its units by position"
+                elif any(len(group) > 1 for group in units):
+                    problem = "gives an agent several units"
+                elif units != [[unit] for unit in range(lower.below.spec.n_agents)]:
+                    problem = "reorders its units"
+                elif specs[lower_index].comm != "concat":
+                    problem = f"sends {specs[lower_index].comm} messages"
+                else:
+                    continue
+                raise ValueError(f"{where}: {spec.learner} reads the env agents' observations from its children's "
+                                 f"messages, but level {lower_index} {problem}; give every level below it "
+                                 f"group_size 1 and comm: concat")
         try:
             rule = REWARD_RULES[spec.reward](below.spec, io.group, **spec.reward_options)
             rule.check_command(command)

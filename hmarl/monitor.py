@@ -1,9 +1,31 @@
 """Episode returns measured at the env, accumulated on the device (no per-step sync)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
+
+
+@dataclass
+class FirstEpisodes:
+    """Each copy's first episode since the monitor's last reset, ``[B]`` per field."""
+
+    finished: Tensor
+    """Whether the copy has finished an episode since the reset (bool)."""
+    returns: Tensor
+    """Its return (NaN while unfinished)."""
+    success: Tensor | None
+    """Its ``info["success"]`` (NaN while unfinished); None if the env reports no success."""
+    metrics: dict[str, Tensor]
+    """Each ``episode_metrics`` scalar of it (NaN while unfinished)."""
+
+    def mean(self, values: Tensor, among: Tensor | None = None) -> float:
+        """The mean of ``values [B]`` over the finished copies (those of the ``among [B]`` mask if
+        given), each copy once; NaN if none finished."""
+        keep = self.finished if among is None else self.finished & among
+        return float(values[keep].mean())
 
 
 class EpisodeMonitor:
@@ -14,6 +36,9 @@ class EpisodeMonitor:
     that ends an episode also get per-copy success counts (``pop_success``), and the
     per-episode scalars an env names in its ``episode_metrics`` capability (reported in
     ``info`` on the step that ends an episode) are averaged by ``pop_episode_metrics``.
+
+    It also keeps each copy's *first* episode since the last ``reset`` (``first_episodes``):
+    evaluation counts every copy once, so copies whose episodes end early do not weigh more.
     """
 
     def __init__(self, env: MultiAgentEnv):
@@ -27,10 +52,18 @@ class EpisodeMonitor:
         self._episodes = torch.zeros(env.spec.num_envs, device=device)
         self._metric_names = list(env.spec.capabilities.get("episode_metrics", []))
         self._metrics = torch.zeros(len(self._metric_names), device=device)
+        self._first_finished = torch.zeros(env.spec.num_envs, dtype=torch.bool, device=device)
+        self._first_return = torch.full((env.spec.num_envs,), float("nan"), device=device)
+        self._first_success = torch.full_like(self._first_return, float("nan"))
+        self._first_metrics = torch.full((len(self._metric_names), env.spec.num_envs), float("nan"), device=device)
+        self._reports_success = False
 
     def reset(self, seed: int | None = None) -> TimeStep:
-        """Reset the env; returns in progress are dropped."""
+        """Reset the env; returns in progress and the first episodes recorded are dropped."""
         self._running.zero_()
+        self._first_finished.zero_()
+        for record in (self._first_return, self._first_success, self._first_metrics):
+            record.fill_(float("nan"))
         return self.env.reset(seed)
 
     def step(self, actions: Tensor) -> TimeStep:
@@ -38,15 +71,28 @@ class EpisodeMonitor:
         ts = self.env.step(actions)
         self._running += ts.reward.mean(-1)
         done = ts.done
+        first = done & ~self._first_finished
+        self._first_finished |= done
+        self._first_return = torch.where(first, self._running, self._first_return)
         self._total += (self._running * done).sum()
         self._count += done.sum()
         self._running.masked_fill_(done, 0.0)
         if "success" in ts.info:
+            self._reports_success = True
             self._successes += ts.info["success"]
             self._episodes += done
+            self._first_success = torch.where(first, ts.info["success"].float(), self._first_success)
         for index, name in enumerate(self._metric_names):
             self._metrics[index] += (ts.info[name] * done).sum()
+            self._first_metrics[index] = torch.where(first, ts.info[name].float(), self._first_metrics[index])
         return ts
+
+    def first_episodes(self) -> FirstEpisodes:
+        """Each copy's first episode since the last ``reset``: return, success, episode metrics."""
+        return FirstEpisodes(finished=self._first_finished.clone(), returns=self._first_return.clone(),
+                             success=self._first_success.clone() if self._reports_success else None,
+                             metrics={name: self._first_metrics[index].clone()
+                                      for index, name in enumerate(self._metric_names)})
 
     def pop_episode_metrics(self) -> dict[str, float]:
         """Mean of each ``episode_metrics`` scalar over the episodes finished since the last ``pop``

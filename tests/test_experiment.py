@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +14,15 @@ from hmarl.experiment import Trainer, ex
 from tests.test_systems import run_config
 
 TINY = ["num_envs=4", "rollout_steps=20", "total_steps=160", "eval_envs=2", "max_steps=20", "progress=False"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, cwd):
+    """``python -m hmarl *args`` in ``cwd``, importing this checkout's code (not whichever copy
+    is installed: an editable install may point at another checkout)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "hmarl", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})
 
 
 def test_cli_run_writes_metrics_and_result(tmp_path):
@@ -88,6 +94,16 @@ def test_bad_input_fails_before_training(updates, message, tmp_path):
     with pytest.raises(ValueError) as error:
         Trainer(run_config("tag_3ppo", "vmas_balance", tmp_path, **updates), lambda *entry: None)
     assert message in str(error.value)
+
+
+def test_cli_refuses_an_allocator_over_coded_messages_in_one_line(tmp_path):
+    """Pins that the CLI reports ALMA's allocator over autoencoder messages as one line, before
+    training (it used to start and crash at the first rollout with a traceback)."""
+    out = cli("with", "alma", "savethecity", *TINY,
+              'levels=[{"learner": "aqmix", "comm": "autoencoder"}, {"learner": "allocator"}]', cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert ("hmarl: level 1: allocator reads the env agents' observations from its children's messages, "
+            "but level 0 sends autoencoder messages" in out.stderr)
 
 
 def test_missing_env_capability_says_what_to_change(tmp_path):

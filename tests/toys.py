@@ -113,3 +113,47 @@ def bandit_rollout(learner, make_obs, reward_fn, T: int, B: int, n: int) -> Roll
     return Rollout(obs=obs, action=torch.stack(actions), log_prob=torch.stack(log_probs),
                    reward=torch.stack(rewards), terminated=ones, done=ones.clone(),
                    final_obs=obs.clone(), last_obs=make_obs(B, n)[0])
+
+
+class EpisodesEnv:
+    """Copy b's episodes last ``lengths[b]`` steps and return ``returns[b]``: every step pays
+    each agent ``returns[b] / lengths[b]``; episodes end terminated (truncated at ``max_steps``).
+
+    On the step that ends copy b's k-th episode (k counts from 0 since the last reset) ``info``
+    reports ``success = success(b, k)`` and the episode metric ``completed = completed(b, k)``
+    (0 on every other step). Actions are ignored; observations are zeros.
+    """
+
+    def __init__(self, lengths, returns, max_steps, success=lambda b, k: 0.0, completed=lambda b, k: 0.0,
+                 n_agents=2, capabilities=None):
+        self.lengths = torch.tensor(lengths)
+        self.per_step = torch.tensor(returns, dtype=torch.float) / self.lengths
+        self.success, self.completed = success, completed
+        self.spec = EnvSpec(n_agents=n_agents, obs_dim=1, action_space=spaces.Discrete(2), max_steps=max_steps,
+                            num_envs=len(lengths), name="episodes",
+                            capabilities={"episode_metrics": ["completed"], **(capabilities or {})})
+        self.t = torch.zeros(len(lengths), dtype=torch.long)
+        self.episode = torch.zeros(len(lengths), dtype=torch.long)
+
+    def _obs(self):
+        return torch.zeros(self.spec.num_envs, self.spec.n_agents, 1)
+
+    def reset(self, seed=None):
+        self.t.zero_()
+        self.episode.zero_()
+        no = torch.zeros(self.spec.num_envs, dtype=torch.bool)
+        return TimeStep(obs=self._obs(), reward=torch.zeros(self.spec.num_envs, self.spec.n_agents),
+                        terminated=no, truncated=no.clone(), info={})
+
+    def step(self, actions):
+        self.t += 1
+        truncated = self.t >= self.spec.max_steps
+        terminated = (self.t >= self.lengths) & ~truncated
+        done = terminated | truncated
+        outcome = lambda fn: torch.tensor([fn(b, int(k)) if d else 0.0  # noqa: E731
+                                           for b, (k, d) in enumerate(zip(self.episode, done))])
+        info = {"final_obs": self._obs(), "success": outcome(self.success), "completed": outcome(self.completed)}
+        reward = self.per_step[:, None].expand(-1, self.spec.n_agents).clone()
+        self.t[done] = 0
+        self.episode += done.long()
+        return TimeStep(obs=self._obs(), reward=reward, terminated=terminated, truncated=truncated, info=info)

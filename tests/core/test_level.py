@@ -245,7 +245,7 @@ def test_goals_need_goal_dims(specs, message):
 def test_goal_commands_must_match_the_goal_dims():
     env = ToyEnv(num_envs=1, n_agents=1, continuous=True, capabilities={"goal_indices": [1, 2]})
     specs = [LevelSpec("x"), LevelSpec("x", command="box(3)", relative_goals=True)]
-    with pytest.raises(ValueError, match=r"level 0: relative goals live on the 2 goal dims \[1, 2\]"):
+    with pytest.raises(ValueError, match=r"level 1: relative goals live on the 2 goal dims \[1, 2\]"):
         build(env, specs, [None, None])
 
 
