@@ -13,13 +13,15 @@ value is trained, by double-Q TD learning:
 With a command from the level above (ALMA's subtask allocation, a one-hot of S subtasks
 at the end of the observation) there is one mixed value **per subtask** k, over the
 agents assigned to k only, trained on that subtask's reward r^k; each agent attends only
-to the entities of its subtask (``mask_subtasks``). Without a command (the flat A-QMIX)
-there is one Q_tot over all agents, trained on the mean of the agents' rewards.
+to its subtask's state s^k_{A_k} of Eq. 9 (``mask_subtasks``): the subtask's non-agent
+entities and the agents assigned to k; other subtasks' entities and agents are hidden.
+Without a command (the flat A-QMIX) there is one Q_tot over all agents, trained on the
+mean of the agents' rewards.
 
 Agent network (entity attention, as ALMA's / REFIL's agents): every entity row of the
 observation is embedded by an MLP; the agent's query is its own row's embedding with the
-command; multi-head attention over the entities (those of other subtasks hidden); then an
-MLP of [own embedding, command, attention output] to the K utilities.
+command; multi-head attention over the entities (with the mask: those outside s^k_{A_k}
+hidden); then an MLP of [own embedding, command, attention output] to the K utilities.
 
 Mixer (QMIX hypernetworks, weights made non-negative by abs): the env state is not stored
 in our rollouts, so the mixer's state is built from the agents' observations (each is a
@@ -113,7 +115,9 @@ class AQMIXConfig(OffPolicyConfig):
     hypernet_embed: int = 64
     """Width of the agents' observation embedding that feeds the hypernetworks."""
     mask_subtasks: bool = True
-    """Agents attend only to entities of their assigned subtask (and to those of none); needs a command."""
+    """Agents attend only to their subtask's entities and to the agents assigned to the same
+    subtask (Eq. 9; entities of no subtask that are not agents stay visible); needs a command.
+    False: ALMA's no-mask ablation, every entity visible."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -175,8 +179,46 @@ class EntityAttention(nn.Module):
         return self.out(torch.einsum("...he,...ehd->...hd", weights, v).flatten(-2))
 
 
+class SubtaskMask(nn.Module):
+    """The entities hidden from a viewer under an allocation: Eq. 9's subtask state s^k_{A_k}.
+
+    A viewer has a subtask indicator c (an agent: its command; subtask k's mixer: the one-hot
+    of k). With m_e the membership row of entity e and c_j agent j's command, the viewer sees
+
+    .. math::
+        e \\text{ of a subtask: } c \\cdot m_e = 1,\\qquad
+        e \\text{ agent } j\\text{'s entity: } c \\cdot c_j = 1,\\qquad
+        e \\text{ of neither: always},
+
+    i.e. the subtask's non-agent entities and only the agents assigned to the same subtask;
+    a viewer with no subtask sees only the entities of neither.
+
+    Shapes: viewer ``[..., V, S]``, commands ``[..., N, S]`` (0/1) -> hidden ``[..., V, E]`` bool.
+    """
+
+    def __init__(self, layout: EntityLayout):
+        super().__init__()
+        membership = subtask_membership(layout.subtask_of_entity, layout.n_subtasks)
+        self.register_buffer("membership", membership.float(), persistent=False)  # [E, S]
+        self.register_buffer("in_subtask", membership.any(-1), persistent=False)  # [E]
+        self.agents = layout.agent_entities
+
+    def forward(self, viewer: Tensor, commands: Tensor) -> Tensor:
+        hidden = self.in_subtask & (viewer @ self.membership.T < 0.5)  # [..., V, E]
+        if self.agents == 0:
+            return hidden
+        # entity j < agent_entities is agent j: hidden unless it works on the viewer's subtask
+        apart = viewer @ commands[..., :self.agents, :].transpose(-1, -2) < 0.5  # [..., V, A]
+        rest = apart.new_zeros(*apart.shape[:-1], self.membership.shape[0] - self.agents)
+        return hidden | torch.cat([apart, rest], -1)
+
+
 class AgentNetwork(nn.Module):
-    """Q_i(o_i, .) for every agent at once, one set of weights: ``[..., N, obs_dim]`` -> ``[..., N, K]``."""
+    """Q_i(o_i, .) for every agent at once, one set of weights: ``[..., N, obs_dim]`` -> ``[..., N, K]``.
+
+    With ``mask_subtasks`` agent i attends only to what :class:`SubtaskMask` leaves it under
+    the level's allocation (every agent's command is in ``obs``, so the mask is one batched op).
+    """
 
     def __init__(self, layout: EntityLayout, n_actions: int, config: AQMIXConfig):
         super().__init__()
@@ -187,22 +229,12 @@ class AgentNetwork(nn.Module):
         # the command also goes straight to the head: attention over identical entities
         # would otherwise hide which subtask the agent works on
         self.head = mlp([2 * d + c, *config.hidden_sizes, n_actions])
-        self.mask_subtasks = config.mask_subtasks and c > 0
-        membership = subtask_membership(layout.subtask_of_entity, layout.n_subtasks)
-        self.register_buffer("membership", membership.float(), persistent=False)  # [E, S]
-        self.register_buffer("in_subtask", membership.any(-1), persistent=False)
-
-    def hidden_entities(self, command: Tensor) -> Tensor:
-        """``[..., N, E]`` bool: entities of a subtask other than the agent's (those of none stay visible)."""
-        return self.in_subtask & (command @ self.membership.T < 0.5)
+        self.mask = SubtaskMask(layout) if config.mask_subtasks and c > 0 else None
 
     def forward(self, obs: Tensor) -> Tensor:
-        lay = self.layout
-        own = self.embed(obs[..., :lay.entity_dim])  # [..., N, D]
-        rows = obs[..., lay.first:lay.first + lay.n_entities * lay.entity_dim]
-        entities = self.embed(rows.unflatten(-1, (lay.n_entities, lay.entity_dim)))  # [..., N, E, D]
-        command = obs[..., obs.shape[-1] - lay.command_dim:]  # [..., N, S] (S may be 0)
-        hidden = self.hidden_entities(command) if self.mask_subtasks else None
+        own, rows, command = self.layout.split(obs)  # [..., N, F], [..., N, E, F], [..., N, S]
+        own, entities = self.embed(own), self.embed(rows)  # [..., N, D], [..., N, E, D]
+        hidden = None if self.mask is None else self.mask(command, command)  # [..., N, E]
         query = torch.cat([own, command], -1)
         attended = self.attention(query, entities, hidden)  # [..., N, D]
         return self.head(torch.cat([query, attended], -1))
@@ -251,6 +283,15 @@ class EntityLayout:
     subtask_of_entity: tuple[int, ...]
     command_dim: int
     """S when the level's obs ends with a one-hot subtask command, else 0."""
+    agent_entities: int = 0
+    """Entities 0..agent_entities-1 are the level's agents 0..agent_entities-1 (agents come first
+    among the entities: the leading entities of no subtask, at most one per agent)."""
+
+    def split(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """An observation's own row ``[..., F]``, entity rows ``[..., E, F]`` and command ``[..., S]`` (S may be 0)."""
+        rows = obs[..., self.first:self.first + self.n_entities * self.entity_dim]
+        return (obs[..., :self.entity_dim], rows.unflatten(-1, (self.n_entities, self.entity_dim)),
+                obs[..., obs.shape[-1] - self.command_dim:])
 
     @classmethod
     def read(cls, io: AgentIO, subtasks: dict[str, Any], name: str) -> EntityLayout:
@@ -278,7 +319,8 @@ class EntityLayout:
         for ok, message in problems:
             if not ok:
                 raise ValueError(f"aqmix on {name}: {message}")
-        return cls(s, e, f, first, of_entity, command_dim)
+        leading = next((i for i, k in enumerate(of_entity) if k != -1), e)
+        return cls(s, e, f, first, of_entity, command_dim, min(leading, io.n_agents))
 
 
 class AQMIX(ReplayLearner):

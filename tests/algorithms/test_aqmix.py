@@ -49,30 +49,39 @@ def entity(obs: torch.Tensor, e: int) -> torch.Tensor:
 
 # -- the agents' attention -----------------------------------------------------------------------
 
-def test_agents_attend_only_to_their_subtask():
-    torch.manual_seed(0)
-    n, s = 2, 2
-    sub0, sub1, other_agent = n + 0, n + 1, 1  # entity indices
-    assign = torch.tensor([1, 0])  # agent 0 works on subtask 1, agent 1 on subtask 0
-    obs = with_command(torch.randn(6, n, make(n, s).io.obs_dim), assign, s)
+def perturbed(obs: torch.Tensor, e: int, generator: torch.Generator) -> torch.Tensor:
+    """``obs`` with entity e's row changed in every agent's observation."""
+    changed = obs.clone()
+    entity(changed, e).add_(torch.randn(entity(changed, e).shape, generator=generator))
+    return changed
 
-    def change(e):
-        changed = obs.clone()
-        entity(changed, e).add_(torch.randn(6, n, F_DIM))
-        return changed
+
+def test_agents_attend_only_to_their_subtask_and_its_team():
+    """Sec. 4.2, Eq. 9: agent i's utility depends on s^k_{A_k} only, for k its subtask: the
+    subtask's non-agent entities and the agents assigned to k; every other subtask's entities
+    *and agents* are hidden. Perturbation on 3 agents, 2 subtasks, allocation (1, 0, 1):
+    agents 0 and 2 form subtask 1's team, agent 1 is alone on subtask 0. ``alma_nomask``
+    (``mask_subtasks: false``) sees everything."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    n, s = 3, 2
+    building = [n + 0, n + 1]  # entity indices; agent j is entity j
+    obs = with_command(torch.randn(6, n, make(n, s).io.obs_dim, generator=g), torch.tensor([1, 0, 1]), s)
+
+    def moved(learner, e):
+        """Per agent: the largest change of its utilities when entity e changes."""
+        return (learner.q_values(perturbed(obs, e, g)) - learner.q_values(obs)).abs().amax((0, 2))
 
     masked, unmasked = make(n, s), make(n, s, mask_subtasks=False)
-    for learner, hides in ((masked, True), (unmasked, False)):
-        q = learner.q_values(obs)
-        q_sub0, q_sub1, q_agent = (learner.q_values(change(e)) for e in (sub0, sub1, other_agent))
-        assert (q_sub1[:, 0] - q[:, 0]).abs().max() > 1e-4  # its own subtask's entity matters
-        assert (q_agent[:, 0] - q[:, 0]).abs().max() > 1e-4  # entities of no subtask stay visible
-        assert (q_sub0[:, 1] - q[:, 1]).abs().max() > 1e-4  # agent 1 sees subtask 0
-        if hides:
-            torch.testing.assert_close(q_sub0[:, 0], q[:, 0], rtol=0, atol=0)
-            torch.testing.assert_close(q_sub1[:, 1], q[:, 1], rtol=0, atol=0)
-        else:
-            assert (q_sub0[:, 0] - q[:, 0]).abs().max() > 1e-4
+    # its own subtask's building and its teammate matter ...
+    assert (moved(masked, building[1])[[0, 2]] > 1e-4).all() and moved(masked, building[0])[1] > 1e-4
+    assert moved(masked, 2)[0] > 1e-4 and moved(masked, 0)[2] > 1e-4
+    # ... another subtask's building and its agent do not, not even by a rounding error
+    assert moved(masked, building[0])[[0, 2]].eq(0).all() and moved(masked, building[1])[1] == 0
+    assert moved(masked, 1)[[0, 2]].eq(0).all() and moved(masked, 0)[1] == 0 and moved(masked, 2)[1] == 0
+    # no mask: every entity reaches every agent
+    for e in (0, 1, 2, *building):
+        assert (moved(unmasked, e)[[i for i in range(n) if i != e]] > 1e-4).all()
 
 
 def test_an_agent_that_may_see_nothing_gets_no_nans():
