@@ -24,13 +24,14 @@ command; multi-head attention over the entities (with the mask: those outside s^
 hidden); then an MLP of [own embedding, command, attention output] to the K utilities.
 
 Mixer (QMIX hypernetworks, weights made non-negative by abs): the env state is not stored
-in our rollouts, so the mixer's state is built from the agents' observations (each is a
-full entity list): h_i = MLP(o_i); a subtask's state is the mean of h_i over its agents
-(all agents when flat), as ALMA's mixer pools its per-agent hypernetwork outputs per
-subtask. The first layer's weights of agent i come from [h_i, that mean] (QMIX's
-``hyper_w_1`` gives one row per agent), ``b1``, ``w_final`` and ``V`` from the mean.
-A Q_i enters subtask k's mix multiplied by i's membership of k, so Q^k_tot does not
-depend on the utilities of other subtasks' agents.
+in our rollouts, so the mixer reads the entities from the agents' observations (each is a
+full entity list, SaveTheCity being fully observed). For subtask k, each member agent
+attends over the entities of s^k_{A_k} (the same mask as the agents'), the first layer's
+weights of agent i come from its view (QMIX's ``hyper_w_1`` gives one row per agent), and
+``b1``, ``w_final`` and ``V`` from the mean of the members' views, as ALMA's mixer pools its
+per-agent hypernetwork outputs per subtask. A Q_i enters subtask k's mix multiplied by i's
+membership of k, so Q^k_tot depends neither on the utilities of other subtasks' agents nor
+on any entity hidden from k. Flat (or without the mask) every entity is visible.
 
 Decisions where our setting differs from the paper:
 
@@ -112,8 +113,9 @@ class AQMIXConfig(OffPolicyConfig):
     """Attention heads; must divide attention_dim."""
     mixing_embed_dim: int = 32
     """Width of the mixing network's hidden layer (QMIX's mixing_embed_dim)."""
-    hypernet_embed: int = 64
-    """Width of the agents' observation embedding that feeds the hypernetworks."""
+    hypernet_embed: int = 128
+    """Width of the mixer's entity embedding and attention, which feed the hypernetworks
+    (the paper's 128 for attention layers)."""
     mask_subtasks: bool = True
     """Agents attend only to their subtask's entities and to the agents assigned to the same
     subtask (Eq. 9; entities of no subtask that are not agents stay visible); needs a command.
@@ -135,8 +137,9 @@ class AQMIXConfig(OffPolicyConfig):
             (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
             (self.attention_dim >= 1 and self.heads >= 1 and self.attention_dim % self.heads == 0,
              f"heads ({self.heads}) must divide attention_dim ({self.attention_dim}), both >= 1"),
-            (self.mixing_embed_dim >= 1 and self.hypernet_embed >= 1,
-             f"mixing_embed_dim, hypernet_embed must be >= 1, got {self.mixing_embed_dim}, {self.hypernet_embed}")]
+            (self.mixing_embed_dim >= 1, f"mixing_embed_dim must be >= 1, got {self.mixing_embed_dim}"),
+            (self.hypernet_embed >= 1 and self.hypernet_embed % self.heads == 0,
+             f"heads ({self.heads}) must divide hypernet_embed ({self.hypernet_embed}), both >= 1")]
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -243,30 +246,49 @@ class AgentNetwork(nn.Module):
 # -- the mixer -----------------------------------------------------------------------------------
 
 class Mixer(nn.Module):
-    """Monotonic QMIX mixing, one output per group: ``q [..., N]``, ``obs [..., N, obs_dim]``,
-    ``groups [..., N, G]`` 0/1 -> ``Q_tot [..., G]``; dQ_tot[g]/dq_i = 0 unless i is in g, else >= 0."""
+    """Monotonic QMIX mixing, one output per group g, conditioned on g's masked entities only.
 
-    def __init__(self, obs_dim: int, mixing_embed_dim: int, hypernet_embed: int):
+    Each agent i reads group g's entities from its own observation: an attention of its own
+    row's embedding over the entity embeddings that ``mask`` leaves group g (subtask k:
+    s^k_{A_k} of Eq. 9; flat or unmasked: every entity), x_{g,i}. The group's state is the
+    mean over its members, x_g. With member_{g,i} in {0, 1}:
+
+    .. math::
+        Q^g_{tot} = w^g_{final} \\cdot \\mathrm{elu}\\big(\\textstyle\\sum_i member_{g,i}\\, Q_i
+        |W_1(x_{g,i})| + b_1(x_g)\\big) + V(x_g),\\qquad w^g_{final} = |W_f(x_g)|,
+
+    so dQ^g_tot/dQ_i >= 0, = 0 unless i is in g, and Q^g_tot does not change with the
+    entities hidden from g (another subtask's entities and agents).
+
+    Shapes: ``q [..., N]``, ``obs [..., N, obs_dim]``, ``groups [..., N, G]`` 0/1 -> ``Q_tot [..., G]``;
+    with a mask, G = S (group g is subtask g).
+    """
+
+    def __init__(self, layout: EntityLayout, config: AQMIXConfig, mask: SubtaskMask | None):
         super().__init__()
-        h, d = hypernet_embed, mixing_embed_dim
-        self.embed = nn.Sequential(nn.Linear(obs_dim, h), nn.ReLU())  # the state, per agent
-        self.hyper_w_1 = nn.Linear(2 * h, d)
+        h, d = config.hypernet_embed, config.mixing_embed_dim
+        self.layout, self.mask = layout, mask
+        self.embed = nn.Sequential(nn.Linear(layout.entity_dim, h), nn.ReLU())
+        self.attention = EntityAttention(h, h, config.heads)
+        self.hyper_w_1 = nn.Linear(h, d)
         self.hyper_b_1 = nn.Linear(h, d)
         self.hyper_w_final = nn.Linear(h, d)
         self.V = nn.Sequential(nn.Linear(h, d), nn.ReLU(), nn.Linear(d, 1))  # QMIX's state-dependent bias
+        self.register_buffer("subtasks", torch.eye(layout.n_subtasks), persistent=False)  # viewer g = one-hot g
 
     def forward(self, q: Tensor, obs: Tensor, groups: Tensor) -> Tensor:
-        h = self.embed(obs)  # [..., N, H]
+        own, rows, _ = self.layout.split(obs)
         member = groups.transpose(-1, -2)  # [..., G, N]
-        state = member @ h / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]: mean over the group
-        pair = torch.cat([h.unsqueeze(-3).expand(*member.shape, -1),
-                          state.unsqueeze(-2).expand(*member.shape, -1)], -1)  # [..., G, N, 2H]
-        w1 = self.hyper_w_1(pair).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
-        b1 = self.hyper_b_1(state)  # [..., G, D]
+        # [..., G, 1, E]: the same hidden set for every agent's view of group g
+        hidden = None if self.mask is None else self.mask(self.subtasks, groups).unsqueeze(-2)
+        x = self.attention(self.embed(own).unsqueeze(-3), self.embed(rows).unsqueeze(-4), hidden)
+        x = x.expand(*member.shape, x.shape[-1])  # [..., G, N, H]
+        state = (member.unsqueeze(-1) * x).sum(-2) / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]
+        w1 = self.hyper_w_1(x).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
         q_in = member * q.unsqueeze(-2)  # [..., G, N]: agents outside the group contribute nothing
-        hidden = F.elu((q_in.unsqueeze(-1) * w1).sum(-2) + b1)
+        hidden_layer = F.elu((q_in.unsqueeze(-1) * w1).sum(-2) + self.hyper_b_1(state))
         w_final = self.hyper_w_final(state).abs()
-        return (hidden * w_final).sum(-1) + self.V(state).squeeze(-1)
+        return (hidden_layer * w_final).sum(-1) + self.V(state).squeeze(-1)
 
 
 # -- the learner ---------------------------------------------------------------------------------
@@ -343,7 +365,9 @@ class AQMIX(ReplayLearner):
         self.n_actions = int(space.n)
         self.layout = EntityLayout.read(io, subtasks, env_name)
         self.agent = AgentNetwork(self.layout, self.n_actions, c)
-        self.mixer = Mixer(io.obs_dim, c.mixing_embed_dim, c.hypernet_embed)
+        # the mixer of subtask k sees what k's agents may see; flat and no-mask: everything
+        mixer_mask = SubtaskMask(self.layout) if c.mask_subtasks and self.layout.command_dim else None
+        self.mixer = Mixer(self.layout, c, mixer_mask)
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizer = torch.optim.RMSprop([*self.agent.parameters(), *self.mixer.parameters()],

@@ -117,6 +117,33 @@ def test_mixing_is_monotonic_and_per_subtask():
         assert (grad[~member] == 0).all()  # ... and no one else's
 
 
+def test_a_subtask_mix_ignores_other_subtasks_entities_and_agents():
+    """Sec. 4.2, Eq. 9: Q^k_tot is a function of s^k_{A_k} (and of k's utilities) only.
+    Perturbation on 3 agents, 3 subtasks, allocation (0, 1, 0): with the utilities held
+    fixed, changing building 2 (nobody's), building 1 or anything agent 1 observes (it works
+    on subtask 1) leaves subtask 0's mixed value exactly as it was; changing building 0 or
+    subtask 0's agent 2 changes it. Without the mask (``alma_nomask``) building 2 reaches it."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    n, s = 3, 3
+    assign = torch.tensor([0, 1, 0])
+    q = torch.randn(16, n, generator=g)
+
+    def mixed(learner, obs):
+        return learner.mixer(q, obs, learner.groups(obs))
+
+    masked, unmasked = make(n, s), make(n, s, mask_subtasks=False)
+    obs = with_command(torch.randn(16, n, masked.io.obs_dim, generator=g), assign, s)
+    agent_1_elsewhere = perturbed(obs, 1, g)  # its entity row in everyone's observation ...
+    agent_1_elsewhere[:, 1, :-s] += torch.randn(16, masked.io.obs_dim - s, generator=g)  # ... and all it sees
+    base = mixed(masked, obs)[:, 0]
+    for other in (perturbed(obs, n + 2, g), perturbed(obs, n + 1, g), agent_1_elsewhere):
+        torch.testing.assert_close(mixed(masked, other)[:, 0], base, rtol=0, atol=0)
+    for own in (perturbed(obs, n + 0, g), perturbed(obs, 2, g)):
+        assert (mixed(masked, own)[:, 0] - base).abs().max() > 1e-4
+    assert (mixed(unmasked, perturbed(obs, n + 2, g))[:, 0] - mixed(unmasked, obs)[:, 0]).abs().max() > 1e-4
+
+
 def test_gradient_of_a_subtask_loss_reaches_only_its_agents():
     torch.manual_seed(0)
     n, s, k = 3, 2, 3
