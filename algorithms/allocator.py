@@ -10,8 +10,8 @@ to enumerate. A proposal network samples allocations agent by agent; a critic
         u_{a_i} += f([u_{a_i}, e_i])                                    # later agents see earlier choices
     alloc* = argmax over n_proposals samples of Q(s, alloc)
 
-Learning (meta-transitions between two decision points, reward = mean env reward of
-the segment): ``y = r + gamma (1 - term) Q'(s', alloc*(s'))`` with ``alloc*`` picked by the
+Learning (meta-transitions between two decision points, reward = the team reward per
+step of the segment, i.e. the agents' mean): ``y = r + gamma (1 - term) Q'(s', alloc*(s'))`` with ``alloc*`` picked by the
 online networks and valued by the target critic; the proposal network imitates the
 best of its own samples: ``L_prop = -log p(alloc*(s)) - c_H H``.
 
@@ -242,12 +242,18 @@ class Allocator(ReplayLearner):
         return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
 
     # -- learning ---------------------------------------------------------------------------
-    @staticmethod
-    def meta_transitions(rollout: Rollout) -> dict[str, Tensor]:
+    def meta_transitions(self, rollout: Rollout) -> dict[str, Tensor]:
         """Segments from each decision to the next, complete within the rollout.
 
-        A segment's reward is the mean per-step reward of the level over it; it ends at the
-        next decision, whose observation (or the final one, if the episode ended) is ``s'``.
+        A segment from t0 to its next boundary t1 has the reward
+
+        .. math::
+            r = \\frac{1}{t_1 - t_0} \\sum_{t=t_0}^{t_1 - 1} \\frac{1}{N} \\sum_{i=1}^{N} r_{t,i},
+
+        the team reward per step: the level's reward is the sum of its N children's rewards,
+        and an env that gives every agent the team reward R (SaveTheCity) would otherwise
+        teach the allocator N R. It ends at the next decision, whose observation (or the
+        final one, if the episode ended) is ``s'``.
         """
         decision, done = rollout.decision, rollout.done
         steps = decision.shape[0]
@@ -258,7 +264,7 @@ class Allocator(ReplayLearner):
         next_boundary = upcoming.flip(0).cummin(0).values.flip(0)[1:]  # first boundary after t: [T, B]
         valid = decision & (next_boundary <= steps)
         cumulative = torch.cat([torch.zeros_like(rollout.reward[:1]), rollout.reward.cumsum(0)], 0)
-        reward = cumulative.sum(-1)  # [T + 1, B]: the level's reward, one agent
+        reward = cumulative.sum(-1) / self.io.group  # [T + 1, B]: the children's mean reward
         t0, b = valid.nonzero(as_tuple=True)
         t1 = next_boundary[t0, b]
         next_obs = rollout.next_obs()

@@ -76,15 +76,19 @@ def test_best_of_n_takes_the_critics_argmax():
 
 
 def test_meta_transitions_between_decisions():
+    """Sec. 4.1 / spec: a meta-transition's reward is the team reward per step of its segment.
+    The level's reward is the sum of its N = 3 children's, each carrying the team reward R
+    (as SaveTheCity's agents do), so the level sees 3 R; by hand with R = 1, 3, 5, 7, 9, 11:
+    segments [0, 2) -> (1 + 3) / 2 = 2, [2, 4) -> 6, [4, 5) -> 9, not 3x that."""
     # one copy, T = 6: decisions at 0, 2 and 5; the episode ends (terminated) at step 3
     decision = torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool).view(6, 1)
     terminated = torch.tensor([0, 0, 0, 1, 0, 0], dtype=torch.bool).view(6, 1)
     obs = torch.arange(6.0).view(6, 1, 1, 1)
     rollout = Rollout(obs=obs, action=torch.arange(6).view(6, 1, 1, 1).expand(6, 1, 1, N),
-                      log_prob=torch.zeros(6, 1, 1), reward=torch.tensor([1.0, 3, 5, 7, 9, 11]).view(6, 1, 1),
+                      log_prob=torch.zeros(6, 1, 1), reward=N * torch.tensor([1.0, 3, 5, 7, 9, 11]).view(6, 1, 1),
                       terminated=terminated, done=terminated.clone(), final_obs=obs + 100,
                       last_obs=torch.full((1, 1, 1), 6.0), decision=decision)
-    batch = Allocator.meta_transitions(rollout)
+    batch = allocator().meta_transitions(rollout)
     # segments [0, 2), [2, 4) (ends with the episode), [4, 5); the one from 5 is incomplete
     assert batch["obs"].flatten().tolist() == [0.0, 2.0, 4.0]
     assert batch["alloc"][:, 0].tolist() == [0, 2, 4]

@@ -39,6 +39,38 @@ def test_structure():
     assert torch.equal(held[1:][between[1:]], held[:-1][between[1:]])  # held between decisions
 
 
+def test_allocator_learns_from_the_team_reward_once():
+    """Sec. 3 / App. B: the allocator's reward is the global (team) reward R of SaveTheCity, the
+    same for every agent, not the sum over the 3 agents: each meta-transition's reward is the
+    mean of R over its segment, recomputed here from the env's own rewards."""
+    torch.manual_seed(0)
+    env = city(num_envs=2, n_agents=3)
+    team = []
+    step = env.step
+
+    def recording(actions):
+        ts = step(actions)
+        assert (ts.reward == ts.reward[:, :1]).all()  # SaveTheCity: one team reward for all
+        team.append(ts.reward[:, 0])
+        return ts
+
+    env.step = recording
+    hierarchy = alma(env)
+    hierarchy.reset(0)
+    hierarchy.rollout(30)
+    allocator = hierarchy.levels[1]
+    rollout = allocator.rollout()
+    batch = allocator.learner.meta_transitions(rollout)
+    reward = torch.stack(team)[-rollout.obs.shape[0]:]  # [T, B]
+    # the same segments by hand: from each decision to the next (all copies are in their first episode)
+    expected = []
+    for b in range(2):
+        starts = rollout.decision[:, b].nonzero().flatten().tolist()
+        expected += [reward[t0:t1, b].mean() for t0, t1 in zip(starts, starts[1:])]
+    assert rollout.done.sum() == 0 and len(expected) == len(batch["reward"])
+    torch.testing.assert_close(batch["reward"].sort().values, torch.stack(expected).sort().values)
+
+
 def test_heuristic_allocation_on_a_hand_made_city():
     env = city(num_envs=1)
     # buildings at (1, 1) burning, (1, 13) not, (13, 1) burning, (13, 13) not
