@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig
+from algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
 from hmarl import AgentIO, EnvSpec, Rollout
 
 N, S, F = 3, 4, 3  # agents, subtasks, entity features: [x, is_agent, finished]
@@ -97,6 +97,60 @@ def test_meta_transitions_between_decisions():
     assert batch["terminated"].tolist() == [0.0, 1.0, 0.0]
 
 
+def test_popart_rescales_targets_and_preserves_outputs_by_hand():
+    """van Hasselt et al. 2016 (Pop-Art), the paper's appendix D: one layer n(h) = 2 h + 1 at
+    mu = 0, nu = 1, step beta = 0.5, targets y = (4, 6). ART: mu' = 0.5 * 0 + 0.5 * 5 = 2.5,
+    nu' = 0.5 * 1 + 0.5 * 26 = 13.5, sigma' = sqrt(13.5 - 2.5^2) = sqrt(7.25). POP:
+    w' = 2 / sigma', b' = (1 * 1 + 0 - 2.5) / sigma' = -1.5 / sigma', so sigma' n'(h) + mu'
+    = 2 h + 1 for every h; the target 5 normalises to 2.5 / sigma'."""
+    layer = PopArt(1, beta=0.5)
+    with torch.no_grad():
+        layer.linear.weight.fill_(2.0)
+        layer.linear.bias.fill_(1.0)
+    h = torch.tensor([[-1.0], [0.0], [3.0]])
+    before = layer.denormalize(layer(h))
+    torch.testing.assert_close(before, torch.tensor([-1.0, 1.0, 7.0]))
+    layer.update(torch.tensor([4.0, 6.0]))
+    sigma = 7.25 ** 0.5
+    torch.testing.assert_close(torch.stack([layer.mu, layer.nu, layer.sigma]), torch.tensor([2.5, 13.5, sigma]))
+    torch.testing.assert_close(layer.linear.weight, torch.tensor([[2.0 / sigma]]))
+    torch.testing.assert_close(layer.linear.bias, torch.tensor([-1.5 / sigma]))
+    torch.testing.assert_close(layer.denormalize(layer(h)), before)  # outputs preserved
+    torch.testing.assert_close(layer.normalize(torch.tensor(5.0)), torch.tensor(2.5 / sigma))
+
+
+def test_the_critic_learns_popart_normalised_targets_and_keeps_its_values():
+    """Appendix D (Pop-Art on the allocator's value), on terminal meta-transitions, so the
+    target is y = r = 100 exactly. With beta = 0.1, one loss moves mu 0 -> 10 and nu 1 ->
+    0.9 + 0.1 * 100^2 = 1000.9 (sigma = sqrt(900.9)); the critic's unnormalised Q(s, alloc)
+    is unchanged by it (POP), and the loss is the mean of (n - (100 - 10) / sigma)^2. Off,
+    the statistics stay at mu 0, sigma 1 and the loss is the mean of (Q - 100)^2."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"obs": observation(16, generator=g), "alloc": torch.randint(0, S, (16, N), generator=g),
+             "reward": torch.full((16,), 100.0), "next_obs": observation(16, generator=g),
+             "terminated": torch.ones(16)}
+    for on in (True, False):
+        learner = allocator(popart=on, popart_beta=0.1, huber_loss=False)
+        entities, _ = learner.view(batch["obs"])
+        alloc = batch["alloc"].unsqueeze(-2)
+        q_before = learner.critic(entities, alloc).squeeze(-1).detach()
+        q_loss, _, q_mean = learner.loss(batch)
+        popart = learner.critic.value
+        torch.testing.assert_close(learner.critic(entities, alloc).squeeze(-1), q_before)  # preserved
+        torch.testing.assert_close(q_mean, q_before.mean())
+        n = learner.critic(entities, alloc, normalized=True).squeeze(-1)
+        if on:
+            sigma = 900.9 ** 0.5
+            torch.testing.assert_close(torch.stack([popart.mu, popart.nu, popart.sigma]),
+                                       torch.tensor([10.0, 1000.9, sigma]))
+            torch.testing.assert_close(q_loss, ((n - 90.0 / sigma) ** 2).mean())
+        else:
+            assert popart.mu == 0 and popart.sigma == 1
+            torch.testing.assert_close(n, q_before)
+            torch.testing.assert_close(q_loss, ((q_before - 100.0) ** 2).mean())
+
+
 def test_allocator_learns_a_one_step_allocation_bandit():
     """Reward = agents on subtask 2 minus agents on subtask 0; every segment one step long."""
     torch.manual_seed(0)
@@ -134,3 +188,5 @@ def test_bad_input():
         HeuristicAllocator(io, HeuristicAllocatorConfig(), env_spec())
     with pytest.raises(ValueError, match="must divide into 3 heads"):
         AllocatorConfig(embedding=16, heads=3)
+    with pytest.raises(ValueError, match="popart_beta must be in"):
+        AllocatorConfig(popart_beta=0.0)
