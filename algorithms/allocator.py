@@ -33,7 +33,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
+from algorithms.aqmix import EpisodeTargetLearner
+from algorithms.common import OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import EnvSpec, subtask_membership
@@ -60,8 +61,9 @@ class AllocatorConfig(OffPolicyConfig):
     """Attention heads of the critic."""
     n_proposals: int = 32
     """Allocations sampled per decision and scored by the critic (paper: 32)."""
-    target_update_interval: int = 200
-    """Gradient steps between two copies of the critic into its target."""
+    target_update_episodes: int = 50
+    """Finished episodes, all copies together, between two copies of the critic into its
+    target (paper's code: 50; see :class:`~algorithms.aqmix.EpisodeTargetLearner`)."""
     prop_alloc_eps_start: float = 1.0
     prop_alloc_eps_end: float = 0.05
     prop_alloc_eps_fraction: float = 0.2
@@ -86,7 +88,7 @@ class AllocatorConfig(OffPolicyConfig):
         return super().checks() + [
             (self.n_proposals >= 1, f"n_proposals must be >= 1, got {self.n_proposals}"),
             (self.embedding % self.heads == 0, f"embedding ({self.embedding}) must divide into {self.heads} heads"),
-            (self.target_update_interval >= 1, "target_update_interval must be >= 1"),
+            (self.target_update_episodes >= 1, "target_update_episodes must be >= 1"),
             (all(0 <= f <= 1 for f in fractions), "exploration fractions must be in [0, 1]"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
             (self.learning_starts >= 0, "learning_starts must be >= 0"),
@@ -257,7 +259,7 @@ class AllocationCritic(nn.Module):
         return n if normalized else self.value.denormalize(n)
 
 
-class Allocator(ReplayLearner):
+class Allocator(EpisodeTargetLearner):
     """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
 
     config_class = AllocatorConfig
@@ -373,6 +375,7 @@ class Allocator(ReplayLearner):
         self.progress = progress
         if rollout.decision is None:
             raise ValueError("the allocator's level must re-decide by events: set decide_every on it")
+        self.count_episodes(rollout)
         self.replay.add(**self.meta_transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
             return {}
@@ -383,8 +386,8 @@ class Allocator(ReplayLearner):
             nn.utils.clip_grad_norm_([*self.proposal.parameters(), *self.critic.parameters()], c.max_grad_norm)
             self.optimizer.step()
             self.gradient_steps += 1
-            if self.gradient_steps % c.target_update_interval == 0:
-                self.critic_target.load_state_dict(self.critic.state_dict())
+        if self.target_update_due(c.target_update_episodes):
+            self.critic_target.load_state_dict(self.critic.state_dict())
         return {"q_loss": q_loss.detach(), "proposal_loss": proposal_loss.detach(), "q_mean": q_mean}
 
 

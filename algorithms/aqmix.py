@@ -37,8 +37,9 @@ Decisions where our setting differs from the paper:
 
 * Transition replay of (obs, action, reward, next_obs, terminated) instead of the paper's
   episodic replay: the agents are feed-forward (no RNN), so single steps suffice.
-* Target networks are copied every ``target_update_interval`` gradient steps (the paper:
-  every 200 episodes, which has no direct analogue with vectorised rollouts).
+* Target networks are copied every ``target_update_episodes`` finished episodes (the
+  paper's 200), counted over all B copies (:class:`EpisodeTargetLearner`); the check runs
+  after an update's gradient steps, so a copy lands on a rollout boundary.
 * ``target_groups``: the target mixes the next step's assignment (``"next"``, read from
   next_obs's command); a subtask that has no agents at the next step bootstraps 0 (its
   agents' share of it ended there, and an empty mix is never trained). ``"current"``
@@ -95,8 +96,8 @@ class AQMIXConfig(OffPolicyConfig):
     """RMSprop epsilon (pymarl's optim_eps)."""
     max_grad_norm: float = 10.0
     """The gradient's global norm is clipped to this."""
-    target_update_interval: int = 200
-    """Gradient steps between two target network updates."""
+    target_update_episodes: int = 200
+    """Finished episodes, all copies together, between two target network updates (paper: 200)."""
     target_groups: str = "next"
     """Which assignment the target mixes: "next" (next_obs's command) or "current" (ALMA's code)."""
     epsilon_start: float = 1.0
@@ -127,8 +128,8 @@ class AQMIXConfig(OffPolicyConfig):
             (self.optim_alpha > 0 and self.optim_eps > 0,
              f"optim_alpha and optim_eps must be > 0, got {self.optim_alpha}, {self.optim_eps}"),
             (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
-            (self.target_update_interval >= 1,
-             f"target_update_interval must be >= 1, got {self.target_update_interval}"),
+            (self.target_update_episodes >= 1,
+             f"target_update_episodes must be >= 1, got {self.target_update_episodes}"),
             (self.target_groups in TARGET_GROUPS,
              f"target_groups must be one of {', '.join(TARGET_GROUPS)}, got {self.target_groups!r}"),
             (0 <= self.epsilon_start <= 1 and 0 <= self.epsilon_finish <= 1,
@@ -345,7 +346,42 @@ class EntityLayout:
         return cls(s, e, f, first, of_entity, command_dim, min(leading, io.n_agents))
 
 
-class AQMIX(ReplayLearner):
+class EpisodeTargetLearner(ReplayLearner):
+    """A replay learner whose target networks follow the online ones every so many finished
+    episodes, the paper's unit (ALMA's appendix D: "copy live params to target params every
+    _ episodes"). Episodes are counted over all B copies: every copy whose episode ends in a
+    rollout counts one (``rollout.done``), so B copies that end together count B, as
+    pymarl's parallel runner adds its ``batch_size_run`` episodes. The counts travel with
+    ``state_dict``."""
+
+    def __init__(self, io: AgentIO, buffer_size: int):
+        super().__init__(io, buffer_size)
+        #: finished episodes in the rollouts given to ``update`` so far, all copies together
+        self.episodes = 0
+        #: ``episodes`` at the last target update
+        self.target_episodes = 0
+
+    def count_episodes(self, rollout: Rollout) -> None:
+        """Add the rollout's finished episodes (one sync per update, not per step)."""
+        self.episodes += int(rollout.done.sum())
+
+    def target_update_due(self, interval: int) -> bool:
+        """Whether ``interval`` episodes have finished since the last target update; if so the
+        caller updates its targets now and the count restarts from here."""
+        if self.episodes - self.target_episodes < interval:
+            return False
+        self.target_episodes = self.episodes
+        return True
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "episodes": self.episodes, "target_episodes": self.target_episodes}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.episodes, self.target_episodes = int(state["episodes"]), int(state["target_episodes"])
+
+
+class AQMIX(EpisodeTargetLearner):
     """A-QMIX for all agents of a level: entity-attention utilities, per-subtask monotonic mixing."""
 
     config_class = AQMIXConfig
@@ -443,6 +479,7 @@ class AQMIX(ReplayLearner):
         """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
         c = self.config
         self.progress = progress
+        self.count_episodes(rollout)
         self.replay.add(**self.transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
             return {}
@@ -455,10 +492,10 @@ class AQMIX(ReplayLearner):
             grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             self.optimizer.step()
             self.gradient_steps += 1
-            if self.gradient_steps % c.target_update_interval == 0:
-                soft_update(self.target_agent, self.agent, c.tau)
-                soft_update(self.target_mixer, self.mixer, c.tau)
             stats = {"q_loss": q_loss.detach(), "q_tot": q_tot, "grad_norm": grad_norm}
+        if stats and self.target_update_due(c.target_update_episodes):
+            soft_update(self.target_agent, self.agent, c.tau)
+            soft_update(self.target_mixer, self.mixer, c.tau)
         if stats:
             stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
         return stats

@@ -155,7 +155,7 @@ def test_allocator_learns_a_one_step_allocation_bandit():
     """Reward = agents on subtask 2 minus agents on subtask 0; every segment one step long."""
     torch.manual_seed(0)
     learner = allocator(learning_rate=3e-3, batch_size=64, learning_starts=0, updates_per_step=4,
-                        target_update_interval=10)
+                        target_update_episodes=32)
     g = torch.Generator().manual_seed(0)
     for iteration in range(25):
         obs = observation(32, generator=g)
@@ -170,6 +170,36 @@ def test_allocator_learns_a_one_step_allocation_bandit():
         learner.update(rollout, progress=iteration / 25)
     greedy, _ = learner.act(observation(64, generator=g), deterministic=True)
     assert (greedy == 2).float().mean() > 0.9
+
+
+def test_critic_target_follows_every_50_episodes_counted_over_copies():
+    """Spec / ALMA's code: the allocator's target critic is copied every 50 episodes (here 3),
+    counted over the B = 2 copies, not every so many gradient steps. Each rollout of T = 2
+    steps decides at both steps and ends copy 0's episode at its last step: one episode per
+    rollout, so the target is copied after the 3rd update and after the 6th, not between."""
+    torch.manual_seed(0)
+    learner = allocator(batch_size=2, learning_starts=0, updates_per_step=1, target_update_episodes=3,
+                        learning_rate=1e-2)
+    g = torch.Generator().manual_seed(0)
+    done = torch.tensor([[False, False], [True, False]])
+
+    def rollout():
+        obs = torch.stack([observation(2, generator=g), observation(2, generator=g)])
+        action = torch.randint(0, S, (2, 2, 1, N), generator=g)
+        return Rollout(obs=obs, action=action, log_prob=torch.zeros(2, 2, 1), reward=torch.randn(2, 2, 1, generator=g),
+                       terminated=done, done=done.clone(), final_obs=obs, last_obs=obs[-1],
+                       decision=torch.ones(2, 2, dtype=torch.bool))
+
+    def copied():
+        return all(torch.equal(a, b) for a, b in zip(learner.critic.state_dict().values(),
+                                                     learner.critic_target.state_dict().values()))
+
+    history = []
+    for _ in range(6):
+        learner.update(rollout(), 0.0)
+        history.append(copied())
+    assert learner.episodes == 6 and learner.gradient_steps == 12
+    assert history == [False, False, True, False, False, True]
 
 
 def test_bad_input():

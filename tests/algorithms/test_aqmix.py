@@ -246,7 +246,7 @@ def test_learns_cooperative_bandit():
     torch.manual_seed(0)
     n = 2
     learner = make(n, 2, 2, command=False, learning_rate=2e-3, batch_size=64, learning_starts=128,
-                   target_update_interval=50, epsilon_anneal=0.5)
+                   target_update_episodes=500, epsilon_anneal=0.5)
     start = time.perf_counter()
     # reward 1 for both only when both pick action 1
     stats = train(learner, lambda b, n: (entity_obs(learner, b, n), None),
@@ -263,7 +263,7 @@ def test_learns_per_subtask_actions():
     torch.manual_seed(0)
     n, s = 3, 3
     learner = make(n, s, s, learning_rate=2e-3, batch_size=64, learning_starts=128,
-                   target_update_interval=50, epsilon_anneal=0.5)
+                   target_update_episodes=500, epsilon_anneal=0.5)
 
     def make_obs(b, n):
         assign = torch.randint(0, s, (b, n))
@@ -301,34 +301,43 @@ def test_epsilon_schedule_and_act():
     assert (action != greedy).float().mean() == pytest.approx(0.05 * 0.75, abs=0.015)
 
 
-def test_learning_starts_target_updates_and_checkpoint():
+def test_learning_starts_target_updates_every_k_episodes_and_checkpoint():
+    """Appendix D / spec: the low level's targets are copied every 200 *episodes* (here 5),
+    counted over the B copies (two copies ending at the same step count 2), not every so
+    many gradient steps. Rollouts of T = 3 steps, B = 4 copies, copies 0 and 1 ending at
+    step 2: 2 episodes per rollout, 6 gradient steps per update once 20 rows are stored."""
     torch.manual_seed(0)
     n, s = 2, 2
-    learner = make(n, s, 2, batch_size=4, learning_starts=20, updates_per_step=2, target_update_interval=5)
+    options = dict(batch_size=4, learning_starts=20, updates_per_step=2, target_update_episodes=5)
+    learner = make(n, s, 2, **options)
     T, B = 3, 4
+    done = torch.zeros(T, B, dtype=torch.bool)
+    done[2, :2] = True
 
     def rollout():
         obs = entity_obs(learner, T * B, n, torch.randint(0, s, (T * B, n))).unflatten(0, (T, B))
-        no = torch.zeros(T, B, dtype=torch.bool)
         return Rollout(obs=obs, action=torch.randint(0, 2, (T, B, n)), log_prob=torch.zeros(T, B, n),
-                       reward=torch.randn(T, B, n), terminated=no, done=no, final_obs=obs, last_obs=obs[0])
+                       reward=torch.randn(T, B, n), terminated=done, done=done, final_obs=obs, last_obs=obs[0])
 
-    assert learner.update(rollout(), 0.0) == {}  # 12 rows < 20
-    assert learner.gradient_steps == 0
-    stats = learner.update(rollout(), 0.1)  # 24 rows: T * 2 = 6 gradient steps, a copy at 5
-    assert learner.gradient_steps == 6 and stats["q_loss"].dim() == 0
     online = [*learner.agent.parameters(), *learner.mixer.parameters()]
     target = [*learner.target_agent.parameters(), *learner.target_mixer.parameters()]
-    assert not all(torch.equal(a, b) for a, b in zip(online, target))  # step 6 moved the online nets
+    initial = [p.detach().clone() for p in target]
+    assert learner.update(rollout(), 0.0) == {}  # 12 rows < 20
+    assert learner.gradient_steps == 0 and learner.episodes == 2
+    stats = learner.update(rollout(), 0.1)  # 24 rows: 6 gradient steps, 4 episodes < 5: no copy
+    assert learner.gradient_steps == 6 and learner.episodes == 4 and stats["q_loss"].dim() == 0
+    assert all(torch.equal(p, q) for p, q in zip(target, initial))
+    assert not all(torch.equal(a, b) for a, b in zip(online, target))
+    learner.update(rollout(), 0.2)  # 6 episodes: copied after this update's gradient steps
+    assert all(torch.equal(a, b) for a, b in zip(online, target)) and learner.target_episodes == 6
     assert not any(p.requires_grad for p in target)
-    for group in learner.optimizer.param_groups:
-        group["lr"] = 0.0
-    learner.update(rollout(), 0.2)  # steps 7..12 with no movement; a copy at 10
-    assert all(torch.equal(a, b) for a, b in zip(online, target))
+    learner.update(rollout(), 0.3)  # 8 episodes, 2 since the copy: the online nets move alone
+    assert not all(torch.equal(a, b) for a, b in zip(online, target))
 
-    resumed = make(n, s, 2, batch_size=4, learning_starts=20, updates_per_step=2, target_update_interval=5)
+    resumed = make(n, s, 2, **options)
     resumed.load_state_dict(learner.state_dict())
-    assert len(resumed.replay) == 36 and resumed.gradient_steps == 12 and resumed.progress == pytest.approx(0.2)
+    assert len(resumed.replay) == 48 and resumed.gradient_steps == 18 and resumed.progress == pytest.approx(0.3)
+    assert (resumed.episodes, resumed.target_episodes) == (8, 6)
     obs = entity_obs(learner, 5, n, torch.randint(0, s, (5, n)))
     torch.testing.assert_close(resumed.q_values(obs), learner.q_values(obs))
 
@@ -375,7 +384,7 @@ def test_command_must_be_a_subtask_one_hot():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("heads", 3, "divide attention_dim"), ("target_update_interval", 0, "target_update_interval"),
+    ("heads", 3, "divide attention_dim"), ("target_update_episodes", 0, "target_update_episodes"),
     ("target_groups", "previous", "target_groups"), ("epsilon_anneal", 1.5, "epsilon_anneal"),
     ("epsilon_finish", -0.1, "epsilon_finish"), ("share_params", False, "share_params"),
     ("max_grad_norm", 0.0, "max_grad_norm"), ("learning_starts", -1, "learning_starts"),
