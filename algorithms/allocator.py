@@ -297,20 +297,24 @@ class Allocator(EpisodeTargetLearner):
         alloc = proposals.gather(-2, best.unsqueeze(-1).expand(*best.shape, proposals.shape[-1])).squeeze(-2)
         return alloc, values.gather(-1, best).squeeze(-1), proposals
 
+    def exploration(self, progress: float | None = None) -> tuple[float, float]:
+        """(prop_alloc_eps, alloc_eps) at ``progress`` (the latest by default), each linear over
+        its share of training (Sec. 4.3; spec: 1 -> 0.05 over 20%, 1 -> 0 over 5%)."""
+        c, p = self.config, self.progress if progress is None else progress
+        return (linear_schedule(c.prop_alloc_eps_start, c.prop_alloc_eps_end, c.prop_alloc_eps_fraction, p),
+                linear_schedule(c.alloc_eps_start, c.alloc_eps_end, c.alloc_eps_fraction, p))
+
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        c = self.config
         entities, active = self.view(obs)
         alloc, _, proposals = self.best_proposal(entities, active, self.critic)
         if not deterministic:
-            p = self.progress
-            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < linear_schedule(
-                c.prop_alloc_eps_start, c.prop_alloc_eps_end, c.prop_alloc_eps_fraction, p)
+            prop_eps, alloc_eps = self.exploration()
+            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < prop_eps
             alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
             uniform = torch.distributions.Categorical(logits=torch.where(active, 0.0, -1e9).unsqueeze(-2)
                                                       .expand(*alloc.shape, -1)).sample()
-            random = torch.rand(alloc.shape, device=obs.device) < linear_schedule(
-                c.alloc_eps_start, c.alloc_eps_end, c.alloc_eps_fraction, p)
+            random = torch.rand(alloc.shape, device=obs.device) < alloc_eps
             alloc = torch.where(random, uniform, alloc)
         return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
 

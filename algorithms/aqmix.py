@@ -104,8 +104,9 @@ class AQMIXConfig(OffPolicyConfig):
     """Exploration epsilon at the start of training."""
     epsilon_finish: float = 0.05
     """Exploration epsilon at the end of the anneal and after."""
-    epsilon_anneal: float = 0.1
-    """Share of training (``progress``) over which epsilon decays linearly from start to finish."""
+    epsilon_anneal_steps: int = 2_000_000
+    """Env steps, all copies together (pymarl's ``t_env``), over which epsilon decays linearly
+    from start to finish (ALMA on SaveTheCity: 2M); 0: epsilon_finish from the start."""
     learning_starts: int = 1_000
     """Replay rows (one env copy's step each) before the first gradient step."""
     attention_dim: int = 128
@@ -134,7 +135,7 @@ class AQMIXConfig(OffPolicyConfig):
              f"target_groups must be one of {', '.join(TARGET_GROUPS)}, got {self.target_groups!r}"),
             (0 <= self.epsilon_start <= 1 and 0 <= self.epsilon_finish <= 1,
              f"epsilon_start, epsilon_finish must be in [0, 1], got {self.epsilon_start}, {self.epsilon_finish}"),
-            (0 <= self.epsilon_anneal <= 1, f"epsilon_anneal must be in [0, 1], got {self.epsilon_anneal}"),
+            (self.epsilon_anneal_steps >= 0, f"epsilon_anneal_steps must be >= 0, got {self.epsilon_anneal_steps}"),
             (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
             (self.attention_dim >= 1 and self.heads >= 1 and self.attention_dim % self.heads == 0,
              f"heads ({self.heads}) must divide attention_dim ({self.attention_dim}), both >= 1"),
@@ -408,6 +409,15 @@ class AQMIX(EpisodeTargetLearner):
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizer = torch.optim.RMSprop([*self.agent.parameters(), *self.mixer.parameters()],
                                              lr=c.learning_rate, alpha=c.optim_alpha, eps=c.optim_eps)
+        #: env steps of all copies in the rollouts given to ``update``: drives epsilon
+        self.env_steps = 0
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "env_steps": self.env_steps}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.env_steps = int(state["env_steps"])
 
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:
@@ -420,11 +430,11 @@ class AQMIX(EpisodeTargetLearner):
             return obs.new_ones(*obs.shape[:-1], 1)
         return (obs[..., -self.layout.command_dim:] > 0.5).float()
 
-    def epsilon(self, progress: float | None = None) -> float:
-        """Linear anneal over the share of training; the latest progress by default."""
+    def epsilon(self, env_steps: int | None = None) -> float:
+        """Linear anneal over ``epsilon_anneal_steps`` env steps; the steps seen so far by default."""
         c = self.config
-        progress = self.progress if progress is None else progress
-        return linear_schedule(c.epsilon_start, c.epsilon_finish, c.epsilon_anneal, progress)
+        env_steps = self.env_steps if env_steps is None else env_steps
+        return linear_schedule(c.epsilon_start, c.epsilon_finish, c.epsilon_anneal_steps, env_steps)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """Epsilon-greedy ``int64 [B, N]`` (greedy if deterministic), log-prob zeros ``[B, N]``."""
@@ -480,6 +490,7 @@ class AQMIX(EpisodeTargetLearner):
         c = self.config
         self.progress = progress
         self.count_episodes(rollout)
+        self.env_steps += rollout.obs.shape[0] * rollout.obs.shape[1]  # T steps of B copies
         self.replay.add(**self.transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
             return {}

@@ -61,6 +61,17 @@ def test_later_agents_see_earlier_choices():
     torch.testing.assert_close(again[..., 0], log_probs[..., 0])
 
 
+def test_exploration_schedules_by_hand():
+    """Sec. 4.3 / spec (ALMA's code): prop_alloc_eps 1.0 -> 0.05 over the first 20% of
+    training, alloc_eps 1.0 -> 0 over the first 5%: at progress 0.1, 1 - 0.95 / 2 = 0.525 and
+    0; at 0.025, 1 - 0.95 / 8 and 0.5; from 0.2 on, 0.05 and 0."""
+    learner = allocator()
+    assert learner.exploration(0.0) == pytest.approx((1.0, 1.0))
+    assert learner.exploration(0.025) == pytest.approx((1.0 - 0.95 / 8, 0.5))
+    assert learner.exploration(0.1) == pytest.approx((0.525, 0.0))
+    assert learner.exploration(0.5) == pytest.approx((0.05, 0.0))
+
+
 def test_best_of_n_takes_the_critics_argmax():
     torch.manual_seed(0)
     learner = allocator()

@@ -246,7 +246,7 @@ def test_learns_cooperative_bandit():
     torch.manual_seed(0)
     n = 2
     learner = make(n, 2, 2, command=False, learning_rate=2e-3, batch_size=64, learning_starts=128,
-                   target_update_episodes=500, epsilon_anneal=0.5)
+                   target_update_episodes=500, epsilon_anneal_steps=2560)
     start = time.perf_counter()
     # reward 1 for both only when both pick action 1
     stats = train(learner, lambda b, n: (entity_obs(learner, b, n), None),
@@ -263,7 +263,7 @@ def test_learns_per_subtask_actions():
     torch.manual_seed(0)
     n, s = 3, 3
     learner = make(n, s, s, learning_rate=2e-3, batch_size=64, learning_starts=128,
-                   target_update_episodes=500, epsilon_anneal=0.5)
+                   target_update_episodes=500, epsilon_anneal_steps=2560)
 
     def make_obs(b, n):
         assign = torch.randint(0, s, (b, n))
@@ -285,20 +285,36 @@ def test_learns_per_subtask_actions():
 # -- bookkeeping ---------------------------------------------------------------------------------
 
 def test_epsilon_schedule_and_act():
+    """Sec. 4.3 / spec: epsilon-greedy, epsilon linear from 1.0 to 0.05 over a number of env
+    steps (2M on SaveTheCity; 1000 here): 1 - 0.95 * 500 / 1000 half way, 0.05 after."""
     torch.manual_seed(0)
-    learner = make(2, 2, 4, epsilon_anneal=0.5)  # 1.0 -> 0.05 over half of training
-    assert learner.epsilon(0.0) == pytest.approx(1.0)
-    assert learner.epsilon(0.25) == pytest.approx(1.0 - 0.95 * 0.5)
-    assert learner.epsilon(0.9) == pytest.approx(0.05)
+    learner = make(2, 2, 4, epsilon_anneal_steps=1000)
+    assert learner.epsilon(0) == pytest.approx(1.0)
+    assert learner.epsilon(500) == pytest.approx(1.0 - 0.95 * 0.5)
+    assert learner.epsilon(1800) == pytest.approx(0.05)
     obs = entity_obs(learner, 4000, 2, torch.randint(0, 2, (4000, 2)))
     greedy, _ = learner.act(obs, deterministic=True)
     torch.testing.assert_close(greedy, learner.q_values(obs).argmax(-1))
     action, _ = learner.act(obs)  # epsilon 1: uniform
     counts = torch.bincount(action.flatten(), minlength=4).float() / action.numel()
     assert (counts - 0.25).abs().max() < 0.02
-    learner.progress = 0.75
+    learner.env_steps = 1500
     action, _ = learner.act(obs)
     assert (action != greedy).float().mean() == pytest.approx(0.05 * 0.75, abs=0.015)
+
+
+def test_epsilon_counts_the_env_steps_of_every_copy():
+    """Spec: the anneal is over env steps, all copies together (pymarl's t_env), not a share
+    of training: a rollout of T = 5 steps of B = 8 copies advances it by 40 steps, whatever
+    ``progress`` says; with 400 anneal steps epsilon is then 1 - 0.95 * 40 / 400 = 0.905."""
+    learner = make(2, 2, 2, epsilon_anneal_steps=400, learning_starts=1000)
+    T, B = 5, 8
+    obs = entity_obs(learner, T * B, 2, torch.randint(0, 2, (T * B, 2))).unflatten(0, (T, B))
+    no = torch.zeros(T, B, dtype=torch.bool)
+    learner.update(Rollout(obs=obs, action=torch.zeros(T, B, 2, dtype=torch.long), log_prob=torch.zeros(T, B, 2),
+                           reward=torch.zeros(T, B, 2), terminated=no, done=no, final_obs=obs, last_obs=obs[0]),
+                   progress=0.9)
+    assert learner.env_steps == 40 and learner.epsilon() == pytest.approx(0.905)
 
 
 def test_learning_starts_target_updates_every_k_episodes_and_checkpoint():
@@ -337,7 +353,7 @@ def test_learning_starts_target_updates_every_k_episodes_and_checkpoint():
     resumed = make(n, s, 2, **options)
     resumed.load_state_dict(learner.state_dict())
     assert len(resumed.replay) == 48 and resumed.gradient_steps == 18 and resumed.progress == pytest.approx(0.3)
-    assert (resumed.episodes, resumed.target_episodes) == (8, 6)
+    assert (resumed.episodes, resumed.target_episodes, resumed.env_steps) == (8, 6, 48)
     obs = entity_obs(learner, 5, n, torch.randint(0, s, (5, n)))
     torch.testing.assert_close(resumed.q_values(obs), learner.q_values(obs))
 
@@ -385,7 +401,7 @@ def test_command_must_be_a_subtask_one_hot():
 
 @pytest.mark.parametrize("field, value, match", [
     ("heads", 3, "divide attention_dim"), ("target_update_episodes", 0, "target_update_episodes"),
-    ("target_groups", "previous", "target_groups"), ("epsilon_anneal", 1.5, "epsilon_anneal"),
+    ("target_groups", "previous", "target_groups"), ("epsilon_anneal_steps", -1, "epsilon_anneal_steps"),
     ("epsilon_finish", -0.1, "epsilon_finish"), ("share_params", False, "share_params"),
     ("max_grad_norm", 0.0, "max_grad_norm"), ("learning_starts", -1, "learning_starts"),
     ("gamma", 1.5, "gamma")])
