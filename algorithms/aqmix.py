@@ -46,6 +46,12 @@ Decisions where our setting differs from the paper:
   keeps the step's own groups, as ALMA's released code does.
 * The subtask reward r^k is read from the agents' rewards: every agent assigned to k
   carries r^k (the mean over k's agents is taken); a subtask with no agents has no loss.
+* Epsilon decays over ``epsilon_anneal_steps`` env steps of all copies together (pymarl's
+  ``t_env``; 2M on SaveTheCity), not over a share of training: a shorter run ends with
+  epsilon above 0.05, as the paper's schedule would.
+* No Pop-Art here (the allocator's critic has it): a mixed value is
+  ``|W_f(x)| . elu(...) + V(x)`` from hypernetworks, whose output layers would all need
+  POP's rescaling, and within one env the subtask rewards share the env's scale.
 
 Shapes: obs ``[B, N, obs_dim]``; actions ``int64 [B, N]``.
 """
@@ -155,9 +161,10 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 # -- the agents ----------------------------------------------------------------------------------
 
 class EntityAttention(nn.Module):
-    """Multi-head attention of one query per agent over its entities; hidden entities get no weight.
+    """Multi-head attention of one query over a set of entities; hidden entities get no weight.
 
-    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``.
+    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``;
+    the leading dims broadcast, so one agent's keys serve several masks (the mixer's subtasks).
     """
 
     def __init__(self, query_dim: int, dim: int, heads: int):
