@@ -10,10 +10,11 @@ to enumerate. A proposal network samples allocations agent by agent; a critic
         u_{a_i} += f([u_{a_i}, e_i])                                    # later agents see earlier choices
     alloc* = argmax over n_proposals samples of Q(s, alloc)
 
-Learning (meta-transitions between two decision points, reward = mean env reward of
-the segment): ``y = r + gamma (1 - term) Q'(s', alloc*(s'))`` with ``alloc*`` picked by the
-online networks and valued by the target critic; the proposal network imitates the
-best of its own samples: ``L_prop = -log p(alloc*(s)) - c_H H``.
+Learning (meta-transitions between two decision points, reward = the team reward per
+step of the segment, i.e. the agents' mean): ``y = r + gamma (1 - term) Q'(s', alloc*(s'))``
+with ``alloc*`` picked by the online networks and valued by the target critic, the
+critic trained on Pop-Art-normalised targets (:class:`PopArt`); the proposal network
+imitates the best of its own samples: ``L_prop = -log p(alloc*(s)) - c_H H``.
 
 The allocator sees the world through the first agent's observation (``obs_entities``
 of the env's ``subtasks`` capability; full observability). Its level sits over all
@@ -32,7 +33,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, linear_schedule
+from algorithms.aqmix import EpisodeTargetLearner
+from algorithms.common import OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import EnvSpec, subtask_membership
@@ -59,8 +61,9 @@ class AllocatorConfig(OffPolicyConfig):
     """Attention heads of the critic."""
     n_proposals: int = 32
     """Allocations sampled per decision and scored by the critic (paper: 32)."""
-    target_update_interval: int = 200
-    """Gradient steps between two copies of the critic into its target."""
+    target_update_episodes: int = 50
+    """Finished episodes, all copies together, between two copies of the critic into its
+    target (paper's code: 50; see :class:`~algorithms.aqmix.EpisodeTargetLearner`)."""
     prop_alloc_eps_start: float = 1.0
     prop_alloc_eps_end: float = 0.05
     prop_alloc_eps_fraction: float = 0.2
@@ -75,16 +78,21 @@ class AllocatorConfig(OffPolicyConfig):
     """Entropy bonus of the proposal loss."""
     learning_starts: int = 500
     """Meta-transitions in the replay before learning starts."""
+    popart: bool = True
+    """Normalise the critic's targets with Pop-Art (the paper's appendix; van Hasselt et al. 2016)."""
+    popart_beta: float = 1e-3
+    """Step size of Pop-Art's running mean and second moment of the targets (per gradient step)."""
 
     def checks(self) -> list[tuple[bool, str]]:
         fractions = (self.prop_alloc_eps_fraction, self.alloc_eps_fraction)
         return super().checks() + [
             (self.n_proposals >= 1, f"n_proposals must be >= 1, got {self.n_proposals}"),
             (self.embedding % self.heads == 0, f"embedding ({self.embedding}) must divide into {self.heads} heads"),
-            (self.target_update_interval >= 1, "target_update_interval must be >= 1"),
+            (self.target_update_episodes >= 1, "target_update_episodes must be >= 1"),
             (all(0 <= f <= 1 for f in fractions), "exploration fractions must be in [0, 1]"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
-            (self.learning_starts >= 0, "learning_starts must be >= 0")]
+            (self.learning_starts >= 0, "learning_starts must be >= 0"),
+            (0 < self.popart_beta <= 1, f"popart_beta must be in (0, 1], got {self.popart_beta}")]
 
 
 class EntityView(nn.Module):
@@ -156,6 +164,69 @@ class ProposalNetwork(nn.Module):
         return torch.stack(choices, -1), torch.stack(log_probs, -1), entropy
 
 
+class PopArt(nn.Module):
+    """An output layer with Pop-Art (van Hasselt et al. 2016, "Learning values across many
+    orders of magnitude"): Adaptively Rescaling Targets while Preserving Outputs.
+
+    The layer gives a normalised value n(h) = w . h + b; the value is sigma n(h) + mu, where
+    mu and nu are running first and second moments of the targets y. ``update(y)`` first
+    moves the statistics (ART), with step beta,
+
+    .. math::
+        \\mu' = (1 - \\beta)\\mu + \\beta\\,\\overline{y},\\quad
+        \\nu' = (1 - \\beta)\\nu + \\beta\\,\\overline{y^2},\\quad
+        \\sigma' = \\sqrt{\\nu' - \\mu'^2},
+
+    then rescales the layer (POP) so that every output is preserved,
+    sigma' n'(h) + mu' = sigma n(h) + mu:
+
+    .. math::
+        w' = \\frac{\\sigma}{\\sigma'} w,\\qquad b' = \\frac{\\sigma b + \\mu - \\mu'}{\\sigma'}.
+
+    The network then learns n against the normalised target (y - mu') / sigma'. The
+    statistics start at mu = 0, nu = 1 (sigma = 1: the plain layer).
+
+    Shapes: h ``[..., width]`` -> n ``[...]``; y any shape.
+    """
+
+    SIGMA_MIN = 1e-4
+    """sigma never falls below this (targets that are all equal would divide by zero)."""
+
+    def __init__(self, width: int, beta: float):
+        super().__init__()
+        self.linear = nn.Linear(width, 1)
+        self.beta = beta
+        self.register_buffer("mu", torch.zeros(()))
+        self.register_buffer("nu", torch.ones(()))
+
+    @property
+    def sigma(self) -> Tensor:
+        """The targets' running standard deviation, at least ``SIGMA_MIN``."""
+        return (self.nu - self.mu.square()).clamp(min=self.SIGMA_MIN ** 2).sqrt()
+
+    def forward(self, h: Tensor) -> Tensor:
+        """The normalised value n(h)."""
+        return self.linear(h).squeeze(-1)
+
+    def denormalize(self, n: Tensor) -> Tensor:
+        """sigma n + mu."""
+        return self.sigma * n + self.mu
+
+    def normalize(self, y: Tensor) -> Tensor:
+        """(y - mu) / sigma."""
+        return (y - self.mu) / self.sigma
+
+    @torch.no_grad()
+    def update(self, y: Tensor) -> None:
+        """ART then POP (see the class docstring), from a batch of targets ``y``."""
+        mu, sigma = self.mu.clone(), self.sigma
+        self.mu.lerp_(y.mean(), self.beta)
+        self.nu.lerp_(y.square().mean(), self.beta)
+        new_sigma = self.sigma
+        self.linear.weight.mul_(sigma / new_sigma)
+        self.linear.bias.mul_(sigma).add_(mu - self.mu).div_(new_sigma)
+
+
 class AllocationCritic(nn.Module):
     """``Q(s, alloc)``: attention over the entities, each agent embedded with its subtask."""
 
@@ -171,10 +242,11 @@ class AllocationCritic(nn.Module):
         for hidden in c.hidden_sizes:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        self.head = nn.Sequential(*layers, nn.Linear(width, 1))
+        self.head = nn.Sequential(*layers)
+        self.value = PopArt(width, c.popart_beta)
 
-    def forward(self, entities: Tensor, alloc: Tensor) -> Tensor:
-        """entities ``[..., E, F]``, alloc ``[..., n, N]`` -> ``[..., n]``."""
+    def forward(self, entities: Tensor, alloc: Tensor, normalized: bool = False) -> Tensor:
+        """entities ``[..., E, F]``, alloc ``[..., n, N]`` -> Q ``[..., n]`` (Pop-Art's n if ``normalized``)."""
         n = alloc.shape[-2]
         h = self.encode(entities) + self.member(self.view.membership)  # [..., E, d]
         h = h.unsqueeze(-3).expand(*h.shape[:-2], n, *h.shape[-2:])  # [..., n, E, d]
@@ -183,10 +255,11 @@ class AllocationCritic(nn.Module):
         flat = h.reshape(-1, *h.shape[-2:])
         attended, _ = self.attention(flat, flat, flat, need_weights=False)
         pooled = torch.relu(attended + flat).mean(-2)
-        return self.head(pooled).view(h.shape[:-2])
+        n = self.value(self.head(pooled)).view(h.shape[:-2])
+        return n if normalized else self.value.denormalize(n)
 
 
-class Allocator(ReplayLearner):
+class Allocator(EpisodeTargetLearner):
     """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
 
     config_class = AllocatorConfig
@@ -225,30 +298,40 @@ class Allocator(ReplayLearner):
         alloc = proposals.gather(-2, best.unsqueeze(-1).expand(*best.shape, proposals.shape[-1])).squeeze(-2)
         return alloc, values.gather(-1, best).squeeze(-1), proposals
 
+    def exploration(self, progress: float | None = None) -> tuple[float, float]:
+        """(prop_alloc_eps, alloc_eps) at ``progress`` (the latest by default), each linear over
+        its share of training (Sec. 4.3; spec: 1 -> 0.05 over 20%, 1 -> 0 over 5%)."""
+        c, p = self.config, self.progress if progress is None else progress
+        return (linear_schedule(c.prop_alloc_eps_start, c.prop_alloc_eps_end, c.prop_alloc_eps_fraction, p),
+                linear_schedule(c.alloc_eps_start, c.alloc_eps_end, c.alloc_eps_fraction, p))
+
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        c = self.config
         entities, active = self.view(obs)
         alloc, _, proposals = self.best_proposal(entities, active, self.critic)
         if not deterministic:
-            p = self.progress
-            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < linear_schedule(
-                c.prop_alloc_eps_start, c.prop_alloc_eps_end, c.prop_alloc_eps_fraction, p)
+            prop_eps, alloc_eps = self.exploration()
+            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < prop_eps
             alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
             uniform = torch.distributions.Categorical(logits=torch.where(active, 0.0, -1e9).unsqueeze(-2)
                                                       .expand(*alloc.shape, -1)).sample()
-            random = torch.rand(alloc.shape, device=obs.device) < linear_schedule(
-                c.alloc_eps_start, c.alloc_eps_end, c.alloc_eps_fraction, p)
+            random = torch.rand(alloc.shape, device=obs.device) < alloc_eps
             alloc = torch.where(random, uniform, alloc)
         return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
 
     # -- learning ---------------------------------------------------------------------------
-    @staticmethod
-    def meta_transitions(rollout: Rollout) -> dict[str, Tensor]:
+    def meta_transitions(self, rollout: Rollout) -> dict[str, Tensor]:
         """Segments from each decision to the next, complete within the rollout.
 
-        A segment's reward is the mean per-step reward of the level over it; it ends at the
-        next decision, whose observation (or the final one, if the episode ended) is ``s'``.
+        A segment from t0 to its next boundary t1 has the reward
+
+        .. math::
+            r = \\frac{1}{t_1 - t_0} \\sum_{t=t_0}^{t_1 - 1} \\frac{1}{N} \\sum_{i=1}^{N} r_{t,i},
+
+        the team reward per step: the level's reward is the sum of its N children's rewards,
+        and an env that gives every agent the team reward R (SaveTheCity) would otherwise
+        teach the allocator N R. It ends at the next decision, whose observation (or the
+        final one, if the episode ended) is ``s'``.
         """
         decision, done = rollout.decision, rollout.done
         steps = decision.shape[0]
@@ -259,7 +342,7 @@ class Allocator(ReplayLearner):
         next_boundary = upcoming.flip(0).cummin(0).values.flip(0)[1:]  # first boundary after t: [T, B]
         valid = decision & (next_boundary <= steps)
         cumulative = torch.cat([torch.zeros_like(rollout.reward[:1]), rollout.reward.cumsum(0)], 0)
-        reward = cumulative.sum(-1)  # [T + 1, B]: the level's reward, one agent
+        reward = cumulative.sum(-1) / self.io.group  # [T + 1, B]: the children's mean reward
         t0, b = valid.nonzero(as_tuple=True)
         t1 = next_boundary[t0, b]
         next_obs = rollout.next_obs()
@@ -268,7 +351,12 @@ class Allocator(ReplayLearner):
                 "next_obs": next_obs[t1 - 1, b], "terminated": rollout.terminated[t1 - 1, b].float()}
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Critic TD loss, proposal loss and entropy on a batch of meta-transitions."""
+        """Critic TD loss, proposal loss and the batch's mean Q on a batch of meta-transitions.
+
+        With ``popart`` the target statistics move first (ART, preserving the critic's
+        outputs: POP) and the TD loss is in normalised units: ``(n(s, a) - (y - mu) / sigma)^2``.
+        The target critic is a snapshot of the unnormalised Q (its own statistics, copied with it).
+        """
         c = self.config
         entities, active = self.view(batch["obs"])
         with torch.no_grad():
@@ -277,17 +365,22 @@ class Allocator(ReplayLearner):
             next_value = self.critic_target(next_entities, next_alloc.unsqueeze(-2)).squeeze(-1)
             target = batch["reward"] + c.gamma * (1 - batch["terminated"]) * next_value
             best, _, _ = self.best_proposal(entities, active, self.critic)
-        q = self.critic(entities, batch["alloc"].unsqueeze(-2)).squeeze(-1)
-        q_loss = nn.functional.smooth_l1_loss(q, target) if c.huber_loss else nn.functional.mse_loss(q, target)
+        popart = self.critic.value
+        if c.popart:
+            popart.update(target)
+        n = self.critic(entities, batch["alloc"].unsqueeze(-2), normalized=True).squeeze(-1)
+        error = nn.functional.smooth_l1_loss if c.huber_loss else nn.functional.mse_loss
+        q_loss = error(n, popart.normalize(target))
         _, log_prob, entropy = self.proposal(entities, active, 1, given=best.unsqueeze(-2))
         proposal_loss = -(log_prob.sum(-1) + c.entropy_coef * entropy).mean()
-        return q_loss, proposal_loss, q.mean().detach()
+        return q_loss, proposal_loss, popart.denormalize(n).mean().detach()
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
         c = self.config
         self.progress = progress
         if rollout.decision is None:
             raise ValueError("the allocator's level must re-decide by events: set decide_every on it")
+        self.count_episodes(rollout)
         self.replay.add(**self.meta_transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
             return {}
@@ -298,8 +391,8 @@ class Allocator(ReplayLearner):
             nn.utils.clip_grad_norm_([*self.proposal.parameters(), *self.critic.parameters()], c.max_grad_norm)
             self.optimizer.step()
             self.gradient_steps += 1
-            if self.gradient_steps % c.target_update_interval == 0:
-                self.critic_target.load_state_dict(self.critic.state_dict())
+        if self.target_update_due(c.target_update_episodes):
+            self.critic_target.load_state_dict(self.critic.state_dict())
         return {"q_loss": q_loss.detach(), "proposal_loss": proposal_loss.detach(), "q_mean": q_mean}
 
 

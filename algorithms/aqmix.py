@@ -13,35 +13,45 @@ value is trained, by double-Q TD learning:
 With a command from the level above (ALMA's subtask allocation, a one-hot of S subtasks
 at the end of the observation) there is one mixed value **per subtask** k, over the
 agents assigned to k only, trained on that subtask's reward r^k; each agent attends only
-to the entities of its subtask (``mask_subtasks``). Without a command (the flat A-QMIX)
-there is one Q_tot over all agents, trained on the mean of the agents' rewards.
+to its subtask's state s^k_{A_k} of Eq. 9 (``mask_subtasks``): the subtask's non-agent
+entities and the agents assigned to k; other subtasks' entities and agents are hidden.
+Without a command (the flat A-QMIX) there is one Q_tot over all agents, trained on the
+mean of the agents' rewards.
 
 Agent network (entity attention, as ALMA's / REFIL's agents): every entity row of the
 observation is embedded by an MLP; the agent's query is its own row's embedding with the
-command; multi-head attention over the entities (those of other subtasks hidden); then an
-MLP of [own embedding, command, attention output] to the K utilities.
+command; multi-head attention over the entities (with the mask: those outside s^k_{A_k}
+hidden); then an MLP of [own embedding, command, attention output] to the K utilities.
 
 Mixer (QMIX hypernetworks, weights made non-negative by abs): the env state is not stored
-in our rollouts, so the mixer's state is built from the agents' observations (each is a
-full entity list): h_i = MLP(o_i); a subtask's state is the mean of h_i over its agents
-(all agents when flat), as ALMA's mixer pools its per-agent hypernetwork outputs per
-subtask. The first layer's weights of agent i come from [h_i, that mean] (QMIX's
-``hyper_w_1`` gives one row per agent), ``b1``, ``w_final`` and ``V`` from the mean.
-A Q_i enters subtask k's mix multiplied by i's membership of k, so Q^k_tot does not
-depend on the utilities of other subtasks' agents.
+in our rollouts, so the mixer reads the entities from the agents' observations (each is a
+full entity list, SaveTheCity being fully observed). For subtask k, each member agent
+attends over the entities of s^k_{A_k} (the same mask as the agents'), the first layer's
+weights of agent i come from its view (QMIX's ``hyper_w_1`` gives one row per agent), and
+``b1``, ``w_final`` and ``V`` from the mean of the members' views, as ALMA's mixer pools its
+per-agent hypernetwork outputs per subtask. A Q_i enters subtask k's mix multiplied by i's
+membership of k, so Q^k_tot depends neither on the utilities of other subtasks' agents nor
+on any entity hidden from k. Flat (or without the mask) every entity is visible.
 
 Decisions where our setting differs from the paper:
 
 * Transition replay of (obs, action, reward, next_obs, terminated) instead of the paper's
   episodic replay: the agents are feed-forward (no RNN), so single steps suffice.
-* Target networks are copied every ``target_update_interval`` gradient steps (the paper:
-  every 200 episodes, which has no direct analogue with vectorised rollouts).
+* Target networks are copied every ``target_update_episodes`` finished episodes (the
+  paper's 200), counted over all B copies (:class:`EpisodeTargetLearner`); the check runs
+  after an update's gradient steps, so a copy lands on a rollout boundary.
 * ``target_groups``: the target mixes the next step's assignment (``"next"``, read from
   next_obs's command); a subtask that has no agents at the next step bootstraps 0 (its
   agents' share of it ended there, and an empty mix is never trained). ``"current"``
   keeps the step's own groups, as ALMA's released code does.
 * The subtask reward r^k is read from the agents' rewards: every agent assigned to k
   carries r^k (the mean over k's agents is taken); a subtask with no agents has no loss.
+* Epsilon decays over ``epsilon_anneal_steps`` env steps of all copies together (pymarl's
+  ``t_env``; 2M on SaveTheCity), not over a share of training: a shorter run ends with
+  epsilon above 0.05, as the paper's schedule would.
+* No Pop-Art here (the allocator's critic has it): a mixed value is
+  ``|W_f(x)| . elu(...) + V(x)`` from hypernetworks, whose output layers would all need
+  POP's rescaling, and within one env the subtask rewards share the env's scale.
 
 Shapes: obs ``[B, N, obs_dim]``; actions ``int64 [B, N]``.
 """
@@ -92,16 +102,17 @@ class AQMIXConfig(OffPolicyConfig):
     """RMSprop epsilon (pymarl's optim_eps)."""
     max_grad_norm: float = 10.0
     """The gradient's global norm is clipped to this."""
-    target_update_interval: int = 200
-    """Gradient steps between two target network updates."""
+    target_update_episodes: int = 200
+    """Finished episodes, all copies together, between two target network updates (paper: 200)."""
     target_groups: str = "next"
     """Which assignment the target mixes: "next" (next_obs's command) or "current" (ALMA's code)."""
     epsilon_start: float = 1.0
     """Exploration epsilon at the start of training."""
     epsilon_finish: float = 0.05
     """Exploration epsilon at the end of the anneal and after."""
-    epsilon_anneal: float = 0.1
-    """Share of training (``progress``) over which epsilon decays linearly from start to finish."""
+    epsilon_anneal_steps: int = 2_000_000
+    """Env steps, all copies together (pymarl's ``t_env``), over which epsilon decays linearly
+    from start to finish (ALMA on SaveTheCity: 2M); 0: epsilon_finish from the start."""
     learning_starts: int = 1_000
     """Replay rows (one env copy's step each) before the first gradient step."""
     attention_dim: int = 128
@@ -110,10 +121,13 @@ class AQMIXConfig(OffPolicyConfig):
     """Attention heads; must divide attention_dim."""
     mixing_embed_dim: int = 32
     """Width of the mixing network's hidden layer (QMIX's mixing_embed_dim)."""
-    hypernet_embed: int = 64
-    """Width of the agents' observation embedding that feeds the hypernetworks."""
+    hypernet_embed: int = 128
+    """Width of the mixer's entity embedding and attention, which feed the hypernetworks
+    (the paper's 128 for attention layers)."""
     mask_subtasks: bool = True
-    """Agents attend only to entities of their assigned subtask (and to those of none); needs a command."""
+    """Agents attend only to their subtask's entities and to the agents assigned to the same
+    subtask (Eq. 9; entities of no subtask that are not agents stay visible); needs a command.
+    False: ALMA's no-mask ablation, every entity visible."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -121,18 +135,19 @@ class AQMIXConfig(OffPolicyConfig):
             (self.optim_alpha > 0 and self.optim_eps > 0,
              f"optim_alpha and optim_eps must be > 0, got {self.optim_alpha}, {self.optim_eps}"),
             (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
-            (self.target_update_interval >= 1,
-             f"target_update_interval must be >= 1, got {self.target_update_interval}"),
+            (self.target_update_episodes >= 1,
+             f"target_update_episodes must be >= 1, got {self.target_update_episodes}"),
             (self.target_groups in TARGET_GROUPS,
              f"target_groups must be one of {', '.join(TARGET_GROUPS)}, got {self.target_groups!r}"),
             (0 <= self.epsilon_start <= 1 and 0 <= self.epsilon_finish <= 1,
              f"epsilon_start, epsilon_finish must be in [0, 1], got {self.epsilon_start}, {self.epsilon_finish}"),
-            (0 <= self.epsilon_anneal <= 1, f"epsilon_anneal must be in [0, 1], got {self.epsilon_anneal}"),
+            (self.epsilon_anneal_steps >= 0, f"epsilon_anneal_steps must be >= 0, got {self.epsilon_anneal_steps}"),
             (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
             (self.attention_dim >= 1 and self.heads >= 1 and self.attention_dim % self.heads == 0,
              f"heads ({self.heads}) must divide attention_dim ({self.attention_dim}), both >= 1"),
-            (self.mixing_embed_dim >= 1 and self.hypernet_embed >= 1,
-             f"mixing_embed_dim, hypernet_embed must be >= 1, got {self.mixing_embed_dim}, {self.hypernet_embed}")]
+            (self.mixing_embed_dim >= 1, f"mixing_embed_dim must be >= 1, got {self.mixing_embed_dim}"),
+            (self.hypernet_embed >= 1 and self.hypernet_embed % self.heads == 0,
+             f"heads ({self.heads}) must divide hypernet_embed ({self.hypernet_embed}), both >= 1")]
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -146,9 +161,10 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 # -- the agents ----------------------------------------------------------------------------------
 
 class EntityAttention(nn.Module):
-    """Multi-head attention of one query per agent over its entities; hidden entities get no weight.
+    """Multi-head attention of one query over a set of entities; hidden entities get no weight.
 
-    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``.
+    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``;
+    the leading dims broadcast, so one agent's keys serve several masks (the mixer's subtasks).
     """
 
     def __init__(self, query_dim: int, dim: int, heads: int):
@@ -175,8 +191,46 @@ class EntityAttention(nn.Module):
         return self.out(torch.einsum("...he,...ehd->...hd", weights, v).flatten(-2))
 
 
+class SubtaskMask(nn.Module):
+    """The entities hidden from a viewer under an allocation: Eq. 9's subtask state s^k_{A_k}.
+
+    A viewer has a subtask indicator c (an agent: its command; subtask k's mixer: the one-hot
+    of k). With m_e the membership row of entity e and c_j agent j's command, the viewer sees
+
+    .. math::
+        e \\text{ of a subtask: } c \\cdot m_e = 1,\\qquad
+        e \\text{ agent } j\\text{'s entity: } c \\cdot c_j = 1,\\qquad
+        e \\text{ of neither: always},
+
+    i.e. the subtask's non-agent entities and only the agents assigned to the same subtask;
+    a viewer with no subtask sees only the entities of neither.
+
+    Shapes: viewer ``[..., V, S]``, commands ``[..., N, S]`` (0/1) -> hidden ``[..., V, E]`` bool.
+    """
+
+    def __init__(self, layout: EntityLayout):
+        super().__init__()
+        membership = subtask_membership(layout.subtask_of_entity, layout.n_subtasks)
+        self.register_buffer("membership", membership.float(), persistent=False)  # [E, S]
+        self.register_buffer("in_subtask", membership.any(-1), persistent=False)  # [E]
+        self.agents = layout.agent_entities
+
+    def forward(self, viewer: Tensor, commands: Tensor) -> Tensor:
+        hidden = self.in_subtask & (viewer @ self.membership.T < 0.5)  # [..., V, E]
+        if self.agents == 0:
+            return hidden
+        # entity j < agent_entities is agent j: hidden unless it works on the viewer's subtask
+        apart = viewer @ commands[..., :self.agents, :].transpose(-1, -2) < 0.5  # [..., V, A]
+        rest = apart.new_zeros(*apart.shape[:-1], self.membership.shape[0] - self.agents)
+        return hidden | torch.cat([apart, rest], -1)
+
+
 class AgentNetwork(nn.Module):
-    """Q_i(o_i, .) for every agent at once, one set of weights: ``[..., N, obs_dim]`` -> ``[..., N, K]``."""
+    """Q_i(o_i, .) for every agent at once, one set of weights: ``[..., N, obs_dim]`` -> ``[..., N, K]``.
+
+    With ``mask_subtasks`` agent i attends only to what :class:`SubtaskMask` leaves it under
+    the level's allocation (every agent's command is in ``obs``, so the mask is one batched op).
+    """
 
     def __init__(self, layout: EntityLayout, n_actions: int, config: AQMIXConfig):
         super().__init__()
@@ -187,22 +241,12 @@ class AgentNetwork(nn.Module):
         # the command also goes straight to the head: attention over identical entities
         # would otherwise hide which subtask the agent works on
         self.head = mlp([2 * d + c, *config.hidden_sizes, n_actions])
-        self.mask_subtasks = config.mask_subtasks and c > 0
-        membership = subtask_membership(layout.subtask_of_entity, layout.n_subtasks)
-        self.register_buffer("membership", membership.float(), persistent=False)  # [E, S]
-        self.register_buffer("in_subtask", membership.any(-1), persistent=False)
-
-    def hidden_entities(self, command: Tensor) -> Tensor:
-        """``[..., N, E]`` bool: entities of a subtask other than the agent's (those of none stay visible)."""
-        return self.in_subtask & (command @ self.membership.T < 0.5)
+        self.mask = SubtaskMask(layout) if config.mask_subtasks and c > 0 else None
 
     def forward(self, obs: Tensor) -> Tensor:
-        lay = self.layout
-        own = self.embed(obs[..., :lay.entity_dim])  # [..., N, D]
-        rows = obs[..., lay.first:lay.first + lay.n_entities * lay.entity_dim]
-        entities = self.embed(rows.unflatten(-1, (lay.n_entities, lay.entity_dim)))  # [..., N, E, D]
-        command = obs[..., obs.shape[-1] - lay.command_dim:]  # [..., N, S] (S may be 0)
-        hidden = self.hidden_entities(command) if self.mask_subtasks else None
+        own, rows, command = self.layout.split(obs)  # [..., N, F], [..., N, E, F], [..., N, S]
+        own, entities = self.embed(own), self.embed(rows)  # [..., N, D], [..., N, E, D]
+        hidden = None if self.mask is None else self.mask(command, command)  # [..., N, E]
         query = torch.cat([own, command], -1)
         attended = self.attention(query, entities, hidden)  # [..., N, D]
         return self.head(torch.cat([query, attended], -1))
@@ -211,30 +255,49 @@ class AgentNetwork(nn.Module):
 # -- the mixer -----------------------------------------------------------------------------------
 
 class Mixer(nn.Module):
-    """Monotonic QMIX mixing, one output per group: ``q [..., N]``, ``obs [..., N, obs_dim]``,
-    ``groups [..., N, G]`` 0/1 -> ``Q_tot [..., G]``; dQ_tot[g]/dq_i = 0 unless i is in g, else >= 0."""
+    """Monotonic QMIX mixing, one output per group g, conditioned on g's masked entities only.
 
-    def __init__(self, obs_dim: int, mixing_embed_dim: int, hypernet_embed: int):
+    Each agent i reads group g's entities from its own observation: an attention of its own
+    row's embedding over the entity embeddings that ``mask`` leaves group g (subtask k:
+    s^k_{A_k} of Eq. 9; flat or unmasked: every entity), x_{g,i}. The group's state is the
+    mean over its members, x_g. With member_{g,i} in {0, 1}:
+
+    .. math::
+        Q^g_{tot} = w^g_{final} \\cdot \\mathrm{elu}\\big(\\textstyle\\sum_i member_{g,i}\\, Q_i
+        |W_1(x_{g,i})| + b_1(x_g)\\big) + V(x_g),\\qquad w^g_{final} = |W_f(x_g)|,
+
+    so dQ^g_tot/dQ_i >= 0, = 0 unless i is in g, and Q^g_tot does not change with the
+    entities hidden from g (another subtask's entities and agents).
+
+    Shapes: ``q [..., N]``, ``obs [..., N, obs_dim]``, ``groups [..., N, G]`` 0/1 -> ``Q_tot [..., G]``;
+    with a mask, G = S (group g is subtask g).
+    """
+
+    def __init__(self, layout: EntityLayout, config: AQMIXConfig, mask: SubtaskMask | None):
         super().__init__()
-        h, d = hypernet_embed, mixing_embed_dim
-        self.embed = nn.Sequential(nn.Linear(obs_dim, h), nn.ReLU())  # the state, per agent
-        self.hyper_w_1 = nn.Linear(2 * h, d)
+        h, d = config.hypernet_embed, config.mixing_embed_dim
+        self.layout, self.mask = layout, mask
+        self.embed = nn.Sequential(nn.Linear(layout.entity_dim, h), nn.ReLU())
+        self.attention = EntityAttention(h, h, config.heads)
+        self.hyper_w_1 = nn.Linear(h, d)
         self.hyper_b_1 = nn.Linear(h, d)
         self.hyper_w_final = nn.Linear(h, d)
         self.V = nn.Sequential(nn.Linear(h, d), nn.ReLU(), nn.Linear(d, 1))  # QMIX's state-dependent bias
+        self.register_buffer("subtasks", torch.eye(layout.n_subtasks), persistent=False)  # viewer g = one-hot g
 
     def forward(self, q: Tensor, obs: Tensor, groups: Tensor) -> Tensor:
-        h = self.embed(obs)  # [..., N, H]
+        own, rows, _ = self.layout.split(obs)
         member = groups.transpose(-1, -2)  # [..., G, N]
-        state = member @ h / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]: mean over the group
-        pair = torch.cat([h.unsqueeze(-3).expand(*member.shape, -1),
-                          state.unsqueeze(-2).expand(*member.shape, -1)], -1)  # [..., G, N, 2H]
-        w1 = self.hyper_w_1(pair).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
-        b1 = self.hyper_b_1(state)  # [..., G, D]
+        # [..., G, 1, E]: the same hidden set for every agent's view of group g
+        hidden = None if self.mask is None else self.mask(self.subtasks, groups).unsqueeze(-2)
+        x = self.attention(self.embed(own).unsqueeze(-3), self.embed(rows).unsqueeze(-4), hidden)
+        x = x.expand(*member.shape, x.shape[-1])  # [..., G, N, H]
+        state = (member.unsqueeze(-1) * x).sum(-2) / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]
+        w1 = self.hyper_w_1(x).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
         q_in = member * q.unsqueeze(-2)  # [..., G, N]: agents outside the group contribute nothing
-        hidden = F.elu((q_in.unsqueeze(-1) * w1).sum(-2) + b1)
+        hidden_layer = F.elu((q_in.unsqueeze(-1) * w1).sum(-2) + self.hyper_b_1(state))
         w_final = self.hyper_w_final(state).abs()
-        return (hidden * w_final).sum(-1) + self.V(state).squeeze(-1)
+        return (hidden_layer * w_final).sum(-1) + self.V(state).squeeze(-1)
 
 
 # -- the learner ---------------------------------------------------------------------------------
@@ -251,6 +314,15 @@ class EntityLayout:
     subtask_of_entity: tuple[int, ...]
     command_dim: int
     """S when the level's obs ends with a one-hot subtask command, else 0."""
+    agent_entities: int = 0
+    """Entities 0..agent_entities-1 are the level's agents 0..agent_entities-1 (agents come first
+    among the entities: the leading entities of no subtask, at most one per agent)."""
+
+    def split(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """An observation's own row ``[..., F]``, entity rows ``[..., E, F]`` and command ``[..., S]`` (S may be 0)."""
+        rows = obs[..., self.first:self.first + self.n_entities * self.entity_dim]
+        return (obs[..., :self.entity_dim], rows.unflatten(-1, (self.n_entities, self.entity_dim)),
+                obs[..., obs.shape[-1] - self.command_dim:])
 
     @classmethod
     def read(cls, io: AgentIO, subtasks: dict[str, Any], name: str) -> EntityLayout:
@@ -278,10 +350,46 @@ class EntityLayout:
         for ok, message in problems:
             if not ok:
                 raise ValueError(f"aqmix on {name}: {message}")
-        return cls(s, e, f, first, of_entity, command_dim)
+        leading = next((i for i, k in enumerate(of_entity) if k != -1), e)
+        return cls(s, e, f, first, of_entity, command_dim, min(leading, io.n_agents))
 
 
-class AQMIX(ReplayLearner):
+class EpisodeTargetLearner(ReplayLearner):
+    """A replay learner whose target networks follow the online ones every so many finished
+    episodes, the paper's unit (ALMA's appendix D: "copy live params to target params every
+    _ episodes"). Episodes are counted over all B copies: every copy whose episode ends in a
+    rollout counts one (``rollout.done``), so B copies that end together count B, as
+    pymarl's parallel runner adds its ``batch_size_run`` episodes. The counts travel with
+    ``state_dict``."""
+
+    def __init__(self, io: AgentIO, buffer_size: int):
+        super().__init__(io, buffer_size)
+        #: finished episodes in the rollouts given to ``update`` so far, all copies together
+        self.episodes = 0
+        #: ``episodes`` at the last target update
+        self.target_episodes = 0
+
+    def count_episodes(self, rollout: Rollout) -> None:
+        """Add the rollout's finished episodes (one sync per update, not per step)."""
+        self.episodes += int(rollout.done.sum())
+
+    def target_update_due(self, interval: int) -> bool:
+        """Whether ``interval`` episodes have finished since the last target update; if so the
+        caller updates its targets now and the count restarts from here."""
+        if self.episodes - self.target_episodes < interval:
+            return False
+        self.target_episodes = self.episodes
+        return True
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "episodes": self.episodes, "target_episodes": self.target_episodes}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.episodes, self.target_episodes = int(state["episodes"]), int(state["target_episodes"])
+
+
+class AQMIX(EpisodeTargetLearner):
     """A-QMIX for all agents of a level: entity-attention utilities, per-subtask monotonic mixing."""
 
     config_class = AQMIXConfig
@@ -301,11 +409,22 @@ class AQMIX(ReplayLearner):
         self.n_actions = int(space.n)
         self.layout = EntityLayout.read(io, subtasks, env_name)
         self.agent = AgentNetwork(self.layout, self.n_actions, c)
-        self.mixer = Mixer(io.obs_dim, c.mixing_embed_dim, c.hypernet_embed)
+        # the mixer of subtask k sees what k's agents may see; flat and no-mask: everything
+        mixer_mask = SubtaskMask(self.layout) if c.mask_subtasks and self.layout.command_dim else None
+        self.mixer = Mixer(self.layout, c, mixer_mask)
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizer = torch.optim.RMSprop([*self.agent.parameters(), *self.mixer.parameters()],
                                              lr=c.learning_rate, alpha=c.optim_alpha, eps=c.optim_eps)
+        #: env steps of all copies in the rollouts given to ``update``: drives epsilon
+        self.env_steps = 0
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "env_steps": self.env_steps}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.env_steps = int(state["env_steps"])
 
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:
@@ -318,11 +437,11 @@ class AQMIX(ReplayLearner):
             return obs.new_ones(*obs.shape[:-1], 1)
         return (obs[..., -self.layout.command_dim:] > 0.5).float()
 
-    def epsilon(self, progress: float | None = None) -> float:
-        """Linear anneal over the share of training; the latest progress by default."""
+    def epsilon(self, env_steps: int | None = None) -> float:
+        """Linear anneal over ``epsilon_anneal_steps`` env steps; the steps seen so far by default."""
         c = self.config
-        progress = self.progress if progress is None else progress
-        return linear_schedule(c.epsilon_start, c.epsilon_finish, c.epsilon_anneal, progress)
+        env_steps = self.env_steps if env_steps is None else env_steps
+        return linear_schedule(c.epsilon_start, c.epsilon_finish, c.epsilon_anneal_steps, env_steps)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """Epsilon-greedy ``int64 [B, N]`` (greedy if deterministic), log-prob zeros ``[B, N]``."""
@@ -377,6 +496,8 @@ class AQMIX(ReplayLearner):
         """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
         c = self.config
         self.progress = progress
+        self.count_episodes(rollout)
+        self.env_steps += rollout.obs.shape[0] * rollout.obs.shape[1]  # T steps of B copies
         self.replay.add(**self.transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
             return {}
@@ -389,10 +510,10 @@ class AQMIX(ReplayLearner):
             grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             self.optimizer.step()
             self.gradient_steps += 1
-            if self.gradient_steps % c.target_update_interval == 0:
-                soft_update(self.target_agent, self.agent, c.tau)
-                soft_update(self.target_mixer, self.mixer, c.tau)
             stats = {"q_loss": q_loss.detach(), "q_tot": q_tot, "grad_norm": grad_norm}
+        if stats and self.target_update_due(c.target_update_episodes):
+            soft_update(self.target_agent, self.agent, c.tau)
+            soft_update(self.target_mixer, self.mixer, c.tau)
         if stats:
             stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
         return stats

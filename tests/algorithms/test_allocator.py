@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig
+from algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
 from hmarl import AgentIO, EnvSpec, Rollout
 
 N, S, F = 3, 4, 3  # agents, subtasks, entity features: [x, is_agent, finished]
@@ -61,6 +61,17 @@ def test_later_agents_see_earlier_choices():
     torch.testing.assert_close(again[..., 0], log_probs[..., 0])
 
 
+def test_exploration_schedules_by_hand():
+    """Sec. 4.3 / spec (ALMA's code): prop_alloc_eps 1.0 -> 0.05 over the first 20% of
+    training, alloc_eps 1.0 -> 0 over the first 5%: at progress 0.1, 1 - 0.95 / 2 = 0.525 and
+    0; at 0.025, 1 - 0.95 / 8 and 0.5; from 0.2 on, 0.05 and 0."""
+    learner = allocator()
+    assert learner.exploration(0.0) == pytest.approx((1.0, 1.0))
+    assert learner.exploration(0.025) == pytest.approx((1.0 - 0.95 / 8, 0.5))
+    assert learner.exploration(0.1) == pytest.approx((0.525, 0.0))
+    assert learner.exploration(0.5) == pytest.approx((0.05, 0.0))
+
+
 def test_best_of_n_takes_the_critics_argmax():
     torch.manual_seed(0)
     learner = allocator()
@@ -76,15 +87,19 @@ def test_best_of_n_takes_the_critics_argmax():
 
 
 def test_meta_transitions_between_decisions():
+    """Sec. 4.1 / spec: a meta-transition's reward is the team reward per step of its segment.
+    The level's reward is the sum of its N = 3 children's, each carrying the team reward R
+    (as SaveTheCity's agents do), so the level sees 3 R; by hand with R = 1, 3, 5, 7, 9, 11:
+    segments [0, 2) -> (1 + 3) / 2 = 2, [2, 4) -> 6, [4, 5) -> 9, not 3x that."""
     # one copy, T = 6: decisions at 0, 2 and 5; the episode ends (terminated) at step 3
     decision = torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool).view(6, 1)
     terminated = torch.tensor([0, 0, 0, 1, 0, 0], dtype=torch.bool).view(6, 1)
     obs = torch.arange(6.0).view(6, 1, 1, 1)
     rollout = Rollout(obs=obs, action=torch.arange(6).view(6, 1, 1, 1).expand(6, 1, 1, N),
-                      log_prob=torch.zeros(6, 1, 1), reward=torch.tensor([1.0, 3, 5, 7, 9, 11]).view(6, 1, 1),
+                      log_prob=torch.zeros(6, 1, 1), reward=N * torch.tensor([1.0, 3, 5, 7, 9, 11]).view(6, 1, 1),
                       terminated=terminated, done=terminated.clone(), final_obs=obs + 100,
                       last_obs=torch.full((1, 1, 1), 6.0), decision=decision)
-    batch = Allocator.meta_transitions(rollout)
+    batch = allocator().meta_transitions(rollout)
     # segments [0, 2), [2, 4) (ends with the episode), [4, 5); the one from 5 is incomplete
     assert batch["obs"].flatten().tolist() == [0.0, 2.0, 4.0]
     assert batch["alloc"][:, 0].tolist() == [0, 2, 4]
@@ -93,11 +108,65 @@ def test_meta_transitions_between_decisions():
     assert batch["terminated"].tolist() == [0.0, 1.0, 0.0]
 
 
+def test_popart_rescales_targets_and_preserves_outputs_by_hand():
+    """van Hasselt et al. 2016 (Pop-Art), the paper's appendix D: one layer n(h) = 2 h + 1 at
+    mu = 0, nu = 1, step beta = 0.5, targets y = (4, 6). ART: mu' = 0.5 * 0 + 0.5 * 5 = 2.5,
+    nu' = 0.5 * 1 + 0.5 * 26 = 13.5, sigma' = sqrt(13.5 - 2.5^2) = sqrt(7.25). POP:
+    w' = 2 / sigma', b' = (1 * 1 + 0 - 2.5) / sigma' = -1.5 / sigma', so sigma' n'(h) + mu'
+    = 2 h + 1 for every h; the target 5 normalises to 2.5 / sigma'."""
+    layer = PopArt(1, beta=0.5)
+    with torch.no_grad():
+        layer.linear.weight.fill_(2.0)
+        layer.linear.bias.fill_(1.0)
+    h = torch.tensor([[-1.0], [0.0], [3.0]])
+    before = layer.denormalize(layer(h))
+    torch.testing.assert_close(before, torch.tensor([-1.0, 1.0, 7.0]))
+    layer.update(torch.tensor([4.0, 6.0]))
+    sigma = 7.25 ** 0.5
+    torch.testing.assert_close(torch.stack([layer.mu, layer.nu, layer.sigma]), torch.tensor([2.5, 13.5, sigma]))
+    torch.testing.assert_close(layer.linear.weight, torch.tensor([[2.0 / sigma]]))
+    torch.testing.assert_close(layer.linear.bias, torch.tensor([-1.5 / sigma]))
+    torch.testing.assert_close(layer.denormalize(layer(h)), before)  # outputs preserved
+    torch.testing.assert_close(layer.normalize(torch.tensor(5.0)), torch.tensor(2.5 / sigma))
+
+
+def test_the_critic_learns_popart_normalised_targets_and_keeps_its_values():
+    """Appendix D (Pop-Art on the allocator's value), on terminal meta-transitions, so the
+    target is y = r = 100 exactly. With beta = 0.1, one loss moves mu 0 -> 10 and nu 1 ->
+    0.9 + 0.1 * 100^2 = 1000.9 (sigma = sqrt(900.9)); the critic's unnormalised Q(s, alloc)
+    is unchanged by it (POP), and the loss is the mean of (n - (100 - 10) / sigma)^2. Off,
+    the statistics stay at mu 0, sigma 1 and the loss is the mean of (Q - 100)^2."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"obs": observation(16, generator=g), "alloc": torch.randint(0, S, (16, N), generator=g),
+             "reward": torch.full((16,), 100.0), "next_obs": observation(16, generator=g),
+             "terminated": torch.ones(16)}
+    for on in (True, False):
+        learner = allocator(popart=on, popart_beta=0.1, huber_loss=False)
+        entities, _ = learner.view(batch["obs"])
+        alloc = batch["alloc"].unsqueeze(-2)
+        q_before = learner.critic(entities, alloc).squeeze(-1).detach()
+        q_loss, _, q_mean = learner.loss(batch)
+        popart = learner.critic.value
+        torch.testing.assert_close(learner.critic(entities, alloc).squeeze(-1), q_before)  # preserved
+        torch.testing.assert_close(q_mean, q_before.mean())
+        n = learner.critic(entities, alloc, normalized=True).squeeze(-1)
+        if on:
+            sigma = 900.9 ** 0.5
+            torch.testing.assert_close(torch.stack([popart.mu, popart.nu, popart.sigma]),
+                                       torch.tensor([10.0, 1000.9, sigma]))
+            torch.testing.assert_close(q_loss, ((n - 90.0 / sigma) ** 2).mean())
+        else:
+            assert popart.mu == 0 and popart.sigma == 1
+            torch.testing.assert_close(n, q_before)
+            torch.testing.assert_close(q_loss, ((q_before - 100.0) ** 2).mean())
+
+
 def test_allocator_learns_a_one_step_allocation_bandit():
     """Reward = agents on subtask 2 minus agents on subtask 0; every segment one step long."""
     torch.manual_seed(0)
     learner = allocator(learning_rate=3e-3, batch_size=64, learning_starts=0, updates_per_step=4,
-                        target_update_interval=10)
+                        target_update_episodes=32)
     g = torch.Generator().manual_seed(0)
     for iteration in range(25):
         obs = observation(32, generator=g)
@@ -112,6 +181,36 @@ def test_allocator_learns_a_one_step_allocation_bandit():
         learner.update(rollout, progress=iteration / 25)
     greedy, _ = learner.act(observation(64, generator=g), deterministic=True)
     assert (greedy == 2).float().mean() > 0.9
+
+
+def test_critic_target_follows_every_50_episodes_counted_over_copies():
+    """Spec / ALMA's code: the allocator's target critic is copied every 50 episodes (here 3),
+    counted over the B = 2 copies, not every so many gradient steps. Each rollout of T = 2
+    steps decides at both steps and ends copy 0's episode at its last step: one episode per
+    rollout, so the target is copied after the 3rd update and after the 6th, not between."""
+    torch.manual_seed(0)
+    learner = allocator(batch_size=2, learning_starts=0, updates_per_step=1, target_update_episodes=3,
+                        learning_rate=1e-2)
+    g = torch.Generator().manual_seed(0)
+    done = torch.tensor([[False, False], [True, False]])
+
+    def rollout():
+        obs = torch.stack([observation(2, generator=g), observation(2, generator=g)])
+        action = torch.randint(0, S, (2, 2, 1, N), generator=g)
+        return Rollout(obs=obs, action=action, log_prob=torch.zeros(2, 2, 1), reward=torch.randn(2, 2, 1, generator=g),
+                       terminated=done, done=done.clone(), final_obs=obs, last_obs=obs[-1],
+                       decision=torch.ones(2, 2, dtype=torch.bool))
+
+    def copied():
+        return all(torch.equal(a, b) for a, b in zip(learner.critic.state_dict().values(),
+                                                     learner.critic_target.state_dict().values()))
+
+    history = []
+    for _ in range(6):
+        learner.update(rollout(), 0.0)
+        history.append(copied())
+    assert learner.episodes == 6 and learner.gradient_steps == 12
+    assert history == [False, False, True, False, False, True]
 
 
 def test_bad_input():
@@ -130,3 +229,5 @@ def test_bad_input():
         HeuristicAllocator(io, HeuristicAllocatorConfig(), env_spec())
     with pytest.raises(ValueError, match="must divide into 3 heads"):
         AllocatorConfig(embedding=16, heads=3)
+    with pytest.raises(ValueError, match="popart_beta must be in"):
+        AllocatorConfig(popart_beta=0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from algorithms import FAMILIES
 from algorithms.allocator import HeuristicAllocator
 from algorithms.alma import build
 from envs import make_env
@@ -37,6 +38,62 @@ def test_structure():
     held = rollout.action[:, :, 0]  # [T, B, N]
     between = ~rollout.decision
     assert torch.equal(held[1:][between[1:]], held[:-1][between[1:]])  # held between decisions
+
+
+def test_allocator_learns_from_the_team_reward_once():
+    """Sec. 3 / App. B: the allocator's reward is the global (team) reward R of SaveTheCity, the
+    same for every agent, not the sum over the 3 agents: each meta-transition's reward is the
+    mean of R over its segment, recomputed here from the env's own rewards."""
+    torch.manual_seed(0)
+    env = city(num_envs=2, n_agents=3)
+    team = []
+    step = env.step
+
+    def recording(actions):
+        ts = step(actions)
+        assert (ts.reward == ts.reward[:, :1]).all()  # SaveTheCity: one team reward for all
+        team.append(ts.reward[:, 0])
+        return ts
+
+    env.step = recording
+    hierarchy = alma(env)
+    hierarchy.reset(0)
+    hierarchy.rollout(30)
+    allocator = hierarchy.levels[1]
+    rollout = allocator.rollout()
+    batch = allocator.learner.meta_transitions(rollout)
+    reward = torch.stack(team)[-rollout.obs.shape[0]:]  # [T, B]
+    # the same segments by hand: from each decision to the next (all copies are in their first episode)
+    expected = []
+    for b in range(2):
+        starts = rollout.decision[:, b].nonzero().flatten().tolist()
+        expected += [reward[t0:t1, b].mean() for t0, t1 in zip(starts, starts[1:])]
+    assert rollout.done.sum() == 0 and len(expected) == len(batch["reward"])
+    torch.testing.assert_close(batch["reward"].sort().values, torch.stack(expected).sort().values)
+
+
+@pytest.mark.parametrize("name", ["alma", "alma_nomask", "alma_heuristic", "aqmix"])
+def test_configs_carry_the_appendix_settings(name):
+    """Appendix D and the spec's settings, in every shipped config of the family: attention
+    width 128 everywhere (the allocator's embedding and critic, the agents', the mixer's),
+    4 heads, mixing width 32, RMSprop 5e-4, gamma 0.99, grad clip 10; targets every 200
+    episodes below and 50 above; epsilon 1.0 -> 0.05 over 2M env steps (SaveTheCity);
+    Pop-Art on the allocator's value; its exploration 1.0 -> 0.05 over 20% and 1.0 -> 0 over 5%."""
+    env, config = city(), load_yaml(CONFIG_DIR / "algorithms" / f"{name}.yaml")
+    hierarchy = (alma(env, name) if config["family"] == "alma"
+                 else FAMILIES["flat"].build(env, config["levels"], {"aqmix": config["aqmix"]}))
+    low = hierarchy.levels[0].learner.config
+    assert (low.attention_dim, low.hypernet_embed, low.heads, low.mixing_embed_dim) == (128, 128, 4, 32)
+    assert (low.learning_rate, low.gamma, low.max_grad_norm, low.target_update_episodes) == (5e-4, 0.99, 10.0, 200)
+    assert (low.epsilon_start, low.epsilon_finish, low.epsilon_anneal_steps) == (1.0, 0.05, 2_000_000)
+    assert low.mask_subtasks == (name in ("alma", "alma_heuristic"))
+    if name in ("alma", "alma_nomask"):
+        high = hierarchy.levels[1].learner.config
+        assert (high.embedding, high.hidden_sizes, high.heads, high.n_proposals) == (128, [128], 4, 32)
+        assert (high.learning_rate, high.gamma, high.max_grad_norm) == (5e-4, 0.99, 10.0)
+        assert high.target_update_episodes == 50 and high.popart and high.entropy_coef == 0.01
+        assert (high.prop_alloc_eps_start, high.prop_alloc_eps_end, high.prop_alloc_eps_fraction) == (1.0, 0.05, 0.2)
+        assert (high.alloc_eps_start, high.alloc_eps_end, high.alloc_eps_fraction) == (1.0, 0.0, 0.05)
 
 
 def test_heuristic_allocation_on_a_hand_made_city():

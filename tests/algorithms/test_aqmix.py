@@ -49,30 +49,39 @@ def entity(obs: torch.Tensor, e: int) -> torch.Tensor:
 
 # -- the agents' attention -----------------------------------------------------------------------
 
-def test_agents_attend_only_to_their_subtask():
-    torch.manual_seed(0)
-    n, s = 2, 2
-    sub0, sub1, other_agent = n + 0, n + 1, 1  # entity indices
-    assign = torch.tensor([1, 0])  # agent 0 works on subtask 1, agent 1 on subtask 0
-    obs = with_command(torch.randn(6, n, make(n, s).io.obs_dim), assign, s)
+def perturbed(obs: torch.Tensor, e: int, generator: torch.Generator) -> torch.Tensor:
+    """``obs`` with entity e's row changed in every agent's observation."""
+    changed = obs.clone()
+    entity(changed, e).add_(torch.randn(entity(changed, e).shape, generator=generator))
+    return changed
 
-    def change(e):
-        changed = obs.clone()
-        entity(changed, e).add_(torch.randn(6, n, F_DIM))
-        return changed
+
+def test_agents_attend_only_to_their_subtask_and_its_team():
+    """Sec. 4.2, Eq. 9: agent i's utility depends on s^k_{A_k} only, for k its subtask: the
+    subtask's non-agent entities and the agents assigned to k; every other subtask's entities
+    *and agents* are hidden. Perturbation on 3 agents, 2 subtasks, allocation (1, 0, 1):
+    agents 0 and 2 form subtask 1's team, agent 1 is alone on subtask 0. ``alma_nomask``
+    (``mask_subtasks: false``) sees everything."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    n, s = 3, 2
+    building = [n + 0, n + 1]  # entity indices; agent j is entity j
+    obs = with_command(torch.randn(6, n, make(n, s).io.obs_dim, generator=g), torch.tensor([1, 0, 1]), s)
+
+    def moved(learner, e):
+        """Per agent: the largest change of its utilities when entity e changes."""
+        return (learner.q_values(perturbed(obs, e, g)) - learner.q_values(obs)).abs().amax((0, 2))
 
     masked, unmasked = make(n, s), make(n, s, mask_subtasks=False)
-    for learner, hides in ((masked, True), (unmasked, False)):
-        q = learner.q_values(obs)
-        q_sub0, q_sub1, q_agent = (learner.q_values(change(e)) for e in (sub0, sub1, other_agent))
-        assert (q_sub1[:, 0] - q[:, 0]).abs().max() > 1e-4  # its own subtask's entity matters
-        assert (q_agent[:, 0] - q[:, 0]).abs().max() > 1e-4  # entities of no subtask stay visible
-        assert (q_sub0[:, 1] - q[:, 1]).abs().max() > 1e-4  # agent 1 sees subtask 0
-        if hides:
-            torch.testing.assert_close(q_sub0[:, 0], q[:, 0], rtol=0, atol=0)
-            torch.testing.assert_close(q_sub1[:, 1], q[:, 1], rtol=0, atol=0)
-        else:
-            assert (q_sub0[:, 0] - q[:, 0]).abs().max() > 1e-4
+    # its own subtask's building and its teammate matter ...
+    assert (moved(masked, building[1])[[0, 2]] > 1e-4).all() and moved(masked, building[0])[1] > 1e-4
+    assert moved(masked, 2)[0] > 1e-4 and moved(masked, 0)[2] > 1e-4
+    # ... another subtask's building and its agent do not, not even by a rounding error
+    assert moved(masked, building[0])[[0, 2]].eq(0).all() and moved(masked, building[1])[1] == 0
+    assert moved(masked, 1)[[0, 2]].eq(0).all() and moved(masked, 0)[1] == 0 and moved(masked, 2)[1] == 0
+    # no mask: every entity reaches every agent
+    for e in (0, 1, 2, *building):
+        assert (moved(unmasked, e)[[i for i in range(n) if i != e]] > 1e-4).all()
 
 
 def test_an_agent_that_may_see_nothing_gets_no_nans():
@@ -106,6 +115,33 @@ def test_mixing_is_monotonic_and_per_subtask():
         assert (grad >= 0).all()
         assert (grad[member] > 0).all()  # every member's utility counts ...
         assert (grad[~member] == 0).all()  # ... and no one else's
+
+
+def test_a_subtask_mix_ignores_other_subtasks_entities_and_agents():
+    """Sec. 4.2, Eq. 9: Q^k_tot is a function of s^k_{A_k} (and of k's utilities) only.
+    Perturbation on 3 agents, 3 subtasks, allocation (0, 1, 0): with the utilities held
+    fixed, changing building 2 (nobody's), building 1 or anything agent 1 observes (it works
+    on subtask 1) leaves subtask 0's mixed value exactly as it was; changing building 0 or
+    subtask 0's agent 2 changes it. Without the mask (``alma_nomask``) building 2 reaches it."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    n, s = 3, 3
+    assign = torch.tensor([0, 1, 0])
+    q = torch.randn(16, n, generator=g)
+
+    def mixed(learner, obs):
+        return learner.mixer(q, obs, learner.groups(obs))
+
+    masked, unmasked = make(n, s), make(n, s, mask_subtasks=False)
+    obs = with_command(torch.randn(16, n, masked.io.obs_dim, generator=g), assign, s)
+    agent_1_elsewhere = perturbed(obs, 1, g)  # its entity row in everyone's observation ...
+    agent_1_elsewhere[:, 1, :-s] += torch.randn(16, masked.io.obs_dim - s, generator=g)  # ... and all it sees
+    base = mixed(masked, obs)[:, 0]
+    for other in (perturbed(obs, n + 2, g), perturbed(obs, n + 1, g), agent_1_elsewhere):
+        torch.testing.assert_close(mixed(masked, other)[:, 0], base, rtol=0, atol=0)
+    for own in (perturbed(obs, n + 0, g), perturbed(obs, 2, g)):
+        assert (mixed(masked, own)[:, 0] - base).abs().max() > 1e-4
+    assert (mixed(unmasked, perturbed(obs, n + 2, g))[:, 0] - mixed(unmasked, obs)[:, 0]).abs().max() > 1e-4
 
 
 def test_gradient_of_a_subtask_loss_reaches_only_its_agents():
@@ -210,7 +246,7 @@ def test_learns_cooperative_bandit():
     torch.manual_seed(0)
     n = 2
     learner = make(n, 2, 2, command=False, learning_rate=2e-3, batch_size=64, learning_starts=128,
-                   target_update_interval=50, epsilon_anneal=0.5)
+                   target_update_episodes=500, epsilon_anneal_steps=2560)
     start = time.perf_counter()
     # reward 1 for both only when both pick action 1
     stats = train(learner, lambda b, n: (entity_obs(learner, b, n), None),
@@ -227,7 +263,7 @@ def test_learns_per_subtask_actions():
     torch.manual_seed(0)
     n, s = 3, 3
     learner = make(n, s, s, learning_rate=2e-3, batch_size=64, learning_starts=128,
-                   target_update_interval=50, epsilon_anneal=0.5)
+                   target_update_episodes=500, epsilon_anneal_steps=2560)
 
     def make_obs(b, n):
         assign = torch.randint(0, s, (b, n))
@@ -249,50 +285,75 @@ def test_learns_per_subtask_actions():
 # -- bookkeeping ---------------------------------------------------------------------------------
 
 def test_epsilon_schedule_and_act():
+    """Sec. 4.3 / spec: epsilon-greedy, epsilon linear from 1.0 to 0.05 over a number of env
+    steps (2M on SaveTheCity; 1000 here): 1 - 0.95 * 500 / 1000 half way, 0.05 after."""
     torch.manual_seed(0)
-    learner = make(2, 2, 4, epsilon_anneal=0.5)  # 1.0 -> 0.05 over half of training
-    assert learner.epsilon(0.0) == pytest.approx(1.0)
-    assert learner.epsilon(0.25) == pytest.approx(1.0 - 0.95 * 0.5)
-    assert learner.epsilon(0.9) == pytest.approx(0.05)
+    learner = make(2, 2, 4, epsilon_anneal_steps=1000)
+    assert learner.epsilon(0) == pytest.approx(1.0)
+    assert learner.epsilon(500) == pytest.approx(1.0 - 0.95 * 0.5)
+    assert learner.epsilon(1800) == pytest.approx(0.05)
     obs = entity_obs(learner, 4000, 2, torch.randint(0, 2, (4000, 2)))
     greedy, _ = learner.act(obs, deterministic=True)
     torch.testing.assert_close(greedy, learner.q_values(obs).argmax(-1))
     action, _ = learner.act(obs)  # epsilon 1: uniform
     counts = torch.bincount(action.flatten(), minlength=4).float() / action.numel()
     assert (counts - 0.25).abs().max() < 0.02
-    learner.progress = 0.75
+    learner.env_steps = 1500
     action, _ = learner.act(obs)
     assert (action != greedy).float().mean() == pytest.approx(0.05 * 0.75, abs=0.015)
 
 
-def test_learning_starts_target_updates_and_checkpoint():
+def test_epsilon_counts_the_env_steps_of_every_copy():
+    """Spec: the anneal is over env steps, all copies together (pymarl's t_env), not a share
+    of training: a rollout of T = 5 steps of B = 8 copies advances it by 40 steps, whatever
+    ``progress`` says; with 400 anneal steps epsilon is then 1 - 0.95 * 40 / 400 = 0.905."""
+    learner = make(2, 2, 2, epsilon_anneal_steps=400, learning_starts=1000)
+    T, B = 5, 8
+    obs = entity_obs(learner, T * B, 2, torch.randint(0, 2, (T * B, 2))).unflatten(0, (T, B))
+    no = torch.zeros(T, B, dtype=torch.bool)
+    learner.update(Rollout(obs=obs, action=torch.zeros(T, B, 2, dtype=torch.long), log_prob=torch.zeros(T, B, 2),
+                           reward=torch.zeros(T, B, 2), terminated=no, done=no, final_obs=obs, last_obs=obs[0]),
+                   progress=0.9)
+    assert learner.env_steps == 40 and learner.epsilon() == pytest.approx(0.905)
+
+
+def test_learning_starts_target_updates_every_k_episodes_and_checkpoint():
+    """Appendix D / spec: the low level's targets are copied every 200 *episodes* (here 5),
+    counted over the B copies (two copies ending at the same step count 2), not every so
+    many gradient steps. Rollouts of T = 3 steps, B = 4 copies, copies 0 and 1 ending at
+    step 2: 2 episodes per rollout, 6 gradient steps per update once 20 rows are stored."""
     torch.manual_seed(0)
     n, s = 2, 2
-    learner = make(n, s, 2, batch_size=4, learning_starts=20, updates_per_step=2, target_update_interval=5)
+    options = dict(batch_size=4, learning_starts=20, updates_per_step=2, target_update_episodes=5)
+    learner = make(n, s, 2, **options)
     T, B = 3, 4
+    done = torch.zeros(T, B, dtype=torch.bool)
+    done[2, :2] = True
 
     def rollout():
         obs = entity_obs(learner, T * B, n, torch.randint(0, s, (T * B, n))).unflatten(0, (T, B))
-        no = torch.zeros(T, B, dtype=torch.bool)
         return Rollout(obs=obs, action=torch.randint(0, 2, (T, B, n)), log_prob=torch.zeros(T, B, n),
-                       reward=torch.randn(T, B, n), terminated=no, done=no, final_obs=obs, last_obs=obs[0])
+                       reward=torch.randn(T, B, n), terminated=done, done=done, final_obs=obs, last_obs=obs[0])
 
-    assert learner.update(rollout(), 0.0) == {}  # 12 rows < 20
-    assert learner.gradient_steps == 0
-    stats = learner.update(rollout(), 0.1)  # 24 rows: T * 2 = 6 gradient steps, a copy at 5
-    assert learner.gradient_steps == 6 and stats["q_loss"].dim() == 0
     online = [*learner.agent.parameters(), *learner.mixer.parameters()]
     target = [*learner.target_agent.parameters(), *learner.target_mixer.parameters()]
-    assert not all(torch.equal(a, b) for a, b in zip(online, target))  # step 6 moved the online nets
+    initial = [p.detach().clone() for p in target]
+    assert learner.update(rollout(), 0.0) == {}  # 12 rows < 20
+    assert learner.gradient_steps == 0 and learner.episodes == 2
+    stats = learner.update(rollout(), 0.1)  # 24 rows: 6 gradient steps, 4 episodes < 5: no copy
+    assert learner.gradient_steps == 6 and learner.episodes == 4 and stats["q_loss"].dim() == 0
+    assert all(torch.equal(p, q) for p, q in zip(target, initial))
+    assert not all(torch.equal(a, b) for a, b in zip(online, target))
+    learner.update(rollout(), 0.2)  # 6 episodes: copied after this update's gradient steps
+    assert all(torch.equal(a, b) for a, b in zip(online, target)) and learner.target_episodes == 6
     assert not any(p.requires_grad for p in target)
-    for group in learner.optimizer.param_groups:
-        group["lr"] = 0.0
-    learner.update(rollout(), 0.2)  # steps 7..12 with no movement; a copy at 10
-    assert all(torch.equal(a, b) for a, b in zip(online, target))
+    learner.update(rollout(), 0.3)  # 8 episodes, 2 since the copy: the online nets move alone
+    assert not all(torch.equal(a, b) for a, b in zip(online, target))
 
-    resumed = make(n, s, 2, batch_size=4, learning_starts=20, updates_per_step=2, target_update_interval=5)
+    resumed = make(n, s, 2, **options)
     resumed.load_state_dict(learner.state_dict())
-    assert len(resumed.replay) == 36 and resumed.gradient_steps == 12 and resumed.progress == pytest.approx(0.2)
+    assert len(resumed.replay) == 48 and resumed.gradient_steps == 18 and resumed.progress == pytest.approx(0.3)
+    assert (resumed.episodes, resumed.target_episodes, resumed.env_steps) == (8, 6, 48)
     obs = entity_obs(learner, 5, n, torch.randint(0, s, (5, n)))
     torch.testing.assert_close(resumed.q_values(obs), learner.q_values(obs))
 
@@ -339,8 +400,8 @@ def test_command_must_be_a_subtask_one_hot():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("heads", 3, "divide attention_dim"), ("target_update_interval", 0, "target_update_interval"),
-    ("target_groups", "previous", "target_groups"), ("epsilon_anneal", 1.5, "epsilon_anneal"),
+    ("heads", 3, "divide attention_dim"), ("target_update_episodes", 0, "target_update_episodes"),
+    ("target_groups", "previous", "target_groups"), ("epsilon_anneal_steps", -1, "epsilon_anneal_steps"),
     ("epsilon_finish", -0.1, "epsilon_finish"), ("share_params", False, "share_params"),
     ("max_grad_norm", 0.0, "max_grad_norm"), ("learning_starts", -1, "learning_starts"),
     ("gamma", 1.5, "gamma")])
