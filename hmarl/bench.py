@@ -1,34 +1,47 @@
-"""Throughput of full training loops next to raw env stepping (the limit) and a peer.
+"""Throughput of full training loops next to raw env stepping (the limit) and a peer; how it
+grows with the number of copies; how long the command line takes to answer.
 
-    python -m hmarl.bench                       # prints tables, writes docs/benchmarks.md
-    python -m hmarl.bench --peer-python /path/to/peer/venv/bin/python
+    python -m hmarl.bench                                  # every group; writes docs/benchmarks.md
+    python -m hmarl.bench --only vmas_balance startup      # some groups (env names, startup, scaling)
+    python -m hmarl.bench --quick                          # a quarter of the frames, scaling to 256 copies
+    python -m hmarl.bench --only vmas_balance --peer-python /tmp/peer/bin/python   # with the peer
+    python -m hmarl.bench --only scaling --device cuda --out docs/benchmarks_cuda.md
 
-Each group runs named configs on one env for ``frames`` env steps with 100-step
-rollouts; the on-policy systems use 4 epochs of 4 minibatches, as the peer does.
-The figure is env steps per second of the training iterations (rollouts and
-updates). The peer is BenchMARL's MAPPO (``shared/tools/peer_benchmarl.py``) on the
-first group's setting, run in its own interpreter.
+Throughput groups run named configs on one env for ``frames`` env steps with 100-step
+rollouts; the on-policy systems use 4 epochs of 4 minibatches, as the peer does. The figure
+is env steps per second of the training iterations (rollouts and updates, the first
+iteration's warm-up included; construction and the final evaluation left out, as the peer's
+timing leaves out its setup and runs no evaluation). The peer is BenchMARL's MAPPO
+(``docs/scripts/peer_benchmarl.py``) on VMAS balance at the same copies and budget.
+
+Every measurement runs in a fresh interpreter, so that its peak memory (resident set size,
+and CUDA's peak allocation on a GPU) is its own and no run warms another's caches. Start-up
+times are the median wall time of 5 runs of each command.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
+import resource
+import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
-
+REPO = Path(__file__).resolve().parents[1]
+PEER_SCRIPT = REPO / "docs" / "scripts" / "peer_benchmarl.py"
 
 
 @dataclass(frozen=True)
 class Group:
+    """Systems trained on one env at one number of copies."""
+
     env: str
     n_agents: int
     num_envs: int
@@ -41,25 +54,36 @@ GROUPS = (Group("vmas_balance", 4, 64, 64_000, ("mappo", "ippo", "tag_3ppo")),
           Group("lbfws_hard", 4, 64, 64_000, ("himppo", "ippo", "mappo")),
           Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg")),
           Group("savethecity", 3, 64, 32_000, ("alma", "alma_heuristic", "aqmix")))
-PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "peer_benchmarl.py"
+#: (system, env, n_agents) whose cost is measured at growing numbers of copies
+SCALING = (("mappo", "vmas_balance", 4), ("tag_3ppo", "vmas_balance", 4), ("himppo", "vmas_sampling", 3))
+SCALING_COPIES = (16, 64, 256, 1024)
+SCALING_COPIES_CUDA = (1024, 4096, 16384)
+#: what the command line is timed on: help, a merged config, a config error
+STARTUP = (("--help", ["--help"]),
+           ("print_config with mappo vmas_balance", ["print_config", "with", "mappo", "vmas_balance"]),
+           ("a config error (num_envs=0)", ["-u", "with", "mappo", "vmas_balance", "num_envs=0"]))
 
 
-def system_config(algorithm: str, group: Group, threads: int) -> RunConfig:
-    """The run of named config ``algorithm`` on the group's env with the benchmark's budget."""
+# -- one measurement, in its own interpreter -----------------------------------------------
+def system_config(algorithm: str, env: str, n_agents: int, num_envs: int, frames: int, threads: int,
+                  device: str):
+    """The run of named config ``algorithm`` on ``env`` with the benchmark's budget."""
+    from hmarl.experiment import CONFIG_DIR, RunConfig, load_yaml
+
     config = {**load_yaml(CONFIG_DIR / "default.yaml"), **load_yaml(CONFIG_DIR / "algorithms" / f"{algorithm}.yaml"),
-              **load_yaml(CONFIG_DIR / "envs" / f"{group.env}.yaml")}
-    config.update(num_envs=group.num_envs, rollout_steps=100, total_steps=group.frames, eval_interval=0,
-                  eval_envs=3, progress=False, n_agents=group.n_agents, threads=threads)
+              **load_yaml(CONFIG_DIR / "envs" / f"{env}.yaml")}
+    config.update(num_envs=num_envs, rollout_steps=100, total_steps=frames, eval_interval=0, eval_envs=3,
+                  progress=False, n_agents=n_agents, threads=threads, device=device, checkpoint_interval=0)
     for learner in ("ppo", "mappo", "graph_ppo"):
         if learner in config:
             config[learner] = {**config[learner], "update_epochs": 4, "num_minibatches": 4}
     return RunConfig.from_config(config)
 
 
-def training_throughput(run: RunConfig) -> float:
-    """Env steps per second over all training iterations (rollouts and updates, the first
-    iteration's warm-up included); construction and the final evaluation are left out,
-    as the peer's timing leaves out its setup and runs no evaluation."""
+def training_throughput(run) -> float:
+    """Env steps per second over all training iterations (see the module docstring)."""
+    from hmarl.experiment import Trainer
+
     seconds = []
 
     def log(name: str, value: float, step: int) -> None:
@@ -70,29 +94,65 @@ def training_throughput(run: RunConfig) -> float:
     return run.iterations * run.steps_per_iteration / sum(seconds)
 
 
-def raw_throughput(group: Group, threads: int) -> float:
-    """Env steps per second of the env alone under uniformly random actions."""
+def raw_throughput(run) -> float:
+    """Env steps per second of the env alone under uniformly random actions (drawn in advance)."""
+    import torch
+
     from envs import make_env
 
-    run = system_config(group.systems[0], group, threads)
-    env = make_env(group.env, num_envs=group.num_envs, n_agents=group.n_agents, max_steps=run.max_steps,
-                   continuous_actions=run.continuous_actions, seed=0)
+    env = make_env(run.env, num_envs=run.num_envs, n_agents=run.n_agents, max_steps=run.max_steps,
+                   continuous_actions=run.continuous_actions, seed=0, device=run.device, **run.env_options)
     env.reset(seed=0)
-    steps = group.frames // group.num_envs
-    g = torch.Generator().manual_seed(0)
-    shape = (steps, group.num_envs, group.n_agents)
-    actions = (torch.randint(0, env.spec.action_dim, shape, generator=g) if env.spec.discrete
-               else torch.rand(*shape, env.spec.action_dim, generator=g) * 2 - 1)
+    steps = max(1, run.total_steps // run.num_envs)
+    spec = env.spec
+    g = torch.Generator(device=run.device).manual_seed(0)
+    shape = (steps, spec.num_envs, spec.n_agents)
+    actions = (torch.randint(0, spec.action_dim, shape, generator=g, device=run.device) if spec.discrete
+               else torch.rand(*shape, spec.action_dim, generator=g, device=run.device) * 2 - 1)
+    synchronize(run.device)
     tic = time.perf_counter()
     for t in range(steps):
         env.step(actions[t])
-    return steps * group.num_envs / (time.perf_counter() - tic)
+    synchronize(run.device)
+    return steps * spec.num_envs / (time.perf_counter() - tic)
 
 
-def peer_throughput(python: str, num_envs: int, frames: int) -> float | None:
-    """BenchMARL MAPPO's env steps per second, run by ``python`` (None if it fails)."""
-    out = subprocess.run([python, str(PEER_SCRIPT), "--n-envs", str(num_envs), "--frames", str(frames)],
-                         capture_output=True, text=True, cwd="/tmp")
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that timings cover it."""
+    if str(device).startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def measure(system: str, env: str, n_agents: int, num_envs: int, frames: int, threads: int, device: str) -> dict:
+    """Env steps/s of ``system`` (``raw``: the env alone, with the first system's env settings)
+    and the process's peak memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    run = system_config("mappo" if system == "raw" else system, env, n_agents, num_envs, frames, threads, device)
+    steps_per_s = raw_throughput(run) if system == "raw" else training_throughput(run)
+    result = {"steps_per_s": steps_per_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return result
+
+
+def measured(system: str, env: str, n_agents: int, num_envs: int, frames: int, args) -> dict:
+    """:func:`measure` in a fresh interpreter (``python -m hmarl.bench measure ...``)."""
+    command = [sys.executable, "-m", "hmarl.bench", "measure", system, env, str(n_agents), str(num_envs),
+               str(frames), "--threads", str(args.threads), "--device", args.device]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- groups --------------------------------------------------------------------------------
+def peer_throughput(python: str, num_envs: int, frames: int, threads: int) -> float | None:
+    """BenchMARL MAPPO's env steps per second on VMAS balance, run by ``python`` (None if it fails)."""
+    out = subprocess.run([python, str(PEER_SCRIPT), "--n-envs", str(num_envs), "--frames", str(frames),
+                          "--threads", str(threads)], capture_output=True, text=True, cwd="/tmp")
     match = re.search(r"frames_per_s=(\d+)", out.stdout)
     if not match:
         print(f"peer failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
@@ -100,42 +160,133 @@ def peer_throughput(python: str, num_envs: int, frames: int) -> float | None:
     return float(match.group(1))
 
 
-def table(group: Group, peer: float | None, threads: int) -> str:
-    """The markdown table of one group: raw env stepping, each system and the peer."""
-    rows = [("raw env stepping (the limit)", raw_throughput(group, threads))]
-    rows += [(system, training_throughput(system_config(system, group, threads))) for system in group.systems]
+def throughput_table(group: Group, args) -> str:
+    """Raw env stepping, each system and (on VMAS balance, when given) the peer, in one run."""
+    frames = max(group.num_envs * 100, group.frames // 4) if args.quick else group.frames
+    rows = [(name, measured(name, group.env, group.n_agents, group.num_envs, frames, args))
+            for name in ("raw", *group.systems)]
+    peer = None
+    if args.peer_python and group.env == "vmas_balance":
+        peer = peer_throughput(args.peer_python, group.num_envs, frames, args.threads)
+    raw = rows[0][1]["steps_per_s"]
+    lines = [f"### {group.env}: {group.n_agents} agent(s), {group.num_envs} copies, {frames:,} env steps", "",
+             "| system | env steps/s | vs raw env |" + (" vs peer |" if peer else "") + " peak memory (MB) |",
+             "|---|---:|---:|" + ("---:|" if peer else "") + "---:|"]
+    for name, result in rows:
+        label = "raw env stepping (the limit)" if name == "raw" else name
+        value = result["steps_per_s"]
+        lines.append(f"| {label} | {value:,.0f} | {value / raw:.2f} |" + (f" {value / peer:.2f} |" if peer else "")
+                     + f" {memory(result)} |")
     if peer:
-        rows.append(("BenchMARL MAPPO (peer)", peer))
-    lines = [f"### {group.env}: {group.n_agents} agent(s), {group.num_envs} copies, {group.frames:,} env steps",
-             "", "| system | env steps/s | vs raw env |" + (" vs peer |" if peer else ""),
-             "|---|---:|---:|" + ("---:|" if peer else "")]
-    for name, value in rows:
-        line = f"| {name} | {value:,.0f} | {value / rows[0][1]:.2f} |"
-        lines.append(line + (f" {value / peer:.2f} |" if peer else ""))
+        lines.append(f"| BenchMARL MAPPO (peer) | {peer:,.0f} | {peer / raw:.2f} | 1.00 | |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    """``python -m hmarl.bench``: print the tables and write them to ``--out``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--peer-python", help="interpreter with benchmarl installed (see the peer script)")
-    parser.add_argument("--out", default="docs/benchmarks.md")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def memory(result: dict) -> str:
+    """Peak resident memory, and the GPU's peak allocation where there is one."""
+    text = f"{result['peak_rss_mb']:,.0f}"
+    return text + (f" (GPU {result['peak_cuda_mb']:,.0f})" if "peak_cuda_mb" in result else "")
 
-    first = GROUPS[0]
-    peer = peer_throughput(args.peer_python, first.num_envs, first.frames) if args.peer_python else None
-    tables = [table(group, peer if group is first else None, args.threads) for group in GROUPS]
+
+def scaling_table(args) -> str:
+    """Env steps/s of the scaling systems and of raw stepping at growing numbers of copies."""
+    copies = SCALING_COPIES_CUDA if args.device.startswith("cuda") else SCALING_COPIES
+    copies = copies[:-1] if args.quick else copies
+    lines = ["### How cost grows with the number of copies", "",
+             "Each cell: env steps/s, and the system's share of raw stepping on the same env; peak "
+             "memory of the process in MB below. Two 100-step rollouts per copy (at least 64,000 env steps).", "",
+             "| system | env | " + " | ".join(f"{n:,} copies" for n in copies) + " |",
+             "|---|---|" + "---:|" * len(copies)]
+    raws: dict[tuple[str, int], float] = {}
+    envs = dict.fromkeys((env, n_agents) for _, env, n_agents in SCALING)
+    for (env, n_agents) in envs:
+        cells, mems = [], []
+        for n in copies:
+            result = measured("raw", env, n_agents, n, max(64_000, 200 * n), args)
+            raws[env, n] = result["steps_per_s"]
+            cells.append(f"{result['steps_per_s']:,.0f}")
+            mems.append(memory(result))
+        lines.append(f"| raw env stepping | {env} | " + " | ".join(cells) + " |")
+        lines.append("| (peak memory) | | " + " | ".join(mems) + " |")
+    for system, env, n_agents in SCALING:
+        cells, mems = [], []
+        for n in copies:
+            result = measured(system, env, n_agents, n, max(64_000, 200 * n), args)
+            cells.append(f"{result['steps_per_s']:,.0f} ({result['steps_per_s'] / raws[env, n]:.2f})")
+            mems.append(memory(result))
+        lines.append(f"| {system} | {env} | " + " | ".join(cells) + " |")
+        lines.append("| (peak memory) | | " + " | ".join(mems) + " |")
+    return "\n".join(lines)
+
+
+def startup_table(args) -> str:
+    """Median wall time of the command line's answers (5 runs each, after one warm-up)."""
+    lines = ["### Start-up: `python -m hmarl ...` until it answers", "",
+             "| command | median wall time (s) | min | max |", "|---|---:|---:|---:|"]
+    for label, words in STARTUP:
+        times = []
+        for attempt in range(6):
+            tic = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hmarl", *words], capture_output=True, cwd=REPO)
+            if attempt:  # the first run warms the file cache
+                times.append(time.perf_counter() - tic)
+        lines.append(f"| `{label}` | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} |")
+    return "\n".join(lines)
+
+
+def group_names() -> list[str]:
+    """What ``--only`` accepts."""
+    return [g.env for g in GROUPS] + ["scaling", "startup"]
+
+
+def machine_line(args) -> str:
+    import torch
+
+    gpu = ""
+    if args.device.startswith("cuda"):
+        gpu = f", GPU {torch.cuda.get_device_name()}"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return (f"Machine: {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
+            f"{args.threads} torch threads, device {args.device}; commit {commit.stdout.strip() or 'unknown'}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hmarl.bench``: print the tables and write them to ``--out``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["measure"]:
+        parser = argparse.ArgumentParser(prog="python -m hmarl.bench measure")
+        for name in ("system", "env"):
+            parser.add_argument(name)
+        for name in ("n_agents", "num_envs", "frames"):
+            parser.add_argument(name, type=int)
+        parser.add_argument("--threads", type=int, default=2)
+        parser.add_argument("--device", default="cpu")
+        a = parser.parse_args(argv[1:])
+        print(json.dumps(measure(a.system, a.env, a.n_agents, a.num_envs, a.frames, a.threads, a.device)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=group_names(), metavar="GROUP",
+                        help=f"groups to run: {', '.join(group_names())} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a quarter of the frames; scaling without its largest size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--peer-python", help="an interpreter with benchmarl installed (docs/scripts/peer_benchmarl.py)")
+    parser.add_argument("--out", default="docs/benchmarks.md", help="the markdown page to write")
+    args = parser.parse_args(argv)
+    chosen = args.only or group_names()
+    tables = [throughput_table(group, args) for group in GROUPS if group.env in chosen]
+    if "scaling" in chosen:
+        tables.append(scaling_table(args))
+    if "startup" in chosen:
+        tables.append(startup_table(args))
     print("\n\n".join(tables))
-    header = (f"# Benchmarks\n\nGenerated by `python -m hmarl.bench` on {datetime.date.today()}: "
-              f"100-step rollouts, on-policy updates of 4 epochs x 4 minibatches, {args.threads} torch "
-              f"threads, device cpu. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-              f"torch {torch.__version__}.\n\n"
+    command = "python -m hmarl.bench " + " ".join(a for a in argv if not a.startswith("/"))
+    header = (f"# Benchmarks\n\nGenerated by `{command.strip()}` on {datetime.date.today()}. {machine_line(args)}\n\n"
               "Figures are env steps per second of the training iterations (rollouts and updates, "
-              "warm-up included; no evaluation, as in the peer's run); the raw row steps the env "
-              "alone with random actions (random play ends balance episodes early, so it resets "
-              "more often than a policy does).\n\n")
+              "warm-up included; no evaluation, as in the peer's run), 100-step rollouts, on-policy "
+              "updates of 4 epochs x 4 minibatches; the raw row steps the env alone with random actions "
+              "(random play ends balance episodes early, so it resets more often than a policy does). "
+              "Each figure comes from its own interpreter; peak memory is that process's resident set.\n\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + "\n\n".join(tables) + "\n")
 
