@@ -214,15 +214,20 @@ class GraphPPO(Learner):
                 group["lr"] = (1.0 - progress) * c.learning_rate
         present = self.actor.split(rollout.obs)[1]  # [T, B, N, G]
         with torch.no_grad():
-            values = self.value(rollout.obs)
+            old_output = self.critic_output(rollout.obs)  # on the critic's (standardised) scale
+            values = self.return_norm.denormalize(old_output) if c.normalize_value else old_output
             reward = rollout.reward.unsqueeze(-1).expand_as(values)  # an agent's edges share its reward
             advantages = gae(reward, values, self.value(rollout.next_obs()), rollout.terminated, rollout.done,
                              c.gamma, c.gae_lambda) * present
         self.last_advantages = advantages
         returns = advantages + values
         if c.normalize_value:
+            # The statistics take in this rollout's returns, and the targets follow them; the
+            # clip window stays centred on what the critic output (MAPPO's ValueNorm): mapping the
+            # old values back through the new statistics would centre it where the critic never was.
             self.return_norm.update(returns[present].unsqueeze(-1))
-            values, returns = self.return_norm.normalize(values), self.return_norm.normalize(returns)
+            returns = self.return_norm.normalize(returns)
+        values = old_output
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
         b_obs, b_actions, b_log_probs = flat(rollout.obs), flat(rollout.action), flat(rollout.log_prob)
         b_advantages, b_returns, b_values, b_present = flat(advantages), flat(returns), flat(values), flat(present)
