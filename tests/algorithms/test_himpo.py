@@ -102,8 +102,11 @@ def test_fl_ablation_gives_workers_their_env_reward():
     workers = hierarchy.levels[0]
     assert workers.reward_rule.env_reward_coef == 1.0
     # stored before relabelling: each worker's own env reward, which sums to its sub-manager's
+    # over the part of the period before any episode end (the rest belongs to the next episode)
     stored, sub_reward = workers.rollout().reward, hierarchy.levels[1].rollout().reward
-    per_period = stored.unflatten(0, (-1, ALPHA)).sum(1)
+    done = workers.rollout().done.unflatten(0, (-1, ALPHA)).long()  # [T / alpha, alpha, B]
+    next_episode = (done.cumsum(1) - done) > 0
+    per_period = stored.unflatten(0, (-1, ALPHA)).masked_fill(next_episode.unsqueeze(-1), 0.0).sum(1)
     parent = hierarchy.levels[1].rollout().parent
     clusters = torch.zeros_like(sub_reward).scatter_add(2, parent, per_period)
     torch.testing.assert_close(clusters, sub_reward)
