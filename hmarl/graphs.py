@@ -240,10 +240,10 @@ class Regrouping:
     """Per-copy children of ``n_groups`` agents over the units below, by the units' positions.
 
     Each agent owns at most ``capacity = ceil(N / M)`` units; an agent's children sit
-    in its ``capacity`` slots in unit order, and empty slots are padding. Between two
-    recomputations inside an episode every cluster keeps its agent (:func:`match_labels`),
-    so an agent's transitions, its critic's bootstrap and the advantages it hands its
-    children stay with one group of units.
+    in its ``capacity`` slots in unit order, and empty slots are padding. Inside an episode a
+    recomputed cluster goes to the agent of the old cluster it overlaps most
+    (:func:`match_labels`), so an agent's transitions, its critic's bootstrap and the
+    advantages it hands its children stay with one group of units.
 
     Shapes:
         ``assign``: positions ``[B, N, D]``, fresh ``[B]`` bool (copies whose episode
