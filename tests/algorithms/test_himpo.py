@@ -95,6 +95,22 @@ def test_units_learn_from_their_superiors_advantage():
     assert torch.equal(seen[2], env_reward[2])
 
 
+def test_sub_managers_keep_their_clusters_between_decisions():
+    """Dynamic graph (spec: clusters recomputed each time the sub-managers act, keeping their
+    identities): inside an episode, no sub-manager's new cluster overlaps another sub-manager's
+    old cluster more than its own. Untrained HiMPPO on LBFwS-Hard: before matching, about
+    one regrouping in five exchanged the labels of two unchanged clusters."""
+    torch.manual_seed(0)
+    hierarchy = himppo(lbf(num_envs=16))
+    hierarchy.reset(0)
+    hierarchy.rollout(100)
+    subs = hierarchy.levels[1].rollout()
+    one_hot = torch.nn.functional.one_hot(subs.parent, 2).float()  # [T, B, N, M]
+    overlap = torch.einsum("tbno,tbnk->tbok", one_hot[:-1], one_hot[1:])  # [T - 1, B, old, new]
+    swapped = (overlap.amax(2) > overlap.diagonal(dim1=2, dim2=3)).any(-1) & ~subs.done[:-1]
+    assert (~subs.done[:-1]).sum() > 100 and not swapped.any()
+
+
 def test_fl_ablation_gives_workers_their_env_reward():
     hierarchy = himppo(lbf(num_envs=16, name="lbf"), "himppo_fl")  # random agents get some food here
     hierarchy.reset(0)
