@@ -15,6 +15,12 @@ Each edge is one PPO sample with its own ratio and advantage; the edges of an ag
 share its reward. Parameters are shared by all nodes and edges (one network per
 level), so gradients are clipped together and ``target_kl`` stops the whole level.
 
+An edge counts (:meth:`GraphPPO.edge_mask`) where its slot holds a child, its agent's
+transition counts (``Rollout.mask``: alive, command of a running episode) and, above
+the bottom level, its child counted when the command was given (the level below's
+``mask``); the rest is left out of every loss, of the advantage and return statistics,
+and of the advantages published for the level below (zero there).
+
 Shapes: obs ``[B, N, obs_dim]``; actions ``[B, N]`` (one discrete child), ``[B, N, group]``
 (discrete, one head per child) or ``[B, N, group * d]`` (continuous); log-prob ``[B, N, group]``.
 """
@@ -207,35 +213,90 @@ class GraphPPO(Learner):
         return self.return_norm.denormalize(out) if self.config.normalize_value else out
 
     # -- learning --------------------------------------------------------------------------
+    def edge_mask(self, rollout: Rollout, below: Rollout | None = None) -> torch.Tensor:
+        """Which (agent, child) edges count: the slot holds a child, the agent's transition
+        counts (``rollout.mask``) and the child counted at the step its command was given
+        (``below.mask`` at the first of the ``T_below / T`` steps below that each step spans).
+
+        Regrouped levels find each child's slot through ``rollout.parent`` / ``slot``; fixed
+        children are taken in unit order (contiguous blocks, as ``group_size``, ``groups`` and
+        ``all`` build them), so a present slot's unit is its rank among the present slots.
+
+        Shapes:
+            rollout ``[T, B, N, ...]``, below ``[T * k, B, N_below, ...]`` -> ``[T, B, N, group]`` bool.
+        """
+        valid = self.actor.split(rollout.obs)[1]
+        if rollout.mask is not None:
+            valid = valid & rollout.mask.unsqueeze(-1)
+        if below is None or below.mask is None:
+            return valid
+        steps, t_below = rollout.obs.shape[0], below.mask.shape[0]
+        if t_below % steps:
+            raise ValueError(f"the level below's rollout has {t_below} steps, not a multiple of this "
+                             f"level's {steps}")
+        at_command = below.mask[::t_below // steps]  # [T, B, N_below]
+        if rollout.parent is not None:
+            slot = rollout.parent * self.io.group + rollout.slot
+            child = at_command.new_zeros(valid.flatten(2).shape).scatter(2, slot, at_command)
+        else:
+            present = valid.flatten(2)
+            child = at_command.gather(2, (present.cumsum(-1) - 1).clamp(min=0)) & present
+        return valid & child.view_as(valid)
+
+    def _advantages(self, reward: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                    rollout: Rollout, valid: torch.Tensor) -> torch.Tensor:
+        """GAE per edge. An edge whose next step does not count ends where it is, with no
+        bootstrap: a dead agent earns nothing more, and the critic never learns the values
+        of left-out steps; so nothing a left-out step holds reaches the steps that count.
+
+        Shapes: reward, values, next_values, valid ``[T, B, N, G]`` -> ``[T, B, N, G]``.
+        """
+        c = self.config
+        following = torch.cat([valid[1:], torch.ones_like(valid[:1])])  # past the rollout: unknown, go on
+        flags = lambda x: x.view(*x.shape, 1, 1).expand_as(valid)  # noqa: E731  [T, B] -> [T, B, N, G]
+        done = flags(rollout.done)
+        ends = valid & ~following & ~done
+        # gae reads [T, B] flags: one column per (copy, agent, child)
+        columns = lambda x: x.flatten(1)  # noqa: E731
+        advantages = gae(columns(reward), columns(values), columns(next_values),
+                         columns(flags(rollout.terminated) | ends), columns(done | ends), c.gamma, c.gae_lambda)
+        return torch.where(valid, advantages.view_as(valid), 0.0)
+
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, torch.Tensor]:
         c = self.config
         if c.anneal_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = (1.0 - progress) * c.learning_rate
-        present = self.actor.split(rollout.obs)[1]  # [T, B, N, G]
+        valid = self.edge_mask(rollout, below)  # [T, B, N, G]
         with torch.no_grad():
-            values = self.value(rollout.obs)
+            old_output = self.critic_output(rollout.obs)  # on the critic's (standardised) scale
+            values = self.return_norm.denormalize(old_output) if c.normalize_value else old_output
             reward = rollout.reward.unsqueeze(-1).expand_as(values)  # an agent's edges share its reward
-            advantages = gae(reward, values, self.value(rollout.next_obs()), rollout.terminated, rollout.done,
-                             c.gamma, c.gae_lambda) * present
-        self.last_advantages = advantages
+            advantages = self._advantages(reward, values, self.value(rollout.next_obs()), rollout, valid)
+        self.last_advantages = advantages  # zero on left-out edges: they train nothing below
         returns = advantages + values
         if c.normalize_value:
-            self.return_norm.update(returns[present].unsqueeze(-1))
-            values, returns = self.return_norm.normalize(values), self.return_norm.normalize(returns)
+            # The statistics take in this rollout's returns, and the targets follow them; the
+            # clip window stays centred on what the critic output (MAPPO's ValueNorm): mapping the
+            # old values back through the new statistics would centre it where the critic never was.
+            if bool(valid.any()):  # an empty sample would make the statistics NaN
+                self.return_norm.update(returns[valid].unsqueeze(-1))
+            returns = self.return_norm.normalize(returns)
+        values = old_output
+        returns = torch.where(valid, returns, values)  # left out: no value error, whatever they held
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
         b_obs, b_actions, b_log_probs = flat(rollout.obs), flat(rollout.action), flat(rollout.log_prob)
-        b_advantages, b_returns, b_values, b_present = flat(advantages), flat(returns), flat(values), flat(present)
+        b_advantages, b_returns, b_values, b_valid = flat(advantages), flat(returns), flat(values), flat(valid)
         batch_size = b_obs.shape[0]
         minibatch_size = max(1, batch_size // c.num_minibatches)
         for _ in range(c.update_epochs):
             order = torch.randperm(batch_size, device=b_obs.device)
             for start in range(0, batch_size, minibatch_size):
                 mb = order[start:start + minibatch_size]
-                mask = b_present[mb].reshape(-1)
+                mask = b_valid[mb].reshape(-1)
                 new_log_prob, entropy = self.evaluate(b_obs[mb], b_actions[mb])
                 new_value = self.critic_output(b_obs[mb])
-                # every edge is one sample: advantages are standardised over all of them
+                # every edge that counts is one sample: advantages are standardised over them
                 terms = clipped_losses(*(x.reshape(-1) for x in (
                     new_log_prob, b_log_probs[mb], b_advantages[mb], new_value, b_values[mb], b_returns[mb])),
                     c.clip_coef, c.clip_vloss, c.norm_adv, mask)
@@ -253,4 +314,5 @@ class GraphPPO(Learner):
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    """Mean of ``x`` where ``mask``; 0 when nothing counts."""
+    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1)

@@ -5,7 +5,10 @@ sub-managers own balanced clusters of workers by position, found by greedy
 nearest-centroid assignment with capacity ``ceil(N / M)`` (the *dynamic* graph,
 recomputed whenever the sub-managers act); workers talk to their ``k`` nearest
 workers; sub-managers form a complete graph. Envs without positions use
-:func:`static_clusters` (blocks of agent indices).
+:func:`static_clusters` (blocks of agent indices). A recomputed clustering keeps each
+cluster's identity: :func:`match_labels` gives every new cluster the label of the old
+cluster it overlaps most (a maximum-overlap matching), because a sub-manager's critic,
+its transitions and its workers' rewards all refer to its label.
 
 Edges follow torch-geometric: ``edge_index[0]`` is the source ``j``,
 ``edge_index[1]`` the target ``i`` that receives ``j``'s message.
@@ -16,6 +19,8 @@ usually 2; extra leading dims are allowed where ``B`` is):
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import torch
@@ -139,6 +144,50 @@ def balanced_clusters(positions: Tensor, n_clusters: int, generator: torch.Gener
     return assignment.view(*lead, n_workers)
 
 
+#: Up to this many clusters, :func:`match_labels` scores all ``M!`` relabellings (720 at 6).
+EXACT_MATCHING_MAX = 6
+
+
+@functools.lru_cache(maxsize=None)
+def _permutations(n_clusters: int, device: torch.device) -> Tensor:
+    """All permutations of ``range(M)`` ``[M!, M]``, the identity first."""
+    return torch.tensor(list(itertools.permutations(range(n_clusters))), device=device)
+
+
+def match_labels(previous: Tensor, clusters: Tensor, n_clusters: int) -> Tensor:
+    """Relabel ``clusters`` so that each keeps the label of the ``previous`` cluster it overlaps most.
+
+    The relabelling maximises the total overlap ``sum_k |new_k & old_pi(k)|`` over the
+    permutations ``pi`` of the ``M`` labels, in each copy. Clustering labels follow
+    positions (see :func:`balanced_clusters`), so an unchanged partition can come back
+    permuted after a small move; this undoes that. Up to ``EXACT_MATCHING_MAX`` clusters
+    all ``M!`` permutations are scored at once (exact; ties keep the clustering's own
+    labels). Above, a batched greedy takes the largest remaining overlap ``M`` times: at
+    least half the optimal overlap, and exact whenever every new cluster overlaps a
+    different old cluster most, the usual case between two nearby decisions.
+
+    Shapes:
+        previous, clusters ``[B, N]`` int64 in ``[0, M)`` -> ``[B, N]``, ``clusters`` relabelled.
+    """
+    one_hot = lambda a: torch.nn.functional.one_hot(a, n_clusters).to(torch.float32)  # noqa: E731
+    overlap = torch.einsum("bno,bnk->bok", one_hot(previous), one_hot(clusters))  # [B, old, new]
+    if n_clusters <= EXACT_MATCHING_MAX:
+        perms = _permutations(n_clusters, clusters.device)  # perms[p, k]: old label for new cluster k
+        new = torch.arange(n_clusters, device=clusters.device)
+        score = overlap[:, perms, new].sum(-1)  # [B, M!]
+        label = perms[score.argmax(-1)]  # [B, M]
+    else:
+        label = torch.empty_like(clusters[:, :n_clusters])
+        rows = torch.arange(clusters.shape[0], device=clusters.device)
+        for _ in range(n_clusters):
+            pair = overlap.flatten(1).argmax(1)
+            old, new = pair // n_clusters, pair % n_clusters
+            label[rows, new] = old
+            overlap[rows, old, :] = -1.0  # taken: out of every later round
+            overlap[rows, :, new] = -1.0
+    return label.gather(1, clusters)
+
+
 def static_clusters(n_workers: int, n_clusters: int, device: torch.device | str | None = None) -> Tensor:
     """Clusters by agent index: ``M`` contiguous blocks whose sizes differ by at most one.
 
@@ -191,7 +240,10 @@ class Regrouping:
     """Per-copy children of ``n_groups`` agents over the units below, by the units' positions.
 
     Each agent owns at most ``capacity = ceil(N / M)`` units; an agent's children sit
-    in its ``capacity`` slots in unit order, and empty slots are padding.
+    in its ``capacity`` slots in unit order, and empty slots are padding. Inside an episode a
+    recomputed cluster goes to the agent of the old cluster it overlaps most
+    (:func:`match_labels`), so an agent's transitions, its critic's bootstrap and the
+    advantages it hands its children stay with one group of units.
 
     Shapes:
         ``assign``: positions ``[B, N, D]``, fresh ``[B]`` bool (copies whose episode
@@ -207,12 +259,15 @@ class Regrouping:
         self.capacity = math.ceil(n_units / n_groups)
 
     def assign(self, positions: Tensor, fresh: Tensor, previous: Tensor | None) -> Tensor:
-        """Each unit's agent: balanced clusters of ``positions``; in ``episode`` mode only the
-        ``fresh`` copies are reclustered and the others keep ``previous``."""
+        """Each unit's agent: balanced clusters of ``positions``. ``dynamic``: copies that go on
+        with their episode keep their clusters' labels (matched to ``previous``), ``fresh``
+        copies take new ones; ``episode``: only the ``fresh`` copies are reclustered and the
+        others keep ``previous``."""
         clusters = balanced_clusters(positions, self.n_groups)
-        if previous is None or self.mode == "dynamic":
+        if previous is None:
             return clusters
-        return torch.where(fresh.unsqueeze(-1), clusters, previous)
+        kept = previous if self.mode == "episode" else match_labels(previous, clusters, self.n_groups)
+        return torch.where(fresh.unsqueeze(-1), clusters, kept)
 
     def slots(self, assignment: Tensor) -> Tensor:
         """Each unit's place among its agent's children, in unit order."""

@@ -95,6 +95,22 @@ def test_units_learn_from_their_superiors_advantage():
     assert torch.equal(seen[2], env_reward[2])
 
 
+def test_sub_managers_keep_their_clusters_between_decisions():
+    """Dynamic graph (spec: clusters recomputed each time the sub-managers act, keeping their
+    identities): inside an episode, no sub-manager's new cluster overlaps another sub-manager's
+    old cluster more than its own. Untrained HiMPPO on LBFwS-Hard: before matching, about
+    one regrouping in five exchanged the labels of two unchanged clusters."""
+    torch.manual_seed(0)
+    hierarchy = himppo(lbf(num_envs=16))
+    hierarchy.reset(0)
+    hierarchy.rollout(100)
+    subs = hierarchy.levels[1].rollout()
+    one_hot = torch.nn.functional.one_hot(subs.parent, 2).float()  # [T, B, N, M]
+    overlap = torch.einsum("tbno,tbnk->tbok", one_hot[:-1], one_hot[1:])  # [T - 1, B, old, new]
+    swapped = (overlap.amax(2) > overlap.diagonal(dim1=2, dim2=3)).any(-1) & ~subs.done[:-1]
+    assert (~subs.done[:-1]).sum() > 100 and not swapped.any()
+
+
 def test_fl_ablation_gives_workers_their_env_reward():
     hierarchy = himppo(lbf(num_envs=16, name="lbf"), "himppo_fl")  # random agents get some food here
     hierarchy.reset(0)
@@ -102,8 +118,11 @@ def test_fl_ablation_gives_workers_their_env_reward():
     workers = hierarchy.levels[0]
     assert workers.reward_rule.env_reward_coef == 1.0
     # stored before relabelling: each worker's own env reward, which sums to its sub-manager's
+    # over the part of the period before any episode end (the rest belongs to the next episode)
     stored, sub_reward = workers.rollout().reward, hierarchy.levels[1].rollout().reward
-    per_period = stored.unflatten(0, (-1, ALPHA)).sum(1)
+    done = workers.rollout().done.unflatten(0, (-1, ALPHA)).long()  # [T / alpha, alpha, B]
+    next_episode = (done.cumsum(1) - done) > 0
+    per_period = stored.unflatten(0, (-1, ALPHA)).masked_fill(next_episode.unsqueeze(-1), 0.0).sum(1)
     parent = hierarchy.levels[1].rollout().parent
     clusters = torch.zeros_like(sub_reward).scatter_add(2, parent, per_period)
     torch.testing.assert_close(clusters, sub_reward)

@@ -1,12 +1,15 @@
-"""HiMPo's hierarchical graph: balanced clusters, static clusters, knn and complete edges."""
+"""HiMPo's hierarchical graph: balanced clusters, static clusters, knn and complete edges,
+cluster identities across regrouping."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from hmarl.graphs import balanced_clusters, complete_edges, knn_edges, static_clusters
+from hmarl.graphs import (EXACT_MATCHING_MAX, Regrouping, balanced_clusters, complete_edges, knn_edges,
+                          match_labels, static_clusters)
 
 
 def _sizes(assignment: torch.Tensor, n_clusters: int) -> torch.Tensor:
@@ -122,3 +125,60 @@ def test_complete_edges():
     assert edges.tolist() == [[1, 2, 0, 2, 0, 1], [0, 0, 1, 1, 2, 2]]
     assert complete_edges(5).shape == (2, 20)
     assert complete_edges(1).shape == (2, 0)
+
+
+def test_regrouping_keeps_labels_when_the_clusters_do_not_change():
+    """Spec (dynamic graph, "keeping cluster identities across recomputation"): two pairs
+    of workers, far apart, move by 0.1. The sets stay {0, 1} and {2, 3}, but the clustering
+    seeds at the worker farthest from the mean, which moves from pair {0, 1} to pair
+    {2, 3}, so its own labels flip. A copy inside its episode keeps its labels; a copy
+    whose episode just started (``fresh``) takes the clustering's."""
+    before = torch.tensor([[-0.1, 0.0], [0.0, 1.0], [5.0, 0.0], [5.0, 1.0]])
+    after = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 0.0], [5.1, 1.0]])
+    assert balanced_clusters(before, 2).tolist() == [0, 0, 1, 1]
+    assert balanced_clusters(after, 2).tolist() == [1, 1, 0, 0]  # same sets, labels permuted
+    regrouping = Regrouping(4, 2, "dynamic")
+    first = regrouping.assign(before.expand(2, -1, -1), torch.ones(2, dtype=torch.bool), None)
+    again = regrouping.assign(after.expand(2, -1, -1), torch.tensor([False, True]), first)
+    assert again.tolist() == [[0, 0, 1, 1], [1, 1, 0, 0]]
+
+
+def test_two_workers_trading_clusters_leave_every_label_in_place():
+    """Three clusters of three; workers 2 and 6 trade places. By hand: the old labels are
+    a = {0, 1, 2}, b = {3, 4, 5}, c = {6, 7, 8}; the new sets {0, 1, 6}, {3, 4, 5},
+    {2, 7, 8} overlap them by 2 (a), 3 (b), 2 (c), a total of 7, against 5 with a and c
+    exchanged: the matching names them a, b, c, whatever labels the clustering chose."""
+    previous = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2]])
+    expected = [[0, 0, 2, 1, 1, 1, 0, 2, 2]]
+    for names in itertools.permutations(range(3)):  # every labelling the clustering might return
+        clusters = torch.tensor(names)[torch.tensor(expected)]
+        assert match_labels(previous, clusters, 3).tolist() == expected
+
+
+@pytest.mark.parametrize("n_clusters", [2, 3, 4, 6])
+def test_matching_maximises_the_total_overlap(n_clusters):
+    """The relabelling is a permutation of labels (the partition is unchanged) whose total
+    overlap with the old labels equals the best over all M! permutations, per copy."""
+    g = torch.Generator().manual_seed(n_clusters)
+    previous = torch.randint(n_clusters, (64, 12), generator=g)
+    clusters = torch.randint(n_clusters, (64, 12), generator=g)
+    matched = match_labels(previous, clusters, n_clusters)
+    same = lambda a: a.unsqueeze(-1) == a.unsqueeze(-2)  # noqa: E731  [B, N, N] same cluster
+    assert torch.equal(same(matched), same(clusters))
+    kept = (matched == previous).sum(-1)
+    best = torch.stack([(torch.tensor(p)[clusters] == previous).sum(-1)
+                        for p in itertools.permutations(range(n_clusters))]).amax(0)
+    assert torch.equal(kept, best)
+
+
+def test_greedy_matching_above_the_exact_limit_recovers_a_permutation():
+    """Past ``EXACT_MATCHING_MAX`` clusters the greedy matching is exact when every new
+    cluster overlaps one old cluster most: labels permuted and one worker moved come back."""
+    m = EXACT_MATCHING_MAX + 1
+    g = torch.Generator().manual_seed(0)
+    previous = torch.arange(3 * m).remainder(m).expand(16, -1).clone()  # three workers per cluster
+    names = torch.stack([torch.randperm(m, generator=g) for _ in range(16)])
+    moved = previous.clone()
+    moved[:, 0] = 1  # worker 0 joins cluster 1
+    matched = match_labels(previous, names.gather(1, moved), m)
+    assert torch.equal(matched, moved)
