@@ -189,9 +189,13 @@ class PPO(Learner):
         self.last_advantages = advantages
         returns = advantages + values
         if c.normalize_value:
-            # Value loss and clipping act on the critic's standardised scale.
+            # Value loss and clipping act on the critic's standardised scale. The clip window is
+            # centred on the critic's own old output: standardise the old values with the stats
+            # they were de-standardised with (those used when acting), before this rollout updates
+            # them; the targets use the updated stats (MAPPO's ValueNorm).
+            values = self.return_norm.normalize(values)
             self.return_norm.update(returns.reshape(-1, returns.shape[-1]))
-            values, returns = self.return_norm.normalize(values), self.return_norm.normalize(returns)
+            returns = self.return_norm.normalize(returns)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
         b_obs, b_actions, b_log_probs = flat(rollout.obs), flat(rollout.action), flat(rollout.log_prob)
         b_advantages, b_returns, b_values = flat(advantages), flat(returns), flat(values)

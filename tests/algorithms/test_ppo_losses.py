@@ -1,0 +1,73 @@
+"""PPO's losses on hand-made batches: value clipping under value normalisation."""
+from __future__ import annotations
+
+import torch
+from gymnasium import spaces
+
+from algorithms.ppo import PPO, PPOConfig
+from hmarl.buffers import Rollout
+from tests.toys import _io
+
+N, D = 2, 3
+
+
+def one_step_rollout(reward: torch.Tensor, learner: PPO, mask: torch.Tensor | None = None) -> Rollout:
+    """Every step a terminated one-step episode, so GAE gives A = r - V and returns R = r.
+
+    Shapes: reward ``[T, B, N]`` -> a Rollout of ``T`` steps of ``B`` copies.
+    """
+    t, b, n = reward.shape
+    obs = torch.randn(t, b, n, D)
+    action, log_prob = learner.act(obs)
+    done = torch.ones(t, b, dtype=torch.bool)
+    return Rollout(obs=obs, action=action, log_prob=log_prob, reward=reward, terminated=done,
+                   done=done.clone(), final_obs=obs.clone(), last_obs=torch.randn(b, n, D), mask=mask)
+
+
+def first_step_gradients(learner: PPO, rollout: Rollout) -> list[torch.Tensor]:
+    """The gradients of the first optimizer step of ``learner.update(rollout)``."""
+    seen: list[list[torch.Tensor]] = []
+    step = learner.optimizer.step
+    learner.optimizer.step = lambda: (seen.append([p.grad.clone() for p in learner.parameters()]), step())
+    learner.update(rollout, 0.0)
+    return seen[0]
+
+
+def single_step_config(**over) -> PPOConfig:
+    """One gradient step over the whole batch, no clipping of gradients, no entropy term."""
+    return PPOConfig(**{**dict(num_minibatches=1, update_epochs=1, anneal_lr=False, ent_coef=0.0,
+                               vf_coef=1.0, max_grad_norm=1e9), **over})
+
+
+def test_value_clip_window_is_centred_on_the_critics_old_output():
+    """PPO's clipped value loss (Schulman et al. 2017; CleanRL ppo.py) with MAPPO's ValueNorm
+    (Yu et al. 2022, Sec. 4 "value normalization"):
+
+        L^V = 1/2 max((v - R')^2, (v_old + clip(v - v_old, -eps, eps) - R')^2),
+
+    where v is the critic's (standardised) output, v_old the output it gave for the same
+    observation when the rollout was collected, and R' = (R - mu) / sigma the return
+    standardised with the running statistics updated by this rollout. At the first gradient
+    step the critic has not moved, v = v_old, so every sample is inside the window and
+    dL^V/dv = v - R' for every sample: the critic's gradient is that of the unclipped loss
+    1/2 mean_m (v - R')^2 summed over agents. Returns of ~100 (VMAS's scale) move mu far from
+    0; a window centred anywhere but on v_old would clip (and zero the gradient of) most samples.
+    """
+    torch.manual_seed(0)
+    learner = PPO(_io(N, D, spaces.Discrete(2)), single_step_config(normalize_value=True))
+    reward = 100.0 + 10.0 * torch.randn(4, 8, N)
+    rollout = one_step_rollout(reward, learner)
+    critic = list(learner.critic.parameters())
+
+    out = learner.critic_output(rollout.obs)  # [T, B, N]: v = v_old before the update
+    returns = reward.flatten(0, 1)  # R = r for one-step episodes, [M, N]
+    mu, sigma = returns.mean(0), returns.var(0, unbiased=False).sqrt()  # first update: the batch's stats
+    target = (returns - mu) / (sigma + 1e-8)
+    expected_loss = (0.5 * (out.flatten(0, 1) - target).pow(2)).mean(0).sum()
+    expected = torch.autograd.grad(expected_loss, critic)
+
+    grads = first_step_gradients(learner, rollout)
+    got = grads[-len(critic):]  # the critic's parameters come last
+    assert all(g.abs().sum() > 0 for g in expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
