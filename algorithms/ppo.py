@@ -179,53 +179,70 @@ class PPO(Learner):
                              rollout.done, self.config.gamma, self.config.gae_lambda)
         return advantages, values
 
+    def training_batch(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """The rollout flattened over steps and copies, with what the losses need.
+
+        ``values`` is the critic's old output (standardised if ``normalize_value``): the
+        centre of the value clip window. ``returns`` are the value targets on the same scale,
+        ``weight`` the transitions that count (``Rollout.weights``). Updates the return statistics.
+
+        Shapes: ``[T * B, N, ...]`` each (``M = T * B`` samples).
+        """
+        advantages, values = self.advantages(rollout)
+        self.last_advantages = advantages
+        returns = advantages + values
+        weight = rollout.weights()
+        if self.config.normalize_value:
+            # The clip window is centred on the critic's own old output: standardise the old values
+            # with the stats they were de-standardised with (those used when acting), before this
+            # rollout updates them; the targets use the updated stats (MAPPO's ValueNorm).
+            values = self.return_norm.normalize(values)
+            self.return_norm.update(returns.flatten(0, 1), weight.flatten(0, 1))
+            returns = self.return_norm.normalize(returns)
+        batch = dict(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob, advantages=advantages,
+                     returns=returns, values=values, weight=weight)
+        return {key: value.flatten(0, 1) for key, value in batch.items()}
+
+    def losses(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """PPO's terms on a minibatch of :meth:`training_batch`, each a weighted mean per agent ``[N]``
+        over the samples that count (0 for an agent with none)."""
+        c = self.config
+        weight = mb["weight"]
+        advantages = standardize(mb["advantages"], weight) if c.norm_adv else mb["advantages"]
+        new_log_prob, entropy = self.evaluate(mb["obs"], mb["action"])
+        pg_loss, approx_kl, clipfrac = clipped_surrogate(new_log_prob, mb["log_prob"], advantages, c.clip_coef)
+        v_loss = clipped_value_loss(self.critic_output(mb["obs"]), mb["values"], mb["returns"], c.clip_coef,
+                                    c.clip_vloss)
+        terms = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=entropy, approx_kl=approx_kl, clipfrac=clipfrac)
+        return {key: weighted_mean(value, weight) for key, value in terms.items()}
+
     def update(self, rollout: Rollout, progress: float,
                below: Rollout | None = None) -> dict[str, torch.Tensor]:
         c = self.config
         if c.anneal_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = (1.0 - progress) * c.learning_rate
-        advantages, values = self.advantages(rollout)
-        self.last_advantages = advantages
-        returns = advantages + values
-        if c.normalize_value:
-            # Value loss and clipping act on the critic's standardised scale. The clip window is
-            # centred on the critic's own old output: standardise the old values with the stats
-            # they were de-standardised with (those used when acting), before this rollout updates
-            # them; the targets use the updated stats (MAPPO's ValueNorm).
-            values = self.return_norm.normalize(values)
-            self.return_norm.update(returns.reshape(-1, returns.shape[-1]))
-            returns = self.return_norm.normalize(returns)
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
-        b_obs, b_actions, b_log_probs = flat(rollout.obs), flat(rollout.action), flat(rollout.log_prob)
-        b_advantages, b_returns, b_values = flat(advantages), flat(returns), flat(values)
-        batch_size = b_obs.shape[0]
+        batch = self.training_batch(rollout)
+        batch_size = batch["obs"].shape[0]
         minibatch_size = max(1, batch_size // c.num_minibatches)
-        active = torch.ones(self.io.n_agents, device=b_obs.device)
+        active = torch.ones(self.io.n_agents, device=batch["obs"].device)
         for _ in range(c.update_epochs):
-            order = torch.randperm(batch_size, device=b_obs.device)
+            order = torch.randperm(batch_size, device=active.device)
             for start in range(0, batch_size, minibatch_size):
                 mb = order[start:start + minibatch_size]
-                new_log_prob, entropy = self.evaluate(b_obs[mb], b_actions[mb])
-                new_value = self.critic_output(b_obs[mb])
-                pg_loss, v_loss, approx_kl, clipfrac = clipped_losses(
-                    new_log_prob, b_log_probs[mb], b_advantages[mb], new_value, b_values[mb], b_returns[mb],
-                    c.clip_coef, c.clip_vloss, c.norm_adv)
-                pg_loss, v_loss, approx_kl, clipfrac = (x.mean(0) for x in (pg_loss, v_loss, approx_kl, clipfrac))
-                entropy_loss = entropy.mean(0)
-                loss = ((pg_loss - c.ent_coef * entropy_loss + c.vf_coef * v_loss) * active).sum()
+                terms = self.losses({key: value[mb] for key, value in batch.items()})
+                loss = ((terms["pg_loss"] - c.ent_coef * terms["entropy"] + c.vf_coef * terms["v_loss"])
+                        * active).sum()
                 self.optimizer.zero_grad()
                 loss.backward()
                 clip_grad_norm_per_agent(self.parameters(), c.max_grad_norm)
                 self.optimizer.step()
             if c.target_kl is not None:
-                active = active * (approx_kl <= c.target_kl)
+                active = active * (terms["approx_kl"] <= c.target_kl)
                 self._freeze_momentum(active)
                 if not bool(active.any()):
                     break
-        return {"pg_loss": pg_loss.mean().detach(), "v_loss": v_loss.mean().detach(),
-                "entropy": entropy_loss.mean().detach(), "approx_kl": approx_kl.mean(),
-                "clipfrac": clipfrac.mean()}
+        return {key: value.mean().detach() for key, value in terms.items()}
 
     def _freeze_momentum(self, active: torch.Tensor) -> None:
         """Agents stopped by target_kl: zero their Adam momentum so masked steps move nothing."""
@@ -261,6 +278,65 @@ def gae(reward: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, t
     return advantages
 
 
+def weighted_sum(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum_m w_m x_m`` over dim 0; samples with ``w = 0`` add exactly 0, whatever their value
+    (a masked sample's huge or infinite term cannot turn the sum into inf or NaN).
+
+    Shapes: x, weight ``[M, ...]`` -> ``[...]``.
+    """
+    return torch.where(weight > 0, x, 0.0).mul(weight).sum(0)
+
+
+def weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum_m w_m x_m / sum_m w_m`` over dim 0; 0 for a column without weight.
+
+    Shapes: x, weight ``[M, ...]`` -> ``[...]``.
+    """
+    return weighted_sum(x, weight) / weight.sum(0).clamp(min=1)
+
+
+def standardize(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x - mean) / (std + 1e-8)`` per column, mean and (unbiased) std over the samples with
+    ``weight > 0`` (all when None), as CleanRL standardises advantages per minibatch.
+
+    Shapes: x, weight ``[M, ...]`` -> ``[M, ...]``.
+    """
+    weight = torch.ones_like(x) if weight is None else weight
+    count = weight.sum(0)
+    mean = weighted_sum(x, weight) / count.clamp(min=1)
+    var = weighted_sum((x - mean).pow(2), weight) / (count - 1).clamp(min=1)
+    return (x - mean) / (var.sqrt() + 1e-8)
+
+
+def clipped_surrogate(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                      clip_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample: the negated clipped surrogate ``max(-A rho, -A clip(rho, 1-eps, 1+eps))``, the
+    approximate KL ``(rho - 1) - log rho`` and whether ``rho`` was clipped.
+
+    Shapes: every input ``[M, ...]``; outputs alike.
+    """
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    with torch.no_grad():
+        approx_kl = (ratio - 1) - log_ratio
+        clipfrac = ((ratio - 1.0).abs() > clip_coef).float()
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    return pg_loss, approx_kl, clipfrac
+
+
+def clipped_value_loss(new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
+                       clip_coef: float, clip_vloss: bool) -> torch.Tensor:
+    """Per sample: ``1/2 max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)`` (``1/2 (v - R)^2``
+    without ``clip_vloss``), all on the critic's output scale.
+
+    Shapes: every input ``[M, ...]``; output alike.
+    """
+    if not clip_vloss:
+        return 0.5 * (new_value - returns).pow(2)
+    v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
+    return 0.5 * torch.max((new_value - returns).pow(2), (v_clipped - returns).pow(2))
+
+
 def clipped_losses(new_log_prob, old_log_prob, advantages, new_value, old_value, returns,
                    clip_coef: float, clip_vloss: bool, norm_adv: bool, mask: torch.Tensor | None = None):
     """PPO's per-sample terms: clipped surrogate, (clipped) value loss, approximate KL, clip indicator.
@@ -268,42 +344,35 @@ def clipped_losses(new_log_prob, old_log_prob, advantages, new_value, old_value,
     Advantages are standardised per column over the minibatch when ``norm_adv`` (over
     the samples where ``mask`` is true, if given). Shapes: every input ``[M, ...]``; outputs alike.
     """
-    log_ratio = new_log_prob - old_log_prob
-    ratio = log_ratio.exp()
-    with torch.no_grad():
-        approx_kl = (ratio - 1) - log_ratio
-        clipfrac = ((ratio - 1.0).abs() > clip_coef).float()
     if norm_adv:
-        weight = torch.ones_like(advantages) if mask is None else mask.float()
-        count = weight.sum(0).clamp(min=1)
-        mean = (advantages * weight).sum(0) / count
-        std = (((advantages - mean) * weight).pow(2).sum(0) / (count - 1).clamp(min=1)).sqrt()
-        advantages = (advantages - mean) / (std + 1e-8)
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
-    if clip_vloss:
-        v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
-        v_loss = 0.5 * torch.max((new_value - returns).pow(2), (v_clipped - returns).pow(2))
-    else:
-        v_loss = 0.5 * (new_value - returns).pow(2)
-    return pg_loss, v_loss, approx_kl, clipfrac
+        advantages = standardize(advantages, None if mask is None else mask.to(advantages.dtype))
+    pg_loss, approx_kl, clipfrac = clipped_surrogate(new_log_prob, old_log_prob, advantages, clip_coef)
+    return pg_loss, clipped_value_loss(new_value, old_value, returns, clip_coef, clip_vloss), approx_kl, clipfrac
 
 
 class RunningNorm(torch.nn.Module):
-    """Running per-agent mean and variance of returns (parallel-variance updates)."""
+    """Running per-agent mean and variance of returns (parallel-variance updates, Chan et al.),
+    with a count per agent: masked samples are left out of an agent's statistics."""
 
     def __init__(self, n_agents: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_agents))
         self.register_buffer("var", torch.ones(n_agents))
-        self.register_buffer("count", torch.zeros(()))
+        self.register_buffer("count", torch.zeros(n_agents))
 
-    def update(self, x: torch.Tensor) -> None:
-        """``x``: ``[M, N]`` samples."""
-        batch_mean, batch_var, m = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """``x``: ``[M, N]`` samples; ``weight`` ``[M, N]`` 0/1, the samples that count (None: all)."""
+        weight = torch.ones_like(x) if weight is None else weight
+        m = weight.sum(0)
+        batch_mean = weighted_sum(x, weight) / m.clamp(min=1)
+        batch_var = weighted_sum((x - batch_mean).pow(2), weight) / m.clamp(min=1)
         total = self.count + m
         delta = batch_mean - self.mean
-        self.mean += delta * m / total
-        self.var.copy_((self.var * self.count + batch_var * m + delta.pow(2) * self.count * m / total) / total)
+        seen = total > 0  # an agent that never had a valid sample keeps mean 0, var 1
+        share = torch.where(seen, m / total.clamp(min=1), 0.0)
+        var = (self.var * self.count + batch_var * m + delta.pow(2) * self.count * share) / total.clamp(min=1)
+        self.mean += delta * share
+        self.var.copy_(torch.where(seen, var, self.var))
         self.count.copy_(total)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -71,3 +71,67 @@ def test_value_clip_window_is_centred_on_the_critics_old_output():
     assert all(g.abs().sum() > 0 for g in expected)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+# -- masks ---------------------------------------------------------------------------------------
+
+def rows(rollout: Rollout, keep: torch.Tensor) -> Rollout:
+    """The one-step rollout's ``keep`` rows (flat over ``T x B``) as one step of ``len(keep)`` copies."""
+    pick = lambda x: x.flatten(0, 1)[keep].unsqueeze(0)  # noqa: E731
+    return Rollout(obs=pick(rollout.obs), action=pick(rollout.action), log_prob=pick(rollout.log_prob),
+                   reward=pick(rollout.reward), terminated=pick(rollout.terminated), done=pick(rollout.done),
+                   final_obs=pick(rollout.final_obs), last_obs=rollout.last_obs[:1].expand(len(keep), -1, -1))
+
+
+def test_masked_samples_leave_the_gradient_unchanged():
+    """Masked-out transitions (dead agents, commands of an ended episode) count in no loss:
+    every term is a weighted mean over agent i's valid samples,
+
+        L_i = sum_m w_mi l_mi / sum_m w_mi,   w_mi = mask[m, i],
+
+    with the advantages standardised over the valid samples only (CleanRL's
+    ``(A - mean) / (std + 1e-8)`` restricted to w = 1) and the return statistics of the value
+    normalisation taken over them too. So agent i's gradient from a batch whose masked samples
+    carry rewards of 1e30 equals its gradient from the batch with those samples removed.
+    One-step episodes keep GAE (which runs over every step) from carrying a masked reward into a
+    valid sample's advantage.
+    """
+    torch.manual_seed(0)
+    config = single_step_config(ent_coef=0.01)
+    init = PPO(_io(N, D, spaces.Discrete(3)), config)
+    reward = torch.randn(4, 3, N)
+    mask = torch.ones(4, 3, N, dtype=torch.bool)
+    dropped = {0: [1, 5], 1: [2, 5, 7, 8, 11]}  # flat rows (t * 3 + b) each agent is masked on
+    for agent, flat_rows in dropped.items():
+        mask.view(-1, N)[flat_rows, agent] = False
+    reward[~mask] = 1e30
+    rollout = one_step_rollout(reward, init, mask)
+
+    def gradients(batch: Rollout) -> list[torch.Tensor]:
+        learner = PPO(_io(N, D, spaces.Discrete(3)), config)
+        learner.load_state_dict(init.state_dict())
+        return first_step_gradients(learner, batch)
+
+    masked = gradients(rollout)
+    assert all(torch.isfinite(g).all() for g in masked)
+    for agent, flat_rows in dropped.items():
+        keep = torch.tensor([r for r in range(12) if r not in flat_rows])
+        reference = gradients(rows(rollout, keep))
+        for g, r in zip(masked, reference):
+            torch.testing.assert_close(g[agent], r[agent], rtol=1e-4, atol=1e-6)
+
+
+def test_an_agent_without_valid_samples_contributes_nothing():
+    """A column with no valid sample: every weighted mean is 0 / max(0, 1) = 0, so the agent's
+    parameters get a zero gradient, the other agent's are untouched and nothing is NaN."""
+    torch.manual_seed(0)
+    config = single_step_config(ent_coef=0.01)
+    learner = PPO(_io(N, D, spaces.Discrete(3)), config)
+    mask = torch.ones(4, 3, N, dtype=torch.bool)
+    mask[..., 1] = False
+    rollout = one_step_rollout(torch.randn(4, 3, N), learner, mask)
+    grads = first_step_gradients(learner, rollout)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(g[1].abs().max() == 0 for g in grads)
+    assert all(g[0].abs().max() > 0 for g in grads)
+    assert all(torch.isfinite(p).all() for p in learner.parameters())
