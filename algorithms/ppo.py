@@ -179,19 +179,21 @@ class PPO(Learner):
                              rollout.done, self.config.gamma, self.config.gae_lambda)
         return advantages, values
 
-    def training_batch(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """The rollout flattened over steps and copies, with what the losses need.
+    def training_batch(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The rollout flattened over steps and copies, with what the losses need, and the
+        critic's ``explained_variance`` on it (in return units, before any update).
 
         ``values`` is the critic's old output (standardised if ``normalize_value``): the
         centre of the value clip window. ``returns`` are the value targets on the same scale,
         ``weight`` the transitions that count (``Rollout.weights``). Updates the return statistics.
 
-        Shapes: ``[T * B, N, ...]`` each (``M = T * B`` samples).
+        Shapes: ``[T * B, N, ...]`` each (``M = T * B`` samples); the metric a scalar.
         """
         advantages, values = self.advantages(rollout)
         self.last_advantages = advantages
         returns = advantages + values
         weight = rollout.weights()
+        stats = {"explained_variance": explained_variance(returns, values, weight)}
         if self.config.normalize_value:
             # The clip window is centred on the critic's own old output: standardise the old values
             # with the stats they were de-standardised with (those used when acting), before this
@@ -201,7 +203,7 @@ class PPO(Learner):
             returns = self.return_norm.normalize(returns)
         batch = dict(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob, advantages=advantages,
                      returns=returns, values=values, weight=weight)
-        return {key: value.flatten(0, 1) for key, value in batch.items()}
+        return {key: value.flatten(0, 1) for key, value in batch.items()}, stats
 
     def losses(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """PPO's terms on a minibatch of :meth:`training_batch`, each a weighted mean per agent ``[N]``
@@ -222,7 +224,7 @@ class PPO(Learner):
         if c.anneal_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = (1.0 - progress) * c.learning_rate
-        batch = self.training_batch(rollout)
+        batch, stats = self.training_batch(rollout)
         batch_size = batch["obs"].shape[0]
         minibatch_size = max(1, batch_size // c.num_minibatches)
         active = torch.ones(self.io.n_agents, device=batch["obs"].device)
@@ -242,7 +244,7 @@ class PPO(Learner):
                 self._freeze_momentum(active)
                 if not bool(active.any()):
                     break
-        return {key: value.mean().detach() for key, value in terms.items()}
+        return {**{key: value.mean().detach() for key, value in terms.items()}, **stats}
 
     def _freeze_momentum(self, active: torch.Tensor) -> None:
         """Agents stopped by target_kl: zero their Adam momentum so masked steps move nothing."""
@@ -293,6 +295,24 @@ def weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Shapes: x, weight ``[M, ...]`` -> ``[...]``.
     """
     return weighted_sum(x, weight) / weight.sum(0).clamp(min=1)
+
+
+def explained_variance(returns: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``1 - Var(R - V) / Var(R)`` pooled over every sample with ``weight > 0`` (CleanRL's metric):
+    1 for a perfect critic, 0 for one that predicts the mean, negative for worse; 0 when the
+    returns do not vary (undefined there).
+
+    Shapes: returns, values, weight ``[...]`` -> a scalar.
+    """
+    weight, count = weight.flatten(), weight.sum().clamp(min=1)
+
+    def variance(x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten()
+        mean = weighted_sum(x, weight) / count
+        return weighted_sum((x - mean).pow(2), weight) / count
+
+    var_returns = variance(returns)
+    return torch.where(var_returns > 0, 1 - variance(returns - values) / var_returns, 0.0)
 
 
 def standardize(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -135,3 +135,30 @@ def test_an_agent_without_valid_samples_contributes_nothing():
     assert all(g[1].abs().max() == 0 for g in grads)
     assert all(g[0].abs().max() > 0 for g in grads)
     assert all(torch.isfinite(p).all() for p in learner.parameters())
+
+
+# -- explained variance --------------------------------------------------------------------------
+
+def test_explained_variance_by_hand():
+    """``explained_variance = 1 - Var(R - V) / Var(R)`` (CleanRL's ppo.py metric), in return units,
+    pooled over the level's agents and the valid samples. With V(o) = o (critic replaced) and
+    one-step episodes (R = r):
+
+        agent 0: R = 1, 2, 3, 4      V = 1, 1, 3, 3   R - V = 0, 1, 0, 1
+        agent 1: R = 2, 0, [100], 2  V = 1, 0, [0], 1 R - V = 1, 0, [-], 1   ([.]: masked)
+
+    Var(R) = 10/7 and Var(R - V) = 12/49 over the 7 valid samples, so EV = 1 - 6/35 = 29/35.
+    """
+    torch.manual_seed(0)
+    learner = PPO(_io(2, 1, spaces.Discrete(2)), single_step_config(normalize_value=False))
+    learner.critic_output = lambda obs: obs[..., 0]
+    reward = torch.tensor([[1.0, 2.0], [2.0, 0.0], [3.0, 100.0], [4.0, 2.0]]).view(4, 1, 2)
+    values = torch.tensor([[1.0, 1.0], [1.0, 0.0], [3.0, 0.0], [3.0, 1.0]]).view(4, 1, 2, 1)
+    mask = torch.ones(4, 1, 2, dtype=torch.bool)
+    mask[2, 0, 1] = False
+    action, log_prob = learner.act(values)
+    done = torch.ones(4, 1, dtype=torch.bool)
+    rollout = Rollout(obs=values, action=action, log_prob=log_prob, reward=reward, terminated=done,
+                      done=done.clone(), final_obs=values.clone(), last_obs=values[0], mask=mask)
+    metrics = learner.update(rollout, 0.0)
+    torch.testing.assert_close(metrics["explained_variance"], torch.tensor(29 / 35))
