@@ -9,10 +9,13 @@ Read beside CleanRL's ppo.py: the same objective, batched over the level's agent
 
 Each agent i has its own actor and critic (stacked weights) unless
 ``share_params``; MAPPO's critic sees all the level's agents' observations
-(``centralized_critic``) and outputs one value per agent. Gradient clipping and
+(``centralized_critic``) and outputs one value per agent, and on an upper level
+MAPPO acts with one head per child (see :class:`MAPPO`). Every expectation is a
+mean over the transitions that count (``Rollout.mask``). Gradient clipping and
 target-KL early stopping are per agent, so independent learners stay independent.
 
-Shapes: obs ``[B, N, obs_dim]``; actions as in :class:`hmarl.learner.Learner`.
+Shapes: obs ``[B, N, obs_dim]``; actions as in :class:`hmarl.learner.Learner`;
+log-probabilities ``[B, N]``, or ``[B, N, group]`` with one head per child.
 """
 from __future__ import annotations
 
@@ -108,18 +111,26 @@ class PPO(Learner):
         self.config = c = config
         n, space = io.n_agents, io.action_space
         self.discrete = not isinstance(space, spaces.Box)
+        #: one policy head per child slot, fed that slot and the command (MAPPO's upper levels)
+        self.per_child = self.acts_per_child(io)
+        #: policy samples per agent and step: its children's heads, or one
+        self.samples = io.group if self.per_child else 1
         if isinstance(space, spaces.Discrete):
             self.heads, self.k = 1, int(space.n)
         elif isinstance(space, spaces.MultiDiscrete):
             if len(set(space.nvec.tolist())) != 1:
                 raise ValueError("PPO's MultiDiscrete heads must have one size")
-            self.heads, self.k = len(space.nvec), int(space.nvec[0])
-        out_dim = self.heads * self.k if self.discrete else int(space.shape[0])
-        self.actor = AgentMLP(n, io.obs_dim, c.hidden_sizes, out_dim, c.activation,
+            self.heads, self.k = len(space.nvec) // self.samples, int(space.nvec[0])
+        out_dim = self.heads * self.k if self.discrete else int(space.shape[0]) // self.samples
+        actor_in = io.child_dim + io.obs_dim - io.child_obs_dim if self.per_child else io.obs_dim
+        self.actor = AgentMLP(n, actor_in, c.hidden_sizes, out_dim, c.activation,
                               c.actor_out_gain, c.share_params)
         if not self.discrete:
             self.log_std = torch.nn.Parameter(torch.zeros(self.actor.n_nets, out_dim))
-        if c.centralized_critic:
+        # Per child, an agent's own observation already holds all its children: its critic is
+        # centralised over them. Otherwise a centralised critic reads all the level's agents.
+        self.critic_over_level = c.centralized_critic and not self.per_child
+        if self.critic_over_level:
             self.critic = AgentMLP(1, n * io.obs_dim, c.hidden_sizes, n, c.activation, c.critic_out_gain)
         else:
             self.critic = AgentMLP(n, io.obs_dim, c.hidden_sizes, 1, c.activation, c.critic_out_gain,
@@ -127,12 +138,41 @@ class PPO(Learner):
         self.return_norm = RunningNorm(n)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, eps=1e-5)
 
+    @staticmethod
+    def acts_per_child(io: AgentIO) -> bool:
+        """Whether the agents act with one head per child (PPO: never; one head over the observation)."""
+        return False
+
     # -- policy and value ------------------------------------------------------------------
+    def _actor_out(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, obs_dim]`` -> ``[..., N, samples, out]``."""
+        if not self.per_child:
+            return self.actor(obs).unsqueeze(-2)
+        io = self.io
+        slots = obs[..., :io.child_obs_dim].unflatten(-1, (io.group, io.child_dim))
+        command = obs[..., None, io.child_obs_dim:].expand(*slots.shape[:-1], -1)
+        # Children become rows of their agent's batch: [..., G, N, in] through the stacked nets.
+        return self.actor(torch.cat([slots, command], -1).transpose(-2, -3)).transpose(-2, -3)
+
     def _log_probs(self, obs: torch.Tensor) -> torch.Tensor:
-        logits = self.actor(obs)
-        return logits.reshape(*logits.shape[:-1], self.heads, self.k).log_softmax(-1)
+        """Log-probabilities ``[..., N, samples, heads, k]`` of a discrete policy."""
+        return self._actor_out(obs).unflatten(-1, (self.heads, self.k)).log_softmax(-1)
+
+    def _std(self) -> torch.Tensor:
+        """``[n_nets, 1, act_dim]``: broadcasts over the samples of each agent."""
+        return self.log_std.exp().unsqueeze(-2)
+
+    def _per_agent(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., N, samples]`` -> ``[..., N]`` for one sample per agent, else unchanged."""
+        return x.squeeze(-1) if self.samples == 1 else x
+
+    def _level_action(self, action: torch.Tensor) -> torch.Tensor:
+        """``[..., N, samples, heads or act_dim]`` -> the level's action (see :class:`Learner`)."""
+        action = action.flatten(-2)
+        return action.squeeze(-1) if isinstance(self.io.action_space, spaces.Discrete) else action
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions as :class:`Learner` says; log-probabilities ``[B, N]``, or ``[B, N, group]`` per child."""
         with torch.no_grad():
             if self.discrete:
                 log_p = self._log_probs(obs)
@@ -140,28 +180,30 @@ class PPO(Learner):
                 scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
                 action = scores.argmax(-1)
                 log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
-                return (action.squeeze(-1) if self.heads == 1 else action), log_prob
-            mean = self.actor(obs)
-            std = self.log_std.exp()
+                return self._level_action(action), self._per_agent(log_prob)
+            mean = self._actor_out(obs)
+            std = self._std()
             action = mean if deterministic else mean + std * torch.randn_like(mean)
-            return action, normal_log_prob(mean, std, action)
+            return self._level_action(action), self._per_agent(normal_log_prob(mean, std, action))
 
     def evaluate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability and entropy ``[M, N]`` of stored actions under the current policy."""
+        """Log-probability and entropy ``[M, N]`` (``[M, N, group]`` per child) of stored actions
+        under the current policy."""
         if self.discrete:
             log_p = self._log_probs(obs)
-            index = action.unsqueeze(-1) if self.heads > 1 else action.unsqueeze(-1).unsqueeze(-1)
+            index = action.reshape(*log_p.shape[:-1], 1)
             log_prob = log_p.gather(-1, index).squeeze(-1).sum(-1)
             entropy = -(log_p.exp() * log_p).sum(-1).sum(-1)
-            return log_prob, entropy
-        mean = self.actor(obs)
-        std = self.log_std.exp().expand_as(mean)
+            return self._per_agent(log_prob), self._per_agent(entropy)
+        mean = self._actor_out(obs)
+        std = self._std().expand_as(mean)
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
-        return normal_log_prob(mean, std, action), entropy
+        log_prob = normal_log_prob(mean, std, action.reshape(mean.shape))
+        return self._per_agent(log_prob), self._per_agent(entropy)
 
     def critic_output(self, obs: torch.Tensor) -> torch.Tensor:
         """The critic's raw output ``[..., N]`` (standardised if ``normalize_value``)."""
-        if self.config.centralized_critic:
+        if self.critic_over_level:
             return self.critic(obs.flatten(-2).unsqueeze(-2)).squeeze(-2)
         return self.critic(obs).squeeze(-1)
 
@@ -212,11 +254,32 @@ class PPO(Learner):
         weight = mb["weight"]
         advantages = standardize(mb["advantages"], weight) if c.norm_adv else mb["advantages"]
         new_log_prob, entropy = self.evaluate(mb["obs"], mb["action"])
-        pg_loss, approx_kl, clipfrac = clipped_surrogate(new_log_prob, mb["log_prob"], advantages, c.clip_coef)
+        policy_weight = weight
+        if self.per_child:
+            # Each child head is one sample of its agent, with its own ratio and the agent's
+            # advantage (the children share the agent's reward): [M, N, G] -> [M * G, N].
+            policy_weight = self._child_weights(mb["obs"], weight)
+            advantages = advantages.unsqueeze(-1).expand_as(new_log_prob)
+            as_samples = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731
+            new_log_prob, entropy, old_log_prob, advantages, policy_weight = map(
+                as_samples, (new_log_prob, entropy, mb["log_prob"], advantages, policy_weight))
+        else:
+            old_log_prob = mb["log_prob"]
+        pg_loss, approx_kl, clipfrac = clipped_surrogate(new_log_prob, old_log_prob, advantages, c.clip_coef)
         v_loss = clipped_value_loss(self.critic_output(mb["obs"]), mb["values"], mb["returns"], c.clip_coef,
                                     c.clip_vloss)
-        terms = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=entropy, approx_kl=approx_kl, clipfrac=clipfrac)
-        return {key: weighted_mean(value, weight) for key, value in terms.items()}
+        policy = dict(pg_loss=pg_loss, entropy=entropy, approx_kl=approx_kl, clipfrac=clipfrac)
+        return {"v_loss": weighted_mean(v_loss, weight),
+                **{key: weighted_mean(value, policy_weight) for key, value in policy.items()}}
+
+    def _child_weights(self, obs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``[M, N]`` sample weights -> ``[M, N, group]``: 0 also for an empty child slot
+        (``presence`` flag 0), whose head's action goes nowhere."""
+        io = self.io
+        if not io.presence:
+            return weight.unsqueeze(-1).expand(*weight.shape, io.group)
+        present = obs[..., :io.child_obs_dim].unflatten(-1, (io.group, io.child_dim))[..., -1]
+        return weight.unsqueeze(-1) * present
 
     def update(self, rollout: Rollout, progress: float,
                below: Rollout | None = None) -> dict[str, torch.Tensor]:
@@ -405,6 +468,21 @@ class RunningNorm(torch.nn.Module):
 
 
 class MAPPO(PPO):
-    """PPO with a centralized critic over the level's agents (TAG's MAPPO agents)."""
+    """PPO with a centralized critic (Yu et al. 2022; TAG's MAPPO agents, Appendix A).
+
+    On a flat level (one child per agent) the level's agents are the MAPPO agents: one actor
+    each over its observation, a critic over all of them. An agent that owns several children
+    and acts for each (continuous children, or discrete ones with ``joint: false``) is a MAPPO
+    system of its own, whose MAPPO agents are its children: one head per child, fed that
+    child's slot and the agent's command and shared by the children (MAPPO's parameter
+    sharing), each with its own PPO ratio and the agent's advantage; one value per agent from
+    a critic over all its children's slots (its whole observation). TAG's MAPPO-PPO top thus
+    acts 24 -> 2 per child on simple spread, with a critic over 4 x 24.
+    """
 
     config_class = MAPPOConfig
+
+    @staticmethod
+    def acts_per_child(io: AgentIO) -> bool:
+        """A head per child unless the agent has one child or acts on its children's joint action."""
+        return io.group > 1 and not isinstance(io.action_space, spaces.Discrete)
