@@ -42,6 +42,9 @@ class PPOConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE lambda."""
+    buffer_size: int | None = None
+    """Transitions of this level (steps x env copies) collected before each update, rounded up
+    to whole rollouts; None: every rollout (TAG Appendix A: PPO 2,048, MAPPO 10,000)."""
     num_minibatches: int = 4
     """Minibatches per epoch (over all steps and env copies of the rollout)."""
     update_epochs: int = 4
@@ -81,6 +84,7 @@ class PPOConfig:
         checks = [(self.learning_rate > 0, "learning_rate must be > 0"),
                   (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
                   (0 <= self.gae_lambda <= 1, "gae_lambda must be in [0, 1]"),
+                  (self.buffer_size is None or self.buffer_size > 0, "buffer_size must be > 0 or null"),
                   (self.num_minibatches >= 1, "num_minibatches must be >= 1"),
                   (self.update_epochs >= 1, "update_epochs must be >= 1"),
                   (self.clip_coef > 0, "clip_coef must be > 0"),
@@ -109,6 +113,7 @@ class PPO(Learner):
     def __init__(self, io: AgentIO, config: PPOConfig):
         super().__init__(io)
         self.config = c = config
+        self.buffer_size = c.buffer_size
         n, space = io.n_agents, io.action_space
         self.discrete = not isinstance(space, spaces.Box)
         #: one policy head per child slot, fed that slot and the command (MAPPO's upper levels)
