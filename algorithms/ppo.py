@@ -42,9 +42,10 @@ class PPOConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE lambda."""
-    buffer_size: int | None = None
+    transitions_per_update: int | None = None
     """Transitions of this level (steps x env copies) collected before each update, rounded up
-    to whole rollouts; None: every rollout (TAG Appendix A: PPO 2,048, MAPPO 10,000)."""
+    to whole rollouts; None: every rollout (TAG Appendix A's buffer size: PPO 2,048, MAPPO
+    10,000). Not ``buffer_size``, which off-policy learners use for their replay capacity."""
     num_minibatches: int = 4
     """Minibatches per epoch (over all steps and env copies of the rollout)."""
     update_epochs: int = 4
@@ -84,7 +85,8 @@ class PPOConfig:
         checks = [(self.learning_rate > 0, "learning_rate must be > 0"),
                   (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
                   (0 <= self.gae_lambda <= 1, "gae_lambda must be in [0, 1]"),
-                  (self.buffer_size is None or self.buffer_size > 0, "buffer_size must be > 0 or null"),
+                  (self.transitions_per_update is None or self.transitions_per_update > 0,
+                   "transitions_per_update must be > 0 or null"),
                   (self.num_minibatches >= 1, "num_minibatches must be >= 1"),
                   (self.update_epochs >= 1, "update_epochs must be >= 1"),
                   (self.clip_coef > 0, "clip_coef must be > 0"),
@@ -113,7 +115,7 @@ class PPO(Learner):
     def __init__(self, io: AgentIO, config: PPOConfig):
         super().__init__(io)
         self.config = c = config
-        self.buffer_size = c.buffer_size
+        self.transitions_per_update = c.transitions_per_update
         n, space = io.n_agents, io.action_space
         self.discrete = not isinstance(space, spaces.Box)
         #: one policy head per child slot, fed that slot and the command (MAPPO's upper levels)

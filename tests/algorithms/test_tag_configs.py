@@ -27,17 +27,18 @@ def test_tag_config_matches_appendix_a(name):
     (minibatches, clip, entropy, target_kl), buffers = TABLES[name]
     system = load_yaml(CONFIG_DIR / "algorithms" / f"{name}.yaml")
     assert {level["learner"] for level in system["levels"]} == set(buffers)
-    for learner, buffer_size in buffers.items():
+    for learner, buffer in buffers.items():
         block = system[learner]
         expected = dict(COMMON, clip_coef=clip, num_minibatches=minibatches, ent_coef=entropy,
-                        target_kl=target_kl, buffer_size=buffer_size)
+                        target_kl=target_kl, transitions_per_update=buffer)
         assert {key: block.get(key) for key in expected} == expected, learner
 
 
-def test_buffer_size_reaches_the_learner():
-    """``buffer_size`` (transitions of the level before an update; None: every rollout) is what
-    the Hierarchy reads from ``Learner.buffer_size``; it must be positive."""
-    assert PPO(_io(1, 2, spaces.Discrete(2)), PPOConfig()).buffer_size is None
-    assert PPO(_io(1, 2, spaces.Discrete(2)), PPOConfig(buffer_size=2048)).buffer_size == 2048
-    with pytest.raises(ValueError, match="buffer_size"):
-        PPOConfig(buffer_size=0)
+def test_transitions_per_update_reaches_the_learner():
+    """``transitions_per_update`` (a level's transitions per update; None: every rollout) is what
+    the Hierarchy reads from ``Learner.transitions_per_update``; it must be positive."""
+    io = _io(1, 2, spaces.Discrete(2))
+    assert PPO(io, PPOConfig()).transitions_per_update is None
+    assert PPO(io, PPOConfig(transitions_per_update=2048)).transitions_per_update == 2048
+    with pytest.raises(ValueError, match="transitions_per_update"):
+        PPOConfig(transitions_per_update=0)
