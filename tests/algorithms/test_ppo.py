@@ -204,7 +204,7 @@ def test_multidiscrete_act_and_log_prob():
     assert log_prob.shape == (B, n)
     assert ((action >= 0) & (action < 3)).all()
 
-    log_p = learner._log_probs(obs).detach()  # [B, N, heads, k]
+    log_p = learner._log_probs(obs).detach()[..., 0, :, :]  # one sample per agent: [B, N, heads, k]
     assert log_p.shape == (B, n, 2, 3)
     expected = torch.empty(B, n)
     for b in range(B):
@@ -234,7 +234,7 @@ def test_discrete_shapes_and_log_prob():
     obs = torch.randn(7, 3, 2)
     action, log_prob = learner.act(obs)
     assert action.shape == (7, 3) and action.dtype == torch.long and log_prob.shape == (7, 3)
-    log_p = learner._log_probs(obs).detach()
+    log_p = learner._log_probs(obs).detach()[..., 0, :, :]
     assert log_p.shape == (7, 3, 1, 5)
     expected = log_p[..., 0, :].gather(-1, action.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(log_prob, expected)
