@@ -16,9 +16,8 @@ share its reward. Parameters are shared by all nodes and edges (one network per
 level), so gradients are clipped together and ``target_kl`` stops the whole level.
 
 An edge counts (:meth:`GraphPPO.edge_mask`) where its slot holds a child, its agent's
-transition counts (``Rollout.mask``: alive, command of a running episode) and, above
-the bottom level, its child counted when the command was given (the level below's
-``mask``); the rest is left out of every loss, of the advantage and return statistics,
+transition counts (``Rollout.mask``: alive, command of a running episode) and its child
+was alive when the command was given (``Rollout.child_mask``); the rest is left out of every loss, of the advantage and return statistics,
 and of the advantages published for the level below (zero there).
 
 Shapes: obs ``[B, N, obs_dim]``; actions ``[B, N]`` (one discrete child), ``[B, N, group]``
@@ -152,6 +151,7 @@ class GraphPPO(Learner):
     def __init__(self, io: AgentIO, config: GraphPPOConfig):
         super().__init__(io)
         self.config = c = config
+        self.transitions_per_update = c.transitions_per_update
         space = io.action_space
         self.discrete = not isinstance(space, spaces.Box)
         if isinstance(space, spaces.Discrete) and io.group > 1:
@@ -213,35 +213,19 @@ class GraphPPO(Learner):
         return self.return_norm.denormalize(out) if self.config.normalize_value else out
 
     # -- learning --------------------------------------------------------------------------
-    def edge_mask(self, rollout: Rollout, below: Rollout | None = None) -> torch.Tensor:
-        """Which (agent, child) edges count: the slot holds a child, the agent's transition
-        counts (``rollout.mask``) and the child counted at the step its command was given
-        (``below.mask`` at the first of the ``T_below / T`` steps below that each step spans).
+    def edge_mask(self, rollout: Rollout) -> torch.Tensor:
+        """Which (agent, child) edges count: the slot holds a child, the agent's transition counts
+        (``rollout.mask``) and the child was alive when this level gave its command
+        (``rollout.child_mask``, stored by the Level at each of its steps).
 
-        Regrouped levels find each child's slot through ``rollout.parent`` / ``slot``; fixed
-        children are taken in unit order (contiguous blocks, as ``group_size``, ``groups`` and
-        ``all`` build them), so a present slot's unit is its rank among the present slots.
-
-        Shapes:
-            rollout ``[T, B, N, ...]``, below ``[T * k, B, N_below, ...]`` -> ``[T, B, N, group]`` bool.
+        Shapes: rollout ``[T, B, N, ...]`` -> ``[T, B, N, group]`` bool.
         """
         valid = self.actor.split(rollout.obs)[1]
         if rollout.mask is not None:
             valid = valid & rollout.mask.unsqueeze(-1)
-        if below is None or below.mask is None:
-            return valid
-        steps, t_below = rollout.obs.shape[0], below.mask.shape[0]
-        if t_below % steps:
-            raise ValueError(f"the level below's rollout has {t_below} steps, not a multiple of this "
-                             f"level's {steps}")
-        at_command = below.mask[::t_below // steps]  # [T, B, N_below]
-        if rollout.parent is not None:
-            slot = rollout.parent * self.io.group + rollout.slot
-            child = at_command.new_zeros(valid.flatten(2).shape).scatter(2, slot, at_command)
-        else:
-            present = valid.flatten(2)
-            child = at_command.gather(2, (present.cumsum(-1) - 1).clamp(min=0)) & present
-        return valid & child.view_as(valid)
+        if rollout.child_mask is not None:
+            valid = valid & rollout.child_mask
+        return valid
 
     def _advantages(self, reward: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
                     rollout: Rollout, valid: torch.Tensor) -> torch.Tensor:
@@ -267,7 +251,7 @@ class GraphPPO(Learner):
         if c.anneal_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = (1.0 - progress) * c.learning_rate
-        valid = self.edge_mask(rollout, below)  # [T, B, N, G]
+        valid = self.edge_mask(rollout)  # [T, B, N, G]
         with torch.no_grad():
             old_output = self.critic_output(rollout.obs)  # on the critic's (standardised) scale
             values = self.return_norm.denormalize(old_output) if c.normalize_value else old_output

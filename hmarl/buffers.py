@@ -41,6 +41,10 @@ class Rollout:
     on belongs to an episode that has already ended (an episode ended inside the period of
     a level above, and that level has not decided since)."""
 
+    child_mask: Tensor | None = None
+    """``[T, B, N, group]`` bool: the child slots that hold a living unit while their agent's
+    transition counts (per-child terms, e.g. HiMPo's per-edge advantages; None: all of them)."""
+
     def weights(self) -> Tensor:
         """``mask`` as float ``[T, B, N]`` (ones when every transition counts)."""
         if self.mask is None:

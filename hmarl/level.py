@@ -263,11 +263,17 @@ class Level:
             info["alive"] = self._agents_alive(ts)
         return info
 
-    def _agents_alive(self, ts: TimeStep) -> Tensor:
-        """``[B, N]`` bool: agents with a living child (all of them if the level below has no deaths)."""
+    def _children_alive(self, ts: TimeStep) -> Tensor:
+        """``[B, N, group]`` bool: child slots holding a unit that is alive (units are, unless the
+        level below reports ``alive``)."""
         if "alive" not in ts.info:
-            return ts.terminated.new_ones(self.spec.num_envs, self.spec.n_agents)
-        return self.children_view(ts.info["alive"]).any(-1)
+            return self._present() if not self._blocks else ts.terminated.new_ones(
+                self.spec.num_envs, self.spec.n_agents, self.group)
+        return self.children_view(ts.info["alive"])  # empty slots read False
+
+    def _agents_alive(self, ts: TimeStep) -> Tensor:
+        """``[B, N]`` bool: agents with a living child."""
+        return self._children_alive(ts).any(-1)
 
     def _act(self, obs: Tensor, ts: TimeStep) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The agents' action; with ``decide_every``, copies that need no decision hold their last one."""
@@ -355,6 +361,7 @@ class Level:
             # (The level above acts on a fixed stride for all copies, so it cannot decide
             # afresh for one copy mid-period; masking keeps its transitions whole.)
             mask = alive.unsqueeze(-1) & self._agents_alive(ts)
+            child_mask = mask.unsqueeze(-1) & self._children_alive(ts)
             action, log_prob, extra = self._act(obs, ts)
             ts = self.below.step(self._to_below(action))
             children_reward = self.children_view(ts.reward).sum(-1)
@@ -369,7 +376,8 @@ class Level:
                 self.buffer.add(obs=obs, action=action, log_prob=log_prob,
                                 reward=self.reward_rule.step_reward(step),
                                 terminated=ts.terminated, done=ts.done,
-                                final_obs=self._with_command(next_child_obs), mask=mask, **extra)
+                                final_obs=self._with_command(next_child_obs), mask=mask, child_mask=child_mask,
+                                **extra)
             # A copy that finished inside the period starts its next episode under the
             # same command; what follows belongs to that episode, not to this transition.
             reward_up += children_reward * alive.unsqueeze(-1)

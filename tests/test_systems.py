@@ -46,6 +46,9 @@ def run_config(algorithm_name: str, env_name: str, tmp_path, **updates) -> RunCo
         if block in config:
             config[block] = {**config[block], "buffer_size": 2000, "batch_size": 16}
             config[block].update({"random_steps": 100} if block in ("td3", "goal_manager") else {"learning_starts": 100})
+    for block in ("ppo", "mappo", "graph_ppo"):  # Appendix A's buffers never fill in 320 steps: update every rollout
+        if block in config:
+            config[block] = {**config[block], "transitions_per_update": None}
     if "allocator" in config:  # meta-transitions: one per copy and decision
         config["allocator"].update(learning_starts=10)
     config.update(updates)

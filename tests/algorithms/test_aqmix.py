@@ -1,7 +1,6 @@
 """A-QMIX: subtask masking, monotonic per-subtask mixing, the double-Q target by hand, bandits, errors."""
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -247,7 +246,6 @@ def test_learns_cooperative_bandit():
     n = 2
     learner = make(n, 2, 2, command=False, learning_rate=2e-3, batch_size=64, learning_starts=128,
                    target_update_episodes=500, epsilon_anneal_steps=2560)
-    start = time.perf_counter()
     # reward 1 for both only when both pick action 1
     stats = train(learner, lambda b, n: (entity_obs(learner, b, n), None),
                   lambda a, _: (a == 1).all(-1, keepdim=True).float().expand(-1, n), iterations=40)
@@ -256,7 +254,6 @@ def test_learns_cooperative_bandit():
     assert action.shape == (1000, n) and action.dtype == torch.long and (log_prob == 0).all()
     success = (action == 1).all(-1).float().mean()
     assert success > 0.9, success
-    assert time.perf_counter() - start < 30
 
 
 def test_learns_per_subtask_actions():

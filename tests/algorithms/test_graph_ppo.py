@@ -84,20 +84,11 @@ def with_presence(rollout: Rollout, io: AgentIO, present: torch.Tensor) -> Rollo
     return rollout
 
 
-def below_rollout(mask: torch.Tensor) -> Rollout:
-    """The level below's rollout as an upper learner reads it: only its ``mask [T_below, B, N_below]``."""
-    t, b, n = mask.shape
-    never = torch.zeros(t, b, dtype=torch.bool)
-    return Rollout(obs=torch.zeros(t, b, n, 1), action=torch.zeros(t, b, n, dtype=torch.long),
-                   log_prob=torch.zeros(t, b, n), reward=torch.zeros(t, b, n), terminated=never, done=never,
-                   final_obs=torch.zeros(t, b, n, 1), last_obs=torch.zeros(b, n, 1), mask=mask)
-
-
-def updated(learner: GraphPPO, rollout: Rollout, below: Rollout | None = None) -> GraphPPO:
+def updated(learner: GraphPPO, rollout: Rollout) -> GraphPPO:
     """A copy of ``learner`` after one update on ``rollout`` (same minibatch order every call)."""
     learner = copy.deepcopy(learner)
     torch.manual_seed(1)
-    learner.update(rollout, progress=0.0, below=below)
+    learner.update(rollout, progress=0.0)
     return learner
 
 
@@ -157,43 +148,37 @@ def test_a_rollout_in_which_nothing_counts_changes_nothing():
 def test_edges_to_dead_children_are_left_out_at_an_upper_level():
     """A superior's per-child terms (spec Rewards: the superior's critic values each
     (superior, child) pair) leave out edges to children that were dead when the goal was
-    given, read from the level below's mask at the first of its 5 steps per upper step.
-    Regrouped children: sub-manager 0 owns workers 2 and 0 (slots 0, 1), sub-manager 1
-    owns 1 and 3. Worker 3 dies at below step 7 in copy 0, so edge (1, slot 1) is out at
-    upper steps 2 and 3 of copy 0. By hand, with a zero critic and gamma 0, every other
-    edge's advantage is its agent's reward; the dead edges' goals, set to 50, change nothing."""
+    given (``Rollout.child_mask``). Regrouped children: sub-manager 0 owns workers 2 and 0
+    (slots 0, 1), sub-manager 1 owns 1 and 3; worker 3 is dead at upper steps 2 and 3 of
+    copy 0, so edge (1, slot 1) is out there. By hand, with a zero critic and gamma 0, every
+    other edge's advantage is its agent's reward; the dead edges' goals, set to 50, change nothing."""
     torch.manual_seed(0)
     io = upper_io()
     learner = GraphPPO(io, GraphPPOConfig(gamma=0.0, critic_out_gain=0.0, num_minibatches=2))
-    parent = torch.tensor([0, 1, 0, 1]).expand(4, 2, 4)
-    slot = torch.tensor([1, 0, 0, 1]).expand(4, 2, 4)
-    worker_mask = torch.ones(20, 2, 4, dtype=torch.bool)
-    worker_mask[7:, 0, 3] = False
     reward = torch.randn(4, 2, 2, generator=torch.Generator().manual_seed(3))
     rollout = with_presence(hand_rollout(learner, reward), io, torch.ones(2, 2, dtype=torch.bool))
-    rollout.parent, rollout.slot = parent, slot
+    rollout.parent, rollout.slot = torch.tensor([0, 1, 0, 1]).expand(4, 2, 4), torch.tensor([1, 0, 0, 1]).expand(4, 2, 4)
     dead = torch.zeros(4, 2, 2, 2, dtype=torch.bool)
     dead[2:, 0, 1, 1] = True
+    rollout.child_mask = ~dead
     other_goals = copy.copy(rollout)
     other_goals.action = rollout.action.unflatten(-1, (2, GOAL)).masked_fill(dead.unsqueeze(-1), 50.0).flatten(-2)
-    a = updated(learner, rollout, below_rollout(worker_mask))
-    b = updated(learner, other_goals, below_rollout(worker_mask))
+    a, b = updated(learner, rollout), updated(learner, other_goals)
     assert_same_learning(a, b)
     torch.testing.assert_close(a.last_advantages, reward.unsqueeze(-1).expand(4, 2, 2, 2).masked_fill(dead, 0.0))
-    assert torch.equal(learner.edge_mask(rollout, below_rollout(worker_mask)), ~dead)
+    assert torch.equal(learner.edge_mask(rollout), ~dead)
 
 
-def test_fixed_children_are_read_in_unit_order():
+def test_empty_slots_and_dead_children_are_out():
     """Fixed children in blocks (``groups``: 5 workers over 2 sub-managers own {0, 1, 2} and
-    {3, 4}; the last slot of sub-manager 1 is empty). With worker 4 dead at the decision
-    of upper step 1 (below step 2 of 2 per step), sub-manager 1's slot 1 is out then;
-    the empty slot is out throughout."""
+    {3, 4}; the last slot of sub-manager 1 is empty): the empty slot is out throughout, and
+    a dead child's slot (``child_mask``) where it is dead."""
     io = upper_io(group=3)
     learner = GraphPPO(io, GraphPPOConfig())
     present = torch.tensor([[True, True, True], [True, True, False]])
     rollout = with_presence(hand_rollout(learner, torch.zeros(2, 1, 2)), io, present)
-    worker_mask = torch.ones(4, 1, 5, dtype=torch.bool)
-    worker_mask[2:, 0, 4] = False
+    rollout.child_mask = torch.ones(2, 1, 2, 3, dtype=torch.bool)
+    rollout.child_mask[1, 0, 1, 1] = False
     expected = present.expand(2, 1, 2, 3).clone()
     expected[1, 0, 1, 1] = False
-    assert torch.equal(learner.edge_mask(rollout, below_rollout(worker_mask)), expected)
+    assert torch.equal(learner.edge_mask(rollout), expected)

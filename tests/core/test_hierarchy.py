@@ -93,6 +93,8 @@ def test_dead_agents_count_in_no_loss_and_an_upper_agent_lives_while_a_child_doe
     assert bottom.rollouts[0].mask.tolist() == [[[True, False, False, False]] * 2] * 3
     # upper agent 0 owns units 0 (alive) and 1; agent 1 owns units 2 and 3 (both dead)
     assert upper.rollouts[0].mask.tolist() == [[[True, False]] * 2] * 3
+    # per child slot: only unit 0 (agent 0's slot 0) is alive
+    assert upper.rollouts[0].child_mask.tolist() == [[[[True, False], [False, False]]] * 2] * 3
 
 
 def test_the_bootstrap_observation_carries_the_command_of_the_next_step():
