@@ -1,15 +1,20 @@
-"""Pure numpy statistics over seeds, and TAG's inter-level action correlation (Sec. 5.3).
+"""Statistics over seeds, and TAG's inter-level action correlation (Sec. 5.3).
 
-Used by ``hmarl.report``; every function takes and returns plain arrays or numbers.
+Used by ``hmarl.report``; every function takes and returns plain arrays or numbers. Resampling is
+``scipy.stats.bootstrap``'s (percentile method); the interquartile mean is rliable's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed so that a report is the same every time it is rebuilt
+# Resamples are drawn this many at a time, so a long curve's [resamples, seeds, steps] never sits in memory whole.
+BOOTSTRAP_BATCH = 1_000
+BOOTSTRAP_METHOD = "percentile"
 
 
 @dataclass(frozen=True)
@@ -23,46 +28,51 @@ class Estimate:
     n: int
 
 
+def _bootstrap(samples: tuple[np.ndarray, ...], statistic, confidence: float, resamples: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``scipy.stats.bootstrap``'s percentile interval of a vectorized ``statistic`` over axis 0."""
+    result = stats.bootstrap(samples, statistic, n_resamples=resamples, confidence_level=confidence,
+                             method=BOOTSTRAP_METHOD, axis=0, batch=BOOTSTRAP_BATCH,
+                             rng=np.random.default_rng(seed))
+    return result.confidence_interval.low, result.confidence_interval.high
+
+
 def bootstrap_ci(samples: np.ndarray, confidence: float = 0.95,
                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap CI of the mean over axis 0 (seeds); trailing axes (e.g. steps) are kept.
+    """Percentile bootstrap CI of the mean over axis 0 (seeds), by ``scipy.stats.bootstrap``.
 
-    Every trailing column uses the same resamples of seeds. One seed gives CI = [value, value].
+    Percentile rather than scipy's default BCa: BCa's acceleration is a jackknife estimate that is
+    undefined when every seed has the same value (a solved task) and erratic over the 2-5 seeds
+    a sweep runs; percentile is also what rliable reports. Trailing axes (e.g. steps) are kept and
+    every column uses the same resamples of seeds. One seed gives CI = [value, value].
+
+    Shapes:
+        samples ``[seeds, ...]`` -> low, high ``[...]``
     """
     samples = np.asarray(samples, dtype=float)
-    n = len(samples)
-    if n == 1:
+    if len(samples) == 1:
         return samples[0], samples[0]
-    # Multinomial counts are resampling with replacement without a [resamples, n, ...] array.
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)
-    means = np.tensordot(counts, samples, axes=1) / n
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    low, high = _bootstrap((samples,), np.mean, confidence, resamples, seed)
     # A resampled mean cannot leave [min, max]; clipping removes rounding that would
     # otherwise put the CI of identical values a hair away from the value.
     return np.clip(low, samples.min(0), samples.max(0)), np.clip(high, samples.min(0), samples.max(0))
 
 
 def interquartile_mean(values: np.ndarray) -> float:
-    """Mean of the middle 50% of the sorted values; the plain mean for fewer than 4 values.
+    """rliable's IQM (``metrics.aggregate_iqm``): ``scipy.stats.trim_mean(values, 0.25)``.
 
-    25% of the mass is trimmed at each end, with fractional weights on the values that
-    straddle the quartiles (n=6: weights 0, .5, 1, 1, .5, 0), i.e. the exact middle half
-    of the empirical distribution. For n divisible by 4 this equals rliable's
-    ``scipy.stats.trim_mean(values, 0.25)``, which otherwise drops int(n/4) whole values.
+    The mean after dropping ``int(n / 4)`` whole values at each end of the sorted values, so for
+    fewer than 4 values the plain mean. E.g. the 7 values ``0, 1, 4, 9, 16, 25, 36`` drop 0 and 36:
+    (1 + 4 + 9 + 16 + 25) / 5 = 11.
+
+    Shapes:
+        values ``[n]``
     """
-    values = np.sort(np.asarray(values, dtype=float))
-    n = len(values)
-    if n < 4:
-        return float(values.mean())
-    # Value i covers [i, i+1) of the n-long cumulative mass; keep its overlap with [n/4, 3n/4].
-    position = np.arange(n)
-    weights = np.clip(np.minimum(position + 1, 3 * n / 4) - np.maximum(position, n / 4), 0, 1)
-    return float(weights @ values / weights.sum())
+    return float(stats.trim_mean(np.asarray(values, dtype=float), 0.25))
 
 
 def estimate(values: np.ndarray) -> Estimate:
-    """Mean, 95% bootstrap CI and IQM of per-seed values."""
+    """Mean, 95% bootstrap CI and IQM of per-seed values ``[seeds]``."""
     values = np.asarray(values, dtype=float)
     low, high = bootstrap_ci(values)
     return Estimate(float(values.mean()), float(low), float(high), interquartile_mean(values), len(values))

@@ -33,12 +33,23 @@ def write_run(root: Path, name: str, *, algorithm: str = "ippo", env: str = "bal
     return folder
 
 
-def test_interquartile_mean_trims_a_quarter_at_each_end_with_fractional_boundaries():
+def test_interquartile_mean_drops_a_quarter_of_the_values_rounded_down_at_each_end():
     assert interquartile_mean(np.arange(1, 9)) == 4.5
     assert interquartile_mean([7, 100, 3, 6, -50, 5, 2, 4]) == 4.5  # unsorted, outliers trimmed
-    assert interquartile_mean([1, 2, 4, 8, 16]) == pytest.approx((0.75 * 2 + 4 + 0.75 * 8) / 2.5)
-    assert interquartile_mean([1, 2, 3, 4, 5, 100]) == pytest.approx((0.5 * 2 + 3 + 4 + 0.5 * 5) / 3)
+    # 7 seeds 0, 1, 4, 9, 16, 25, 36: int(7/4) = 1 value dropped at each end, (1+4+9+16+25)/5 = 11.
+    # The fractional IQM hmarl had before weighted the sorted values 0, .25, 1, 1, 1, .25, 0:
+    # (.25*1 + 4 + 9 + 16 + .25*25) / 3.5 = 35.5 / 3.5 = 10.14.
+    assert interquartile_mean(np.arange(7) ** 2) == 11.0
+    assert interquartile_mean([1, 2, 4, 8, 16]) == pytest.approx((2 + 4 + 8) / 3)
+    assert interquartile_mean([1, 2, 3, 4, 5, 100]) == pytest.approx((2 + 3 + 4 + 5) / 4)
     assert interquartile_mean([1, 2, 9]) == 4  # fewer than 4 values: the mean
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_interquartile_mean_is_rliables(n):
+    metrics = pytest.importorskip("rliable.metrics")
+    values = np.random.default_rng(n).normal(size=n)
+    assert interquartile_mean(values) == metrics.aggregate_iqm(values[:, None])
 
 
 def test_bootstrap_ci_of_identical_values_collapses_to_the_value():
@@ -51,7 +62,9 @@ def test_bootstrap_ci_is_deterministic_within_the_range_and_around_the_mean():
     low, high = bootstrap_ci(values)
     assert (low, high) == bootstrap_ci(values)
     assert values.min() <= low <= values.mean() <= high <= values.max()
-    assert bootstrap_ci([1.0, 3.0]) == (1.0, 3.0)  # resampled means 1, 2, 3 with weights 1/4, 1/2, 1/4
+    # Resampled means 1, 2, 3 with weights 1/4, 1/2, 1/4: the percentile interval is [1, 3]
+    # (BCa's bias correction would move it, as 2 is not the resamples' median).
+    assert bootstrap_ci([1.0, 3.0]) == (1.0, 3.0)
 
 
 def test_bootstrap_ci_per_step_of_curves():
@@ -211,6 +224,7 @@ def test_main_writes_the_report(tmp_path, capsys):
     assert readme.index("| mappo |") < readme.index("| ippo |") < readme.index("| tag_3ppo[comm] |")
     assert "| ippo | 1 | 300 | 2 | [2, 2] | 2 | – (0/1 seeds) | 1,500 | – |" in readme
     assert "![eval/return on balance](curves_balance.png)" in readme
+    assert "percentile bootstraps over seeds (`scipy.stats.bootstrap`, method='percentile'" in readme
     # connected modes per episode [[2, 0], [2, 0], [2, 0]]; unconnected [[1, 0], [0, 2], [1, 0]]
     assert "| [tag_3ppo[comm] seed 0](correlation_balance_tag_3ppo-comm_seed0.png) | 1 | 0 |" in readme
     assert ("| MAPPO beats I-PPO | balance | eval/return | mappo 11 [10, 12] vs ippo 2 [2, 2] (seeds 2 vs 1) "
@@ -257,3 +271,4 @@ def test_several_folders_are_read_but_budgets_never_mix(tmp_path, capsys):
     write_run(tmp_path / "tag_full", "1", seed=1, total_steps=2_000_000)
     with pytest.raises(SystemExit, match=r"runs of ippo on balance have different budgets \(300, 2,000,000 env steps\)"):
         main([str(tmp_path / "tag_quick"), str(tmp_path / "tag_full"), "--out", str(tmp_path / "out")])
+
