@@ -4,8 +4,10 @@
 
 Reads every COMPLETED FileStorageObserver run below RESULTS_DIR (the latest of duplicates of one
 env, label and seed), groups them by (env, label) with the seeds as samples, and writes
-OUT_DIR/README.md, ``curves_<env>.png`` and, for runs with a ``level_actions.npz`` artifact,
-``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). Statistics live in ``hmarl.analysis``.
+OUT_DIR/README.md, ``curves_<env>.png``, with several envs the aggregate across them and
+``aggregate_profiles.png``, and, for runs with a ``level_actions.npz`` artifact,
+``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3).
+Statistics live in ``hmarl.analysis``.
 """
 from __future__ import annotations
 
@@ -32,19 +34,26 @@ from matplotlib.figure import Figure
 from hmarl.analysis import (
     BOOTSTRAP_METHOD,
     BOOTSTRAP_RESAMPLES,
+    PROFILE_TAUS,
+    Aggregate,
     Estimate,
+    Interval,
     action_modes,
+    aggregate,
     align_curves,
     bootstrap_ci,
     estimate,
     first_step_reaching,
     mode_stability,
+    normalized_scores,
 )
 from hmarl.files import write_atomically
 
 PRIMARY_METRIC = "eval/return"
 MIN_SEEDS = 3  # per side, for a claim's verdict
 THROUGHPUT_METRIC = "perf/env_steps_per_s"
+AGGREGATE_MIN_SEEDS = 2  # per label and env: the fewest a bootstrap resamples
+AGGREGATE_IMAGE = "aggregate_profiles.png"
 LEVEL_ACTIONS = "level_actions.npz"
 BRANCHES = ("connected", "unconnected")
 CLAIM_FORMS = {"better": "than", "reaches": "target"}  # claim kind -> key naming the other label
@@ -338,7 +347,7 @@ def number(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
-def interval(value: Estimate) -> str:
+def interval(value: Estimate | Interval) -> str:
     """The CI as ``[low, high]``."""
     return f"[{number(value.low)}, {number(value.high)}]"
 
@@ -403,6 +412,94 @@ def paper_check(claims: list[Claim], groups: dict[str, dict[str, list[Run]]]) ->
     return ["## Paper check", "", caveat, ""] + table(header, rows, text_columns=len(header)) + [""]
 
 
+@dataclass(frozen=True)
+class AggregateScores:
+    """What the aggregate across envs is computed on, and what it had to leave out."""
+
+    envs: list[str]
+    scores: dict[str, np.ndarray]  # label -> normalised finals [seeds run on every env, envs]
+    left_out: list[str]  # one sentence per reason
+
+
+def aggregate_scores(groups: dict[str, dict[str, list[Run]]], metric: str) -> AggregateScores:
+    """Each label's normalised final ``metric`` per seed and env, for the labels run on every env
+    with at least ``AGGREGATE_MIN_SEEDS`` seeds in common (``analysis.normalized_scores``)."""
+    finals: dict[str, dict[str, dict[int, float]]] = {}
+    for env, labels in groups.items():
+        per_label = {label: {run.seed: float(run.metrics[metric][1][-1]) for run in runs if metric in run.metrics}
+                     for label, runs in labels.items()}
+        if any(per_label.values()):
+            finals[env] = {label: seeds for label, seeds in per_label.items() if seeds}
+    normalized = normalized_scores({env: {label: np.array(list(seeds.values())) for label, seeds in labels.items()}
+                                    for env, labels in finals.items()})
+    by_seed = {env: {label: dict(zip(finals[env][label], scores)) for label, scores in labels.items()}
+               for env, labels in normalized.items()}
+    left_out = []
+    flat = sorted(set(finals) - set(by_seed))
+    if flat:
+        left_out.append(f"{', '.join(flat)}: every final value is the same, so it cannot be normalised.")
+    envs = sorted(by_seed)
+    everywhere = set.intersection(*(set(by_seed[env]) for env in envs)) if envs else set()
+    elsewhere = sorted(set().union(*by_seed.values()) - everywhere)
+    if elsewhere:
+        left_out.append(f"Not run on every env: {', '.join(elsewhere)}.")
+    scores, few = {}, []
+    for label in sorted(everywhere):
+        seeds = sorted(set.intersection(*(set(by_seed[env][label]) for env in envs)))
+        if len(seeds) < AGGREGATE_MIN_SEEDS:
+            few.append(label)
+        else:
+            scores[label] = np.array([[by_seed[env][label][seed] for env in envs] for seed in seeds])
+    if few:
+        left_out.append(f"Fewer than {AGGREGATE_MIN_SEEDS} seeds run on every env: {', '.join(few)}.")
+    return AggregateScores(envs, scores, left_out)
+
+
+def plot_profiles(path: Path, envs: list[str], result: Aggregate) -> None:
+    """Performance profiles: per label the share of runs whose normalised score exceeds tau, with its 95% CI."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    for label, (share, low, high) in result.profile.items():
+        (line,) = axes.plot(PROFILE_TAUS, share, label=label)
+        axes.fill_between(PROFILE_TAUS, low, high, color=line.get_color(), alpha=0.2)
+    axes.set(xlabel="normalised score τ", ylabel="fraction of runs with score > τ", ylim=(-0.02, 1.02),
+             title=f"performance profiles on {', '.join(envs)}")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def aggregate_section(groups: dict[str, dict[str, list[Run]]], metric: str, out: Path, image: str) -> list[str]:
+    """The "Aggregate across envs" section: IQM and mean, probabilities of improvement, performance profiles."""
+    lines = ["## Aggregate across envs", ""]
+    inputs = aggregate_scores(groups, metric)
+    if len(inputs.envs) < 2 or not inputs.scores:
+        reason = "fewer than 2 envs can be normalised" if len(inputs.envs) < 2 else "no label qualifies"
+        return lines + [f"No aggregate: {reason}.", *inputs.left_out, ""]
+    result = aggregate(inputs.scores)
+    lines += [(f"Each seed's final `{metric}`, min-max normalised per env over every seed of every label "
+               f"reported on it (0: the lowest final there, 1: the highest), on {', '.join(inputs.envs)}, "
+               "for the seeds a label ran on every env. IQM: the mean of the middle half "
+               "(`scipy.stats.trim_mean(scores, 0.25)`), and the mean, over every run of every env; "
+               "P(X > Y): the probability of improvement, per env the chance that a run of X beats a run of Y "
+               "(Mann-Whitney, ties count 1/2), averaged over envs; performance profile: the share of runs "
+               "scoring above τ. These are rliable's definitions (Agarwal et al. 2021); the 95% CIs are "
+               f"{BOOTSTRAP_METHOD} bootstraps ({BOOTSTRAP_RESAMPLES:,} resamples, `scipy.stats.bootstrap`) that "
+               "resample each env's seeds separately, as rliable's stratified bootstrap does."), ""]
+    lines += [" ".join(inputs.left_out), ""] if inputs.left_out else []
+    ranked = sorted(result.iqm, key=lambda label: -result.iqm[label].value)
+    lines += table(["label", "seeds", "IQM", "95% CI", "mean", "95% CI"],
+                   [[label, str(len(inputs.scores[label])), number(result.iqm[label].value),
+                     interval(result.iqm[label]), number(result.mean[label].value), interval(result.mean[label])]
+                    for label in ranked]) + [""]
+    if result.improvement:
+        lines += table(["X", "Y", "P(X > Y)", "95% CI"],
+                       [[x, y, number(p.value), interval(p)] for (x, y), p in result.improvement.items()],
+                       text_columns=2) + [""]
+    plot_profiles(out / AGGREGATE_IMAGE, inputs.envs, result)
+    return lines + [f"![performance profiles]({image})", ""]
+
+
 def write_report(collection: Collection, results: str, out: Path, metrics: list[str],
                  thresholds: dict[str, float], claims: list[Claim], page: Path | None = None,
                  command: str | None = None) -> Path:
@@ -436,6 +533,8 @@ def write_report(collection: Collection, results: str, out: Path, metrics: list[
         sections += env_section(env, rows, metrics, threshold, link(curves_image), correlations)
     if claims:
         lines += paper_check(claims, by_group)
+    if len(by_group) > 1:
+        lines += aggregate_section(by_group, metrics[0], out, link(AGGREGATE_IMAGE))
     text = "\n".join(lines + sections)
     write_atomically(page, lambda temp: temp.write_text(text, encoding="utf-8"))
     return page

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hmarl.analysis import (Estimate, action_modes, align_curves, bootstrap_ci, estimate, first_step_reaching,
-                            interquartile_mean, mode_stability)
+from hmarl.analysis import (PROFILE_TAUS, Estimate, action_modes, aggregate, align_curves, bootstrap_ci, estimate,
+                            first_step_reaching, interquartile_mean, mode_stability, normalized_scores)
 from hmarl.report import (Claim, env_steps_per_s, final_return, load_claims, load_runs, main, steps_to_threshold,
                           verdict)
 
@@ -76,6 +76,42 @@ def test_bootstrap_ci_per_step_of_curves():
 
 def test_estimate():
     assert estimate([1.0, 3.0]) == Estimate(mean=2.0, low=1.0, high=3.0, iqm=2.0, n=2)
+
+
+def test_normalized_scores_are_min_max_per_env_and_leave_out_constant_envs():
+    normalized = normalized_scores({"a": {"x": np.array([2.0, 4.0]), "y": np.array([0.0])},
+                                    "b": {"x": np.array([5.0, 5.0])}})
+    assert list(normalized) == ["a"]
+    np.testing.assert_array_equal(normalized["a"]["x"], [0.5, 1.0])
+    np.testing.assert_array_equal(normalized["a"]["y"], [0.0])
+
+
+def test_aggregate_point_estimates_are_rliables_and_its_cis_come_from_the_same_bootstrap():
+    rliable = pytest.importorskip("rliable.library")
+    from rliable import metrics
+    rng = np.random.default_rng(3)
+    scores = {"x": rng.uniform(size=(5, 3)), "y": rng.uniform(size=(4, 3))}
+    result = aggregate(scores)
+    for label, values in scores.items():
+        assert result.iqm[label].value == pytest.approx(metrics.aggregate_iqm(values))
+        assert result.mean[label].value == pytest.approx(metrics.aggregate_mean(values))
+        np.testing.assert_allclose(result.profile[label][0], rliable.score_distributions(values, PROFILE_TAUS))
+    (pair, improvement), = result.improvement.items()
+    assert improvement.value == pytest.approx(metrics.probability_of_improvement(scores[pair[0]], scores[pair[1]]))
+    # rliable's stratified bootstrap (seeded through numpy's global RNG, which is all it draws from)
+    # gives the same interval up to resampling noise.
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        _, cis = rliable.get_interval_estimates({"x": scores["x"]}, metrics.aggregate_iqm, reps=2000)
+    finally:
+        np.random.set_state(state)
+    np.testing.assert_allclose([result.iqm["x"].low, result.iqm["x"].high], cis["x"][:, 0], atol=0.03)
+
+
+def test_aggregate_needs_two_runs():
+    with pytest.raises(ValueError, match=r"x needs scores \[runs >= 2, tasks\], got shape \(1, 2\)"):
+        aggregate({"x": np.zeros((1, 2))})
 
 
 def test_first_step_reaching():
@@ -224,7 +260,6 @@ def test_main_writes_the_report(tmp_path, capsys):
     assert readme.index("| mappo |") < readme.index("| ippo |") < readme.index("| tag_3ppo[comm] |")
     assert "| ippo | 1 | 300 | 2 | [2, 2] | 2 | – (0/1 seeds) | 1,500 | – |" in readme
     assert "![eval/return on balance](curves_balance.png)" in readme
-    assert "percentile bootstraps over seeds (`scipy.stats.bootstrap`, method='percentile'" in readme
     # connected modes per episode [[2, 0], [2, 0], [2, 0]]; unconnected [[1, 0], [0, 2], [1, 0]]
     assert "| [tag_3ppo[comm] seed 0](correlation_balance_tag_3ppo-comm_seed0.png) | 1 | 0 |" in readme
     assert ("| MAPPO beats I-PPO | balance | eval/return | mappo 11 [10, 12] vs ippo 2 [2, 2] (seeds 2 vs 1) "
@@ -271,4 +306,53 @@ def test_several_folders_are_read_but_budgets_never_mix(tmp_path, capsys):
     write_run(tmp_path / "tag_full", "1", seed=1, total_steps=2_000_000)
     with pytest.raises(SystemExit, match=r"runs of ippo on balance have different budgets \(300, 2,000,000 env steps\)"):
         main([str(tmp_path / "tag_quick"), str(tmp_path / "tag_full"), "--out", str(tmp_path / "out")])
+
+
+def write_two_env_sweep(results: Path) -> None:
+    """a and b on balance and sampling with 3 seeds; c on balance only."""
+    for seed in range(3):
+        write_run(results, f"balance/a/{seed}", algorithm="a", seed=seed, returns=[0.0, 2.0 + seed])
+        write_run(results, f"balance/b/{seed}", algorithm="b", seed=seed, returns=[0.0, float(seed)])
+        for label in "ab":
+            write_run(results, f"sampling/{label}/{seed}", algorithm=label, env="sampling", seed=seed,
+                      returns=[0.0, 10.0 * (seed + 1)])
+    write_run(results, "balance/c/0", algorithm="c", seed=0, returns=[1.0])
+
+
+def test_the_aggregate_across_envs_on_the_page(tmp_path, capsys):
+    results, out = tmp_path / "results", tmp_path / "report"
+    write_two_env_sweep(results)
+    main([str(results), "--out", str(out)])
+    readme = (out / "README.md").read_text()
+    section = readme[readme.index("## Aggregate across envs"):readme.index("## balance")]
+    assert "on balance, sampling" in section and "percentile bootstraps (10,000 resamples" in section
+    assert "Not run on every env: c." in section
+    # Normalised: balance over 0..4 (a .5, .75, 1; b 0, .25, .5), sampling over 10..30 (a and b 0, .5, 1).
+    # IQM of a's 6 runs [0, .5, .5, .75, 1, 1] drops one at each end: .6875; b's: .3125.
+    assert "| a | 3 | 0.688 | [" in section and "| b | 3 | 0.312 | [" in section
+    assert section.index("| a | 3 |") < section.index("| b | 3 |")
+    # P(a > b): balance 8.5 of 9 pairs (2 ties 2), sampling 1/2 (the same runs): (8.5/9 + 1/2) / 2.
+    assert "| X | Y | P(X > Y) | 95% CI |\n|---|---|---:|---:|\n| a | b | 0.722 | [" in section
+    assert "![performance profiles](aggregate_profiles.png)" in section
+    assert (out / "aggregate_profiles.png").read_bytes().startswith(b"\x89PNG")
+    assert "percentile bootstraps over seeds (`scipy.stats.bootstrap`, method='percentile'" in readme
+
+
+def test_the_aggregate_says_what_it_left_out(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "1", env="balance", seed=0, returns=[1.0])
+    write_run(results, "2", env="balance", seed=1, returns=[2.0])
+    write_run(results, "3", env="sampling", seed=0, returns=[1.0])
+    write_run(results, "4", env="sampling", seed=2, returns=[5.0])  # seed 0 alone is on both envs
+    write_run(results, "5", env="flat", seed=0, returns=[3.0])
+    main([str(results), "--out", str(tmp_path / "out")])
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert ("## Aggregate across envs\n\nNo aggregate: no label qualifies.\nflat: every final value is the same, "
+            "so it cannot be normalised.\nFewer than 2 seeds run on every env: ippo.\n") in readme
+
+
+def test_the_aggregate_needs_two_envs_and_is_absent_for_one(tmp_path):
+    write_run(tmp_path / "one", "1", seed=0, returns=[1.0])
+    main([str(tmp_path / "one"), "--out", str(tmp_path / "out")])
+    assert "Aggregate" not in (tmp_path / "out" / "README.md").read_text()
 
