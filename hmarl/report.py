@@ -1,13 +1,14 @@
 """Tables, learning curves and a paper check from the sacred runs under a results folder.
 
     python -m hmarl.report RESULTS_DIR --out OUT_DIR [--claims FILE ...] [--metric NAME ...] [--threshold ENV=VALUE ...]
+                           [--export-marl-eval FILE]
 
 Reads every COMPLETED FileStorageObserver run below RESULTS_DIR (the latest of duplicates of one
 env, label and seed), groups them by (env, label) with the seeds as samples, and writes
 OUT_DIR/README.md, ``curves_<env>.png``, with several envs the aggregate across them and
 ``aggregate_profiles.png``, and, for runs with a ``level_actions.npz`` artifact,
-``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3).
-Statistics live in ``hmarl.analysis``.
+``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). ``--export-marl-eval`` also writes the
+runs in marl-eval's JSON layout (``marl_eval_data``). Statistics live in ``hmarl.analysis``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ MIN_SEEDS = 3  # per side, for a claim's verdict
 THROUGHPUT_METRIC = "perf/env_steps_per_s"
 AGGREGATE_MIN_SEEDS = 2  # per label and env: the fewest a bootstrap resamples
 AGGREGATE_IMAGE = "aggregate_profiles.png"
+MARL_EVAL_ENV = "hmarl"  # the environment_name level of the marl-eval export: every hmarl env is a task of it
 LEVEL_ACTIONS = "level_actions.npz"
 BRANCHES = ("connected", "unconnected")
 CLAIM_FORMS = {"better": "than", "reaches": "target"}  # claim kind -> key naming the other label
@@ -500,6 +502,37 @@ def aggregate_section(groups: dict[str, dict[str, list[Run]]], metric: str, out:
     return lines + [f"![performance profiles]({image})", ""]
 
 
+def marl_eval_name(metric: str) -> str:
+    """A metric's name in the marl-eval export: ``eval/return`` -> ``return``, ``eval/success/a`` -> ``success_a``."""
+    return metric.removeprefix("eval/").replace("/", "_")
+
+
+def marl_eval_data(runs: list[Run], metrics: list[str]) -> dict:
+    """The runs in marl-eval's raw-data JSON layout.
+
+    ``{"hmarl": {env: {label: {"run_<seed>": {"step_1": {...}, ..., "absolute_metrics": {...}}}}}}``:
+    every hmarl env is a task of one environment, so that marl-eval aggregates across all of them as the
+    report does. ``step_<k>`` is the k-th logged step of ``metrics[0]``: ``{"step_count": env steps}``
+    and, for each of ``metrics`` logged at that step, ``marl_eval_name(metric): [value]``: one value, the
+    mean over the evaluation episodes that hmarl logs. ``absolute_metrics`` (last, where marl-eval
+    looks for it) holds each metric's final value: hmarl runs no separate final evaluation of the best
+    policy, which marl-eval's absolute metric stands for. Runs that never logged ``metrics[0]`` are left out.
+    """
+    data: dict[str, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
+    for run in sorted(runs, key=lambda r: (r.env, r.label, r.seed)):
+        if metrics[0] not in run.metrics:
+            continue
+        logged = {m: dict(zip(run.metrics[m][0].tolist(), run.metrics[m][1].tolist())) for m in metrics
+                  if m in run.metrics}
+        record: dict[str, dict] = {
+            f"step_{k}": {"step_count": int(step),
+                          **{marl_eval_name(m): [values[step]] for m, values in logged.items() if step in values}}
+            for k, step in enumerate(run.metrics[metrics[0]][0].tolist(), start=1)}
+        record["absolute_metrics"] = {marl_eval_name(m): [float(run.metrics[m][1][-1])] for m in logged}
+        data[run.env][run.label][f"run_{run.seed}"] = record
+    return {MARL_EVAL_ENV: {env: dict(labels) for env, labels in data.items()}}
+
+
 def write_report(collection: Collection, results: str, out: Path, metrics: list[str],
                  thresholds: dict[str, float], claims: list[Claim], page: Path | None = None,
                  command: str | None = None) -> Path:
@@ -562,6 +595,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"extra metric columns (final mean and CI) besides {PRIMARY_METRIC}")
     parser.add_argument("--threshold", type=env_threshold, action="append", default=[], metavar="ENV=VALUE",
                         help=f"steps to {PRIMARY_METRIC} >= VALUE on ENV (overrides the claims files)")
+    parser.add_argument("--export-marl-eval", type=Path, default=None, metavar="FILE",
+                        help="also write the runs' metrics as marl-eval's raw-data JSON")
     args = parser.parse_args(argv)
     missing = [str(folder) for folder in args.results if not folder.is_dir()]
     if missing:
@@ -579,6 +614,10 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m hmarl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(write_report(collection, where, args.out, metrics, thresholds | dict(args.threshold), claims, args.page,
                        command))
+    if args.export_marl_eval is not None:
+        text = json.dumps(marl_eval_data(collection.runs, metrics), indent=1)
+        write_atomically(args.export_marl_eval, lambda temp: temp.write_text(text, encoding="utf-8"))
+        print(args.export_marl_eval)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ import pytest
 
 from hmarl.analysis import (PROFILE_TAUS, Estimate, action_modes, aggregate, align_curves, bootstrap_ci, estimate,
                             first_step_reaching, interquartile_mean, mode_stability, normalized_scores)
-from hmarl.report import (Claim, env_steps_per_s, final_return, load_claims, load_runs, main, steps_to_threshold,
-                          verdict)
+from hmarl.report import (Claim, env_steps_per_s, final_return, load_claims, load_runs, main, marl_eval_data,
+                          steps_to_threshold, verdict)
 
 STEPS = [100, 200, 300]
 
@@ -356,3 +356,24 @@ def test_the_aggregate_needs_two_envs_and_is_absent_for_one(tmp_path):
     main([str(tmp_path / "one"), "--out", str(tmp_path / "out")])
     assert "Aggregate" not in (tmp_path / "out" / "README.md").read_text()
 
+
+def test_marl_eval_export(tmp_path, capsys):
+    results, export = tmp_path / "results", tmp_path / "marl_eval.json"
+    write_run(results, "1", algorithm="mappo", seed=3, returns=[0.0, 6.0, 10.0], eval_success=[0.0, 1.0])
+    write_run(results, "2", algorithm="ippo", env="sampling", seed=0, returns=[1.5])
+    no_return = write_run(results, "3", algorithm="ippo", seed=1, eval_success=[1.0]) / "metrics.json"
+    no_return.write_text(json.dumps({k: v for k, v in json.loads(no_return.read_text()).items()
+                                     if k != "eval/return"}))  # a run without eval/return is left out
+    main([str(results), "--out", str(tmp_path / "out"), "--metric", "eval/success", "--export-marl-eval", str(export)])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "out" / "README.md"), str(export)]
+    assert json.loads(export.read_text()) == {"hmarl": {
+        "balance": {"mappo": {"run_3": {
+            "step_1": {"step_count": 100, "return": [0.0], "success": [0.0]},
+            "step_2": {"step_count": 200, "return": [6.0], "success": [1.0]},
+            "step_3": {"step_count": 300, "return": [10.0]},
+            "absolute_metrics": {"return": [10.0], "success": [1.0]}}}},
+        "sampling": {"ippo": {"run_0": {"step_1": {"step_count": 100, "return": [1.5]},
+                                        "absolute_metrics": {"return": [1.5]}}}}}}
+    run = json.loads(export.read_text())["hmarl"]["balance"]["mappo"]["run_3"]
+    assert list(run)[-1] == "absolute_metrics"  # marl-eval reads a run's last key as its absolute metrics
+    assert marl_eval_data([], ["eval/return"]) == {"hmarl": {}}
