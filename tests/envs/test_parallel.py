@@ -124,3 +124,19 @@ def test_a_continuous_action_of_the_wrong_shape_is_refused():
     env.reset()
     with pytest.raises(ValueError, match=r"point_maze: agent_0's action \[1.0\] is not in Box\(-1.0, 1.0, \(2,\)"):
         env.step({"agent_0": np.array([1.0])})
+
+
+def test_round_trip_through_the_adapter_gives_the_batched_env_back():
+    from envs.pettingzoo import ParallelEnvAdapter
+
+    adapted = ParallelEnvAdapter(lambda: to_parallel_env("lbf", n_agents=3), num_envs=1, max_steps=50)
+    hmarl = make_env("lbf", num_envs=1, n_agents=3)
+    assert (adapted.spec.obs_dim, adapted.spec.action_space, adapted.spec.state_dim) == \
+        (hmarl.spec.obs_dim, hmarl.spec.action_space, hmarl.spec.state_dim)
+    a, b = adapted.reset(seed=2), hmarl.reset(seed=2)
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.state, b.state)
+    actions = torch.Generator().manual_seed(0)
+    for _ in range(5):  # within the first episode (the two reset differently after it)
+        action = torch.randint(0, 6, (1, 3), generator=actions)
+        a, b = adapted.step(action), hmarl.step(action)
+        assert torch.equal(a.obs, b.obs) and torch.equal(a.reward, b.reward) and not b.done.any()
