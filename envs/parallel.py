@@ -31,8 +31,9 @@ class HmarlParallelEnv(ParallelEnv):
 
     Agents are ``agent_0`` ... ``agent_{N-1}``. Each observes ``Box(-inf, inf, (obs_dim,), float32)``
     (hmarl's envs declare no observation bounds) and acts in its own copy of the env's action space
-    (so that seeding one agent's space leaves the others' alone); out-of-range discrete actions and
-    wrongly shaped continuous ones are refused, continuous ones are clipped by the env as in hmarl.
+    (so that seeding one agent's space leaves the others' alone). Out-of-range discrete actions and
+    wrongly shaped continuous ones are refused; continuous values outside the bounds are left to the
+    env, as in hmarl (the point maze clips them).
     ``state()`` is the env's global state where it has one (``state_space`` then exists).
 
     Episodes: hmarl's envs reset inside ``step``; this wrapper returns the observation that ended the
