@@ -17,17 +17,26 @@ from hmarl.spec import EnvSpec, TimeStep
 class ParallelEnvAdapter:
     """``num_envs`` copies of one PettingZoo ``ParallelEnv`` stepping together.
 
-    Every agent must share one observation space (a ``Box``, flattened) and one
-    action space (``Discrete`` or ``Box``). Agents are ordered as ``possible_agents``;
-    an agent that leaves its copy's episode early gets zero obs and reward until
-    the copy ends. A copy is terminated when all its agents are, truncated when any
-    agent is truncated or it has run ``max_steps`` steps, and resets inside ``step``.
+    Agents are ordered as ``possible_agents`` and may observe different spaces: each
+    agent's observation is flattened by gymnasium (``spaces.flatten``: a ``Box``
+    raveled, a ``Discrete`` one-hot, a ``Dict`` or ``Tuple`` its entries' flattenings
+    concatenated in key order, ``MultiDiscrete``/``MultiBinary`` likewise) and
+    zero-padded at the end to the widest agent's; ``obs_mask`` marks an agent's own
+    entries. Every agent must share one action space (``Discrete``, possibly with a
+    ``start``, which hmarl sees as ``Discrete(n)`` from 0, or ``Box``). Unequal action
+    spaces are refused rather than padded: hmarl's learners take no action mask, so a
+    padded discrete action could not be kept from being chosen (SuperSuit's
+    ``pad_action_space_v0`` pads them outside, turning padded actions into action 0,
+    for whoever wants that). An agent that leaves its copy's episode early gets zero
+    obs and reward until the copy ends. A copy is terminated when all its agents are,
+    truncated when any agent is truncated or it has run ``max_steps`` steps, and
+    resets inside ``step``.
 
     Shapes (``B = num_envs``, ``N = n_agents``):
         obs ``[B, N, obs_dim]`` float32, reward ``[B, N]`` float32,
         terminated/truncated ``[B]`` bool, state ``[B, state_dim]`` float32 or ``None``,
         actions ``[B, N]`` int64 (Discrete) or ``[B, N, act_dim]`` float (Box),
-        ``info["final_obs"]`` ``[B, N, obs_dim]``.
+        ``info["final_obs"]`` ``[B, N, obs_dim]``, ``obs_mask`` ``[N, obs_dim]`` bool.
     """
 
     def __init__(
@@ -43,7 +52,13 @@ class ParallelEnvAdapter:
         self._envs = [make_env() for _ in range(num_envs)]
         first = self._envs[0]
         self._agents = list(first.possible_agents)
-        obs_space, action_space = _shared_spaces(first, self._agents)
+        self._obs_spaces = [first.observation_space(a) for a in self._agents]
+        widths = [_flat_width(a, space) for a, space in zip(self._agents, self._obs_spaces)]
+        action_space = _shared_action_space(first, self._agents)
+        # hmarl's discrete actions count from 0; a Discrete(n, start=s) env gets them shifted by s.
+        self._action_start = int(action_space.start) if isinstance(action_space, spaces.Discrete) else 0
+        if isinstance(action_space, spaces.Discrete):
+            action_space = spaces.Discrete(int(action_space.n))
         self._device = torch.device(device)
         self._max_steps = max_steps
         # Whether state() exists is only knowable by calling it, which needs a reset env.
@@ -54,7 +69,7 @@ class ParallelEnvAdapter:
             state_dim = None
         self.spec = EnvSpec(
             n_agents=len(self._agents),
-            obs_dim=int(np.prod(obs_space.shape)),
+            obs_dim=max(widths),
             action_space=action_space,
             max_steps=max_steps,
             num_envs=num_envs,
@@ -64,6 +79,10 @@ class ParallelEnvAdapter:
             name=name,
         )
         n = self.spec.n_agents
+        self._widths = widths
+        self.obs_mask = torch.arange(self.spec.obs_dim, device=self._device) < torch.tensor(
+            widths, device=self._device
+        ).unsqueeze(-1)
         self._obs = np.zeros((num_envs, n, self.spec.obs_dim), dtype=np.float32)
         self._reward = np.zeros((num_envs, n), dtype=np.float32)
         self._state = (
@@ -90,7 +109,7 @@ class ParallelEnvAdapter:
         acts = actions.detach().cpu().numpy()
         space = self.spec.action_space
         if self.spec.discrete:
-            acts = acts.astype(np.int64)
+            acts = acts.astype(np.int64) + self._action_start
         else:
             acts = np.clip(acts, space.low, space.high).astype(space.dtype)
         self._obs.fill(0.0)
@@ -136,9 +155,9 @@ class ParallelEnvAdapter:
         self._write_obs(i, obs)
 
     def _write_obs(self, i: int, obs: dict[Any, Any]) -> None:
-        for j, a in enumerate(self._agents):
+        for j, (a, space, width) in enumerate(zip(self._agents, self._obs_spaces, self._widths)):
             if a in obs:
-                self._obs[i, j] = np.ravel(obs[a])
+                self._obs[i, j, :width] = spaces.flatten(space, obs[a])
 
     def _read_states(self) -> torch.Tensor | None:
         if self._state is None:
@@ -152,38 +171,32 @@ class ParallelEnvAdapter:
         return torch.tensor(array, device=self._device)
 
 
-def _shared_spaces(
-    env: ParallelEnv, agents: list[Any]
-) -> tuple[spaces.Box, spaces.Discrete | spaces.Box]:
-    """The observation and action space all ``agents`` share; a ValueError says what differs."""
-    obs_space = env.observation_space(agents[0])
+def _flat_width(agent: Any, space: spaces.Space) -> int:
+    """The length of ``agent``'s flattened observation; a ValueError when gymnasium cannot flatten it to a fixed size."""
+    try:
+        return int(spaces.flatdim(space))
+    except (ValueError, NotImplementedError) as error:
+        raise ValueError(f"ParallelEnvAdapter flattens each agent's observation with gymnasium; {agent!r} observes "
+                         f"{space}, which has no fixed flat size ({error})") from None
+
+
+def _shared_action_space(env: ParallelEnv, agents: list[Any]) -> spaces.Discrete | spaces.Box:
+    """The action space all ``agents`` share; a ValueError says what differs."""
     action_space = env.action_space(agents[0])
-    if not isinstance(obs_space, spaces.Box):
-        raise ValueError(
-            f"ParallelEnvAdapter needs Box observations; {agents[0]!r} has {obs_space}. "
-            "Wrap the env so each agent observes a flat Box (e.g. with gymnasium's flatten)."
-        )
     if not isinstance(action_space, (spaces.Discrete, spaces.Box)):
         raise ValueError(
             f"ParallelEnvAdapter needs a Discrete or Box action space; {agents[0]!r} has "
             f"{action_space}. Wrap the env to expose one of those."
         )
     for a in agents[1:]:
-        if env.observation_space(a).shape != obs_space.shape:
-            raise ValueError(
-                f"ParallelEnvAdapter needs every agent to share one observation space; "
-                f"{agents[0]!r} has shape {obs_space.shape} but {a!r} has "
-                f"{env.observation_space(a).shape}. Pad observations to one size "
-                "(e.g. SuperSuit's pad_observations_v0) or wrap the env so all agents match."
-            )
         if env.action_space(a) != action_space:
             raise ValueError(
-                f"ParallelEnvAdapter needs every agent to share one action space; "
-                f"{agents[0]!r} has {action_space} but {a!r} has {env.action_space(a)}. "
-                "Pad action spaces to one (e.g. SuperSuit's pad_action_space_v0) or wrap the "
-                "env so all agents match."
+                f"ParallelEnvAdapter needs one action space for every agent; {agents[0]!r} has {action_space} "
+                f"but {a!r} has {env.action_space(a)}. hmarl's learners take no action mask, so padded actions "
+                "could not be kept from being chosen: make the spaces equal (SuperSuit's pad_action_space_v0 "
+                "pads them, turning padded discrete actions into action 0) or wrap the env."
             )
-    return obs_space, action_space
+    return action_space
 
 
 @register("mpe_simple_spread")

@@ -1,11 +1,14 @@
 """Tables, learning curves and a paper check from the sacred runs under a results folder.
 
     python -m hmarl.report RESULTS_DIR --out OUT_DIR [--claims FILE ...] [--metric NAME ...] [--threshold ENV=VALUE ...]
+                           [--export-marl-eval FILE]
 
 Reads every COMPLETED FileStorageObserver run below RESULTS_DIR (the latest of duplicates of one
 env, label and seed), groups them by (env, label) with the seeds as samples, and writes
-OUT_DIR/README.md, ``curves_<env>.png`` and, for runs with a ``level_actions.npz`` artifact,
-``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). Statistics live in ``hmarl.analysis``.
+OUT_DIR/README.md, ``curves_<env>.png``, with several envs the aggregate across them and
+``aggregate_profiles.png``, and, for runs with a ``level_actions.npz`` artifact,
+``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). ``--export-marl-eval`` also writes the
+runs in marl-eval's JSON layout (``marl_eval_data``). Statistics live in ``hmarl.analysis``.
 """
 from __future__ import annotations
 
@@ -30,20 +33,29 @@ import yaml
 from matplotlib.figure import Figure
 
 from hmarl.analysis import (
+    BOOTSTRAP_METHOD,
     BOOTSTRAP_RESAMPLES,
+    PROFILE_TAUS,
+    Aggregate,
     Estimate,
+    Interval,
     action_modes,
+    aggregate,
     align_curves,
     bootstrap_ci,
     estimate,
     first_step_reaching,
     mode_stability,
+    normalized_scores,
 )
 from hmarl.files import write_atomically
 
 PRIMARY_METRIC = "eval/return"
 MIN_SEEDS = 3  # per side, for a claim's verdict
 THROUGHPUT_METRIC = "perf/env_steps_per_s"
+AGGREGATE_MIN_SEEDS = 2  # per label and env: the fewest a bootstrap resamples
+AGGREGATE_IMAGE = "aggregate_profiles.png"
+MARL_EVAL_ENV = "hmarl"  # the environment_name level of the marl-eval export: every hmarl env is a task of it
 LEVEL_ACTIONS = "level_actions.npz"
 BRANCHES = ("connected", "unconnected")
 CLAIM_FORMS = {"better": "than", "reaches": "target"}  # claim kind -> key naming the other label
@@ -337,7 +349,7 @@ def number(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
-def interval(value: Estimate) -> str:
+def interval(value: Estimate | Interval) -> str:
     """The CI as ``[low, high]``."""
     return f"[{number(value.low)}, {number(value.high)}]"
 
@@ -402,6 +414,125 @@ def paper_check(claims: list[Claim], groups: dict[str, dict[str, list[Run]]]) ->
     return ["## Paper check", "", caveat, ""] + table(header, rows, text_columns=len(header)) + [""]
 
 
+@dataclass(frozen=True)
+class AggregateScores:
+    """What the aggregate across envs is computed on, and what it had to leave out."""
+
+    envs: list[str]
+    scores: dict[str, np.ndarray]  # label -> normalised finals [seeds run on every env, envs]
+    left_out: list[str]  # one sentence per reason
+
+
+def aggregate_scores(groups: dict[str, dict[str, list[Run]]], metric: str) -> AggregateScores:
+    """Each label's normalised final ``metric`` per seed and env, for the labels run on every env
+    with at least ``AGGREGATE_MIN_SEEDS`` seeds in common (``analysis.normalized_scores``)."""
+    finals: dict[str, dict[str, dict[int, float]]] = {}
+    for env, labels in groups.items():
+        per_label = {label: {run.seed: float(run.metrics[metric][1][-1]) for run in runs if metric in run.metrics}
+                     for label, runs in labels.items()}
+        if any(per_label.values()):
+            finals[env] = {label: seeds for label, seeds in per_label.items() if seeds}
+    normalized = normalized_scores({env: {label: np.array(list(seeds.values())) for label, seeds in labels.items()}
+                                    for env, labels in finals.items()})
+    by_seed = {env: {label: dict(zip(finals[env][label], scores)) for label, scores in labels.items()}
+               for env, labels in normalized.items()}
+    left_out = []
+    flat = sorted(set(finals) - set(by_seed))
+    if flat:
+        left_out.append(f"{', '.join(flat)}: every final value is the same, so it cannot be normalised.")
+    envs = sorted(by_seed)
+    everywhere = set.intersection(*(set(by_seed[env]) for env in envs)) if envs else set()
+    elsewhere = sorted(set().union(*by_seed.values()) - everywhere)
+    if elsewhere:
+        left_out.append(f"Not run on every env: {', '.join(elsewhere)}.")
+    scores, few = {}, []
+    for label in sorted(everywhere):
+        seeds = sorted(set.intersection(*(set(by_seed[env][label]) for env in envs)))
+        if len(seeds) < AGGREGATE_MIN_SEEDS:
+            few.append(label)
+        else:
+            scores[label] = np.array([[by_seed[env][label][seed] for env in envs] for seed in seeds])
+    if few:
+        left_out.append(f"Fewer than {AGGREGATE_MIN_SEEDS} seeds run on every env: {', '.join(few)}.")
+    return AggregateScores(envs, scores, left_out)
+
+
+def plot_profiles(path: Path, envs: list[str], result: Aggregate) -> None:
+    """Performance profiles: per label the share of runs whose normalised score exceeds tau, with its 95% CI."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    for label, (share, low, high) in result.profile.items():
+        (line,) = axes.plot(PROFILE_TAUS, share, label=label)
+        axes.fill_between(PROFILE_TAUS, low, high, color=line.get_color(), alpha=0.2)
+    axes.set(xlabel="normalised score τ", ylabel="fraction of runs with score > τ", ylim=(-0.02, 1.02),
+             title=f"performance profiles on {', '.join(envs)}")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def aggregate_section(groups: dict[str, dict[str, list[Run]]], metric: str, out: Path, image: str) -> list[str]:
+    """The "Aggregate across envs" section: IQM and mean, probabilities of improvement, performance profiles."""
+    lines = ["## Aggregate across envs", ""]
+    inputs = aggregate_scores(groups, metric)
+    if len(inputs.envs) < 2 or not inputs.scores:
+        reason = "fewer than 2 envs can be normalised" if len(inputs.envs) < 2 else "no label qualifies"
+        return lines + [f"No aggregate: {reason}.", *inputs.left_out, ""]
+    result = aggregate(inputs.scores)
+    lines += [(f"Each seed's final `{metric}`, min-max normalised per env over every seed of every label "
+               f"reported on it (0: the lowest final there, 1: the highest), on {', '.join(inputs.envs)}, "
+               "for the seeds a label ran on every env. IQM: the mean of the middle half "
+               "(`scipy.stats.trim_mean(scores, 0.25)`), and the mean, over every run of every env; "
+               "P(X > Y): the probability of improvement, per env the chance that a run of X beats a run of Y "
+               "(Mann-Whitney, ties count 1/2), averaged over envs; performance profile: the share of runs "
+               "scoring above τ. These are rliable's definitions (Agarwal et al. 2021); the 95% CIs are "
+               f"{BOOTSTRAP_METHOD} bootstraps ({BOOTSTRAP_RESAMPLES:,} resamples, `scipy.stats.bootstrap`) that "
+               "resample each env's seeds separately, as rliable's stratified bootstrap does."), ""]
+    lines += [" ".join(inputs.left_out), ""] if inputs.left_out else []
+    ranked = sorted(result.iqm, key=lambda label: -result.iqm[label].value)
+    lines += table(["label", "seeds", "IQM", "95% CI", "mean", "95% CI"],
+                   [[label, str(len(inputs.scores[label])), number(result.iqm[label].value),
+                     interval(result.iqm[label]), number(result.mean[label].value), interval(result.mean[label])]
+                    for label in ranked]) + [""]
+    if result.improvement:
+        lines += table(["X", "Y", "P(X > Y)", "95% CI"],
+                       [[x, y, number(p.value), interval(p)] for (x, y), p in result.improvement.items()],
+                       text_columns=2) + [""]
+    plot_profiles(out / AGGREGATE_IMAGE, inputs.envs, result)
+    return lines + [f"![performance profiles]({image})", ""]
+
+
+def marl_eval_name(metric: str) -> str:
+    """A metric's name in the marl-eval export: ``eval/return`` -> ``return``, ``eval/success/a`` -> ``success_a``."""
+    return metric.removeprefix("eval/").replace("/", "_")
+
+
+def marl_eval_data(runs: list[Run], metrics: list[str]) -> dict:
+    """The runs in marl-eval's raw-data JSON layout.
+
+    ``{"hmarl": {env: {label: {"run_<seed>": {"step_1": {...}, ..., "absolute_metrics": {...}}}}}}``:
+    every hmarl env is a task of one environment, so that marl-eval aggregates across all of them as the
+    report does. ``step_<k>`` is the k-th logged step of ``metrics[0]``: ``{"step_count": env steps}``
+    and, for each of ``metrics`` logged at that step, ``marl_eval_name(metric): [value]``: one value, the
+    mean over the evaluation episodes that hmarl logs. ``absolute_metrics`` (last, where marl-eval
+    looks for it) holds each metric's final value: hmarl runs no separate final evaluation of the best
+    policy, which marl-eval's absolute metric stands for. Runs that never logged ``metrics[0]`` are left out.
+    """
+    data: dict[str, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
+    for run in sorted(runs, key=lambda r: (r.env, r.label, r.seed)):
+        if metrics[0] not in run.metrics:
+            continue
+        logged = {m: dict(zip(run.metrics[m][0].tolist(), run.metrics[m][1].tolist())) for m in metrics
+                  if m in run.metrics}
+        record: dict[str, dict] = {
+            f"step_{k}": {"step_count": int(step),
+                          **{marl_eval_name(m): [values[step]] for m, values in logged.items() if step in values}}
+            for k, step in enumerate(run.metrics[metrics[0]][0].tolist(), start=1)}
+        record["absolute_metrics"] = {marl_eval_name(m): [float(run.metrics[m][1][-1])] for m in logged}
+        data[run.env][run.label][f"run_{run.seed}"] = record
+    return {MARL_EVAL_ENV: {env: dict(labels) for env, labels in data.items()}}
+
+
 def write_report(collection: Collection, results: str, out: Path, metrics: list[str],
                  thresholds: dict[str, float], claims: list[Claim], page: Path | None = None,
                  command: str | None = None) -> Path:
@@ -417,8 +548,10 @@ def write_report(collection: Collection, results: str, out: Path, metrics: list[
         by_group[run.env][run.label].append(run)
     read = (f"{len(collection.runs)} runs read from `{results}`; {collection.skipped} skipped (not COMPLETED or "
             f"unreadable), {collection.superseded} superseded by a later run of the same env, label and seed.")
-    method = (f"Final values are each seed's last logged value; 95% CIs are percentile bootstraps over seeds "
-              f"({BOOTSTRAP_RESAMPLES:,} resamples); IQM is the interquartile mean; "
+    method = (f"Final values are each seed's last logged value; 95% CIs are {BOOTSTRAP_METHOD} bootstraps over seeds "
+              f"(`scipy.stats.bootstrap`, method={BOOTSTRAP_METHOD!r}, {BOOTSTRAP_RESAMPLES:,} resamples); IQM is "
+              "the interquartile mean as rliable defines it, `scipy.stats.trim_mean(finals, 0.25)` (a quarter of "
+              "the seeds, rounded down, dropped at each end); "
               f"env steps/s is each seed's mean `{THROUGHPUT_METRIC}`, averaged.")
     lines = ["# Results report", ""] + ([f"Generated by `{command}`.", ""] if command else []) + [read, "", method, ""]
     sections = []
@@ -433,6 +566,8 @@ def write_report(collection: Collection, results: str, out: Path, metrics: list[
         sections += env_section(env, rows, metrics, threshold, link(curves_image), correlations)
     if claims:
         lines += paper_check(claims, by_group)
+    if len(by_group) > 1:
+        lines += aggregate_section(by_group, metrics[0], out, link(AGGREGATE_IMAGE))
     text = "\n".join(lines + sections)
     write_atomically(page, lambda temp: temp.write_text(text, encoding="utf-8"))
     return page
@@ -460,6 +595,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"extra metric columns (final mean and CI) besides {PRIMARY_METRIC}")
     parser.add_argument("--threshold", type=env_threshold, action="append", default=[], metavar="ENV=VALUE",
                         help=f"steps to {PRIMARY_METRIC} >= VALUE on ENV (overrides the claims files)")
+    parser.add_argument("--export-marl-eval", type=Path, default=None, metavar="FILE",
+                        help="also write the runs' metrics as marl-eval's raw-data JSON")
     args = parser.parse_args(argv)
     missing = [str(folder) for folder in args.results if not folder.is_dir()]
     if missing:
@@ -477,6 +614,10 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m hmarl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(write_report(collection, where, args.out, metrics, thresholds | dict(args.threshold), claims, args.page,
                        command))
+    if args.export_marl_eval is not None:
+        text = json.dumps(marl_eval_data(collection.runs, metrics), indent=1)
+        write_atomically(args.export_marl_eval, lambda temp: temp.write_text(text, encoding="utf-8"))
+        print(args.export_marl_eval)
 
 
 if __name__ == "__main__":

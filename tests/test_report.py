@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hmarl.analysis import (Estimate, action_modes, align_curves, bootstrap_ci, estimate, first_step_reaching,
-                            interquartile_mean, mode_stability)
-from hmarl.report import (Claim, env_steps_per_s, final_return, load_claims, load_runs, main, steps_to_threshold,
-                          verdict)
+from hmarl.analysis import (PROFILE_TAUS, Estimate, action_modes, aggregate, align_curves, bootstrap_ci, estimate,
+                            first_step_reaching, interquartile_mean, mode_stability, normalized_scores)
+from hmarl.report import (Claim, env_steps_per_s, final_return, load_claims, load_runs, main, marl_eval_data,
+                          steps_to_threshold, verdict)
 
 STEPS = [100, 200, 300]
 
@@ -33,12 +33,23 @@ def write_run(root: Path, name: str, *, algorithm: str = "ippo", env: str = "bal
     return folder
 
 
-def test_interquartile_mean_trims_a_quarter_at_each_end_with_fractional_boundaries():
+def test_interquartile_mean_drops_a_quarter_of_the_values_rounded_down_at_each_end():
     assert interquartile_mean(np.arange(1, 9)) == 4.5
     assert interquartile_mean([7, 100, 3, 6, -50, 5, 2, 4]) == 4.5  # unsorted, outliers trimmed
-    assert interquartile_mean([1, 2, 4, 8, 16]) == pytest.approx((0.75 * 2 + 4 + 0.75 * 8) / 2.5)
-    assert interquartile_mean([1, 2, 3, 4, 5, 100]) == pytest.approx((0.5 * 2 + 3 + 4 + 0.5 * 5) / 3)
+    # 7 seeds 0, 1, 4, 9, 16, 25, 36: int(7/4) = 1 value dropped at each end, (1+4+9+16+25)/5 = 11.
+    # The fractional IQM hmarl had before weighted the sorted values 0, .25, 1, 1, 1, .25, 0:
+    # (.25*1 + 4 + 9 + 16 + .25*25) / 3.5 = 35.5 / 3.5 = 10.14.
+    assert interquartile_mean(np.arange(7) ** 2) == 11.0
+    assert interquartile_mean([1, 2, 4, 8, 16]) == pytest.approx((2 + 4 + 8) / 3)
+    assert interquartile_mean([1, 2, 3, 4, 5, 100]) == pytest.approx((2 + 3 + 4 + 5) / 4)
     assert interquartile_mean([1, 2, 9]) == 4  # fewer than 4 values: the mean
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_interquartile_mean_is_rliables(n):
+    metrics = pytest.importorskip("rliable.metrics")
+    values = np.random.default_rng(n).normal(size=n)
+    assert interquartile_mean(values) == metrics.aggregate_iqm(values[:, None])
 
 
 def test_bootstrap_ci_of_identical_values_collapses_to_the_value():
@@ -51,7 +62,9 @@ def test_bootstrap_ci_is_deterministic_within_the_range_and_around_the_mean():
     low, high = bootstrap_ci(values)
     assert (low, high) == bootstrap_ci(values)
     assert values.min() <= low <= values.mean() <= high <= values.max()
-    assert bootstrap_ci([1.0, 3.0]) == (1.0, 3.0)  # resampled means 1, 2, 3 with weights 1/4, 1/2, 1/4
+    # Resampled means 1, 2, 3 with weights 1/4, 1/2, 1/4: the percentile interval is [1, 3]
+    # (BCa's bias correction would move it, as 2 is not the resamples' median).
+    assert bootstrap_ci([1.0, 3.0]) == (1.0, 3.0)
 
 
 def test_bootstrap_ci_per_step_of_curves():
@@ -63,6 +76,42 @@ def test_bootstrap_ci_per_step_of_curves():
 
 def test_estimate():
     assert estimate([1.0, 3.0]) == Estimate(mean=2.0, low=1.0, high=3.0, iqm=2.0, n=2)
+
+
+def test_normalized_scores_are_min_max_per_env_and_leave_out_constant_envs():
+    normalized = normalized_scores({"a": {"x": np.array([2.0, 4.0]), "y": np.array([0.0])},
+                                    "b": {"x": np.array([5.0, 5.0])}})
+    assert list(normalized) == ["a"]
+    np.testing.assert_array_equal(normalized["a"]["x"], [0.5, 1.0])
+    np.testing.assert_array_equal(normalized["a"]["y"], [0.0])
+
+
+def test_aggregate_point_estimates_are_rliables_and_its_cis_come_from_the_same_bootstrap():
+    rliable = pytest.importorskip("rliable.library")
+    from rliable import metrics
+    rng = np.random.default_rng(3)
+    scores = {"x": rng.uniform(size=(5, 3)), "y": rng.uniform(size=(4, 3))}
+    result = aggregate(scores)
+    for label, values in scores.items():
+        assert result.iqm[label].value == pytest.approx(metrics.aggregate_iqm(values))
+        assert result.mean[label].value == pytest.approx(metrics.aggregate_mean(values))
+        np.testing.assert_allclose(result.profile[label][0], rliable.score_distributions(values, PROFILE_TAUS))
+    (pair, improvement), = result.improvement.items()
+    assert improvement.value == pytest.approx(metrics.probability_of_improvement(scores[pair[0]], scores[pair[1]]))
+    # rliable's stratified bootstrap (seeded through numpy's global RNG, which is all it draws from)
+    # gives the same interval up to resampling noise.
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        _, cis = rliable.get_interval_estimates({"x": scores["x"]}, metrics.aggregate_iqm, reps=2000)
+    finally:
+        np.random.set_state(state)
+    np.testing.assert_allclose([result.iqm["x"].low, result.iqm["x"].high], cis["x"][:, 0], atol=0.03)
+
+
+def test_aggregate_needs_two_runs():
+    with pytest.raises(ValueError, match=r"x needs scores \[runs >= 2, tasks\], got shape \(1, 2\)"):
+        aggregate({"x": np.zeros((1, 2))})
 
 
 def test_first_step_reaching():
@@ -257,3 +306,74 @@ def test_several_folders_are_read_but_budgets_never_mix(tmp_path, capsys):
     write_run(tmp_path / "tag_full", "1", seed=1, total_steps=2_000_000)
     with pytest.raises(SystemExit, match=r"runs of ippo on balance have different budgets \(300, 2,000,000 env steps\)"):
         main([str(tmp_path / "tag_quick"), str(tmp_path / "tag_full"), "--out", str(tmp_path / "out")])
+
+
+def write_two_env_sweep(results: Path) -> None:
+    """a and b on balance and sampling with 3 seeds; c on balance only."""
+    for seed in range(3):
+        write_run(results, f"balance/a/{seed}", algorithm="a", seed=seed, returns=[0.0, 2.0 + seed])
+        write_run(results, f"balance/b/{seed}", algorithm="b", seed=seed, returns=[0.0, float(seed)])
+        for label in "ab":
+            write_run(results, f"sampling/{label}/{seed}", algorithm=label, env="sampling", seed=seed,
+                      returns=[0.0, 10.0 * (seed + 1)])
+    write_run(results, "balance/c/0", algorithm="c", seed=0, returns=[1.0])
+
+
+def test_the_aggregate_across_envs_on_the_page(tmp_path, capsys):
+    results, out = tmp_path / "results", tmp_path / "report"
+    write_two_env_sweep(results)
+    main([str(results), "--out", str(out)])
+    readme = (out / "README.md").read_text()
+    section = readme[readme.index("## Aggregate across envs"):readme.index("## balance")]
+    assert "on balance, sampling" in section and "percentile bootstraps (10,000 resamples" in section
+    assert "Not run on every env: c." in section
+    # Normalised: balance over 0..4 (a .5, .75, 1; b 0, .25, .5), sampling over 10..30 (a and b 0, .5, 1).
+    # IQM of a's 6 runs [0, .5, .5, .75, 1, 1] drops one at each end: .6875; b's: .3125.
+    assert "| a | 3 | 0.688 | [" in section and "| b | 3 | 0.312 | [" in section
+    assert section.index("| a | 3 |") < section.index("| b | 3 |")
+    # P(a > b): balance 8.5 of 9 pairs (2 ties 2), sampling 1/2 (the same runs): (8.5/9 + 1/2) / 2.
+    assert "| X | Y | P(X > Y) | 95% CI |\n|---|---|---:|---:|\n| a | b | 0.722 | [" in section
+    assert "![performance profiles](aggregate_profiles.png)" in section
+    assert (out / "aggregate_profiles.png").read_bytes().startswith(b"\x89PNG")
+    assert "percentile bootstraps over seeds (`scipy.stats.bootstrap`, method='percentile'" in readme
+
+
+def test_the_aggregate_says_what_it_left_out(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "1", env="balance", seed=0, returns=[1.0])
+    write_run(results, "2", env="balance", seed=1, returns=[2.0])
+    write_run(results, "3", env="sampling", seed=0, returns=[1.0])
+    write_run(results, "4", env="sampling", seed=2, returns=[5.0])  # seed 0 alone is on both envs
+    write_run(results, "5", env="flat", seed=0, returns=[3.0])
+    main([str(results), "--out", str(tmp_path / "out")])
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert ("## Aggregate across envs\n\nNo aggregate: no label qualifies.\nflat: every final value is the same, "
+            "so it cannot be normalised.\nFewer than 2 seeds run on every env: ippo.\n") in readme
+
+
+def test_the_aggregate_needs_two_envs_and_is_absent_for_one(tmp_path):
+    write_run(tmp_path / "one", "1", seed=0, returns=[1.0])
+    main([str(tmp_path / "one"), "--out", str(tmp_path / "out")])
+    assert "Aggregate" not in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_marl_eval_export(tmp_path, capsys):
+    results, export = tmp_path / "results", tmp_path / "marl_eval.json"
+    write_run(results, "1", algorithm="mappo", seed=3, returns=[0.0, 6.0, 10.0], eval_success=[0.0, 1.0])
+    write_run(results, "2", algorithm="ippo", env="sampling", seed=0, returns=[1.5])
+    no_return = write_run(results, "3", algorithm="ippo", seed=1, eval_success=[1.0]) / "metrics.json"
+    no_return.write_text(json.dumps({k: v for k, v in json.loads(no_return.read_text()).items()
+                                     if k != "eval/return"}))  # a run without eval/return is left out
+    main([str(results), "--out", str(tmp_path / "out"), "--metric", "eval/success", "--export-marl-eval", str(export)])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "out" / "README.md"), str(export)]
+    assert json.loads(export.read_text()) == {"hmarl": {
+        "balance": {"mappo": {"run_3": {
+            "step_1": {"step_count": 100, "return": [0.0], "success": [0.0]},
+            "step_2": {"step_count": 200, "return": [6.0], "success": [1.0]},
+            "step_3": {"step_count": 300, "return": [10.0]},
+            "absolute_metrics": {"return": [10.0], "success": [1.0]}}}},
+        "sampling": {"ippo": {"run_0": {"step_1": {"step_count": 100, "return": [1.5]},
+                                        "absolute_metrics": {"return": [1.5]}}}}}}
+    run = json.loads(export.read_text())["hmarl"]["balance"]["mappo"]["run_3"]
+    assert list(run)[-1] == "absolute_metrics"  # marl-eval reads a run's last key as its absolute metrics
+    assert marl_eval_data([], ["eval/return"]) == {"hmarl": {}}

@@ -184,11 +184,92 @@ def test_max_steps_truncates_an_env_without_a_time_limit():
     assert torch.equal(ts.info["final_obs"], torch.full((1, 2, 3), 2.0))
 
 
-@pytest.mark.parametrize(
-    "kwargs, differs",
-    [({"obs_sizes": (3, 5)}, "observation space"), ({"action_sizes": (2, 4)}, "action space")],
-)
-def test_heterogeneous_agents_are_rejected_with_a_fix(kwargs, differs):
-    with pytest.raises(ValueError, match=differs) as err:
-        ParallelEnvAdapter(lambda: _TwoAgents(**kwargs), num_envs=1, max_steps=5)
-    assert "'a'" in str(err.value) and "'b'" in str(err.value) and "Pad" in str(err.value)
+def test_unequal_observation_sizes_are_padded_and_masked():
+    env = ParallelEnvAdapter(lambda: _TwoAgents(obs_sizes=(3, 5)), num_envs=1, max_steps=5)
+    assert env.spec.obs_dim == 5
+    assert env.obs_mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    env.reset()
+    ts = env.step(torch.ones(1, 2, dtype=torch.int64))
+    assert ts.obs[0].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+
+
+class _Unequal(ParallelEnv):
+    """Three agents observing a Dict, a Discrete and a 2 x 2 Box; actions ``Discrete(3, start=-1)``.
+
+    At step t the scout is at (t, -t) seeing kind t % 3, the carrier holds t % 4 and the base's
+    grid is t everywhere; each agent's reward is the action it was given.
+    """
+
+    metadata = {"name": "unequal"}
+    possible_agents = ["scout", "carrier", "base"]
+
+    def __init__(self, action_space=None):
+        self._obs_spaces = {
+            "scout": spaces.Dict({"sees": spaces.Discrete(3), "at": spaces.Box(-9, 9, (2,), np.float32)}),
+            "carrier": spaces.Discrete(4),
+            "base": spaces.Box(0, 9, (2, 2), np.float32),
+        }
+        self._action_space = action_space or spaces.Discrete(3, start=-1)
+
+    def observation_space(self, agent):
+        return self._obs_spaces[agent]
+
+    def action_space(self, agent):
+        return self._action_space
+
+    def _obs(self):
+        t = self._t
+        return {"scout": {"sees": t % 3, "at": np.array([t, -t], np.float32)}, "carrier": t % 4,
+                "base": np.full((2, 2), t, np.float32)}
+
+    def reset(self, seed=None, options=None):
+        self.agents, self._t = list(self.possible_agents), 0
+        return self._obs(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        self._t += 1
+        false = {a: False for a in actions}
+        return self._obs(), {a: float(actions[a]) for a in actions}, false, dict(false), {a: {} for a in actions}
+
+
+def test_dict_and_discrete_observations_are_flattened_by_gymnasium_and_padded():
+    env = ParallelEnvAdapter(_Unequal, num_envs=2, max_steps=10)
+    # scout: Dict keys in order ("at", "sees"): 2 + one-hot 3; carrier: one-hot 4; base: 4 raveled
+    assert (env.spec.n_agents, env.spec.obs_dim) == (3, 5)
+    assert env.obs_mask.sum(-1).tolist() == [5, 4, 4]
+    assert env.reset(seed=0).obs[0].tolist() == [[0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+    env.step(torch.zeros(2, 3, dtype=torch.int64))
+    ts = env.step(torch.zeros(2, 3, dtype=torch.int64))
+    assert ts.obs[1].tolist() == [[2, -2, 0, 0, 1], [0, 0, 1, 0, 0], [2, 2, 2, 2, 0]]
+    reference = _Unequal()
+    reference.reset()
+    for _ in range(2):
+        obs, *_ = reference.step({a: 0 for a in reference.agents})
+    for j, agent in enumerate(reference.possible_agents):
+        flat = spaces.flatten(reference.observation_space(agent), obs[agent])
+        assert ts.obs[0, j, : len(flat)].tolist() == flat.tolist()
+
+
+def test_discrete_actions_with_a_start_count_from_zero_in_hmarl():
+    env = ParallelEnvAdapter(_Unequal, num_envs=1, max_steps=10)
+    assert env.spec.action_space == spaces.Discrete(3)
+    env.reset()
+    ts = env.step(torch.tensor([[0, 1, 2]]))
+    assert ts.reward.tolist() == [[-1.0, 0.0, 1.0]]
+
+
+def test_unequal_action_spaces_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="one action space for every agent") as err:
+        ParallelEnvAdapter(lambda: _TwoAgents(action_sizes=(2, 4)), num_envs=1, max_steps=5)
+    message = str(err.value)
+    assert "'a' has Discrete(2) but 'b' has Discrete(4)" in message and "no action mask" in message
+    assert "\n" not in message
+
+
+def test_observations_without_a_fixed_flat_size_are_refused():
+    class Sequences(_TwoAgents):
+        def observation_space(self, agent):
+            return spaces.Sequence(spaces.Discrete(2))
+
+    with pytest.raises(ValueError, match="'a' observes Sequence.*no fixed flat size"):
+        ParallelEnvAdapter(Sequences, num_envs=1, max_steps=5)
