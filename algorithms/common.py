@@ -82,7 +82,7 @@ def epsilon_greedy(q_values: Tensor, epsilon: float) -> Tensor:
 class ReplayLearner(Learner):
     """A learner with a replay, the training progress (exploration schedules) and a count of
     gradient steps (target updates); all three travel with ``state_dict``, so a resumed run
-    continues exactly."""
+    continues exactly. :meth:`store` fills the replay with the transitions that count."""
 
     def __init__(self, io: AgentIO, buffer_size: int):
         super().__init__(io)
@@ -91,6 +91,21 @@ class ReplayLearner(Learner):
         self.progress = 0.0
         #: gradient steps taken so far: drives the target network updates
         self.gradient_steps = 0
+
+    def store(self, rows: dict[str, Tensor], mask: Tensor | None) -> None:
+        """Add replay rows ``[M, N, ...]`` (one env copy's step, all N agents), each with its
+        ``weight`` ``[M, N]``: 1 where the agent's transition counts (``mask``, None: all), 0 where
+        it does not. Rows where no agent counts are left out: one boolean index per rollout,
+        the only host sync of an insertion.
+        """
+        m, n = rows["obs"].shape[:2]
+        if mask is None:
+            weight = rows["obs"].new_ones(m, n)
+        else:
+            keep = mask.any(-1)
+            rows = {key: value[keep] for key, value in rows.items()}
+            weight = mask[keep].to(rows["obs"].dtype)
+        self.replay.add(**rows, weight=weight)
 
     def get_extra_state(self) -> dict[str, Any]:
         """Progress, gradient-step count and replay, saved with ``state_dict`` so a resume is exact."""
@@ -101,6 +116,13 @@ class ReplayLearner(Learner):
         """Restore what ``get_extra_state`` saved."""
         self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
         self.replay.load_state_dict(state["replay"])
+
+
+def weighted_mean(x: Tensor, weight: Tensor) -> Tensor:
+    """``sum(w x) / sum(w)`` over all elements (the plain mean when every weight is 1).
+
+    Shapes: ``x`` and ``weight`` broadcast together (replay rows ``[M, N]``)."""
+    return (x * weight).sum() / weight.expand_as(x).sum().clamp(min=1.0)
 
 
 @dataclass(frozen=True)

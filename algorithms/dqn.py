@@ -7,9 +7,11 @@ with the double-DQN target (the online network picks, the target network values)
     y = r + \\gamma (1 - d)\\, Q'\\big(s', \\arg\\max_a Q(s', a)\\big), \\qquad
     L = \\ell\\big(Q(s, a) - y\\big)
 
-with ``ell`` the Huber or the squared error. Each agent i has its own Q-network
-(stacked weights) unless ``share_params``. Exploration is epsilon-greedy, epsilon
-decaying linearly with the share of training done (``progress``, given to ``update``).
+with ``ell`` the Huber or the squared error, averaged over the (row, agent) pairs whose
+transition counts (the rollout's ``mask``). Each agent i has its own Q-network (stacked
+weights) unless ``share_params``. Exploration is epsilon-greedy, epsilon decaying linearly
+with the share of training done (``progress``, given to ``update``).
+
 HRL-CG uses it for discrete workers; ``q_values`` is differentiable so a manager
 can take a soft-max over it.
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule
+from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule, weighted_mean
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
@@ -117,17 +119,21 @@ class DQN(ReplayLearner):
             return batch["reward"] + self.config.gamma * (1.0 - batch["terminated"]) * next_q
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """TD loss of the stored actions, and their mean Q."""
+        """TD loss of the stored actions over the transitions that count (``batch["weight"]``),
+        and their mean Q."""
         target = self.td_target(batch)
         q = self.q_values(batch["obs"]).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)
         loss = F.smooth_l1_loss if self.config.huber_loss else F.mse_loss
-        return loss(q, target), q.detach().mean()
+        weight = batch["weight"]
+        return weighted_mean(loss(q, target, reduction="none"), weight), weighted_mean(q.detach(), weight)
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
+        """Store the rollout (its masked transitions left out), then ``gradient_steps(T)`` gradient
+        steps once past ``learning_starts``."""
         c = self.config
         self.progress = progress
-        self.replay.add(**self.transitions(rollout, below))
+        mask = None if rollout.mask is None else flatten_steps(rollout.mask)
+        self.store(self.transitions(rollout, below), mask)
         ready = len(self.replay) >= c.batch_size and len(self.replay) * self.io.n_agents >= c.learning_starts
         if not ready:
             return {}

@@ -9,10 +9,11 @@ Read beside CleanRL's td3_continuous_action.py: the same algorithm, batched over
 
     L_Q = \\sum_j \\ell(Q_j(s, a) - y), \\qquad L_\\pi = -\\mathbb E\\, Q_1(s, \\pi(s))
 
-with ``ell`` the Huber or the squared error. Each agent i has its own actor and
-critics (stacked weights) unless ``share_params``. Transitions go to a replay of
-rows ``[N, ...]`` (one env copy's step, all N agents); the critic learns every
-gradient step, the actor and the targets every ``policy_delay`` steps.
+with ``ell`` the Huber or the squared error, averaged over the (row, agent) pairs whose
+transition counts (the rollout's ``mask``). Each agent i has its own actor and critics
+(stacked weights) unless ``share_params``. Transitions go to a replay of rows ``[N, ...]``
+(one env copy's step, all N agents); the critic learns every gradient step, the actor and
+the targets every ``policy_delay`` steps.
 
 Defaults are HRL-CG's (Section 5 and Appendix): (256, 256) ReLU, Adam 3e-4, tau 5e-3,
 replay 200k, Huber critic loss, 10k random steps, exploration noise 0.1.
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig
-from hmarl.buffers import ReplayBuffer, Rollout
-from hmarl.learner import AgentIO, Learner
+from algorithms.common import OffPolicyConfig, ReplayLearner, weighted_mean
+from hmarl.buffers import Rollout
+from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
@@ -78,13 +79,13 @@ class TD3Config(OffPolicyConfig):
             (self.random_steps >= 0, f"random_steps must be >= 0, got {self.random_steps}")]
 
 
-class TD3(Learner):
+class TD3(ReplayLearner):
     """Twin-delayed DDPG for all agents of a level at once, learning from a replay."""
 
     config_class = TD3Config
 
     def __init__(self, io: AgentIO, config: TD3Config):
-        super().__init__(io)
+        super().__init__(io, config.buffer_size)
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Box):
@@ -111,11 +112,8 @@ class TD3(Learner):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.learning_rate)
         self.critic_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()],
                                                  lr=c.learning_rate)
-        self.replay = ReplayBuffer(c.buffer_size)
         #: agent-transitions acted (not deterministic) so far: drives the random warm-up
         self.acted = 0
-        #: gradient steps taken so far: drives the policy delay
-        self.gradient_steps = 0
         self._actor_loss: Tensor | None = None  # the latest, reported until the next actor step
 
     @property
@@ -123,15 +121,14 @@ class TD3(Learner):
         """Both optimizers, for checkpoints (``Hierarchy.optimizers`` reads this list)."""
         return [self.actor_optimizer, self.critic_optimizer]
 
-    # Counters and the replay travel with state_dict, so a resumed run continues exactly.
     def get_extra_state(self) -> dict[str, Any]:
-        """Counters and replay, saved with ``state_dict``."""
-        return {"acted": self.acted, "gradient_steps": self.gradient_steps, "replay": self.replay.state_dict()}
+        """The replay learner's state and the warm-up counter, saved with ``state_dict``."""
+        return {**super().get_extra_state(), "acted": self.acted}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what ``get_extra_state`` saved."""
-        self.acted, self.gradient_steps = int(state["acted"]), int(state["gradient_steps"])
-        self.replay.load_state_dict(state["replay"])
+        super().set_extra_state(state)
+        self.acted = int(state["acted"])
 
     # -- policy and value ------------------------------------------------------------------
     def _scale(self, raw: Tensor) -> Tensor:
@@ -195,21 +192,27 @@ class TD3(Learner):
             return batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * next_q
 
     def critic_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Sum of both critics' losses against :meth:`critic_target`, and Q1's mean."""
+        """Sum of both critics' losses against :meth:`critic_target` over the transitions that
+        count (``batch["weight"]``), and Q1's mean."""
         target = self.critic_target(batch)
         inputs = torch.cat([batch["obs"], batch["action"]], -1)
         q1, q2 = self.qf1(inputs).squeeze(-1), self.qf2(inputs).squeeze(-1)
         loss = F.smooth_l1_loss if self.config.huber_loss else F.mse_loss
-        return loss(q1, target) + loss(q2, target), q1.detach().mean()
+        weight = batch["weight"]
+        error = loss(q1, target, reduction="none") + loss(q2, target, reduction="none")
+        return weighted_mean(error, weight), weighted_mean(q1.detach(), weight)
 
     def actor_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """``-Q1(s, pi(s))`` averaged over rows and agents; subclasses add terms."""
-        return -self.q_value(batch["obs"], self.policy(batch["obs"])).mean()
+        """``-Q1(s, pi(s))`` averaged over the transitions that count; subclasses add terms."""
+        return -weighted_mean(self.q_value(batch["obs"], self.policy(batch["obs"])), batch["weight"])
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout, then ``gradient_steps(T)`` gradient steps once the replay holds a batch."""
+        """Store the rollout (its masked transitions left out), then ``gradient_steps(T)`` gradient
+        steps once the replay holds a batch."""
         c = self.config
-        self.replay.add(**self.transitions(rollout, below))
+        self.progress = progress
+        mask = None if rollout.mask is None else flatten_steps(rollout.mask)
+        self.store(self.transitions(rollout, below), mask)
         if len(self.replay) < c.batch_size:
             return {}
         q_loss = q1_mean = None

@@ -137,6 +137,28 @@ def test_learning_starts_and_target_updates():
     assert all(torch.equal(a, b) for a, b in zip(online, learner.target_network.parameters()))
 
 
+def test_masked_transitions_stay_out_of_the_replay_and_the_loss():
+    """Double DQN's loss L = mean huber(Q(s, a) - y) over the (row, agent) pairs whose transition
+    counts. With Q = 0 and a zero target network y = r: L is the mean huber(r) of the counting
+    transitions; a row where no agent counts is not stored, a masked reward (1e6) weighs nothing."""
+    T, B, n = 2, 2, 2
+    obs = torch.randn(T, B, n, 3)
+    no = torch.zeros(T, B, dtype=torch.bool)
+    rollout = Rollout(obs=obs, action=torch.zeros(T, B, n, dtype=torch.long), log_prob=torch.zeros(T, B, n),
+                      reward=torch.tensor([[[0.5, 2.0], [1e6, 1e6]], [[-3.0, 1e6], [0.25, -0.5]]]),
+                      terminated=no, done=no, final_obs=obs, last_obs=torch.randn(B, n, 3),
+                      mask=torch.tensor([[[True, True], [False, False]], [[True, False], [True, True]]]))
+    learner = DQN(_io(n, 3, spaces.Discrete(2)), DQNConfig(batch_size=3, learning_starts=0, hidden_sizes=[8]))
+    learner.update(rollout, 0.0)
+    assert len(learner.replay) == 3
+    batch = learner.replay.state_dict()["data"]
+    assert batch["weight"].tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+    learner.q_network = learner.target_network = Fn(lambda x: x[..., :2] * 0)
+    counting = torch.tensor([0.5, 2.0, -3.0, 0.25, -0.5])
+    huber = torch.where(counting.abs() < 1, 0.5 * counting ** 2, counting.abs() - 0.5)
+    torch.testing.assert_close(learner.loss(batch)[0], huber.mean())
+
+
 def test_q_values_differentiable_and_batched():
     learner = DQN(_io(3, 4, spaces.Discrete(6)), DQNConfig(hidden_sizes=[8], share_params=False))
     obs = torch.randn(5, 7, 3, 4, requires_grad=True)

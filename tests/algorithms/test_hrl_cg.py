@@ -33,7 +33,8 @@ def period_batch(m=3, k=2):
     return {"obs": torch.randn(m, 1, 2, generator=g),
             "period_obs": torch.randn(m, 1, k, 2, generator=g),
             "period_next": torch.randn(m, 1, k, 2, generator=g),
-            "period_valid": torch.tensor([[[1.0, 1.0]], [[1.0, 0.0]], [[1.0, 1.0]]])}
+            "period_valid": torch.tensor([[[1.0, 1.0]], [[1.0, 0.0]], [[1.0, 1.0]]]),
+            "weight": torch.ones(m, 1)}
 
 
 def test_connected_term_by_hand_on_linear_networks():

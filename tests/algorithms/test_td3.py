@@ -244,3 +244,52 @@ def test_discrete_or_unbounded_space_is_refused():
         TD3(_io(2, 3, spaces.Discrete(4)), TD3Config())
     with pytest.raises(ValueError, match="bounded"):
         TD3(_io(2, 3, spaces.Box(-float("inf"), float("inf"), (2,))), TD3Config())
+
+
+def random_rollout(T, B, n, obs_dim=3, act_dim=2, mask=None):
+    obs = torch.randn(T, B, n, obs_dim)
+    no = torch.zeros(T, B, dtype=torch.bool)
+    return Rollout(obs=obs, action=torch.rand(T, B, n, act_dim) * 2 - 1, log_prob=torch.zeros(T, B, n),
+                   reward=torch.randn(T, B, n), terminated=no, done=no.clone(), final_obs=obs.clone(),
+                   last_obs=torch.randn(B, n, obs_dim), mask=mask)
+
+
+# -- masks -----------------------------------------------------------------------------------------
+
+def test_masked_transitions_stay_out_of_the_replay_and_the_losses():
+    """TD3 (Fujimoto et al. 2018, Eq. 10 and the DPG actor step) over the transitions that count:
+    L_Q = mean over (row, agent) with mask 1 of sum_j huber(Q_j(s, a) - y). With Q = 0 and a
+    zero target critic, y = r, so L_Q = mean 2 huber(r) over the counting transitions: a row
+    where no agent counts is not stored, a masked agent's reward (here 1e6) weighs nothing."""
+    T, B, n = 2, 2, 2
+    rollout = random_rollout(T, B, n, act_dim=1)
+    rollout.reward = torch.tensor([[[0.5, 2.0], [1e6, 1e6]], [[-3.0, 1e6], [0.25, -0.5]]])
+    rollout.mask = torch.tensor([[[True, True], [False, False]], [[True, False], [True, True]]])
+    learner = TD3(_io(n, 3, spaces.Box(-1.0, 1.0, (1,))), TD3Config(batch_size=3, hidden_sizes=[8]))
+    learner.store(learner.transitions(rollout), rollout.mask.flatten(0, 1))
+    assert len(learner.replay) == 3  # the row of copy 1 at t = 0 is left out
+    batch = learner.replay.state_dict()["data"]
+    assert batch["reward"].tolist() == [[0.5, 2.0], [-3.0, 1e6], [0.25, -0.5]]
+    assert batch["weight"].tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+
+    zero = Fn(lambda x: x[..., :1] * 0)
+    learner.qf1 = learner.qf2 = learner.qf1_target = learner.qf2_target = zero
+    counting = torch.tensor([0.5, 2.0, -3.0, 0.25, -0.5])
+    huber = torch.where(counting.abs() < 1, 0.5 * counting ** 2, counting.abs() - 0.5)
+    q_loss, _ = learner.critic_loss(batch)
+    torch.testing.assert_close(q_loss, 2 * huber.mean())
+
+
+def test_without_a_mask_every_transition_counts():
+    """The same insertion with ``mask = None``: every row is stored with weight 1, and the loss
+    is the plain mean of sum_j huber(Q_j(s, a) - y) (TD3 as in CleanRL)."""
+    learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (1,))),
+                  TD3Config(batch_size=3, target_noise=0.0, hidden_sizes=[8]))
+    learner.update(random_rollout(2, 2, 2, act_dim=1), 0.0)
+    assert len(learner.replay) == 4 and bool((learner.replay.state_dict()["data"]["weight"] == 1).all())
+    batch = learner.replay.state_dict()["data"]
+    inputs = torch.cat([batch["obs"], batch["action"]], -1)
+    q1, q2 = learner.qf1(inputs).squeeze(-1), learner.qf2(inputs).squeeze(-1)
+    y = learner.critic_target(batch)
+    expected = torch.nn.functional.smooth_l1_loss(q1, y) + torch.nn.functional.smooth_l1_loss(q2, y)
+    torch.testing.assert_close(learner.critic_loss(batch)[0], expected)
