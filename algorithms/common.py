@@ -36,8 +36,10 @@ class OffPolicyConfig:
     reward_scale: float = 1.0
     """Rewards are multiplied by this before they are stored."""
     updates_per_step: float = 1.0
-    """Gradient steps per rollout step: an update from a rollout of T steps takes
-    ``gradient_steps(T)`` = round(T * this) of them (fractions: fewer steps than rollout steps)."""
+    """Gradient steps per transition of each env copy: an update from ``n`` transitions takes
+    ``gradient_steps(n)`` = round(n * this) of them. TD3 and DQN count a rollout of T steps of
+    B copies as n = T * B (at the bottom level: one per env step of each copy), A-QMIX and
+    the allocator as n = T; fractions take fewer steps than transitions."""
 
     def checks(self) -> list[tuple[bool, str]]:
         """(condition, message) pairs; subclasses add theirs."""
@@ -53,9 +55,9 @@ class OffPolicyConfig:
                 (len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
                  f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
 
-    def gradient_steps(self, rollout_steps: int) -> int:
-        """Gradient steps for a rollout of ``rollout_steps`` steps (``updates_per_step`` of them per step)."""
-        return round(rollout_steps * self.updates_per_step)
+    def gradient_steps(self, transitions: int) -> int:
+        """Gradient steps owed for ``transitions`` new transitions (``updates_per_step`` each)."""
+        return round(transitions * self.updates_per_step)
 
     def __post_init__(self):
         for ok, message in self.checks():
@@ -80,9 +82,13 @@ def epsilon_greedy(q_values: Tensor, epsilon: float) -> Tensor:
 
 
 class ReplayLearner(Learner):
-    """A learner with a replay, the training progress (exploration schedules) and a count of
-    gradient steps (target updates); all three travel with ``state_dict``, so a resumed run
-    continues exactly. :meth:`store` fills the replay with the transitions that count."""
+    """A learner with a replay, the training progress (exploration schedules) and counts of
+    gradient steps (target updates) and of env steps stored; all travel with ``state_dict``,
+    so a resumed run continues exactly.
+
+    ``stride`` is how many env steps one step of its level lasts (1 at the bottom; the
+    manager's period above it): schedules given in env steps divide by it.
+    """
 
     def __init__(self, io: AgentIO, buffer_size: int):
         super().__init__(io)
@@ -91,6 +97,10 @@ class ReplayLearner(Learner):
         self.progress = 0.0
         #: gradient steps taken so far: drives the target network updates
         self.gradient_steps = 0
+        #: env steps (all copies) whose transitions reached :meth:`store`, masked ones included
+        self.env_steps = 0
+        #: env steps one step of this level lasts; the family's builder sets it above level 0
+        self.stride = 1
 
     def store(self, rows: dict[str, Tensor], mask: Tensor | None) -> None:
         """Add replay rows ``[M, N, ...]`` (one env copy's step, all N agents), each with its
@@ -99,6 +109,7 @@ class ReplayLearner(Learner):
         the only host sync of an insertion.
         """
         m, n = rows["obs"].shape[:2]
+        self.env_steps += m * self.stride
         if mask is None:
             weight = rows["obs"].new_ones(m, n)
         else:
@@ -108,13 +119,14 @@ class ReplayLearner(Learner):
         self.replay.add(**rows, weight=weight)
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Progress, gradient-step count and replay, saved with ``state_dict`` so a resume is exact."""
-        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
+        """Progress, counters and replay, saved with ``state_dict`` so a resume is exact."""
+        return {"progress": self.progress, "gradient_steps": self.gradient_steps, "env_steps": self.env_steps,
                 "replay": self.replay.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what ``get_extra_state`` saved."""
         self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
+        self.env_steps = int(state["env_steps"])
         self.replay.load_state_dict(state["replay"])
 
 

@@ -12,6 +12,10 @@ transition counts (the rollout's ``mask``). Each agent i has its own Q-network (
 weights) unless ``share_params``. Exploration is epsilon-greedy, epsilon decaying linearly
 with the share of training done (``progress``, given to ``update``).
 
+Schedule, per env step of each copy (as TD3): a rollout of T steps of B copies takes
+``updates_per_step * T * B`` gradient steps once ``learning_starts`` env steps are stored;
+the target network follows every ``target_network_frequency`` of them.
+
 HRL-CG uses it for discrete workers; ``q_values`` is differentiable so a manager
 can take a soft-max over it.
 
@@ -52,7 +56,7 @@ class DQNConfig(OffPolicyConfig):
     exploration_fraction: float = 0.5
     """Share of training (``progress``) over which epsilon decays linearly from start_e to end_e."""
     learning_starts: int = 1_000
-    """Agent-transitions (all copies and agents count) in the replay before learning starts."""
+    """Env steps (all copies count, agents do not) stored before learning starts."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -128,17 +132,17 @@ class DQN(ReplayLearner):
         return weighted_mean(loss(q, target, reduction="none"), weight), weighted_mean(q.detach(), weight)
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout (its masked transitions left out), then ``gradient_steps(T)`` gradient
-        steps once past ``learning_starts``."""
+        """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
+        gradient steps once ``learning_starts`` env steps are stored."""
         c = self.config
         self.progress = progress
         mask = None if rollout.mask is None else flatten_steps(rollout.mask)
         self.store(self.transitions(rollout, below), mask)
-        ready = len(self.replay) >= c.batch_size and len(self.replay) * self.io.n_agents >= c.learning_starts
-        if not ready:
+        if len(self.replay) < c.batch_size or self.env_steps < c.learning_starts:
             return {}
         q_loss = q_mean = None
-        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
+        t, b = rollout.obs.shape[:2]
+        for _ in range(c.gradient_steps(t * b)):
             q_loss, q_mean = self.loss(self.replay.sample(c.batch_size))
             self.optimizer.zero_grad()
             q_loss.backward()

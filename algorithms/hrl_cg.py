@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from algorithms.common import build_levels
+from algorithms.common import ReplayLearner, build_levels
 from algorithms.dqn import DQN
 from algorithms.td3 import TD3, TD3Config, flatten_steps
 from hmarl.buffers import Rollout
@@ -149,7 +149,8 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     """A worker level (one worker per env agent) under a manager level (one manager per worker).
 
     The worker's learner ``auto`` becomes ``td3`` on continuous-action envs and ``dqn`` on
-    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``.
+    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``. Both
+    learners count their schedules in env steps (the manager's ``stride`` is its period).
     """
     Options(cg_lambda, goal_range)
     goal_index = env.spec.require("goal_indices", "hrl_cg")
@@ -165,5 +166,9 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     options = copy.deepcopy(learner_options)
     options["goal_manager"] = {**options.get("goal_manager", {}), "cg_lambda": cg_lambda}
     hierarchy = build_levels(env, [worker, manager], options)
-    hierarchy.levels[1].learner.connect(hierarchy.levels[0].learner, goal_index)
+    worker_learner, manager_learner = (level.learner for level in hierarchy.levels)
+    manager_learner.connect(worker_learner, goal_index)
+    for level, stride in zip(hierarchy.levels, hierarchy.strides):
+        if isinstance(level.learner, ReplayLearner):
+            level.learner.stride = stride
     return hierarchy

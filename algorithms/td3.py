@@ -12,11 +12,16 @@ Read beside CleanRL's td3_continuous_action.py: the same algorithm, batched over
 with ``ell`` the Huber or the squared error, averaged over the (row, agent) pairs whose
 transition counts (the rollout's ``mask``). Each agent i has its own actor and critics
 (stacked weights) unless ``share_params``. Transitions go to a replay of rows ``[N, ...]``
-(one env copy's step, all N agents); the critic learns every gradient step, the actor and
-the targets every ``policy_delay`` steps.
+(one env copy's step, all N agents).
 
-Defaults are HRL-CG's (Section 5 and Appendix): (256, 256) ReLU, Adam 3e-4, tau 5e-3,
-replay 200k, Huber critic loss, 10k random steps, exploration noise 0.1.
+Schedule, per env step of each copy: a rollout of T steps of B copies takes
+``updates_per_step * T * B`` critic steps, and the actor and the targets learn every
+``policy_delay``-th of them; a level above the env counts its own steps (one per decision
+of each copy). The first ``random_steps`` env steps act uniformly at random.
+
+Defaults are HRL-CG's (Section 6.2): (256, 256) ReLU, Adam 3e-4, tau 5e-3, replay 200k,
+Huber critic loss, 10k random env steps, exploration noise 0.1, critic every env step,
+actor and targets every 2.
 
 Shapes: obs ``[B, N, obs_dim]``; actions ``[B, N, act_dim]`` in the Box of each agent.
 """
@@ -68,7 +73,8 @@ class TD3Config(OffPolicyConfig):
     exploration_noise: float = 0.1
     """Std of the Gaussian exploration noise, in half-ranges of the action box."""
     random_steps: int = 10_000
-    """Uniform random actions for the first this many agent-transitions (all copies and agents count)."""
+    """Uniform random actions for the first this many env steps (all copies count, agents do not;
+    a manager deciding every k env steps acts at random for random_steps / k decisions per copy)."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -112,7 +118,7 @@ class TD3(ReplayLearner):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.learning_rate)
         self.critic_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()],
                                                  lr=c.learning_rate)
-        #: agent-transitions acted (not deterministic) so far: drives the random warm-up
+        #: env steps acted (not deterministic) so far, all copies: drives the random warm-up
         self.acted = 0
         self._actor_loss: Tensor | None = None  # the latest, reported until the next actor step
 
@@ -147,7 +153,7 @@ class TD3(ReplayLearner):
 
     @property
     def warming_up(self) -> bool:
-        """Acting uniformly at random: fewer than ``random_steps`` agent-transitions acted so far."""
+        """Acting uniformly at random: fewer than ``random_steps`` env steps acted so far."""
         return self.acted < self.config.random_steps
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
@@ -164,7 +170,7 @@ class TD3(ReplayLearner):
                     action = self.policy(obs)
                     noise = torch.randn_like(action) * (self.action_scale * self.config.exploration_noise)
                     action = self._clip(action + noise)
-                self.acted += b * n
+                self.acted += b * self.stride
         return action, obs.new_zeros(b, n)
 
     # -- learning --------------------------------------------------------------------------
@@ -207,8 +213,8 @@ class TD3(ReplayLearner):
         return -weighted_mean(self.q_value(batch["obs"], self.policy(batch["obs"])), batch["weight"])
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout (its masked transitions left out), then ``gradient_steps(T)`` gradient
-        steps once the replay holds a batch."""
+        """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
+        critic steps once the replay holds a batch; the actor and targets every ``policy_delay``."""
         c = self.config
         self.progress = progress
         mask = None if rollout.mask is None else flatten_steps(rollout.mask)
@@ -216,7 +222,8 @@ class TD3(ReplayLearner):
         if len(self.replay) < c.batch_size:
             return {}
         q_loss = q1_mean = None
-        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
+        t, b = rollout.obs.shape[:2]
+        for _ in range(c.gradient_steps(t * b)):
             batch = self.replay.sample(c.batch_size)
             q_loss, q1_mean = self.critic_loss(batch)
             self.critic_optimizer.zero_grad()

@@ -1,4 +1,5 @@
-"""HRL-CG: the connected gradient by hand, where its gradient goes, lambda = 0, meta-period rows, errors."""
+"""HRL-CG: the connected gradient by hand, where its gradient goes, lambda = 0, meta-period rows,
+the update schedule and warm-up in env steps, errors."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +8,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms import hrl_cg
+from algorithms import hrl_cg, td3
 from algorithms.dqn import DQN, DQNConfig
 from algorithms.hrl_cg import GoalManager, GoalManagerConfig
 from algorithms.td3 import TD3, TD3Config
@@ -165,3 +166,75 @@ def test_discrete_envs_get_a_dqn_worker():
     worker, manager = (level.learner for level in hierarchy.levels)
     assert isinstance(worker, DQN) and manager.worker is worker
     assert hierarchy.levels[0].command.shape == (2,) and float(hierarchy.levels[0].command.high[0]) == 10.0
+
+
+# -- the hierarchy on a toy env: schedules in env steps ------------------------------------------
+
+def toy_hierarchy(num_envs=4, period=10, n_agents=1, capabilities=None, **family):
+    """HRL-CG on the toy env (obs [id, t, last action]; goals on dims t, last action) with tiny TD3s."""
+    torch.manual_seed(0)
+    env = ToyEnv(num_envs=num_envs, n_agents=n_agents, continuous=True,
+                 capabilities={"goal_indices": [1, 2], **(capabilities or {})})
+    small = {"hidden_sizes": [8], "batch_size": 4, "buffer_size": 1000, "random_steps": 0}
+    levels = [{"learner": "auto"}, {"learner": "goal_manager", "period": period}]
+    hierarchy = hrl_cg.build(env, levels, {"td3": small, "goal_manager": small}, **family)
+    hierarchy.reset(0)
+    return hierarchy
+
+
+def count_updates(learners, monkeypatch):
+    """Critic steps, actor steps and target updates of each learner, counted as they happen."""
+    calls = [{"critic": 0, "actor": 0, "targets": 0} for _ in learners]
+    for learner, count in zip(learners, calls):
+        for name, optimizer in (("critic", learner.critic_optimizer), ("actor", learner.actor_optimizer)):
+            step = optimizer.step
+
+            def counted(*args, _step=step, _name=name, _count=count, **kwargs):
+                _count[_name] += 1
+                return _step(*args, **kwargs)
+
+            optimizer.step = counted
+    update = td3.soft_update
+
+    def counted_update(target, source, tau):
+        for learner, count in zip(learners, calls):
+            count["targets"] += target is learner.actor_target  # one of its three target updates
+        return update(target, source, tau)
+
+    monkeypatch.setattr(td3, "soft_update", counted_update)
+    return calls
+
+
+def test_gradient_steps_per_env_step_of_each_copy(monkeypatch):
+    """HRL-CG Section 6.2: "Lower-level critic updates 1 environment step and delay actor and target
+    critic updates every 2 steps. Higher-level critic updates 10 environment steps and delay actor
+    and target critic updates every 20 steps". A rollout of T = 40 env steps of B = 4 copies is
+    160 env steps: 160 worker critic steps and 80 actor/target steps; 16 manager critic steps
+    (one per decision of each copy, k = 10) and 8 connected-gradient actor steps. (One step per
+    vector step would be 40 and 4.)"""
+    hierarchy = toy_hierarchy(num_envs=4, cg_lambda=0.5)
+    worker, manager = (level.learner for level in hierarchy.levels)
+    counts = count_updates([worker, manager], monkeypatch)
+    hierarchy.rollout(40)
+    hierarchy.update(0.0)
+    assert counts == [{"critic": 160, "actor": 80, "targets": 80}, {"critic": 16, "actor": 8, "targets": 8}]
+    assert (worker.gradient_steps, manager.gradient_steps) == (160, 16)
+    assert (worker.env_steps, manager.env_steps) == (160, 160)
+
+
+def test_random_goals_last_random_steps_env_steps():
+    """HRL-CG Section 6.2: "Initial purely random exploration for the first 10,000 time steps"
+    for both controllers, counted in env steps: a manager deciding every k = 10 env steps acts at
+    random for random_steps / 10 decisions per copy. random_steps = 200 with B = 2 copies: after
+    90 env steps of each copy (180 env steps) the manager still explores at random, after 100
+    (200) it does not; the worker's warm-up ends at the same env step."""
+    hierarchy = toy_hierarchy(num_envs=2)
+    worker, manager = (level.learner for level in hierarchy.levels)
+    worker.config.random_steps = manager.config.random_steps = 200
+    hierarchy.rollout(90)
+    assert (worker.acted, manager.acted) == (180, 180) and worker.warming_up and manager.warming_up
+    hierarchy.rollout(10)
+    assert (worker.acted, manager.acted) == (200, 200)
+    assert not worker.warming_up and not manager.warming_up
+    assert (worker.stride, manager.stride) == (1, 10)
+
