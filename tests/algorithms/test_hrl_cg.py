@@ -1,5 +1,5 @@
-"""HRL-CG: the connected gradient by hand, where its gradient goes, lambda = 0, meta-period rows,
-the update schedule and warm-up in env steps, errors."""
+"""HRL-CG: the connected gradient of Eq. 14 by hand, where it goes, lambda = 0, meta-period rows, the
+update schedule and warm-up in env steps, errors."""
 from __future__ import annotations
 
 import copy
@@ -38,33 +38,116 @@ def period_batch(m=3, k=2):
             "weight": torch.ones(m, 1)}
 
 
-def test_connected_term_by_hand_on_linear_networks():
-    manager, worker = pair(reward_scale=0.5)
+def linear_case(manager):
+    """g = A s for the manager; the hand-derived quantities of every valid worker step.
+
+    For meta row r with s_t = obs[r] and worker step i (s_i, s'_i): tau = s_t + A s_t is the
+    absolute target that h keeps fixed, g_i = tau - s_i (Eq. 6 applied i times) and
+    e_i = tau - s'_i, so r_w = -||e_i|| (Eq. 5) and dg_i / dA_jk = dtau / dA_jk = s_t,k e_j.
+    """
     a = torch.tensor([[2.0, 0.0], [1.0, -1.0]], requires_grad=True)
-    manager.policy = lambda obs: obs @ a  # g = A s
-    worker.policy = lambda obs: obs[..., :1] * 3.0  # pi_w(o) = 3 o_0
-    worker.q_value = lambda obs, action: obs.sum(-1) + action.squeeze(-1)  # Q_w(o, a) = sum(o) + a
+    manager.policy = lambda obs: obs @ a.T  # g = A s
     batch = period_batch()
+    steps = []
+    for row in range(3):
+        s_t = batch["obs"][row, 0]
+        tau = (s_t + a.detach() @ s_t)
+        for i in range(2):
+            if batch["period_valid"][row, 0, i]:
+                s_i, s_next = batch["period_obs"][row, 0, i], batch["period_next"][row, 0, i]
+                steps.append((s_t, s_i, tau - s_i, tau - s_next))
+    assert len(steps) == 5
+    return a, batch, steps
+
+
+def test_connected_gradient_is_eq_14_on_a_linear_td3_worker():
+    """Kreidieh et al. 2020, Section 4.2, Eq. 14 (derived in Appendix A, Eq. 26): the connected
+    term's gradient is grad_theta g_t * grad_g [ r_w(s_t, g, s_t+1) + pi_w(g, s_t) grad_a
+    Q_w(g_t, s_t, a)|a=pi_w(g_t, s_t) ] at g = g_t: through the intrinsic reward and the worker's
+    policy input, with no direct dQ_w/dg term. Linear worker: pi_w(o) = w . o, Q_w(o, a) = u . o + v a
+    with o = [s, g], so per step d/dg = -rho e_i / ||e_i|| + v w_g, and the critic's goal weights
+    u_g (nonzero here) must not appear."""
+    manager, worker = pair(reward_scale=0.5)
+    rho = 0.5
+    w, u, v = torch.tensor([3.0, -1.0, 0.5, 2.0]), torch.tensor([1.0, 2.0, -4.0, 7.0]), 1.5
+    worker.policy = lambda obs: (obs @ w).unsqueeze(-1)
+    worker.q_value = lambda obs, action: obs @ u + v * action.squeeze(-1)
+    a, batch, steps = linear_case(manager)
     value = manager.connected_term(batch)
 
-    expected, count = 0.0, 0
-    for row in range(3):
-        s0 = batch["obs"][row, 0]
-        target = s0 + s0 @ a
-        for i in range(2):
-            if not batch["period_valid"][row, 0, i]:
-                continue
-            s_i, s_next = batch["period_obs"][row, 0, i], batch["period_next"][row, 0, i]
-            goal = target - s_i  # h applied i times from g_t = A s_t
-            r_w = -0.5 * (s_i + goal - s_next).norm()  # the worker's reward scale applies
-            obs = torch.cat([s_i, goal])
-            expected = expected + r_w + obs.sum() + 3.0 * obs[0]
-            count += 1
-    assert count == 5
-    assert torch.allclose(value, expected / count)
+    expected_value = sum(-rho * e.norm() + u @ torch.cat([s_i, g]) + v * (w @ torch.cat([s_i, g]))
+                         for _, s_i, g, e in steps) / len(steps)
+    expected_grad = sum(torch.outer(-rho * e / e.norm() + v * w[2:], s_t) for s_t, _, _, e in steps) / len(steps)
+    torch.testing.assert_close(value, expected_value)
     (grad,) = torch.autograd.grad(value, a)
-    (expected_grad,) = torch.autograd.grad(expected / count, a)
-    assert torch.allclose(grad, expected_grad) and grad.abs().sum() > 0
+    torch.testing.assert_close(grad, expected_grad)
+    with_critic_goal = expected_grad + sum(torch.outer(u[2:], s_t) for s_t, *_ in steps) / len(steps)
+    assert not torch.allclose(grad, with_critic_goal)  # the misread Eq. 14: dQ_w/dg included
+
+
+def test_connected_gradient_of_a_dqn_worker_flows_through_its_softmax_policy():
+    """The discrete variant of Eq. 14 (spec: multi-agent use): the worker's value is
+    sum_a p_a Q_w(s, sg(g), a) with p = softmax(Q_w(s, g, .) / T), so d/dg = sum_a dp_a/dg q_a
+    = (1/T) sum_a p_a (q_a - qbar) M_a,g for a linear Q_w(o) = M o (qbar = sum_a p_a q_a);
+    the softmax-weighted critic gradient sum_a p_a M_a,g must not appear."""
+    manager, worker = pair(worker_space=spaces.Discrete(3), reward_scale=0.5)
+    temperature, rho = 2.0, 0.5
+    manager.config.cg_temperature = temperature
+    m = torch.tensor([[1.0, 0.0, 0.5, -1.0], [0.0, 2.0, -1.0, 0.5], [-1.0, 1.0, 2.0, 1.0]])  # [K, 4]
+    worker.q_values = lambda obs: obs @ m.T
+    a, batch, steps = linear_case(manager)
+    value = manager.connected_term(batch)
+
+    expected_value, expected_grad, critic_part = 0.0, 0.0, 0.0
+    for s_t, s_i, g, e in steps:
+        q = m @ torch.cat([s_i, g])
+        p = torch.softmax(q / temperature, 0)
+        q_bar = p @ q
+        expected_value = expected_value - rho * e.norm() + q_bar
+        d_goal = -rho * e / e.norm() + (p * (q - q_bar)) @ m[:, 2:] / temperature
+        expected_grad = expected_grad + torch.outer(d_goal, s_t)
+        critic_part = critic_part + torch.outer(p @ m[:, 2:], s_t)
+    torch.testing.assert_close(value, expected_value / len(steps))
+    (grad,) = torch.autograd.grad(value, a)
+    torch.testing.assert_close(grad, expected_grad / len(steps))
+    assert not torch.allclose(grad, (expected_grad + critic_part) / len(steps))
+
+
+def test_connected_term_against_finite_differences_on_real_networks():
+    """Eq. 14 on the learners' own networks: the autograd gradient of the connected term along a
+    random direction D of the manager's last-layer bias matches the central finite difference of
+    f(eps) = mean_i [r_w(g_i(eps)) + Q_w(s_i, g_i(0), pi_w(s_i, g_i(eps)))], the critic's goal
+    held at eps = 0 (double precision)."""
+    manager, worker = pair(reward_scale=0.5)
+    manager.double()
+    worker.double()
+    batch = {k: v.double() for k, v in period_batch().items()}
+    bias = manager.actor.biases[-1]
+    direction = torch.randn_like(bias)
+    (grad,) = torch.autograd.grad(manager.connected_term(batch), bias)
+
+    fixed_goals = None
+
+    def f(eps):
+        nonlocal fixed_goals
+        with torch.no_grad():
+            bias.add_(eps * direction)
+            target = batch["obs"] + manager.policy(batch["obs"])
+            bias.sub_(eps * direction)
+            goals = target.unsqueeze(-2) - batch["period_obs"]
+            if fixed_goals is None:
+                fixed_goals = goals
+            reward = -(target.unsqueeze(-2) - batch["period_next"]).norm(dim=-1) * 0.5
+            acting = torch.cat([batch["period_obs"], goals], -1).transpose(-3, -2)
+            judged = torch.cat([batch["period_obs"], fixed_goals], -1).transpose(-3, -2)
+            value = worker.q_value(judged, worker.policy(acting)).transpose(-2, -1)
+            valid = batch["period_valid"]
+            return ((reward + value) * valid).sum() / valid.sum()
+
+    f(0.0)
+    h = 1e-6
+    numeric = (f(h) - f(-h)) / (2 * h)
+    torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("worker_space", [spaces.Box(-1.0, 1.0, (1,)), spaces.Discrete(3)])
@@ -238,3 +321,14 @@ def test_random_goals_last_random_steps_env_steps():
     assert not worker.warming_up and not manager.warming_up
     assert (worker.stride, manager.stride) == (1, 10)
 
+
+def test_meta_period_rows_leave_out_masked_worker_steps():
+    """The connected term averages over the worker steps that count (Eq. 14's expectation over
+    the worker's samples): a worker step masked out below (a dead agent) is not valid."""
+    manager, _ = pair()
+    rollout, below = manager_rollout()
+    below.mask = torch.ones(below.obs.shape[:3], dtype=torch.bool)
+    below.mask[4, 1] = False  # copy 1, second period, its second worker step
+    rows = manager.transitions(rollout, below)
+    assert rows["period_valid"][3, 0].tolist() == [1.0, 0.0, 1.0]
+    assert rows["period_valid"][0, 0].tolist() == [1.0, 1.0, 0.0]
