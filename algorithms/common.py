@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from hmarl.config import from_dict
-from hmarl.buffers import ReplayBuffer
+from hmarl.buffers import ReplayBuffer, Rollout
+from hmarl.goals import goal_transition
 from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import MultiAgentEnv, Tensor
@@ -87,7 +88,8 @@ class ReplayLearner(Learner):
     so a resumed run continues exactly.
 
     ``stride`` is how many env steps one step of its level lasts (1 at the bottom; the
-    manager's period above it): schedules given in env steps divide by it.
+    manager's period above it): schedules given in env steps divide by it. A worker of
+    relative goals bootstraps under the carried goal (:meth:`carry_goals`).
     """
 
     def __init__(self, io: AgentIO, buffer_size: int):
@@ -101,6 +103,32 @@ class ReplayLearner(Learner):
         self.env_steps = 0
         #: env steps one step of this level lasts; the family's builder sets it above level 0
         self.stride = 1
+        #: the goal dims of relative goals this level receives (empty: none; see carry_goals)
+        self.register_buffer("carried_goal_index", torch.zeros(0, dtype=torch.long))
+
+    def carry_goals(self, goal_index: Sequence[int]) -> None:
+        """This level's commands are relative goals on ``goal_index`` of its children's observation,
+        carried between decisions by ``h(s, g, s') = s + g - s'`` (HRL-CG Eq. 6): a transition's
+        next observation holds ``h``, not the command that follows a period's end (:meth:`next_obs`)."""
+        goal_dim = self.io.obs_dim - self.io.child_obs_dim
+        if goal_dim != len(goal_index):
+            raise ValueError(f"the commands have {goal_dim} dims but the goals live on {len(goal_index)}")
+        self.carried_goal_index = torch.as_tensor(list(goal_index), device=self.carried_goal_index.device)
+
+    def next_obs(self, rollout: Rollout) -> Tensor:
+        """The observation each transition bootstraps from, ``[T, B, N, obs_dim]``.
+
+        ``rollout.next_obs()``, except that with carried goals its command part is
+        ``h(s_t, g_t, s_{t+1}) = s_t + g_t - s_{t+1}`` at every step: at the end of a meta
+        period the value target keeps the goal the worker pursued, not the manager's next one.
+        """
+        following = rollout.next_obs()
+        if not self.carried_goal_index.numel():
+            return following
+        d = self.io.child_obs_dim
+        goal = goal_transition(rollout.obs[..., :d], rollout.obs[..., d:], following[..., :d],
+                               self.carried_goal_index)
+        return torch.cat([following[..., :d], goal], dim=-1)
 
     def store(self, rows: dict[str, Tensor], mask: Tensor | None) -> None:
         """Add replay rows ``[M, N, ...]`` (one env copy's step, all N agents), each with its

@@ -112,7 +112,7 @@ class DQN(ReplayLearner):
         return {"obs": flatten_steps(rollout.obs),
                 "action": flatten_steps(rollout.action),
                 "reward": flatten_steps(rollout.reward) * self.config.reward_scale,
-                "next_obs": flatten_steps(rollout.next_obs()),
+                "next_obs": flatten_steps(self.next_obs(rollout)),
                 "terminated": flatten_steps(rollout.terminated).float().unsqueeze(-1)}
 
     def td_target(self, batch: dict[str, Tensor]) -> Tensor:

@@ -188,6 +188,7 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     hierarchy = build_levels(env, [worker, manager], options)
     worker_learner, manager_learner = (level.learner for level in hierarchy.levels)
     manager_learner.connect(worker_learner, goal_index)
+    worker_learner.carry_goals(goal_index)
     for level, stride in zip(hierarchy.levels, hierarchy.strides):
         if isinstance(level.learner, ReplayLearner):
             level.learner.stride = stride

@@ -1,5 +1,5 @@
 """HRL-CG: the connected gradient of Eq. 14 by hand, where it goes, lambda = 0, meta-period rows, the
-update schedule and warm-up in env steps, errors."""
+update schedule and warm-up in env steps, the carried goal at a period's end, errors."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +13,7 @@ from algorithms.dqn import DQN, DQNConfig
 from algorithms.hrl_cg import GoalManager, GoalManagerConfig
 from algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
+from hmarl.learner import AgentIO
 from tests.toys import ToyEnv, _io
 
 
@@ -251,7 +252,7 @@ def test_discrete_envs_get_a_dqn_worker():
     assert hierarchy.levels[0].command.shape == (2,) and float(hierarchy.levels[0].command.high[0]) == 10.0
 
 
-# -- the hierarchy on a toy env: schedules in env steps ------------------------------------------
+# -- the hierarchy on a toy env: schedules in env steps, the carried goal -------------------------
 
 def toy_hierarchy(num_envs=4, period=10, n_agents=1, capabilities=None, **family):
     """HRL-CG on the toy env (obs [id, t, last action]; goals on dims t, last action) with tiny TD3s."""
@@ -320,6 +321,41 @@ def test_random_goals_last_random_steps_env_steps():
     assert (worker.acted, manager.acted) == (200, 200)
     assert not worker.warming_up and not manager.warming_up
     assert (worker.stride, manager.stride) == (1, 10)
+
+
+def test_worker_value_target_keeps_the_carried_goal_at_a_period_end():
+    """HRL-CG Eq. 6 in the worker's transitions: g_{t+1} = h(s_t, g_t, s_{t+1}) = s_t + g_t - s_{t+1},
+    also at the last step of a meta period, where the worker's next observation already holds
+    the manager's new goal. Hand case (goal dims 1, 2 of a 3-dim s): the stored next goal at the
+    period's end is s_t[1:] + g_t - s_{t+1}[1:], not g_{t+1} from the manager."""
+    io = AgentIO(n_agents=1, obs_dim=5, child_obs_dim=3, action_space=spaces.Box(-1.0, 1.0, (2,)))
+    worker = TD3(io, TD3Config(hidden_sizes=[8]))
+    worker.carry_goals([1, 2])
+    s = torch.tensor([[0.0, 1.0, 2.0], [0.0, 2.0, 2.5], [0.0, 3.0, 1.0]])  # s_0, s_1, s_2
+    goals = torch.tensor([[4.0, 1.0], [3.0, 0.5], [9.0, -9.0]])  # g_0, h(s_0, g_0, s_1), a new goal
+    obs = torch.cat([s, goals], -1)[:2].view(2, 1, 1, 5)
+    no = torch.zeros(2, 1, dtype=torch.bool)
+    rollout = Rollout(obs=obs, action=torch.zeros(2, 1, 1, 2), log_prob=torch.zeros(2, 1, 1),
+                      reward=torch.zeros(2, 1, 1), terminated=no, done=no, final_obs=torch.full((2, 1, 1, 5), 99.0),
+                      last_obs=torch.cat([s[2], goals[2]]).view(1, 1, 5))
+    next_obs = worker.transitions(rollout)["next_obs"][:, 0]
+    carried = torch.tensor([[2.0 + 3.0 - 3.0, 2.5 + 0.5 - 1.0]])  # s_1 + g_1 - s_2 on dims 1, 2
+    torch.testing.assert_close(next_obs[1], torch.cat([s[2:], carried], -1)[0])
+    torch.testing.assert_close(next_obs[0], obs[1, 0, 0])  # inside the period: the next observation
+
+
+def test_worker_transitions_match_the_level_s_carried_goal():
+    """The same Eq. 6 on a real rollout: the level stores, at every step, the observation before
+    any reset with the carried goal (``final_obs``); the worker's next observations equal it, and
+    differ from ``Rollout.next_obs()`` exactly at the period ends, where the manager's new goal is."""
+    hierarchy = toy_hierarchy(num_envs=2, period=5)
+    hierarchy.rollout(20)
+    worker = hierarchy.levels[0]
+    rollout = worker.rollout()
+    rows = worker.learner.transitions(rollout)
+    torch.testing.assert_close(rows["next_obs"], rollout.final_obs.flatten(0, 1))
+    differs = (rollout.next_obs() != rollout.final_obs).flatten(1).any(-1)  # [T] steps
+    assert differs.nonzero().flatten().tolist() == [4, 9, 14]  # the ends of the first three periods
 
 
 def test_meta_period_rows_leave_out_masked_worker_steps():
