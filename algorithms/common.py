@@ -87,12 +87,14 @@ class ReplayLearner(Learner):
     gradient steps (target updates) and of env steps stored; all travel with ``state_dict``,
     so a resumed run continues exactly.
 
-    ``stride`` is how many env steps one step of its level lasts (1 at the bottom; the
-    manager's period above it): schedules given in env steps divide by it. A worker of
-    relative goals bootstraps under the carried goal (:meth:`carry_goals`).
+    ``ignore_obs_dims`` are observation dims its networks do not read (:meth:`features`), e.g.
+    the env's context for an HRL-CG worker ``pi_w(s, g)``. ``stride`` is how many env steps one
+    step of its level lasts (1 at the bottom; the manager's period above it): schedules given in
+    env steps divide by it. A worker of relative goals bootstraps under the carried goal
+    (:meth:`carry_goals`).
     """
 
-    def __init__(self, io: AgentIO, buffer_size: int):
+    def __init__(self, io: AgentIO, buffer_size: int, ignore_obs_dims: Sequence[int] = ()):
         super().__init__(io)
         self.replay = ReplayBuffer(buffer_size)
         #: the latest ``progress`` given to ``update``: drives exploration in ``act``
@@ -103,8 +105,24 @@ class ReplayLearner(Learner):
         self.env_steps = 0
         #: env steps one step of this level lasts; the family's builder sets it above level 0
         self.stride = 1
+        ignored = sorted(set(ignore_obs_dims))
+        if any(not 0 <= d < io.obs_dim for d in ignored):
+            raise ValueError(f"ignore_obs_dims {ignored} must lie in the {io.obs_dim} observation dims")
+        if len(ignored) == io.obs_dim:
+            raise ValueError(f"ignore_obs_dims {ignored} leaves the networks nothing to read")
+        kept = [d for d in range(io.obs_dim) if d not in ignored]
+        self.register_buffer("obs_index", torch.tensor(kept) if ignored else None)
         #: the goal dims of relative goals this level receives (empty: none; see carry_goals)
         self.register_buffer("carried_goal_index", torch.zeros(0, dtype=torch.long))
+
+    @property
+    def in_dim(self) -> int:
+        """Input size of the networks: the observation less ``ignore_obs_dims``."""
+        return self.io.obs_dim if self.obs_index is None else len(self.obs_index)
+
+    def features(self, obs: Tensor) -> Tensor:
+        """``[..., obs_dim]`` -> ``[..., in_dim]``: what the networks read of an observation."""
+        return obs if self.obs_index is None else obs.index_select(-1, self.obs_index)
 
     def carry_goals(self, goal_index: Sequence[int]) -> None:
         """This level's commands are relative goals on ``goal_index`` of its children's observation,

@@ -57,6 +57,8 @@ class DQNConfig(OffPolicyConfig):
     """Share of training (``progress``) over which epsilon decays linearly from start_e to end_e."""
     learning_starts: int = 1_000
     """Env steps (all copies count, agents do not) stored before learning starts."""
+    ignore_obs_dims: list[int] = ()
+    """Observation dims the network does not read (HRL-CG's worker: the env's context)."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -75,7 +77,7 @@ class DQN(ReplayLearner):
     config_class = DQNConfig
 
     def __init__(self, io: AgentIO, config: DQNConfig):
-        super().__init__(io, config.buffer_size)
+        super().__init__(io, config.buffer_size, config.ignore_obs_dims)
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Discrete):
@@ -83,7 +85,7 @@ class DQN(ReplayLearner):
                     else "for one action per child, make the level joint (joint: true)")
             raise ValueError(f"DQN needs a Discrete action space, got {space}; {hint}")
         self.n_actions = int(space.n)
-        self.q_network = AgentMLP(io.n_agents, io.obs_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
+        self.q_network = AgentMLP(io.n_agents, self.in_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
                                   c.share_params)
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=c.learning_rate)
@@ -91,7 +93,7 @@ class DQN(ReplayLearner):
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:
         """``[..., N, obs_dim]`` -> ``[..., N, K]``, differentiable."""
-        return self.q_network(obs)
+        return self.q_network(self.features(obs))
 
     def epsilon(self, progress: float | None = None) -> float:
         """CleanRL's linear schedule over the share of training; the latest progress by default."""
@@ -119,7 +121,7 @@ class DQN(ReplayLearner):
         """Double-DQN target ``[M, N]``: the online network's argmax valued by the target network."""
         with torch.no_grad():
             best = self.q_values(batch["next_obs"]).argmax(-1, keepdim=True)
-            next_q = self.target_network(batch["next_obs"]).gather(-1, best).squeeze(-1)
+            next_q = self.target_network(self.features(batch["next_obs"])).gather(-1, best).squeeze(-1)
             return batch["reward"] + self.config.gamma * (1.0 - batch["terminated"]) * next_q
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

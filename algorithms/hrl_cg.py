@@ -1,8 +1,9 @@
 """HRL-CG (Kreidieh et al. 2020): goal-conditioned manager/worker with connected gradients.
 
-A manager ``pi_m(s)`` emits a relative goal ``g`` every ``period`` steps; between its
+A manager ``pi_m(s, c)`` emits a relative goal ``g`` every ``period`` steps; between its
 decisions the goal follows ``h(s, g, s') = s + g - s'`` (Eq. 6) and the worker
-``pi_w(s, g)`` learns from ``r_w = -||s + g - s'||`` (Eq. 5). Both are TD3 (a
+``pi_w(s, g)`` learns from ``r_w = -||s + g - s'||`` (Eq. 5). The worker does not see the
+env's context ``c`` (the maze's target) unless ``worker_sees_context``. Both are TD3 (a
 double-DQN worker on discrete-action envs). The manager maximises ``eta_m + lambda * eta_w``
 (Eq. 13); by Eq. 14 the gradient of ``eta_w`` reaches the manager through the goal only,
 via the intrinsic reward and via the worker's *policy* input:
@@ -42,7 +43,7 @@ from algorithms.td3 import TD3, TD3Config, flatten_steps
 from hmarl.buffers import Rollout
 from hmarl.hierarchy import Hierarchy
 from hmarl.learner import Learner
-from hmarl.spec import MultiAgentEnv
+from hmarl.spec import EnvSpec, MultiAgentEnv
 
 
 @dataclass
@@ -53,6 +54,10 @@ class Options:
     """Weight lambda of the worker's objective in the manager's (0: plain HRL)."""
     goal_range: float = 10.0
     """Goals are relative displacements in ``[-goal_range, goal_range]`` per goal dim."""
+    worker_sees_context: bool | None = None
+    """Whether the worker reads the env's context ``c`` (the observation dims the env declares
+    as ``context_indices``, the maze's target). None: hidden where the env declares one, as in
+    the paper's ``pi_w(s, g)``; false: hidden, and an error on an env that declares none."""
 
     def __post_init__(self):
         if self.cg_lambda < 0:
@@ -164,15 +169,33 @@ class GoalManager(TD3):
         return loss
 
 
+def hidden_context(spec: EnvSpec, goal_index: list[int], worker_sees_context: bool | None) -> list[int]:
+    """The observation dims the worker must not read: the env's context unless the worker sees it."""
+    context = spec.capabilities.get("context_indices")
+    if worker_sees_context:
+        return []
+    if context is None:
+        if worker_sees_context is False:
+            raise ValueError(f"worker_sees_context: false, but {spec.name} does not declare which observation "
+                             "dims hold its context (capability context_indices); set worker_sees_context: true")
+        return []
+    shared = sorted(set(context) & set(goal_index))
+    if shared:
+        raise ValueError(f"{spec.name}: context dims {shared} are also goal dims; the worker cannot be blind "
+                         "to them (set worker_sees_context: true)")
+    return list(context)
+
+
 def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dict[str, dict[str, Any]],
-          cg_lambda: float = 0.005, goal_range: float = 10.0) -> Hierarchy:
+          cg_lambda: float = 0.005, goal_range: float = 10.0, worker_sees_context: bool | None = None) -> Hierarchy:
     """A worker level (one worker per env agent) under a manager level (one manager per worker).
 
     The worker's learner ``auto`` becomes ``td3`` on continuous-action envs and ``dqn`` on
-    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``. Both
-    learners count their schedules in env steps (the manager's ``stride`` is its period).
+    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``. The worker's
+    networks skip the env's context (:func:`hidden_context`); both learners count their
+    schedules in env steps (the manager's ``stride`` is its period).
     """
-    Options(cg_lambda, goal_range)
+    Options(cg_lambda, goal_range, worker_sees_context)
     goal_index = env.spec.require("goal_indices", "hrl_cg")
     if len(levels) != 2:
         raise ValueError(f"an HRL-CG hierarchy has two levels (worker, manager), got {len(levels)}")
@@ -181,6 +204,10 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
         raise ValueError("the HRL-CG manager level uses learner: goal_manager")
     if worker.get("learner") == "auto":
         worker["learner"] = "dqn" if isinstance(env.spec.action_space, spaces.Discrete) else "td3"
+    hidden = hidden_context(env.spec, list(goal_index), worker_sees_context)
+    if hidden:
+        given = worker.get("options", {})
+        worker["options"] = {**given, "ignore_obs_dims": sorted({*hidden, *given.get("ignore_obs_dims", ())})}
     manager.update(command=f"box({len(goal_index)}, {goal_range})", relative_goals=True)
     worker.setdefault("reward", "goal_distance")
     options = copy.deepcopy(learner_options)

@@ -75,6 +75,8 @@ class TD3Config(OffPolicyConfig):
     random_steps: int = 10_000
     """Uniform random actions for the first this many env steps (all copies count, agents do not;
     a manager deciding every k env steps acts at random for random_steps / k decisions per copy)."""
+    ignore_obs_dims: list[int] = ()
+    """Observation dims the networks do not read (HRL-CG's worker: the env's context)."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -91,7 +93,7 @@ class TD3(ReplayLearner):
     config_class = TD3Config
 
     def __init__(self, io: AgentIO, config: TD3Config):
-        super().__init__(io, config.buffer_size)
+        super().__init__(io, config.buffer_size, config.ignore_obs_dims)
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Box):
@@ -109,9 +111,9 @@ class TD3(ReplayLearner):
         self.register_buffer("action_high", high)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
-        self.actor = AgentMLP(n, io.obs_dim, c.hidden_sizes, act_dim, "relu", 1.0, c.share_params)
-        self.qf1 = AgentMLP(n, io.obs_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
-        self.qf2 = AgentMLP(n, io.obs_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
+        self.actor = AgentMLP(n, self.in_dim, c.hidden_sizes, act_dim, "relu", 1.0, c.share_params)
+        self.qf1 = AgentMLP(n, self.in_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
+        self.qf2 = AgentMLP(n, self.in_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.qf1_target = copy.deepcopy(self.qf1).requires_grad_(False)
         self.qf2_target = copy.deepcopy(self.qf2).requires_grad_(False)
@@ -142,11 +144,11 @@ class TD3(ReplayLearner):
 
     def policy(self, obs: Tensor) -> Tensor:
         """Deterministic, differentiable actor output ``[..., N, act_dim]``: tanh scaled to the box."""
-        return self._scale(self.actor(obs))
+        return self._scale(self.actor(self.features(obs)))
 
     def q_value(self, obs: Tensor, action: Tensor) -> Tensor:
         """The first critic ``Q1(obs, action)`` ``[..., N]``, differentiable."""
-        return self.qf1(torch.cat([obs, action], -1)).squeeze(-1)
+        return self.qf1(torch.cat([self.features(obs), action], -1)).squeeze(-1)
 
     def _clip(self, action: Tensor) -> Tensor:
         return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
@@ -189,11 +191,12 @@ class TD3(ReplayLearner):
         """Clipped double-Q target with target policy smoothing, ``[M, N]``, no gradient."""
         c = self.config
         with torch.no_grad():
-            next_action = self._scale(self.actor_target(batch["next_obs"]))
+            next_obs = self.features(batch["next_obs"])
+            next_action = self._scale(self.actor_target(next_obs))
             noise = (torch.randn_like(next_action) * c.target_noise).clamp(-c.target_noise_clip,
                                                                           c.target_noise_clip)
             next_action = self._clip(next_action + noise * self.action_scale)
-            next_in = torch.cat([batch["next_obs"], next_action], -1)
+            next_in = torch.cat([next_obs, next_action], -1)
             next_q = torch.minimum(self.qf1_target(next_in), self.qf2_target(next_in)).squeeze(-1)
             return batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * next_q
 
@@ -201,7 +204,7 @@ class TD3(ReplayLearner):
         """Sum of both critics' losses against :meth:`critic_target` over the transitions that
         count (``batch["weight"]``), and Q1's mean."""
         target = self.critic_target(batch)
-        inputs = torch.cat([batch["obs"], batch["action"]], -1)
+        inputs = torch.cat([self.features(batch["obs"]), batch["action"]], -1)
         q1, q2 = self.qf1(inputs).squeeze(-1), self.qf2(inputs).squeeze(-1)
         loss = F.smooth_l1_loss if self.config.huber_loss else F.mse_loss
         weight = batch["weight"]

@@ -1,5 +1,5 @@
 """HRL-CG: the connected gradient of Eq. 14 by hand, where it goes, lambda = 0, meta-period rows, the
-update schedule and warm-up in env steps, the carried goal at a period's end, errors."""
+update schedule and warm-up in env steps, the carried goal at a period's end, the worker's view, errors."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +12,7 @@ from algorithms import hrl_cg, td3
 from algorithms.dqn import DQN, DQNConfig
 from algorithms.hrl_cg import GoalManager, GoalManagerConfig
 from algorithms.td3 import TD3, TD3Config
+from envs import make_env
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from tests.toys import ToyEnv, _io
@@ -238,6 +239,10 @@ LEVELS = [{"learner": "auto"}, {"learner": "goal_manager", "period": 10}]
     (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}),
      [{"learner": "auto"}, {"learner": "goal_manager", "period": 0}], {}, "period must be >= 1"),
     (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}), LEVELS[:1], {}, "has two levels"),
+    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}), LEVELS, {"worker_sees_context": False},
+     "worker_sees_context: false, but toy does not declare which observation dims hold its context"),
+    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1], "context_indices": [1, 2]}), LEVELS, {},
+     r"context dims \[1\] are also goal dims"),
 ])
 def test_bad_input(env, levels, options, message):
     with pytest.raises(ValueError, match=message):
@@ -252,7 +257,7 @@ def test_discrete_envs_get_a_dqn_worker():
     assert hierarchy.levels[0].command.shape == (2,) and float(hierarchy.levels[0].command.high[0]) == 10.0
 
 
-# -- the hierarchy on a toy env: schedules in env steps, the carried goal -------------------------
+# -- the hierarchy on a toy env: schedules in env steps, the carried goal, the worker's view ---------
 
 def toy_hierarchy(num_envs=4, period=10, n_agents=1, capabilities=None, **family):
     """HRL-CG on the toy env (obs [id, t, last action]; goals on dims t, last action) with tiny TD3s."""
@@ -356,6 +361,27 @@ def test_worker_transitions_match_the_level_s_carried_goal():
     torch.testing.assert_close(rows["next_obs"], rollout.final_obs.flatten(0, 1))
     differs = (rollout.next_obs() != rollout.final_obs).flatten(1).any(-1)  # [T] steps
     assert differs.nonzero().flatten().tolist() == [4, 9, 14]  # the ends of the first three periods
+
+
+def test_the_worker_does_not_see_the_context():
+    """HRL-CG Section 2.4 and Table 1: the manager is pi_m(s, c), the worker pi_w(s, g); c (the
+    maze's target, obs dims 2, 3 of (x, y, target_x, target_y)) is passed to the manager only. The
+    worker's networks read (x, y, g_x, g_y): its action does not change with the target, the
+    manager's goal does. worker_sees_context: true restores the full observation."""
+    env = make_env("point_maze", num_envs=3, max_steps=50, seed=0)
+    levels = [{"learner": "auto"}, {"learner": "goal_manager", "period": 10}]
+    options = {"td3": {"hidden_sizes": [8]}, "goal_manager": {"hidden_sizes": [8]}}
+    worker, manager = (level.learner for level in hrl_cg.build(env, levels, options).levels)
+    obs = torch.randn(3, 1, 6)
+    moved = obs.clone()
+    moved[..., 2:4] += 5.0
+    torch.testing.assert_close(worker.act(moved, deterministic=True)[0], worker.act(obs, deterministic=True)[0])
+    assert not torch.allclose(manager.act(moved[..., :4], deterministic=True)[0],
+                              manager.act(obs[..., :4], deterministic=True)[0])
+    assert worker.obs_index.tolist() == [0, 1, 4, 5] and worker.actor.weights[0].shape[1] == 4
+    assert manager.obs_index is None and manager.actor.weights[0].shape[1] == 4
+    seeing = hrl_cg.build(env, levels, options, worker_sees_context=True).levels[0].learner
+    assert seeing.obs_index is None and seeing.actor.weights[0].shape[1] == 6
 
 
 def test_meta_period_rows_leave_out_masked_worker_steps():
