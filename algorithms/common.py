@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from hmarl.config import from_dict
-from hmarl.buffers import ReplayBuffer
+from hmarl.buffers import ReplayBuffer, Rollout
+from hmarl.goals import goal_transition
 from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import MultiAgentEnv, Tensor
@@ -36,8 +37,10 @@ class OffPolicyConfig:
     reward_scale: float = 1.0
     """Rewards are multiplied by this before they are stored."""
     updates_per_step: float = 1.0
-    """Gradient steps per rollout step: an update from a rollout of T steps takes
-    ``gradient_steps(T)`` = round(T * this) of them (fractions: fewer steps than rollout steps)."""
+    """Gradient steps per transition of each env copy: an update from ``n`` transitions takes
+    ``gradient_steps(n)`` = round(n * this) of them. TD3 and DQN count a rollout of T steps of
+    B copies as n = T * B (at the bottom level: one per env step of each copy), A-QMIX and
+    the allocator as n = T; fractions take fewer steps than transitions."""
 
     def checks(self) -> list[tuple[bool, str]]:
         """(condition, message) pairs; subclasses add theirs."""
@@ -53,9 +56,9 @@ class OffPolicyConfig:
                 (len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
                  f"hidden_sizes must be a non-empty list of positive widths, got {list(self.hidden_sizes)}")]
 
-    def gradient_steps(self, rollout_steps: int) -> int:
-        """Gradient steps for a rollout of ``rollout_steps`` steps (``updates_per_step`` of them per step)."""
-        return round(rollout_steps * self.updates_per_step)
+    def gradient_steps(self, transitions: int) -> int:
+        """Gradient steps owed for ``transitions`` new transitions (``updates_per_step`` each)."""
+        return round(transitions * self.updates_per_step)
 
     def __post_init__(self):
         for ok, message in self.checks():
@@ -80,27 +83,104 @@ def epsilon_greedy(q_values: Tensor, epsilon: float) -> Tensor:
 
 
 class ReplayLearner(Learner):
-    """A learner with a replay, the training progress (exploration schedules) and a count of
-    gradient steps (target updates); all three travel with ``state_dict``, so a resumed run
-    continues exactly."""
+    """A learner with a replay, the training progress (exploration schedules) and counts of
+    gradient steps (target updates) and of env steps stored; all travel with ``state_dict``,
+    so a resumed run continues exactly.
 
-    def __init__(self, io: AgentIO, buffer_size: int):
+    ``ignore_obs_dims`` are observation dims its networks do not read (:meth:`features`), e.g.
+    the env's context for an HRL-CG worker ``pi_w(s, g)``. ``stride`` is how many env steps one
+    step of its level lasts (1 at the bottom; the manager's period above it): schedules given in
+    env steps divide by it. A worker of relative goals bootstraps under the carried goal
+    (:meth:`carry_goals`).
+    """
+
+    def __init__(self, io: AgentIO, buffer_size: int, ignore_obs_dims: Sequence[int] = ()):
         super().__init__(io)
         self.replay = ReplayBuffer(buffer_size)
         #: the latest ``progress`` given to ``update``: drives exploration in ``act``
         self.progress = 0.0
         #: gradient steps taken so far: drives the target network updates
         self.gradient_steps = 0
+        #: env steps (all copies) whose transitions reached :meth:`store`, masked ones included
+        self.env_steps = 0
+        #: env steps one step of this level lasts; the family's builder sets it above level 0
+        self.stride = 1
+        ignored = sorted(set(ignore_obs_dims))
+        if any(not 0 <= d < io.obs_dim for d in ignored):
+            raise ValueError(f"ignore_obs_dims {ignored} must lie in the {io.obs_dim} observation dims")
+        if len(ignored) == io.obs_dim:
+            raise ValueError(f"ignore_obs_dims {ignored} leaves the networks nothing to read")
+        kept = [d for d in range(io.obs_dim) if d not in ignored]
+        self.register_buffer("obs_index", torch.tensor(kept) if ignored else None)
+        #: the goal dims of relative goals this level receives (empty: none; see carry_goals)
+        self.register_buffer("carried_goal_index", torch.zeros(0, dtype=torch.long))
+
+    @property
+    def in_dim(self) -> int:
+        """Input size of the networks: the observation less ``ignore_obs_dims``."""
+        return self.io.obs_dim if self.obs_index is None else len(self.obs_index)
+
+    def features(self, obs: Tensor) -> Tensor:
+        """``[..., obs_dim]`` -> ``[..., in_dim]``: what the networks read of an observation."""
+        return obs if self.obs_index is None else obs.index_select(-1, self.obs_index)
+
+    def carry_goals(self, goal_index: Sequence[int]) -> None:
+        """This level's commands are relative goals on ``goal_index`` of its children's observation,
+        carried between decisions by ``h(s, g, s') = s + g - s'`` (HRL-CG Eq. 6): a transition's
+        next observation holds ``h``, not the command that follows a period's end (:meth:`next_obs`)."""
+        goal_dim = self.io.obs_dim - self.io.child_obs_dim
+        if goal_dim != len(goal_index):
+            raise ValueError(f"the commands have {goal_dim} dims but the goals live on {len(goal_index)}")
+        self.carried_goal_index = torch.as_tensor(list(goal_index), device=self.carried_goal_index.device)
+
+    def next_obs(self, rollout: Rollout) -> Tensor:
+        """The observation each transition bootstraps from, ``[T, B, N, obs_dim]``.
+
+        ``rollout.next_obs()``, except that with carried goals its command part is
+        ``h(s_t, g_t, s_{t+1}) = s_t + g_t - s_{t+1}`` at every step: at the end of a meta
+        period the value target keeps the goal the worker pursued, not the manager's next one.
+        """
+        following = rollout.next_obs()
+        if not self.carried_goal_index.numel():
+            return following
+        d = self.io.child_obs_dim
+        goal = goal_transition(rollout.obs[..., :d], rollout.obs[..., d:], following[..., :d],
+                               self.carried_goal_index)
+        return torch.cat([following[..., :d], goal], dim=-1)
+
+    def store(self, rows: dict[str, Tensor], mask: Tensor | None) -> None:
+        """Add replay rows ``[M, N, ...]`` (one env copy's step, all N agents), each with its
+        ``weight`` ``[M, N]``: 1 where the agent's transition counts (``mask``, None: all), 0 where
+        it does not. Rows where no agent counts are left out: one boolean index per rollout,
+        the only host sync of an insertion.
+        """
+        m, n = rows["obs"].shape[:2]
+        self.env_steps += m * self.stride
+        if mask is None:
+            weight = rows["obs"].new_ones(m, n)
+        else:
+            keep = mask.any(-1)
+            rows = {key: value[keep] for key, value in rows.items()}
+            weight = mask[keep].to(rows["obs"].dtype)
+        self.replay.add(**rows, weight=weight)
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Progress, gradient-step count and replay, saved with ``state_dict`` so a resume is exact."""
-        return {"progress": self.progress, "gradient_steps": self.gradient_steps,
+        """Progress, counters and replay, saved with ``state_dict`` so a resume is exact."""
+        return {"progress": self.progress, "gradient_steps": self.gradient_steps, "env_steps": self.env_steps,
                 "replay": self.replay.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what ``get_extra_state`` saved."""
         self.progress, self.gradient_steps = float(state["progress"]), int(state["gradient_steps"])
+        self.env_steps = int(state["env_steps"])
         self.replay.load_state_dict(state["replay"])
+
+
+def weighted_mean(x: Tensor, weight: Tensor) -> Tensor:
+    """``sum(w x) / sum(w)`` over all elements (the plain mean when every weight is 1).
+
+    Shapes: ``x`` and ``weight`` broadcast together (replay rows ``[M, N]``)."""
+    return (x * weight).sum() / weight.expand_as(x).sum().clamp(min=1.0)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,15 @@ with the double-DQN target (the online network picks, the target network values)
     y = r + \\gamma (1 - d)\\, Q'\\big(s', \\arg\\max_a Q(s', a)\\big), \\qquad
     L = \\ell\\big(Q(s, a) - y\\big)
 
-with ``ell`` the Huber or the squared error. Each agent i has its own Q-network
-(stacked weights) unless ``share_params``. Exploration is epsilon-greedy, epsilon
-decaying linearly with the share of training done (``progress``, given to ``update``).
+with ``ell`` the Huber or the squared error, averaged over the (row, agent) pairs whose
+transition counts (the rollout's ``mask``). Each agent i has its own Q-network (stacked
+weights) unless ``share_params``. Exploration is epsilon-greedy, epsilon decaying linearly
+with the share of training done (``progress``, given to ``update``).
+
+Schedule, per env step of each copy (as TD3): a rollout of T steps of B copies takes
+``updates_per_step * T * B`` gradient steps once ``learning_starts`` env steps are stored;
+the target network follows every ``target_network_frequency`` of them.
+
 HRL-CG uses it for discrete workers; ``q_values`` is differentiable so a manager
 can take a soft-max over it.
 
@@ -24,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule
+from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule, weighted_mean
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
@@ -50,7 +56,9 @@ class DQNConfig(OffPolicyConfig):
     exploration_fraction: float = 0.5
     """Share of training (``progress``) over which epsilon decays linearly from start_e to end_e."""
     learning_starts: int = 1_000
-    """Agent-transitions (all copies and agents count) in the replay before learning starts."""
+    """Env steps (all copies count, agents do not) stored before learning starts."""
+    ignore_obs_dims: list[int] = ()
+    """Observation dims the network does not read (HRL-CG's worker: the env's context)."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -69,7 +77,7 @@ class DQN(ReplayLearner):
     config_class = DQNConfig
 
     def __init__(self, io: AgentIO, config: DQNConfig):
-        super().__init__(io, config.buffer_size)
+        super().__init__(io, config.buffer_size, config.ignore_obs_dims)
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Discrete):
@@ -77,7 +85,7 @@ class DQN(ReplayLearner):
                     else "for one action per child, make the level joint (joint: true)")
             raise ValueError(f"DQN needs a Discrete action space, got {space}; {hint}")
         self.n_actions = int(space.n)
-        self.q_network = AgentMLP(io.n_agents, io.obs_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
+        self.q_network = AgentMLP(io.n_agents, self.in_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
                                   c.share_params)
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=c.learning_rate)
@@ -85,7 +93,7 @@ class DQN(ReplayLearner):
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:
         """``[..., N, obs_dim]`` -> ``[..., N, K]``, differentiable."""
-        return self.q_network(obs)
+        return self.q_network(self.features(obs))
 
     def epsilon(self, progress: float | None = None) -> float:
         """CleanRL's linear schedule over the share of training; the latest progress by default."""
@@ -106,33 +114,37 @@ class DQN(ReplayLearner):
         return {"obs": flatten_steps(rollout.obs),
                 "action": flatten_steps(rollout.action),
                 "reward": flatten_steps(rollout.reward) * self.config.reward_scale,
-                "next_obs": flatten_steps(rollout.next_obs()),
+                "next_obs": flatten_steps(self.next_obs(rollout)),
                 "terminated": flatten_steps(rollout.terminated).float().unsqueeze(-1)}
 
     def td_target(self, batch: dict[str, Tensor]) -> Tensor:
         """Double-DQN target ``[M, N]``: the online network's argmax valued by the target network."""
         with torch.no_grad():
             best = self.q_values(batch["next_obs"]).argmax(-1, keepdim=True)
-            next_q = self.target_network(batch["next_obs"]).gather(-1, best).squeeze(-1)
+            next_q = self.target_network(self.features(batch["next_obs"])).gather(-1, best).squeeze(-1)
             return batch["reward"] + self.config.gamma * (1.0 - batch["terminated"]) * next_q
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """TD loss of the stored actions, and their mean Q."""
+        """TD loss of the stored actions over the transitions that count (``batch["weight"]``),
+        and their mean Q."""
         target = self.td_target(batch)
         q = self.q_values(batch["obs"]).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)
         loss = F.smooth_l1_loss if self.config.huber_loss else F.mse_loss
-        return loss(q, target), q.detach().mean()
+        weight = batch["weight"]
+        return weighted_mean(loss(q, target, reduction="none"), weight), weighted_mean(q.detach(), weight)
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
+        """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
+        gradient steps once ``learning_starts`` env steps are stored."""
         c = self.config
         self.progress = progress
-        self.replay.add(**self.transitions(rollout, below))
-        ready = len(self.replay) >= c.batch_size and len(self.replay) * self.io.n_agents >= c.learning_starts
-        if not ready:
+        mask = None if rollout.mask is None else flatten_steps(rollout.mask)
+        self.store(self.transitions(rollout, below), mask)
+        if len(self.replay) < c.batch_size or self.env_steps < c.learning_starts:
             return {}
         q_loss = q_mean = None
-        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
+        t, b = rollout.obs.shape[:2]
+        for _ in range(c.gradient_steps(t * b)):
             q_loss, q_mean = self.loss(self.replay.sample(c.batch_size))
             self.optimizer.zero_grad()
             q_loss.backward()

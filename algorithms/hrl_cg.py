@@ -1,21 +1,29 @@
 """HRL-CG (Kreidieh et al. 2020): goal-conditioned manager/worker with connected gradients.
 
-A manager ``pi_m(s)`` emits a relative goal ``g`` every ``period`` steps; between its
+A manager ``pi_m(s, c)`` emits a relative goal ``g`` every ``period`` steps; between its
 decisions the goal follows ``h(s, g, s') = s + g - s'`` (Eq. 6) and the worker
-``pi_w(s, g)`` learns from ``r_w = -||s + g - s'||`` (Eq. 5). Both are TD3 (a
-double-DQN worker on discrete-action envs). The manager maximises
-``eta_m + lambda * eta_w`` (Eq. 13); its actor loss adds, over the worker steps of
-each sampled meta period, with goals produced by ``pi_m`` and carried by ``h``:
+``pi_w(s, g)`` learns from ``r_w = -||s + g - s'||`` (Eq. 5). The worker does not see the
+env's context ``c`` (the maze's target) unless ``worker_sees_context``. Both are TD3 (a
+double-DQN worker on discrete-action envs). The manager maximises ``eta_m + lambda * eta_w``
+(Eq. 13); by Eq. 14 the gradient of ``eta_w`` reaches the manager through the goal only,
+via the intrinsic reward and via the worker's *policy* input:
 
 .. math::
-    L_{cg} = -\\lambda \\; \\mathbb{E}_i\\big[r_w(s_{t+i}, g_{t+i}, s_{t+i+1})
-             + Q_w(s_{t+i}, g_{t+i}, \\pi_w(s_{t+i}, g_{t+i}))\\big]
+    \\nabla_{\\theta_m} g_t \\, \\nabla_g \\big( r_w(s_t, g, s_{t+1})
+        + \\pi_w(s_t, g) \\, \\nabla_a Q_w(s_t, g_t, a)|_{a = \\pi_w(s_t, g_t)} \\big)|_{g = g_t}
 
-differentiable in the manager's parameters only (the worker is frozen for it).
-Decision (spec): the paper's formula, ``pi_w(s, g)`` inside ``Q_w`` with gradients
-through both, not the reference code's stored worker action. ``cg_lambda = 0`` is
-plain HRL. On multi-agent envs every env agent gets its own manager/worker pair
-(parameters shared across agents unless ``share_params: false``).
+which is the gradient of the actor-loss term, over the worker steps of each sampled meta
+period with goals produced by ``pi_m`` and carried by ``h``,
+
+.. math::
+    L_{cg} = -\\lambda \\; \\mathrm{mean}_i\\big[r_w(s_{t+i}, g_{t+i}, s_{t+i+1})
+             + Q_w(s_{t+i}, \\mathrm{sg}(g_{t+i}), \\pi_w(s_{t+i}, g_{t+i}))\\big]
+
+``sg`` stops the gradient: the goal the worker's critic reads is held fixed (Eq. 14 has no
+``dQ_w/dg`` term), and the worker's networks are frozen for this step. A discrete worker's
+value is ``sum_a softmax(Q_w(s, g, .) / T)(a) Q_w(s, sg(g), a)``: its softmax policy carries
+the gradient. ``cg_lambda = 0`` is plain HRL. On multi-agent envs every env agent gets its
+own manager/worker pair (parameters shared across agents unless ``share_params: false``).
 
 Shapes: manager obs ``[B, N, obs_dim]`` (the worker's env observation); goals ``[B, N, goal_dim]``.
 """
@@ -29,13 +37,13 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from algorithms.common import build_levels
+from algorithms.common import ReplayLearner, build_levels, weighted_mean
 from algorithms.dqn import DQN
 from algorithms.td3 import TD3, TD3Config, flatten_steps
 from hmarl.buffers import Rollout
 from hmarl.hierarchy import Hierarchy
 from hmarl.learner import Learner
-from hmarl.spec import MultiAgentEnv
+from hmarl.spec import EnvSpec, MultiAgentEnv
 
 
 @dataclass
@@ -46,6 +54,10 @@ class Options:
     """Weight lambda of the worker's objective in the manager's (0: plain HRL)."""
     goal_range: float = 10.0
     """Goals are relative displacements in ``[-goal_range, goal_range]`` per goal dim."""
+    worker_sees_context: bool | None = None
+    """Whether the worker reads the env's context ``c`` (the observation dims the env declares
+    as ``context_indices``, the maze's target). None: hidden where the env declares one, as in
+    the paper's ``pi_w(s, g)``; false: hidden, and an error on an env that declares none."""
 
     def __post_init__(self):
         if self.cg_lambda < 0:
@@ -102,7 +114,12 @@ class GoalManager(TD3):
 
     def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, torch.Tensor]:
         """Adds each meta period's worker observations (``period_obs``), the goal dims after
-        each worker step (``period_next``) and which steps still belong to the episode."""
+        each worker step (``period_next``) and which worker steps count (``period_valid``: still
+        in the episode the goal was set in, and not masked out below).
+
+        Shapes: ``period_obs`` ``[T*B, N, k, obs_dim]``; ``period_next`` ``[T*B, N, k, goal_dim]``;
+        ``period_valid`` ``[T*B, N, k]``.
+        """
         fields = super().transitions(rollout, below)
         if not self.config.cg_lambda:
             return fields
@@ -114,28 +131,36 @@ class GoalManager(TD3):
         following = per_period(below.next_obs()[..., :dim][..., self.goal_index])
         done = below.done.reshape(t_manager, k, b)
         still = torch.cat([torch.ones_like(done[:, :1]), ~done[:, :-1]], dim=1).cumprod(dim=1)
-        valid = still.permute(0, 2, 1).unsqueeze(2).expand(t_manager, b, n, k)
+        valid = still.permute(0, 2, 1).unsqueeze(2).expand(t_manager, b, n, k).float()
+        if below.mask is not None:
+            valid = valid * per_period(below.weights().unsqueeze(-1)).squeeze(-1)
         fields.update(period_obs=flatten_steps(obs), period_next=flatten_steps(following),
-                      period_valid=flatten_steps(valid.float()))
+                      period_valid=flatten_steps(valid))
         return fields
 
     def connected_term(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``mean_i [r_w + Q_w(s_i, g_i, pi_w(s_i, g_i))]`` over valid worker steps."""
+        """``mean_i [r_w(s_i, g_i, s_{i+1}) + Q_w(s_i, sg(g_i), pi_w(s_i, g_i))]`` over the worker
+        steps that count (Eq. 14), differentiable in the manager's actor through ``g_i`` only.
+
+        Shapes: ``batch["obs"]`` ``[M, N, obs_dim]``, ``period_obs`` ``[M, N, k, obs_dim]``; a scalar.
+        """
         worker, index = self.worker, self.goal_index
-        target = batch["obs"][..., index] + self.policy(batch["obs"])  # s_t + g, fixed by h
+        target = batch["obs"][..., index] + self.policy(batch["obs"])  # s_t + g_t, kept fixed by h
         obs = batch["period_obs"]  # [M, N, k, D]
-        goals = target.unsqueeze(-2) - obs[..., index]  # g_{t+i} = h applied i times
+        goals = target.unsqueeze(-2) - obs[..., index]  # g_{t+i}: h applied i times
         reward = -(target.unsqueeze(-2) - batch["period_next"]).norm(dim=-1) * worker.config.reward_scale
-        worker_obs = torch.cat([obs, goals], dim=-1).transpose(-3, -2)  # [M, k, N, D + goal]
+        # The worker's networks read [..., N, D]: the period's steps go before the agents.
+        acting = torch.cat([obs, goals], dim=-1).transpose(-3, -2)  # [M, k, N, D + goal]
         with frozen(worker):
             if isinstance(worker, DQN):
-                q = worker.q_values(worker_obs)
-                value = (torch.softmax(q / self.config.cg_temperature, dim=-1) * q).sum(-1)
+                q = worker.q_values(acting)
+                # Q_w(s, sg(g), .): with the worker frozen and s data, the detached values.
+                value = (torch.softmax(q / self.config.cg_temperature, dim=-1) * q.detach()).sum(-1)
             else:
-                value = worker.q_value(worker_obs, worker.policy(worker_obs))
+                judged = torch.cat([obs, goals.detach()], dim=-1).transpose(-3, -2)
+                value = worker.q_value(judged, worker.policy(acting))
         per_step = reward + value.transpose(-2, -1)  # [M, N, k]
-        valid = batch["period_valid"]
-        return (per_step * valid).sum() / valid.sum().clamp(min=1.0)
+        return weighted_mean(per_step, batch["period_valid"] * batch["weight"].unsqueeze(-1))
 
     def actor_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """TD3's actor loss, plus ``cg_lambda`` times the worker's value of the goal (connected gradient)."""
@@ -145,14 +170,33 @@ class GoalManager(TD3):
         return loss
 
 
+def hidden_context(spec: EnvSpec, goal_index: list[int], worker_sees_context: bool | None) -> list[int]:
+    """The observation dims the worker must not read: the env's context unless the worker sees it."""
+    context = spec.capabilities.get("context_indices")
+    if worker_sees_context:
+        return []
+    if context is None:
+        if worker_sees_context is False:
+            raise ValueError(f"worker_sees_context: false, but {spec.name} does not declare which observation "
+                             "dims hold its context (capability context_indices); set worker_sees_context: true")
+        return []
+    shared = sorted(set(context) & set(goal_index))
+    if shared:
+        raise ValueError(f"{spec.name}: context dims {shared} are also goal dims; the worker cannot be blind "
+                         "to them (set worker_sees_context: true)")
+    return list(context)
+
+
 def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dict[str, dict[str, Any]],
-          cg_lambda: float = 0.005, goal_range: float = 10.0) -> Hierarchy:
+          cg_lambda: float = 0.005, goal_range: float = 10.0, worker_sees_context: bool | None = None) -> Hierarchy:
     """A worker level (one worker per env agent) under a manager level (one manager per worker).
 
     The worker's learner ``auto`` becomes ``td3`` on continuous-action envs and ``dqn`` on
-    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``.
+    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``. The worker's
+    networks skip the env's context (:func:`hidden_context`); both learners count their
+    schedules in env steps (the manager's ``stride`` is its period).
     """
-    Options(cg_lambda, goal_range)
+    Options(cg_lambda, goal_range, worker_sees_context)
     goal_index = env.spec.require("goal_indices", "hrl_cg")
     if len(levels) != 2:
         raise ValueError(f"an HRL-CG hierarchy has two levels (worker, manager), got {len(levels)}")
@@ -161,10 +205,19 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
         raise ValueError("the HRL-CG manager level uses learner: goal_manager")
     if worker.get("learner") == "auto":
         worker["learner"] = "dqn" if isinstance(env.spec.action_space, spaces.Discrete) else "td3"
+    hidden = hidden_context(env.spec, list(goal_index), worker_sees_context)
+    if hidden:
+        given = worker.get("options", {})
+        worker["options"] = {**given, "ignore_obs_dims": sorted({*hidden, *given.get("ignore_obs_dims", ())})}
     manager.update(command=f"box({len(goal_index)}, {goal_range})", relative_goals=True)
     worker.setdefault("reward", "goal_distance")
     options = copy.deepcopy(learner_options)
     options["goal_manager"] = {**options.get("goal_manager", {}), "cg_lambda": cg_lambda}
     hierarchy = build_levels(env, [worker, manager], options)
-    hierarchy.levels[1].learner.connect(hierarchy.levels[0].learner, goal_index)
+    worker_learner, manager_learner = (level.learner for level in hierarchy.levels)
+    manager_learner.connect(worker_learner, goal_index)
+    worker_learner.carry_goals(goal_index)
+    for level, stride in zip(hierarchy.levels, hierarchy.strides):
+        if isinstance(level.learner, ReplayLearner):
+            level.learner.stride = stride
     return hierarchy

@@ -9,13 +9,19 @@ Read beside CleanRL's td3_continuous_action.py: the same algorithm, batched over
 
     L_Q = \\sum_j \\ell(Q_j(s, a) - y), \\qquad L_\\pi = -\\mathbb E\\, Q_1(s, \\pi(s))
 
-with ``ell`` the Huber or the squared error. Each agent i has its own actor and
-critics (stacked weights) unless ``share_params``. Transitions go to a replay of
-rows ``[N, ...]`` (one env copy's step, all N agents); the critic learns every
-gradient step, the actor and the targets every ``policy_delay`` steps.
+with ``ell`` the Huber or the squared error, averaged over the (row, agent) pairs whose
+transition counts (the rollout's ``mask``). Each agent i has its own actor and critics
+(stacked weights) unless ``share_params``. Transitions go to a replay of rows ``[N, ...]``
+(one env copy's step, all N agents).
 
-Defaults are HRL-CG's (Section 5 and Appendix): (256, 256) ReLU, Adam 3e-4, tau 5e-3,
-replay 200k, Huber critic loss, 10k random steps, exploration noise 0.1.
+Schedule, per env step of each copy: a rollout of T steps of B copies takes
+``updates_per_step * T * B`` critic steps, and the actor and the targets learn every
+``policy_delay``-th of them; a level above the env counts its own steps (one per decision
+of each copy). The first ``random_steps`` env steps act uniformly at random.
+
+Defaults are HRL-CG's (Section 6.2): (256, 256) ReLU, Adam 3e-4, tau 5e-3, replay 200k,
+Huber critic loss, 10k random env steps, exploration noise 0.1, critic every env step,
+actor and targets every 2.
 
 Shapes: obs ``[B, N, obs_dim]``; actions ``[B, N, act_dim]`` in the Box of each agent.
 """
@@ -30,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig
-from hmarl.buffers import ReplayBuffer, Rollout
-from hmarl.learner import AgentIO, Learner
+from algorithms.common import OffPolicyConfig, ReplayLearner, weighted_mean
+from hmarl.buffers import Rollout
+from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
@@ -67,7 +73,10 @@ class TD3Config(OffPolicyConfig):
     exploration_noise: float = 0.1
     """Std of the Gaussian exploration noise, in half-ranges of the action box."""
     random_steps: int = 10_000
-    """Uniform random actions for the first this many agent-transitions (all copies and agents count)."""
+    """Uniform random actions for the first this many env steps (all copies count, agents do not;
+    a manager deciding every k env steps acts at random for random_steps / k decisions per copy)."""
+    ignore_obs_dims: list[int] = ()
+    """Observation dims the networks do not read (HRL-CG's worker: the env's context)."""
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -78,13 +87,13 @@ class TD3Config(OffPolicyConfig):
             (self.random_steps >= 0, f"random_steps must be >= 0, got {self.random_steps}")]
 
 
-class TD3(Learner):
+class TD3(ReplayLearner):
     """Twin-delayed DDPG for all agents of a level at once, learning from a replay."""
 
     config_class = TD3Config
 
     def __init__(self, io: AgentIO, config: TD3Config):
-        super().__init__(io)
+        super().__init__(io, config.buffer_size, config.ignore_obs_dims)
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Box):
@@ -102,20 +111,17 @@ class TD3(Learner):
         self.register_buffer("action_high", high)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
-        self.actor = AgentMLP(n, io.obs_dim, c.hidden_sizes, act_dim, "relu", 1.0, c.share_params)
-        self.qf1 = AgentMLP(n, io.obs_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
-        self.qf2 = AgentMLP(n, io.obs_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
+        self.actor = AgentMLP(n, self.in_dim, c.hidden_sizes, act_dim, "relu", 1.0, c.share_params)
+        self.qf1 = AgentMLP(n, self.in_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
+        self.qf2 = AgentMLP(n, self.in_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.qf1_target = copy.deepcopy(self.qf1).requires_grad_(False)
         self.qf2_target = copy.deepcopy(self.qf2).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.learning_rate)
         self.critic_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()],
                                                  lr=c.learning_rate)
-        self.replay = ReplayBuffer(c.buffer_size)
-        #: agent-transitions acted (not deterministic) so far: drives the random warm-up
+        #: env steps acted (not deterministic) so far, all copies: drives the random warm-up
         self.acted = 0
-        #: gradient steps taken so far: drives the policy delay
-        self.gradient_steps = 0
         self._actor_loss: Tensor | None = None  # the latest, reported until the next actor step
 
     @property
@@ -123,15 +129,14 @@ class TD3(Learner):
         """Both optimizers, for checkpoints (``Hierarchy.optimizers`` reads this list)."""
         return [self.actor_optimizer, self.critic_optimizer]
 
-    # Counters and the replay travel with state_dict, so a resumed run continues exactly.
     def get_extra_state(self) -> dict[str, Any]:
-        """Counters and replay, saved with ``state_dict``."""
-        return {"acted": self.acted, "gradient_steps": self.gradient_steps, "replay": self.replay.state_dict()}
+        """The replay learner's state and the warm-up counter, saved with ``state_dict``."""
+        return {**super().get_extra_state(), "acted": self.acted}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what ``get_extra_state`` saved."""
-        self.acted, self.gradient_steps = int(state["acted"]), int(state["gradient_steps"])
-        self.replay.load_state_dict(state["replay"])
+        super().set_extra_state(state)
+        self.acted = int(state["acted"])
 
     # -- policy and value ------------------------------------------------------------------
     def _scale(self, raw: Tensor) -> Tensor:
@@ -139,18 +144,18 @@ class TD3(Learner):
 
     def policy(self, obs: Tensor) -> Tensor:
         """Deterministic, differentiable actor output ``[..., N, act_dim]``: tanh scaled to the box."""
-        return self._scale(self.actor(obs))
+        return self._scale(self.actor(self.features(obs)))
 
     def q_value(self, obs: Tensor, action: Tensor) -> Tensor:
         """The first critic ``Q1(obs, action)`` ``[..., N]``, differentiable."""
-        return self.qf1(torch.cat([obs, action], -1)).squeeze(-1)
+        return self.qf1(torch.cat([self.features(obs), action], -1)).squeeze(-1)
 
     def _clip(self, action: Tensor) -> Tensor:
         return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
 
     @property
     def warming_up(self) -> bool:
-        """Acting uniformly at random: fewer than ``random_steps`` agent-transitions acted so far."""
+        """Acting uniformly at random: fewer than ``random_steps`` env steps acted so far."""
         return self.acted < self.config.random_steps
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
@@ -167,7 +172,7 @@ class TD3(Learner):
                     action = self.policy(obs)
                     noise = torch.randn_like(action) * (self.action_scale * self.config.exploration_noise)
                     action = self._clip(action + noise)
-                self.acted += b * n
+                self.acted += b * self.stride
         return action, obs.new_zeros(b, n)
 
     # -- learning --------------------------------------------------------------------------
@@ -179,41 +184,49 @@ class TD3(Learner):
         return {"obs": flatten_steps(rollout.obs),
                 "action": flatten_steps(rollout.action),
                 "reward": flatten_steps(rollout.reward) * self.config.reward_scale,
-                "next_obs": flatten_steps(rollout.next_obs()),
+                "next_obs": flatten_steps(self.next_obs(rollout)),
                 "terminated": flatten_steps(rollout.terminated).float().unsqueeze(-1)}
 
     def critic_target(self, batch: dict[str, Tensor]) -> Tensor:
         """Clipped double-Q target with target policy smoothing, ``[M, N]``, no gradient."""
         c = self.config
         with torch.no_grad():
-            next_action = self._scale(self.actor_target(batch["next_obs"]))
+            next_obs = self.features(batch["next_obs"])
+            next_action = self._scale(self.actor_target(next_obs))
             noise = (torch.randn_like(next_action) * c.target_noise).clamp(-c.target_noise_clip,
                                                                           c.target_noise_clip)
             next_action = self._clip(next_action + noise * self.action_scale)
-            next_in = torch.cat([batch["next_obs"], next_action], -1)
+            next_in = torch.cat([next_obs, next_action], -1)
             next_q = torch.minimum(self.qf1_target(next_in), self.qf2_target(next_in)).squeeze(-1)
             return batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * next_q
 
     def critic_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Sum of both critics' losses against :meth:`critic_target`, and Q1's mean."""
+        """Sum of both critics' losses against :meth:`critic_target` over the transitions that
+        count (``batch["weight"]``), and Q1's mean."""
         target = self.critic_target(batch)
-        inputs = torch.cat([batch["obs"], batch["action"]], -1)
+        inputs = torch.cat([self.features(batch["obs"]), batch["action"]], -1)
         q1, q2 = self.qf1(inputs).squeeze(-1), self.qf2(inputs).squeeze(-1)
         loss = F.smooth_l1_loss if self.config.huber_loss else F.mse_loss
-        return loss(q1, target) + loss(q2, target), q1.detach().mean()
+        weight = batch["weight"]
+        error = loss(q1, target, reduction="none") + loss(q2, target, reduction="none")
+        return weighted_mean(error, weight), weighted_mean(q1.detach(), weight)
 
     def actor_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """``-Q1(s, pi(s))`` averaged over rows and agents; subclasses add terms."""
-        return -self.q_value(batch["obs"], self.policy(batch["obs"])).mean()
+        """``-Q1(s, pi(s))`` averaged over the transitions that count; subclasses add terms."""
+        return -weighted_mean(self.q_value(batch["obs"], self.policy(batch["obs"])), batch["weight"])
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        """Store the rollout, then ``gradient_steps(T)`` gradient steps once the replay holds a batch."""
+        """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
+        critic steps once the replay holds a batch; the actor and targets every ``policy_delay``."""
         c = self.config
-        self.replay.add(**self.transitions(rollout, below))
+        self.progress = progress
+        mask = None if rollout.mask is None else flatten_steps(rollout.mask)
+        self.store(self.transitions(rollout, below), mask)
         if len(self.replay) < c.batch_size:
             return {}
         q_loss = q1_mean = None
-        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
+        t, b = rollout.obs.shape[:2]
+        for _ in range(c.gradient_steps(t * b)):
             batch = self.replay.sample(c.batch_size)
             q_loss, q1_mean = self.critic_loss(batch)
             self.critic_optimizer.zero_grad()

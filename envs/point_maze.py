@@ -42,7 +42,8 @@ class PointMaze:
     step counter is one Python int and stepping never waits on the device.
 
     Shapes:
-        obs ``[B, 1, 4]`` = (x, y, target_x, target_y); actions ``[B, 1, 2]`` in [-1, 1];
+        obs ``[B, 1, 4]`` = (x, y, target_x, target_y), the target being the task's context
+        (capability ``context_indices``); actions ``[B, 1, 2]`` in [-1, 1];
         reward ``[B, 1]``; ``info["positions"]`` ``[B, 1, 2]``; ``info["success"]`` ``[B]``
         bool (True only on the step that ends a successful episode); ``info["final_obs"]``.
     """
@@ -66,7 +67,7 @@ class PointMaze:
         self.spec = EnvSpec(
             n_agents=1, obs_dim=4, action_space=spaces.Box(-1.0, 1.0, (2,)), max_steps=max_steps,
             num_envs=num_envs, device=self._device,
-            capabilities={"goal_indices": [0, 1], "positions": 2,
+            capabilities={"goal_indices": [0, 1], "context_indices": [2, 3], "positions": 2,
                           **({"eval_groups": [f"{x:g},{y:g}" for x, y in EVAL_TARGETS]} if eval_targets else {})},
             name="point_maze")
 

@@ -86,18 +86,19 @@ def test_dqn_solves_contextual_bandit_for_each_agent():
     n, k = 2, 4
     shift = torch.arange(n)  # agent i is paid for (target + i) % k: independent networks must differ
     learner = DQN(_io(n, k, spaces.Discrete(k)),
-                  DQNConfig(learning_rate=1e-3, hidden_sizes=[64], share_params=False, learning_starts=256,
-                            batch_size=64, target_network_frequency=50, exploration_fraction=0.5))
+                  DQNConfig(learning_rate=1e-3, hidden_sizes=[64], share_params=False, learning_starts=128,
+                            batch_size=64, target_network_frequency=50, exploration_fraction=0.5,
+                            updates_per_step=1 / 16))
 
     def make_obs(b, n):
         target = torch.randint(0, k, (b, n))
         return torch.nn.functional.one_hot(target, k).float(), target
 
     iterations, T, B = 40, 8, 16
-    for i in range(iterations):  # about 300 gradient steps
+    for i in range(iterations):  # T * B / 16 = 8 gradient steps each: 320
         rollout = bandit_rollout(learner, make_obs, lambda a, target: (a == (target + shift) % k).float(), T, B, n)
         stats = learner.update(rollout, i / iterations)
-        if i == 0:  # 8 * 16 * 2 = 256 agent-transitions: learning starts with the first update
+        if i == 0:  # 8 * 16 = 128 env steps: learning starts with the first update
             assert set(stats) == {"q_loss", "q", "epsilon"}
         assert all(torch.isfinite(v) for v in stats.values())
 
@@ -108,9 +109,13 @@ def test_dqn_solves_contextual_bandit_for_each_agent():
 
 
 def test_learning_starts_and_target_updates():
+    """The double-DQN schedule per env step of each copy (as TD3's, HRL-CG Section 6.2): a rollout
+    of T = 3 steps of B = 4 copies is 12 env steps, so updates_per_step 0.5 gives 6 gradient
+    steps; learning starts once learning_starts = 20 env steps are stored (agents do not count:
+    2 agents x 12 env steps would pass 20 in the first rollout)."""
     torch.manual_seed(0)
     learner = DQN(_io(2, 3, spaces.Discrete(2)),
-                  DQNConfig(batch_size=4, learning_starts=40, updates_per_step=2, target_network_frequency=5,
+                  DQNConfig(batch_size=4, learning_starts=20, updates_per_step=0.5, target_network_frequency=5,
                             hidden_sizes=[8]))
     T, B = 3, 4
 
@@ -121,9 +126,9 @@ def test_learning_starts_and_target_updates():
                        reward=torch.randn(T, B, 2), terminated=no, done=no, final_obs=obs,
                        last_obs=torch.randn(B, 2, 3))
 
-    assert learner.update(rollout(), 0.0) == {}  # 24 agent-transitions < 40
-    assert learner.gradient_steps == 0
-    stats = learner.update(rollout(), 0.1)  # 48 >= 40: T * 2 = 6 gradient steps
+    assert learner.update(rollout(), 0.0) == {}  # 12 env steps < 20
+    assert learner.gradient_steps == 0 and learner.env_steps == 12
+    stats = learner.update(rollout(), 0.1)  # 24 >= 20: T * B * 0.5 = 6 gradient steps
     assert learner.gradient_steps == 6 and stats["q_loss"].dim() == 0
     # A hard target copy happened at step 5; step 6 moved the online network again.
     online = list(learner.q_network.parameters())
@@ -135,6 +140,28 @@ def test_learning_starts_and_target_updates():
         group["lr"] = 0.0
     learner.update(rollout(), 0.3)  # steps 13..18 with no movement; copy at 15
     assert all(torch.equal(a, b) for a, b in zip(online, learner.target_network.parameters()))
+
+
+def test_masked_transitions_stay_out_of_the_replay_and_the_loss():
+    """Double DQN's loss L = mean huber(Q(s, a) - y) over the (row, agent) pairs whose transition
+    counts. With Q = 0 and a zero target network y = r: L is the mean huber(r) of the counting
+    transitions; a row where no agent counts is not stored, a masked reward (1e6) weighs nothing."""
+    T, B, n = 2, 2, 2
+    obs = torch.randn(T, B, n, 3)
+    no = torch.zeros(T, B, dtype=torch.bool)
+    rollout = Rollout(obs=obs, action=torch.zeros(T, B, n, dtype=torch.long), log_prob=torch.zeros(T, B, n),
+                      reward=torch.tensor([[[0.5, 2.0], [1e6, 1e6]], [[-3.0, 1e6], [0.25, -0.5]]]),
+                      terminated=no, done=no, final_obs=obs, last_obs=torch.randn(B, n, 3),
+                      mask=torch.tensor([[[True, True], [False, False]], [[True, False], [True, True]]]))
+    learner = DQN(_io(n, 3, spaces.Discrete(2)), DQNConfig(batch_size=3, learning_starts=0, hidden_sizes=[8]))
+    learner.update(rollout, 0.0)
+    assert len(learner.replay) == 3 and learner.env_steps == 4  # masked steps are still env steps
+    batch = learner.replay.state_dict()["data"]
+    assert batch["weight"].tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+    learner.q_network = learner.target_network = Fn(lambda x: x[..., :2] * 0)
+    counting = torch.tensor([0.5, 2.0, -3.0, 0.25, -0.5])
+    huber = torch.where(counting.abs() < 1, 0.5 * counting ** 2, counting.abs() - 0.5)
+    torch.testing.assert_close(learner.loss(batch)[0], huber.mean())
 
 
 def test_q_values_differentiable_and_batched():

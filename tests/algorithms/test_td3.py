@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms import LEARNERS
+from algorithms import LEARNERS, td3
 from algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
 from tests.toys import Fn, _io, bandit_rollout
@@ -71,8 +71,8 @@ def test_td3_solves_continuous_bandit_per_agent():
     torch.manual_seed(0)
     n = 2
     learner = TD3(_io(n, 1, spaces.Box(-1.0, 1.0, (1,))),
-                  TD3Config(learning_rate=1e-3, hidden_sizes=[64, 64], share_params=False, random_steps=512,
-                            batch_size=128, buffer_size=10_000))
+                  TD3Config(learning_rate=1e-3, hidden_sizes=[64, 64], share_params=False, random_steps=256,
+                            batch_size=128, buffer_size=10_000, updates_per_step=1 / 32))
 
     def make_obs(b, n):
         target = torch.rand(b, n, 1) * 1.6 - 0.8  # each agent sees its own target
@@ -81,7 +81,7 @@ def test_td3_solves_continuous_bandit_per_agent():
     def reward_fn(action, target):
         return -(action - target).pow(2).sum(-1)
 
-    for i in range(50):  # 50 * T = 400 gradient steps
+    for i in range(50):  # 50 * T * B / 32 = 400 gradient steps
         rollout = bandit_rollout(learner, make_obs, reward_fn, T=8, B=32, n=n)
         assert rollout.log_prob.shape == (8, 32, n) and not rollout.log_prob.any()
         assert rollout.action.shape == (8, 32, n, 1)
@@ -96,12 +96,9 @@ def test_td3_solves_continuous_bandit_per_agent():
     assert (error < 0.1).all(), error
 
 
-def test_update_schedule():
-    """No learning before a batch fits; T * updates_per_step critic steps, the actor every policy_delay."""
-    torch.manual_seed(0)
-    learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (2,))),
-                  TD3Config(batch_size=20, updates_per_step=3, policy_delay=2, hidden_sizes=[8]))
-    calls = {"actor": 0, "critic": 0}
+def count_steps(learner: TD3, monkeypatch) -> dict[str, int]:
+    """Counts of the learner's critic steps, actor steps and target updates, as they happen."""
+    calls = {"actor": 0, "critic": 0, "targets": 0}
     for name, optimizer in (("actor", learner.actor_optimizer), ("critic", learner.critic_optimizer)):
         step = optimizer.step
 
@@ -110,20 +107,43 @@ def test_update_schedule():
             return _step(*args, **kwargs)
 
         optimizer.step = counted
+    update = td3.soft_update
+
+    def counted_update(target, source, tau):
+        calls["targets"] += target is learner.actor_target  # one of the three per target update
+        return update(target, source, tau)
+
+    monkeypatch.setattr(td3, "soft_update", counted_update)
+    return calls
+
+
+def random_rollout(T, B, n, obs_dim=3, act_dim=2, mask=None):
+    obs = torch.randn(T, B, n, obs_dim)
+    no = torch.zeros(T, B, dtype=torch.bool)
+    return Rollout(obs=obs, action=torch.rand(T, B, n, act_dim) * 2 - 1, log_prob=torch.zeros(T, B, n),
+                   reward=torch.randn(T, B, n), terminated=no, done=no.clone(), final_obs=obs.clone(),
+                   last_obs=torch.randn(B, n, obs_dim), mask=mask)
+
+
+def test_update_schedule_is_per_env_step_of_each_copy(monkeypatch):
+    """HRL-CG Section 6.2 (worker): the critic learns every env step, the actor and the target
+    networks every 2. A rollout of T = 4 steps of B = 3 copies is 12 env steps: with
+    updates_per_step u = 3 that is u * T * B = 36 critic steps and 18 actor and target steps
+    (not one per vector step: T * u = 12 critic steps, 6 actor steps)."""
+    torch.manual_seed(0)
+    learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (2,))),
+                  TD3Config(batch_size=20, updates_per_step=3, policy_delay=2, hidden_sizes=[8]))
+    calls = count_steps(learner, monkeypatch)
     T, B, n = 4, 3, 2
-
-    def rollout():
-        obs = torch.randn(T, B, n, 3)
-        no = torch.zeros(T, B, dtype=torch.bool)
-        return Rollout(obs=obs, action=torch.rand(T, B, n, 2) * 2 - 1, log_prob=torch.zeros(T, B, n),
-                       reward=torch.randn(T, B, n), terminated=no, done=no.clone(), final_obs=obs.clone(),
-                       last_obs=torch.randn(B, n, 3))
-
-    assert learner.update(rollout(), 0.0) == {} and len(learner.replay) == 12
-    assert calls == {"actor": 0, "critic": 0}
-    stats = learner.update(rollout(), 0.1)
-    assert len(learner.replay) == 24 and calls == {"actor": 6, "critic": 12}
+    assert learner.update(random_rollout(T, B, n), 0.0) == {} and len(learner.replay) == 12
+    assert calls == {"actor": 0, "critic": 0, "targets": 0}
+    stats = learner.update(random_rollout(T, B, n), 0.1)
+    assert len(learner.replay) == 24 and calls == {"actor": 18, "critic": 36, "targets": 18}
+    assert learner.gradient_steps == 36
     assert stats["q_loss"].dim() == 0 and stats["actor_loss"].dim() == 0
+    learner.config.updates_per_step = 0.5  # a multiplier of the same schedule
+    learner.update(random_rollout(T, B, n), 0.2)
+    assert calls == {"actor": 21, "critic": 42, "targets": 21}
 
 
 # -- acting ----------------------------------------------------------------------------------------
@@ -132,7 +152,7 @@ def test_warm_up_is_uniform_in_the_box_and_ignores_the_actor():
     torch.manual_seed(0)
     space = spaces.Box(low=torch.tensor([0.0, -3.0]).numpy(), high=torch.tensor([1.0, 3.0]).numpy())
     b, n = 500, 2
-    learner = TD3(_io(n, 4, space), TD3Config(random_steps=3 * b * n, exploration_noise=0.1, hidden_sizes=[8]))
+    learner = TD3(_io(n, 4, space), TD3Config(random_steps=3 * b, exploration_noise=0.1, hidden_sizes=[8]))
     with torch.no_grad():  # the actor says: the top corner of the box, always
         learner.actor.biases[-1].fill_(50.0)
         learner.actor.weights[-1].zero_()
@@ -140,8 +160,8 @@ def test_warm_up_is_uniform_in_the_box_and_ignores_the_actor():
     obs = torch.randn(b, n, 4)
     torch.testing.assert_close(learner.policy(obs), corner.expand(b, n, 2))
 
-    actions = torch.cat([learner.act(obs)[0] for _ in range(3)])  # 3 calls of b * n transitions
-    assert learner.acted == 3 * b * n and not learner.warming_up
+    actions = torch.cat([learner.act(obs)[0] for _ in range(3)])  # 3 calls of b env steps
+    assert learner.acted == 3 * b and not learner.warming_up
     assert actions.shape == (3 * b, n, 2)
     low, high = torch.tensor([0.0, -3.0]), torch.tensor([1.0, 3.0])
     assert ((actions >= low) & (actions <= high)).all()
@@ -155,6 +175,21 @@ def test_warm_up_is_uniform_in_the_box_and_ignores_the_actor():
     assert ((action >= low) & (action <= high)).all()
     assert ((corner - action).abs() <= 4 * 0.1 * (high - low) / 2).all()
     assert (action < corner).float().mean() > 0.4  # noise moved about half of them inside the box
+
+
+def test_warm_up_counts_env_steps_at_every_level():
+    """HRL-CG Section 6.2: "initial purely random exploration for the first 10,000 time steps",
+    for both controllers. A step of a level with stride k (a manager deciding every k env steps)
+    is k env steps of each copy, whatever the number of agents: with k = 10, B = 4 copies and
+    N = 3 agents, random_steps = 400 lasts 400 / (10 * 4) = 10 decisions (not 400 / (4 * 3))."""
+    learner = TD3(_io(3, 2, spaces.Box(-1.0, 1.0, (1,))), TD3Config(random_steps=400, hidden_sizes=[8]))
+    learner.stride = 10
+    obs = torch.randn(4, 3, 2)
+    for _ in range(9):
+        learner.act(obs)
+    assert learner.acted == 360 and learner.warming_up
+    learner.act(obs)
+    assert learner.acted == 400 and not learner.warming_up
 
 
 def test_deterministic_act_is_the_actor_even_in_warm_up():
@@ -217,13 +252,14 @@ def test_policy_and_q_value_are_differentiable_and_batched():
 
 
 def test_counters_survive_state_dict():
-    config = TD3Config(hidden_sizes=[8])
+    config = TD3Config(hidden_sizes=[8], batch_size=4)
     learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (1,))), config)
     learner.act(torch.randn(5, 2, 3))
+    learner.update(random_rollout(2, 3, 2, act_dim=1), 0.0)
     learner.gradient_steps = 7
     other = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (1,))), config)
     other.load_state_dict(learner.state_dict())
-    assert (other.acted, other.gradient_steps) == (10, 7)
+    assert (other.acted, other.gradient_steps, other.env_steps, len(other.replay)) == (5, 7, 6, 6)
     assert other.optimizers == [other.actor_optimizer, other.critic_optimizer]
 
 
@@ -244,3 +280,44 @@ def test_discrete_or_unbounded_space_is_refused():
         TD3(_io(2, 3, spaces.Discrete(4)), TD3Config())
     with pytest.raises(ValueError, match="bounded"):
         TD3(_io(2, 3, spaces.Box(-float("inf"), float("inf"), (2,))), TD3Config())
+
+
+# -- masks -----------------------------------------------------------------------------------------
+
+def test_masked_transitions_stay_out_of_the_replay_and_the_losses():
+    """TD3 (Fujimoto et al. 2018, Eq. 10 and the DPG actor step) over the transitions that count:
+    L_Q = mean over (row, agent) with mask 1 of sum_j huber(Q_j(s, a) - y). With Q = 0 and a
+    zero target critic, y = r, so L_Q = mean 2 huber(r) over the counting transitions: a row
+    where no agent counts is not stored, a masked agent's reward (here 1e6) weighs nothing."""
+    T, B, n = 2, 2, 2
+    rollout = random_rollout(T, B, n, act_dim=1)
+    rollout.reward = torch.tensor([[[0.5, 2.0], [1e6, 1e6]], [[-3.0, 1e6], [0.25, -0.5]]])
+    rollout.mask = torch.tensor([[[True, True], [False, False]], [[True, False], [True, True]]])
+    learner = TD3(_io(n, 3, spaces.Box(-1.0, 1.0, (1,))), TD3Config(batch_size=3, hidden_sizes=[8]))
+    learner.store(learner.transitions(rollout), rollout.mask.flatten(0, 1))
+    assert len(learner.replay) == 3  # the row of copy 1 at t = 0 is left out
+    batch = learner.replay.state_dict()["data"]
+    assert batch["reward"].tolist() == [[0.5, 2.0], [-3.0, 1e6], [0.25, -0.5]]
+    assert batch["weight"].tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+
+    zero = Fn(lambda x: x[..., :1] * 0)
+    learner.qf1 = learner.qf2 = learner.qf1_target = learner.qf2_target = zero
+    counting = torch.tensor([0.5, 2.0, -3.0, 0.25, -0.5])
+    huber = torch.where(counting.abs() < 1, 0.5 * counting ** 2, counting.abs() - 0.5)
+    q_loss, _ = learner.critic_loss(batch)
+    torch.testing.assert_close(q_loss, 2 * huber.mean())
+
+
+def test_without_a_mask_every_transition_counts():
+    """The same insertion with ``mask = None``: every row is stored with weight 1, and the loss
+    is the plain mean of sum_j huber(Q_j(s, a) - y) (TD3 as in CleanRL)."""
+    learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (1,))),
+                  TD3Config(batch_size=3, target_noise=0.0, hidden_sizes=[8]))
+    learner.update(random_rollout(2, 2, 2, act_dim=1), 0.0)
+    assert len(learner.replay) == 4 and bool((learner.replay.state_dict()["data"]["weight"] == 1).all())
+    batch = learner.replay.state_dict()["data"]
+    inputs = torch.cat([batch["obs"], batch["action"]], -1)
+    q1, q2 = learner.qf1(inputs).squeeze(-1), learner.qf2(inputs).squeeze(-1)
+    y = learner.critic_target(batch)
+    expected = torch.nn.functional.smooth_l1_loss(q1, y) + torch.nn.functional.smooth_l1_loss(q2, y)
+    torch.testing.assert_close(learner.critic_loss(batch)[0], expected)
