@@ -103,8 +103,6 @@ class ReplayLearner(Learner):
         self.gradient_steps = 0
         #: env steps (all copies) whose transitions reached :meth:`store`, masked ones included
         self.env_steps = 0
-        #: env steps one step of this level lasts; the family's builder sets it above level 0
-        self.stride = 1
         ignored = sorted(set(ignore_obs_dims))
         if any(not 0 <= d < io.obs_dim for d in ignored):
             raise ValueError(f"ignore_obs_dims {ignored} must lie in the {io.obs_dim} observation dims")

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from algorithms.common import ReplayLearner, build_levels, weighted_mean
+from algorithms.common import build_levels, weighted_mean
 from algorithms.dqn import DQN
 from algorithms.td3 import TD3, TD3Config, flatten_steps
 from hmarl.buffers import Rollout
@@ -194,7 +194,7 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     The worker's learner ``auto`` becomes ``td3`` on continuous-action envs and ``dqn`` on
     discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``. The worker's
     networks skip the env's context (:func:`hidden_context`); both learners count their
-    schedules in env steps (the manager's ``stride`` is its period).
+    schedules in env steps (the Hierarchy sets the manager's ``stride`` to its period).
     """
     Options(cg_lambda, goal_range, worker_sees_context)
     goal_index = env.spec.require("goal_indices", "hrl_cg")
@@ -217,7 +217,4 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     worker_learner, manager_learner = (level.learner for level in hierarchy.levels)
     manager_learner.connect(worker_learner, goal_index)
     worker_learner.carry_goals(goal_index)
-    for level, stride in zip(hierarchy.levels, hierarchy.strides):
-        if isinstance(level.learner, ReplayLearner):
-            level.learner.stride = stride
     return hierarchy

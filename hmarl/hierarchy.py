@@ -124,6 +124,8 @@ class Hierarchy(nn.Module):
         self.comms = nn.ModuleList(level.comm for level in levels)
         #: env steps between two actions of level i
         self.strides = [math.prod(lv.steps_per_command for lv in levels[:i]) for i in range(len(levels))]
+        for level, stride in zip(levels, self.strides):
+            level.learner.stride = stride
         #: env steps per call of the top level's ``step``
         self.top_stride = math.prod(lv.steps_per_command for lv in levels)
 

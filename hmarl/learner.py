@@ -55,6 +55,9 @@ class Learner(nn.Module):
     #: transitions of this level (its steps x env copies) to collect before each update; the
     #: Hierarchy rounds it up to whole rollouts. None: update after every rollout.
     transitions_per_update: int | None = None
+    #: env steps per step of this learner's level (set by the Hierarchy), for schedules that
+    #: count env steps, such as off-policy warm-ups
+    stride: int = 1
 
     def __init__(self, io: AgentIO):
         super().__init__()

@@ -39,7 +39,10 @@ Tensor = torch.Tensor
 #: evaluation reports separately, e.g. the point maze's three evaluation targets.
 #: ``episode_metrics``: names of per-episode scalars the env reports in ``info`` on the step that
 #: ends an episode (e.g. SaveTheCity's ``completed``); evaluation logs their means as ``eval/<name>``.
-CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks", "eval_groups", "episode_metrics")
+#: ``context_indices``: observation dims holding the task's context c (the point maze's target);
+#: HRL-CG's worker pi_w(s, g) does not read them.
+CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks", "eval_groups", "episode_metrics",
+                "context_indices")
 
 
 def agents_then_subtasks(n_agents: int, n_subtasks: int, feature_names: Sequence[str],
