@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import math
+import subprocess
 import tempfile
 import time
 import warnings
@@ -27,6 +29,8 @@ import yaml
 # sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every import.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 from sacred import Experiment  # noqa: E402
+from sacred.dependencies import PackageDependency  # noqa: E402
+from sacred.host_info import host_info_gatherer  # noqa: E402
 from tqdm import tqdm
 
 from hmarl.action_trace import LevelActionTrace
@@ -35,7 +39,8 @@ from hmarl.files import write_atomically
 from hmarl.hierarchy import Hierarchy
 from hmarl.monitor import EpisodeMonitor
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
 
 
 def named_configs(kind: str) -> dict[str, Path]:
@@ -189,6 +194,44 @@ def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
 
 Log = Callable[[str, float, int], None]
 
+#: Packages whose installed versions every run records (sacred adds those this module imports).
+RECORDED_PACKAGES = ("hmarl", "torch", "vmas", "torch-geometric", "pettingzoo", "mpe2", "gymnasium", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`RECORDED_PACKAGES` (None: not installed), read from their
+    metadata, so that recording them imports none of them."""
+    versions: dict[str, str | None] = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(root: Path = ROOT) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout whose top folder is ``root``; None
+    outside one (an installed copy, no git). Dirty means tracked files differ from the commit."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return None  # an installed copy that happens to sit inside some other repository
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@host_info_gatherer("hmarl")
+def hmarl_host_info() -> dict[str, Any]:
+    """run.json's ``host.hmarl``: the hmarl version and the commit of its checkout, when the run starts."""
+    git = git_state()
+    return {"version": package_versions()["hmarl"], "git_commit": git and git["commit"],
+            "git_dirty": git and git["dirty"]}
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a half-written checkpoint is never read back."""
@@ -286,13 +329,21 @@ class Trainer:
         return [value for name, value, _ in self.history if name == "eval/return"][-1]
 
 
-ex = Experiment("hmarl", save_git_info=False)
+ex = Experiment("hmarl", save_git_info=False, additional_host_info=[hmarl_host_info])
 ex.add_config(load_yaml(CONFIG_DIR / "default.yaml"))
 ex.add_config(load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml"))
 ex.add_config(load_yaml(CONFIG_DIR / "envs" / "vmas_balance.yaml"))
 for _kind in ("algorithms", "envs"):
     for _name, _path in named_configs(_kind).items():
         ex.add_named_config(_name, str(_path))
+# sacred only finds the modules this file imports; every run records all of the code it may run
+for _package in ("hmarl", "algorithms", "envs"):
+    for _path in sorted((ROOT / _package).rglob("*.py")):
+        ex.add_source_file(str(_path))
+for _name, _version in package_versions().items():
+    if _version is not None:  # not through add_package_dependency, which refuses local versions (2.3.0+cpu)
+        ex.dependencies.add(PackageDependency(_name, _version))
+
 
 
 @ex.main
