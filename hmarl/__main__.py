@@ -8,7 +8,7 @@ import warnings
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 from hmarl.experiment import ex, named_configs  # noqa: E402
-from hmarl.observer import AtomicFileStorageObserver  # noqa: E402
+from hmarl.observer import AtomicFileStorageObserver, RecordsLost, check_records  # noqa: E402
 
 OBSERVER_FLAGS = ("-F", "--file_storage", "-m", "--mongo_db", "-s", "--sql", "-u", "--unobserved")
 
@@ -29,12 +29,25 @@ def check_named_configs(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run sacred's command line on ``argv`` (default ``sys.argv``), with a file observer under
-    ``results/`` unless an observer flag is given."""
+    ``results/`` unless an observer flag is given.
+
+    Ctrl-C exits with status 130 after the run's line on how to resume, without a traceback. A
+    record that failed to be written after the run's main function returned (its last output)
+    still makes the command fail: the observer marked the run FAILED.
+    """
     argv = sys.argv if argv is None else argv
     check_named_configs(argv)
     if not any(a.split("=")[0] in OBSERVER_FLAGS for a in argv[1:]):
         ex.observers.append(AtomicFileStorageObserver("results"))
-    ex.run_commandline(argv)
+    try:
+        run = ex.run_commandline(argv)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    try:
+        if run is not None:
+            check_records(run)
+    except RecordsLost as error:
+        raise SystemExit(f"hmarl: {error}") from None
 
 
 if __name__ == "__main__":

@@ -4,22 +4,29 @@ Every YAML under ``configs/algorithms/`` and ``configs/envs/`` is a named config
 
     python -m hmarl with tag_3ppo vmas_simple_spread seed=2 total_steps=2000000
 
-Metrics (``_run.log_scalar``): ``train/return``, ``eval/return``,
-``level{l}/{learner}/{loss}``, ``perf/env_steps_per_s``. The run's result is
-the final mean evaluation return.
+Metrics (``_run.log_scalar``, and the loggers of ``logger=``): ``train/return``,
+``eval/return``, ``level{l}/{learner}/{loss}``, ``perf/env_steps_per_s``. The run's
+result is the final mean evaluation return; its final model is the artifact ``model.pt``.
+A run whose records could not be written, or whose losses became NaN, ends FAILED.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import datetime
 import hashlib
+import importlib.metadata
 import json
+import logging
 import math
+import shlex
+import subprocess
 import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -27,15 +34,24 @@ import yaml
 # sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every import.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 from sacred import Experiment  # noqa: E402
+from sacred.dependencies import PackageDependency  # noqa: E402
+from sacred.host_info import host_info_gatherer  # noqa: E402
+from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
+from sacred.utils import iterate_flattened  # noqa: E402
 from tqdm import tqdm
 
 from hmarl.action_trace import LevelActionTrace
 from hmarl.config import from_dict
-from hmarl.files import write_atomically
+from hmarl.files import remove_stray_temps, write_atomically
 from hmarl.hierarchy import Hierarchy
+from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
 from hmarl.monitor import EpisodeMonitor
+from hmarl.observer import WHAT_TO_DO, RecordsLost, describe
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+logger = logging.getLogger("hmarl")
+"""The runner's messages (sacred's run logger has the same name, so its lines and ours look alike)."""
 
 
 def named_configs(kind: str) -> dict[str, Path]:
@@ -76,6 +92,11 @@ class RunConfig:
     env_options: dict = field(default_factory=dict)
     eval_env_options: dict = field(default_factory=dict)
     """Env options of the evaluation env only, over ``env_options`` (e.g. fixed targets)."""
+    logger: str | list = ""
+    """Metric loggers beside sacred's observers (``hmarl.loggers``): csv, tensorboard, wandb."""
+    log_dir: str = ""
+    """Where the loggers write; empty: the run's folder."""
+    wandb_project: str = "hmarl"
     learner_options: dict = field(default_factory=dict, init=False)
     """Per-learner option blocks (``ppo:``, ``mappo:``, ...), collected from the top level."""
     family_options: dict = field(default_factory=dict, init=False)
@@ -130,7 +151,8 @@ class RunConfig:
     def checkpoint_path(self) -> Path:
         """Where this config's checkpoints live: same training config -> same place."""
         identity = {k: v for k, v in asdict(self).items()
-                    if k not in ("resume", "progress", "checkpoint_dir", "threads", "variant")}
+                    if k not in ("resume", "progress", "checkpoint_dir", "threads", "variant",
+                                 "logger", "log_dir", "wandb_project")}
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return Path(self.checkpoint_dir) / f"{self.algorithm}-{self.env}-seed{self.seed}-{digest}"
 
@@ -189,6 +211,48 @@ def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
 
 Log = Callable[[str, float, int], None]
 
+#: Packages whose installed versions every run records (sacred adds those this module imports).
+RECORDED_PACKAGES = ("hmarl", "torch", "vmas", "torch-geometric", "pettingzoo", "mpe2", "gymnasium", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`RECORDED_PACKAGES` (None: not installed), read from their
+    metadata, so that recording them imports none of them."""
+    versions: dict[str, str | None] = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(root: Path = ROOT) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout whose top folder is ``root``; None
+    outside one (an installed copy, no git). Dirty means tracked files differ from the commit."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return None  # an installed copy that happens to sit inside some other repository
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@host_info_gatherer("hmarl")
+def hmarl_host_info() -> dict[str, Any]:
+    """run.json's ``host.hmarl``: the hmarl version and the commit of its checkout, when the run starts."""
+    git = git_state()
+    return {"version": package_versions()["hmarl"], "git_commit": git and git["commit"],
+            "git_dirty": git and git["dirty"]}
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: nothing sensible can be learned from there on."""
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a half-written checkpoint is never read back."""
@@ -201,10 +265,13 @@ class Trainer:
     Every ``checkpoint_interval`` the whole state is saved and all episodes
     restart (seeded by the iteration), so that a run resumed from a checkpoint
     replays exactly what the uninterrupted run would have done.
+
+    Metrics go to ``log`` (a function of name, value, step) and to every logger of
+    ``loggers`` (:mod:`hmarl.loggers`), flushed after each iteration.
     """
 
-    def __init__(self, run: RunConfig, log: Log):
-        self.run, self.log = run, log
+    def __init__(self, run: RunConfig, log: Log | None = None, loggers: Sequence[MetricLogger] = ()):
+        self.run, self.log, self.loggers = run, log, list(loggers)
         if run.threads:
             torch.set_num_threads(run.threads)
         torch.manual_seed(run.seed)
@@ -215,18 +282,31 @@ class Trainer:
         self.trace = LevelActionTrace.for_hierarchy(self.hierarchy)
         """Inter-level action streams (TAG Sec. 5.3), for hierarchies with discrete commands."""
         self.start = 0
+        self.step = 0
+        """Env steps trained so far (all copies together)."""
+        self.saved: int | None = None
+        """Env step of the last checkpoint written or resumed from."""
         self.path = run.checkpoint_path()
+
+    @property
+    def total_steps(self) -> int:
+        """Env steps the run trains in all (``total_steps`` rounded down to whole rollouts)."""
+        return self.run.iterations * self.run.steps_per_iteration
 
     def record(self, name: str, value: float, step: int) -> None:
         """Log a metric and keep it in the history (checkpoints carry it)."""
         self.history.append((name, value, step))
-        self.log(name, value, step)
+        if self.log is not None:
+            self.log(name, value, step)
+        for each in self.loggers:
+            each.log(name, value, step)
 
     def save(self, iteration: int) -> None:
         """Checkpoint everything needed to resume at ``iteration``."""
         save_checkpoint(self.path, {"iteration": iteration, "history": self.history,
                                     "hierarchy": self.hierarchy.checkpoint_state(),
                                     "trace": self.trace and self.trace.state(), "rng": torch.get_rng_state()})
+        self.saved = iteration * self.run.steps_per_iteration
 
     def restore(self) -> None:
         """Load the last checkpoint and replay its metric history into the log."""
@@ -236,16 +316,65 @@ class Trainer:
         if self.trace is not None:
             self.trace.load_state(state["trace"])
         self.start = state["iteration"]
+        self.step = self.saved = self.start * self.run.steps_per_iteration
         for name, value, step in state["history"]:  # the resumed run's metrics are complete
             self.record(name, value, step)
+
+    def save_model(self, path: Path, **metadata: Any) -> None:
+        """The trained model, written atomically: ``{"modules": hierarchy.state_dict()}`` plus
+        ``hmarl_version``, ``env_steps`` and ``metadata``. A hierarchy built from the run's
+        config loads it with ``load_state_dict(saved["modules"])``."""
+        state = {"modules": self.hierarchy.state_dict(), "hmarl_version": package_versions()["hmarl"],
+                 "env_steps": self.step, **metadata}
+        write_atomically(path, lambda temp: torch.save(state, temp))
+
+    def finite(self, metrics: dict[str, Any], step: int) -> dict[str, float]:
+        """An update's metrics as floats (one host sync per iteration, which logging them needs
+        anyway); a NaN or infinite one stops training with where it happened and what to try."""
+        values = {name: float(value) for name, value in metrics.items()}
+        for name, value in values.items():
+            if not math.isfinite(value):
+                parts = name.split("/")
+                knob = f"{parts[1]}.learning_rate" if len(parts) == 3 else "the learning rate"
+                raise TrainingDiverged(f"{name} is {value} in the update at step {step} of {self.total_steps}: "
+                                       f"lower the learning rate ({knob}) or check the env's rewards")
+        return values
+
+    def resume_or_start(self) -> None:
+        """With ``resume=True``: continue from this config's checkpoint if there is one; say which."""
+        run, checkpoint = self.run, self.path / "checkpoint.pt"
+        if not run.resume:
+            return
+        if not run.checkpoint_interval:
+            logger.warning("resume=True, but with checkpoint_interval=0 this config saves no checkpoints: nothing to "
+                        "resume from (starting fresh), and this run cannot be resumed either; set checkpoint_interval "
+                        "(env steps between checkpoints)")
+        elif checkpoint.exists():
+            self.restore()
+            logger.info(f"resuming from step {self.step} of {self.total_steps} ({checkpoint})")
+        else:
+            logger.info(f"no checkpoint for this config: starting fresh (none at {checkpoint})")
+
+    def interrupted(self, command: str) -> str:
+        """The line an interrupted run prints: how far it got and ``command``, which resumes it."""
+        run = self.run
+        where = f"interrupted at step {self.step} of {self.total_steps}"
+        if not run.checkpoint_interval:
+            return f"{where}; nothing was saved (checkpoint_interval=0), so this starts over: {command}"
+        if self.saved is None:
+            return (f"{where}, before the first checkpoint (checkpoint_interval={run.checkpoint_interval}), "
+                    f"so this starts over: {command}")
+        return f"{where}; to resume from the checkpoint at step {self.saved}: {command}"
 
     def fit(self) -> float:
         """Train to ``total_steps``; returns the final mean evaluation return."""
         run, hierarchy = self.run, self.hierarchy
         monitor: EpisodeMonitor = hierarchy.env
         checkpoint_every, eval_every = run.every(run.checkpoint_interval), run.every(run.eval_interval)
-        if run.resume and (self.path / "checkpoint.pt").exists():
-            self.restore()
+        stray = remove_stray_temps(self.path / "checkpoint.pt")
+        if stray:
+            logger.info(f"removed {len(stray)} temporary file(s) of an interrupted checkpoint write from {self.path}")
+        self.resume_or_start()
         bar = tqdm(total=run.iterations, initial=self.start, disable=not run.progress, unit="it",
                    desc=f"{run.algorithm} on {run.env}")
         for iteration in range(self.start, run.iterations):
@@ -262,8 +391,8 @@ class Trainer:
             hierarchy.rollout(run.rollout_steps)
             if self.trace is not None:
                 self.trace.add(hierarchy.levels[0].rollout(steps=run.rollout_steps))
-            metrics = hierarchy.update(progress=iteration / run.iterations)
             step = (iteration + 1) * run.steps_per_iteration
+            metrics = self.finite(hierarchy.update(progress=iteration / run.iterations), step)
             self.record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
             episode_metrics = monitor.pop_episode_metrics()
             train_return, episodes = monitor.pop()
@@ -273,11 +402,14 @@ class Trainer:
                     self.record(f"train/{name}", value, step)
                 bar.set_postfix(ret=f"{train_return:.2f}")
             for name, value in metrics.items():
-                self.record(name, float(value), step)
+                self.record(name, value, step)
             if (eval_every and (iteration + 1) % eval_every == 0) or iteration + 1 == run.iterations:
                 for name, value in evaluate(self.evaluator, run.seed + 10_000).items():
                     self.record(name, value, step)
                 hierarchy.train(True)
+            self.step = step
+            for each in self.loggers:
+                each.flush()
             bar.update()
         bar.close()
         if checkpoint_every:
@@ -286,26 +418,139 @@ class Trainer:
         return [value for name, value, _ in self.history if name == "eval/return"][-1]
 
 
-ex = Experiment("hmarl", save_git_info=False)
+ex = Experiment("hmarl", save_git_info=False, additional_host_info=[hmarl_host_info])
 ex.add_config(load_yaml(CONFIG_DIR / "default.yaml"))
 ex.add_config(load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml"))
 ex.add_config(load_yaml(CONFIG_DIR / "envs" / "vmas_balance.yaml"))
 for _kind in ("algorithms", "envs"):
     for _name, _path in named_configs(_kind).items():
         ex.add_named_config(_name, str(_path))
+# sacred only finds the modules this file imports; every run records all of the code it may run
+for _package in ("hmarl", "algorithms", "envs"):
+    for _path in sorted((ROOT / _package).rglob("*.py")):
+        ex.add_source_file(str(_path))
+for _name, _version in package_versions().items():
+    if _version is not None:  # not through add_package_dependency, which refuses local versions (2.3.0+cpu)
+        ex.dependencies.add(PackageDependency(_name, _version))
+
+
+def cli_value(value: Any) -> str:
+    """``value`` as sacred's command line reads it back: a string that is no Python literal as
+    itself (``device=cuda``), anything else as its repr."""
+    if isinstance(value, str):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return repr(value)
+
+
+def resume_command(meta: dict[str, Any]) -> str:
+    """The command that resumes a run, from sacred's ``meta_info``: its own command line (or,
+    run from Python, its named configs and config updates) with ``resume=True``."""
+    options = meta.get("options") or {}
+    if "UPDATE" in options:  # parsed from sacred's command line: the user's own words
+        command = [options["COMMAND"]] if options.get("COMMAND") else []
+        updates = list(options["UPDATE"] or [])
+    else:
+        updated = iterate_flattened(meta.get("config_updates", {}))
+        command = []
+        updates = [*meta.get("named_configs", []), *(f"{key}={cli_value(value)}" for key, value in updated)]
+    updates = [u for u in updates if u.partition("=")[0].strip() != "resume"]
+    flags = [flag if value is True else f"{flag}={value}" for flag, value in options.items()
+             if flag.startswith("--") and value not in (None, False)]
+    return shlex.join(["python", "-m", "hmarl", *command, "with", *updates, "resume=True", *flags])
+
+
+def log_folder(run: RunConfig, _run) -> Path:
+    """Where the loggers write: ``log_dir``, else the run's folder (its file observer's), else
+    beside a SQLite database (``runs.db``: ``runs-logs/<run id>/``), else a folder of its own
+    under ``results/logs/``."""
+    if run.log_dir:
+        return Path(run.log_dir)
+    for observer in _run.observers:
+        if isinstance(observer, FileStorageObserver) and observer.dir:
+            return Path(observer.dir)
+    for observer in _run.observers:
+        if isinstance(observer, SqlObserver) and observer.engine.url.get_backend_name() == "sqlite":
+            database = Path(observer.engine.url.database or "")
+            if database.name:  # not an in-memory database
+                return database.parent / f"{database.stem}-logs" / str(_run._id)
+    started = _run.start_time or datetime.datetime.now(datetime.timezone.utc)
+    return Path("results") / "logs" / f"{started:%Y%m%d-%H%M%S}-{run.algorithm}-{run.env}-seed{run.seed}"
+
+
+def close_loggers(loggers: Sequence[MetricLogger], ok: bool) -> None:
+    """Close every logger. After a success the first failure is raised once all are closed; after
+    a failure, errors are dropped (the run fails already)."""
+    failure = None
+    for each in loggers:
+        try:
+            each.close(ok=ok)
+        except Exception as error:  # noqa: BLE001 - every logger gets closed, the first error wins
+            failure = failure or error
+    if failure is not None and ok:
+        raise failure
+
+
+def save_artifacts(trainer: Trainer, _run) -> None:
+    """The run's final model (``model.pt``) and, for hierarchies with discrete commands, its
+    inter-level action trace (``level_actions.npz``), as sacred artifacts."""
+    git = _run.host_info.get("hmarl") or {}
+    with tempfile.TemporaryDirectory() as folder:
+        model = Path(folder) / "model.pt"
+        trainer.save_model(model, git_commit=git.get("git_commit"), git_dirty=git.get("git_dirty"))
+        _run.add_artifact(str(model), "model.pt")
+        if trainer.trace is not None:
+            trace = Path(folder) / "level_actions.npz"
+            trainer.trace.save(trace)
+            _run.add_artifact(str(trace), "level_actions.npz")
 
 
 @ex.main
 def main(_config: dict[str, Any], _run) -> float:
-    """The experiment's main function: validate the config, train, return the final eval return."""
+    """The experiment's main function: validate the config, train, save the model, return the
+    final eval return. Bad input, a failed write and a diverged loss each end the run with one
+    line (FAILED); an interrupt says how to resume."""
     try:  # configuration errors: one message, no traceback, before any training
-        trainer = Trainer(RunConfig.from_config(dict(_config)), _run.log_scalar)
+        run = RunConfig.from_config(dict(_config))
+        names = logger_names(run.logger)
+        trainer = Trainer(run)
     except (ValueError, KeyError) as error:
         raise SystemExit(f"hmarl: {error}") from None
-    result = trainer.fit()
-    if trainer.trace is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "level_actions.npz"
-            trainer.trace.save(path)
-            _run.add_artifact(str(path), "level_actions.npz")
+    folder = log_folder(run, _run)
+    if not names and _run.observers and all(isinstance(o, SqlObserver) for o in _run.observers):
+        names = ["csv"]
+        logger.info(f"sacred's SQL observer stores no metrics: writing them to {folder / 'metrics.csv'} "
+                    f"(logger= picks other loggers)")
+    try:
+        opened = open_loggers(names, folder, project=run.wandb_project, config=dict(_config),
+                              name=f"{run.algorithm}-{run.env}-seed{run.seed}", group=f"{run.algorithm}-{run.env}")
+    except ValueError as error:  # a logger that would not start (e.g. wandb without an account)
+        raise SystemExit(f"hmarl: {error}") from None
+    except OSError as error:
+        raise SystemExit(f"hmarl: {write_failure(error)}") from None
+    trainer.loggers = [*opened, SacredLogger(_run)]  # sacred's last: its final write can still fail the run
+    if names:
+        _run.info["log_dir"] = str(folder)
+    try:
+        try:
+            result = trainer.fit()
+            save_artifacts(trainer, _run)
+        except BaseException:
+            close_loggers(trainer.loggers, ok=False)
+            raise
+        close_loggers(trainer.loggers, ok=True)
+    except KeyboardInterrupt:
+        logger.warning(trainer.interrupted(resume_command(_run.meta_info)))
+        raise
+    except TrainingDiverged as error:
+        raise SystemExit(f"hmarl: {error}") from None
+    except OSError as error:
+        raise SystemExit(f"hmarl: {error if isinstance(error, RecordsLost) else write_failure(error)}") from None
     return result
+
+
+def write_failure(error: OSError) -> str:
+    """The line of a write that failed outside the observers (checkpoints, loggers, the model)."""
+    return f"could not write {describe(error)}; {WHAT_TO_DO}"

@@ -6,6 +6,7 @@ which nothing reads.
 """
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -37,3 +38,17 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         os.unlink(temp)
         raise
+
+
+def remove_stray_temps(path: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`write_atomically` left beside ``path`` when its
+    process was killed mid-write; returns what was deleted.
+
+    Only for a file that no other process is writing at the same time: a temporary file being
+    written right now looks the same as a stray one.
+    """
+    path = Path(path)
+    stray = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for temp in stray:
+        temp.unlink(missing_ok=True)
+    return stray

@@ -49,9 +49,12 @@ def test_cli_sql_observer_records_the_run(tmp_path):
 
     out = cli("with", "ippo", "vmas_balance", *TINY, "-s", "sqlite:///runs.db", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    rows = list(sqlite3.connect(tmp_path / "runs.db").execute("select status, result from run"))
-    assert len(rows) == 1 and rows[0][0] == "COMPLETED" and isinstance(rows[0][1], float)
+    rows = list(sqlite3.connect(tmp_path / "runs.db").execute("select run_id, status, result from run"))
+    assert len(rows) == 1 and rows[0][1] == "COMPLETED" and isinstance(rows[0][2], float)
     assert not (tmp_path / "results").exists()
+    # the SQL observer stores no metrics: a csv beside the database has them, under the run's id
+    metrics = (tmp_path / "runs-logs" / str(rows[0][0]) / "metrics.csv").read_text().splitlines()
+    assert metrics[0] == "name,step,value" and any(line.startswith("eval/return,160,") for line in metrics)
 
 
 def test_print_config_shows_named_configs_and_overrides(tmp_path):
