@@ -166,3 +166,19 @@ def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
                       lambda *entry: None)
     trainer.fit()
     assert trainer.start == 0 and (trainer.path / "checkpoint.pt").exists()
+
+
+def test_the_embedded_default_leaks_no_option_into_other_systems():
+    """sacred merges a named config over the embedded default (tag_3ppo on vmas_balance), so an
+    option block of another system must list every key the default's block of that name
+    sets, or the default's value (e.g. TAG's 2,048-transition buffer) silently applies there."""
+    from hmarl.experiment import CONFIG_DIR, load_yaml, named_configs
+
+    default = load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml")
+    blocks = {k: set(v) for k, v in default.items() if isinstance(v, dict)}
+    for name, path in named_configs("algorithms").items():
+        config = load_yaml(path)
+        for block, keys in blocks.items():
+            if isinstance(config.get(block), dict):
+                missing = keys - set(config[block])
+                assert not missing, f"{name}: its {block} block inherits {sorted(missing)} from tag_3ppo"
