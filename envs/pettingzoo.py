@@ -199,8 +199,8 @@ def _shared_action_space(env: ParallelEnv, agents: list[Any]) -> spaces.Discrete
     return action_space
 
 
-@register("mpe_simple_spread")
-def mpe_simple_spread(
+@register("mpe2_simple_spread")
+def mpe2_simple_spread(
     num_envs: int,
     device: str | torch.device = "cpu",
     seed: int | None = None,
@@ -210,7 +210,10 @@ def mpe_simple_spread(
     subtasks: bool = False,
     **options: Any,
 ):
-    """MPE2 ``simple_spread_v3``: ``n_agents`` agents cover as many landmarks.
+    """MPE2 ``simple_spread_v3`` itself, one mpe2 env per copy: ``n_agents`` agents cover as many landmarks.
+
+    ``mpe_simple_spread`` (``envs/mpe.py``) is the same rules batched in torch, and much faster;
+    this one has every mpe2 option (curriculum, partial observability) and is its reference.
 
     ``seed`` is accepted for the registry's uniform call and unused: ``reset`` takes it.
     ``subtasks=True``: landmarks as ALMA subtasks (``envs.landmark_subtasks``).
@@ -223,7 +226,7 @@ def mpe_simple_spread(
         )
 
     # mpe2 observes [vel, pos, landmarks relative to the agent, ...]
-    env = ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe_simple_spread",
+    env = ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe2_simple_spread",
                              capabilities={"goal_indices": [2, 3],
                                            "landmarks": {"first": 4, "count": n_agents, "velocity": 0}})
     return with_subtasks(env, subtasks, position=2, velocity=0)

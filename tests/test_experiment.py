@@ -77,7 +77,7 @@ def test_cli_config_error_is_one_message(tmp_path):
 
 
 @pytest.mark.parametrize("updates, message", [
-    ({"env": "gridworld"}, "unknown env 'gridworld'; available: gymnasium, lbf, lbfws_easy, lbfws_hard, mpe_simple_spread"),
+    ({"env": "gridworld"}, "unknown env 'gridworld'; available: gymnasium, lbf, lbfws_easy, lbfws_hard, mpe2_simple_spread, mpe_simple_spread"),
     ({"family": "feudal"}, "unknown family 'feudal'; available: tag, flat, hrl_cg"),
     ({"total_steps": 0}, "total_steps must be positive"),
     ({"total_steps": 10}, "less than one rollout"),

@@ -62,13 +62,20 @@ def _vmas_world(env):
 
 
 def _mpe_world(env):
+    world = env.env.world
+    agents = torch.cat([world["positions"], world["velocities"]], -1)
+    return agents, world["landmarks"]
+
+
+def _mpe2_world(env):
     worlds = [copy.unwrapped.world for copy in env.env._envs]
     agents = np.array([[np.concatenate([a.state.p_pos, a.state.p_vel]) for a in w.agents] for w in worlds])
     landmarks = np.array([[lm.state.p_pos for lm in w.landmarks] for w in worlds])
     return torch.tensor(agents, dtype=torch.float32), torch.tensor(landmarks, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("name, world", [("vmas_simple_spread", _vmas_world), ("mpe_simple_spread", _mpe_world)])
+@pytest.mark.parametrize("name, world", [("vmas_simple_spread", _vmas_world), ("mpe_simple_spread", _mpe_world),
+                                         ("mpe2_simple_spread", _mpe2_world)])
 def test_entities_are_the_simulators_agents_and_landmarks(name, world):
     env = make_env(name, num_envs=3, n_agents=3, max_steps=50, subtasks=True)
     env.reset(seed=1)
@@ -100,7 +107,7 @@ def test_subtask_rewards_at_an_episode_end_are_the_final_positions():
     assert not torch.allclose(final, ts.obs)  # the reset observation differs from the final one
 
 
-@pytest.mark.parametrize("name", ["vmas_simple_spread", "mpe_simple_spread"])
+@pytest.mark.parametrize("name", ["vmas_simple_spread", "mpe_simple_spread", "mpe2_simple_spread"])
 def test_without_the_option_an_algorithm_is_told_to_turn_it_on(name):
     env = make_env(name, num_envs=1, n_agents=2, max_steps=5)
     assert "subtasks" not in env.spec.capabilities

@@ -1,4 +1,4 @@
-"""ParallelEnvAdapter: mpe2 simple_spread checked against mpe2 itself, plus generic edge cases."""
+"""ParallelEnvAdapter: `mpe2_simple_spread` checked against mpe2 itself, plus generic edge cases."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,12 +30,12 @@ def _stack(per_agent: dict) -> torch.Tensor:
 
 
 def test_spec_and_shapes():
-    env = make_env("mpe_simple_spread", num_envs=3, n_agents=4, max_steps=25)
+    env = make_env("mpe2_simple_spread", num_envs=3, n_agents=4, max_steps=25)
     spec = env.spec
     assert (spec.n_agents, spec.obs_dim, spec.state_dim, spec.num_envs) == (4, 24, 96, 3)
     assert spec.action_space == spaces.Discrete(5) and spec.max_steps == 25
-    assert spec.name == "mpe_simple_spread"
-    continuous = make_env("mpe_simple_spread", num_envs=1, continuous_actions=True)
+    assert spec.name == "mpe2_simple_spread"
+    continuous = make_env("mpe2_simple_spread", num_envs=1, continuous_actions=True)
     assert continuous.spec.action_space == spaces.Box(0.0, 1.0, (5,), np.float32)
 
     ts = env.reset(seed=0)
@@ -53,7 +53,7 @@ def test_spec_and_shapes():
 
 
 def _trajectory(seed: int, steps: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    env = make_env("mpe_simple_spread", num_envs=2, max_steps=10)
+    env = make_env("mpe2_simple_spread", num_envs=2, max_steps=10)
     gen = torch.Generator().manual_seed(123)
     obs, rewards = [env.reset(seed=seed).obs], []
     for _ in range(steps):
@@ -75,7 +75,7 @@ def test_same_seed_same_trajectory_across_auto_resets():
 
 def test_matches_reference_and_auto_resets_with_final_obs():
     seed, max_steps, b = 7, 5, 2
-    env = make_env("mpe_simple_spread", num_envs=b, max_steps=max_steps)
+    env = make_env("mpe2_simple_spread", num_envs=b, max_steps=max_steps)
     ts = env.reset(seed=seed)
     refs = []
     for i in range(b):
