@@ -240,6 +240,7 @@ def group_names() -> list[str]:
 
 
 def machine_line(args) -> str:
+    """The machine, torch, threads, device and commit the figures were measured on."""
     import torch
 
     gpu = ""

@@ -78,6 +78,7 @@ class AtomicFileStorageObserver(FileStorageObserver):
         self._write(target, lambda: write_atomically(target, lambda temp: shutil.copyfile(filename, temp)))
 
     def save_cout(self) -> None:
+        """Write the captured output atomically."""
         self._write(Path(self.dir) / "cout.txt", super().save_cout)
 
     def find_or_save(self, filename: str, store_dir: Path) -> Path:
@@ -111,12 +112,14 @@ class AtomicFileStorageObserver(FileStorageObserver):
             pass
 
     def failed_event(self, fail_time, fail_trace) -> None:
+        """Record FAILED; a write that fails too is left unreported (the run fails anyway)."""
         try:
             super().failed_event(fail_time, fail_trace)
         except OSError:  # the run fails anyway; sacred would print a traceback of this write
             pass
 
     def interrupted_event(self, interrupt_time, status) -> None:
+        """Record INTERRUPTED; a write that fails too is left unreported."""
         try:
             super().interrupted_event(interrupt_time, status)
         except OSError:

@@ -60,8 +60,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    # TAG's 3PPO settings for the PPO levels, HiMPPO's for the manager
-    learner_options = {"ppo": load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml")["ppo"],
+    # TAG's 3PPO settings for the PPO levels, HiMPPO's for the manager; the pair leads learn from
+    # the manager's advantages, so both update after every rollout (no 2,048-transition buffer)
+    tag_ppo = load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml")["ppo"]
+    learner_options = {"ppo": {**tag_ppo, "transitions_per_update": None},
                        "graph_ppo": load_yaml(CONFIG_DIR / "algorithms" / "himppo.yaml")["graph_ppo"]}
 
     def env(num_envs: int, seed: int) -> EpisodeMonitor:
