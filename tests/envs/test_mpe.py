@@ -160,27 +160,6 @@ def test_shapes_dtypes_and_reset_distribution():
     assert ts.terminated.dtype == ts.truncated.dtype == torch.bool and ts.terminated.shape == (256,)
 
 
-def _trajectory(seed: int, steps: int = 30):
-    env = make_env("mpe_simple_spread", num_envs=2, max_steps=10)
-    generator = torch.Generator().manual_seed(123)
-    obs, rewards = [env.reset(seed=seed).obs], []
-    for _ in range(steps):
-        ts = env.step(torch.randint(0, 5, (2, 4), generator=generator))
-        obs.append(ts.obs)
-        rewards.append(ts.reward)
-    return torch.stack(obs), torch.stack(rewards)
-
-
-def test_same_seed_same_trajectory_across_auto_resets():
-    obs_a, rew_a = _trajectory(seed=5)
-    obs_b, rew_b = _trajectory(seed=5)
-    obs_c, _ = _trajectory(seed=6)
-    assert torch.equal(obs_a, obs_b) and torch.equal(rew_a, rew_b)
-    assert not torch.equal(obs_a, obs_c)
-    assert not torch.equal(obs_a[:, 0], obs_a[:, 1])  # copies are different episodes
-    assert not torch.equal(obs_a[10], obs_a[20])      # each auto-reset starts a new one
-
-
 def test_float32_stays_close_to_float64():
     generator = torch.Generator().manual_seed(0)
     single, double = (SimpleSpread(8, seed=4, max_steps=100, dtype=d) for d in (torch.float32, torch.float64))

@@ -52,27 +52,6 @@ def test_spec_and_shapes():
     assert torch.equal(ts.state, ts.obs.reshape(3, 96))
 
 
-def _trajectory(seed: int, steps: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    env = make_env("mpe2_simple_spread", num_envs=2, max_steps=10)
-    gen = torch.Generator().manual_seed(123)
-    obs, rewards = [env.reset(seed=seed).obs], []
-    for _ in range(steps):
-        ts = env.step(_random_actions(gen, 2))
-        obs.append(ts.obs)
-        rewards.append(ts.reward)
-    return torch.stack(obs), torch.stack(rewards)
-
-
-def test_same_seed_same_trajectory_across_auto_resets():
-    obs_a, rew_a = _trajectory(seed=5)
-    obs_b, rew_b = _trajectory(seed=5)
-    obs_c, rew_c = _trajectory(seed=6)
-    assert torch.equal(obs_a, obs_b) and torch.equal(rew_a, rew_b)
-    assert not torch.equal(obs_a, obs_c) and not torch.equal(rew_a, rew_c)
-    # Copies get different seeds, so they are different episodes.
-    assert not torch.equal(obs_a[:, 0], obs_a[:, 1])
-
-
 def test_matches_reference_and_auto_resets_with_final_obs():
     seed, max_steps, b = 7, 5, 2
     env = make_env("mpe2_simple_spread", num_envs=b, max_steps=max_steps)
