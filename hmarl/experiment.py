@@ -222,6 +222,12 @@ class RunConfig:
         if self.checkpoint_interval:
             writable_folder(self.checkpoint_dir, "checkpoint_dir")
 
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with ``changes`` to its keys (``dataclasses.replace`` would drop the option blocks)."""
+        copy = dataclasses.replace(self, **changes)
+        copy.learner_options, copy.family_options = self.learner_options, self.family_options
+        return copy
+
     @property
     def steps_per_iteration(self) -> int:
         """Env steps of one rollout, all copies together."""
@@ -281,8 +287,7 @@ def check_config(config: dict[str, Any], warn: Callable[[Warning], None] = warni
     run = RunConfig.from_config(config)
     # One env copy is enough to find what is wrong (nothing checked depends on the number of
     # copies) and much cheaper than building a big run's envs twice.
-    probe = dataclasses.replace(run, num_envs=1, eval_envs=1)
-    probe.learner_options, probe.family_options = run.learner_options, run.family_options
+    probe = run.replace(num_envs=1, eval_envs=1)
     with torch.random.fork_rng(devices=[]):  # the check must not shift the run's random numbers
         for evaluation in (False, True):
             _check_env(probe, evaluation)
