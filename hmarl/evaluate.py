@@ -50,14 +50,18 @@ class Estimate:
 
     @classmethod
     def of(cls, values: np.ndarray) -> "Estimate":
-        """Student's t interval of the mean of ``values``."""
-        mean = float(np.mean(values))
-        if len(values) < 2:
-            return cls(mean, math.nan, math.nan, len(values))
-        low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
-        if not np.isfinite(low):  # every episode the same: the interval is the point
-            low = high = mean
-        return cls(mean, float(low), float(high), len(values))
+        """The mean of ``values`` with Student's t interval, or for 0/1 outcomes (successes) the
+        Wilson interval of the rate, which stays within [0, 1]."""
+        mean, count = float(np.mean(values)), len(values)
+        if count < 2:
+            return cls(mean, math.nan, math.nan, count)
+        if np.isin(values, (0.0, 1.0)).all():
+            interval = stats.binomtest(int(values.sum()), count).proportion_ci(0.95, method="wilson")
+            return cls(mean, float(interval.low), float(interval.high), count)
+        if np.ptp(values) == 0:  # every episode the same: the interval is the point
+            return cls(mean, mean, mean, count)
+        low, high = stats.t.interval(0.95, count - 1, loc=mean, scale=stats.sem(values))
+        return cls(mean, float(low), float(high), count)
 
     def __str__(self) -> str:
         if math.isnan(self.low):

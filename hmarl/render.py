@@ -31,7 +31,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from hmarl.hierarchy import Hierarchy
 from hmarl.rewards import SubtaskReward
@@ -221,6 +221,9 @@ class MatplotlibScene:
         positions, subtasks = self.draw_env(ax, frame.ts)
         overlay = frame.overlay
         if overlay.allocation is not None and subtasks is not None:
+            for index, (x, y) in enumerate(subtasks):  # a ring in the colour its agents take
+                ax.scatter([x], [y], s=self.marker * 3.5, marker="s", facecolors="none", linewidths=1.5,
+                           edgecolors=[PALETTE[index % len(PALETTE)]], zorder=1.5)
             for agent, subtask in enumerate(overlay.allocation):
                 (x0, y0), (x1, y1) = positions[agent], subtasks[int(subtask)]
                 ax.plot([x0, x1], [y0, y1], color=PALETTE[int(subtask) % len(PALETTE)], lw=1, ls="--", zorder=2)
@@ -415,7 +418,7 @@ class VmasScene:
                 landmark.color = tuple(0.5 + 0.5 * c for c in PALETTE[index % len(PALETTE)])
         image = Image.fromarray(np.asarray(self.vmas.render(mode="rgb_array", env_index=0)))
         ImageDraw.Draw(image).text((4, 2), f"{title}  t={frame.step}  return {frame.episode_return:.2f}",
-                                   fill=(0, 0, 0))
+                                   fill=(0, 0, 0), font=ImageFont.load_default(size=9))
         return np.asarray(image)
 
 
