@@ -2,7 +2,8 @@
 
 Each case runs ``python -m hmarl`` (``-F`` to a temporary folder), ``python -m hmarl.sweep`` or
 ``python -m hmarl.report`` and is classified: *clear* (exit code != 0, exactly one line on
-stderr that names what to change, no traceback, no run folder left behind; for the cases
+stderr that names what to change, no traceback, nothing left behind: not even an empty
+results folder; for the cases
 marked as warnings: the run goes on and one warning line names the problem), *traceback*,
 *silent* (it ran as if nothing were wrong) or *unclear* (anything else). The test asserts
 *clear* for every case; ``python tests/test_cli_inputs.py [CODE_ROOT]`` prints the table for
@@ -107,10 +108,11 @@ def run_case(case: Case, folder: Path, root: Path = ROOT) -> subprocess.Complete
                           timeout=300, env={**os.environ, "PYTHONPATH": path, **case.env})
 
 
-def leftovers(folder: Path) -> list[str]:
-    """Run folders a refused input left behind (sacred's numbered folders, sweep runs)."""
-    return sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("run.json")
-                  if not str(p.relative_to(folder)).startswith("results/1"))  # the report case's own input
+def leftovers(case: Case, folder: Path) -> list[str]:
+    """What a refused input left behind: the folders runs, sweeps and reports write to (``-F runs``,
+    ``results/``, ``--results sweeps``), unless the case wrote them itself as its input."""
+    given = {Path(name).parts[0] for name in case.files}
+    return sorted(name for name in ("runs", "results", "sweeps") if (folder / name).exists() and name not in given)
 
 
 def classify(case: Case, out: subprocess.CompletedProcess, folder: Path) -> str:
@@ -126,7 +128,7 @@ def classify(case: Case, out: subprocess.CompletedProcess, folder: Path) -> str:
         return "clear" if len(warned) == 1 else "silent"
     if out.returncode == 0:
         return "silent"
-    if len(lines) == 1 and re.search(case.names, lines[0]) and not leftovers(folder):
+    if len(lines) == 1 and re.search(case.names, lines[0]) and not leftovers(case, folder):
         return "clear"
     return "unclear"
 
@@ -135,7 +137,8 @@ def classify(case: Case, out: subprocess.CompletedProcess, folder: Path) -> str:
 def test_bad_input_is_one_line_before_training(case, tmp_path):
     out = run_case(case, tmp_path)
     verdict = classify(case, out, tmp_path)
-    assert verdict == "clear", f"{verdict}: exit {out.returncode}\n{out.stderr[-3000:]}\nleft: {leftovers(tmp_path)}"
+    assert verdict == "clear", (f"{verdict}: exit {out.returncode}\n{out.stderr[-3000:]}\n"
+                                f"left: {leftovers(case, tmp_path)}")
 
 
 if __name__ == "__main__":
