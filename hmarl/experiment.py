@@ -278,13 +278,14 @@ class UnusedOptions(UserWarning):
 def check_config(config: dict[str, Any], warn: Callable[[Warning], None] = warnings.warn) -> RunConfig:
     """Everything a merged config can get wrong, found before anything trains or is written.
 
-    Validates the keys (``RunConfig.from_config``), builds the training and evaluation envs
+    Validates the keys (``RunConfig.from_config``, the ``logger`` names), builds the training and evaluation envs
     (unknown or ill-typed env options, an env's own refusals) and the hierarchy (impossible
     structures), and checks what the family did to the levels (a ``reward`` it overwrote).
     Problems are one-line ValueErrors; ``warn`` gets what does not stop a run (``UnusedOptions``).
     Returns the validated config.
     """
     run = RunConfig.from_config(config)
+    logger_names(run.logger)
     # One env copy is enough to find what is wrong (nothing checked depends on the number of
     # copies) and much cheaper than building a big run's envs twice.
     probe = run.replace(num_envs=1, eval_envs=1)

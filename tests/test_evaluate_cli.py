@@ -27,17 +27,17 @@ def merged_config(algorithm: str, env: str, **updates) -> dict:
 
 
 def train_run(folder: Path, algorithm: str, env: str, model: bool = True, **updates) -> tuple[Path, float]:
-    """A tiny trained run as the command line leaves it: config.json, run.json's result and
-    model.pt (``{"modules": hierarchy.state_dict()}``, as every run saves it)."""
+    """A tiny trained run as the command line leaves it (in-process, faster): config.json,
+    run.json's result and, unless ``model`` is False (a run from before runs kept one), model.pt."""
     config = merged_config(algorithm, env, checkpoint_dir=str(folder / "checkpoints"), **updates)
-    trainer = Trainer(RunConfig.from_config(config), lambda *entry: None)
+    trainer = Trainer(RunConfig.from_config(config))
     result = trainer.fit()
     run_dir = folder / "1"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "run.json").write_text(json.dumps({"status": "COMPLETED", "result": result}))
     if model:
-        torch.save({"modules": trainer.hierarchy.state_dict(), "algorithm": algorithm}, run_dir / "model.pt")
+        trainer.save_model(run_dir / "model.pt")
     return run_dir, result
 
 
@@ -61,6 +61,23 @@ def test_the_rebuilt_model_reproduces_the_runs_final_evaluation(tag_run):
     estimate = evaluation.evaluate_run(run, hierarchy, run.eval_envs, run.seed + 10_000)["eval/return"]
     assert estimate.mean == pytest.approx(result, rel=1e-6) and estimate.episodes == run.eval_envs
     assert estimate.low <= estimate.mean <= estimate.high
+
+
+def test_a_run_of_the_command_line_evaluates_to_its_result(tmp_path):
+    """Pins the whole user path: python -m hmarl saves model.pt, python -m hmarl.evaluate reads it back."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    train = subprocess.run([sys.executable, "-m", "hmarl", "with", "hrl_cg", "point_maze", "-F", "runs",
+                            *(f"{k}={v}" for k, v in {**TINY, "max_steps": 40, "total_steps": 320}.items())],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": path})
+    assert train.returncode == 0, train.stderr
+    result = json.loads((tmp_path / "runs" / "1" / "run.json").read_text())["result"]
+    out = evaluate_cli("runs/1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "from runs/1/model.pt" in out.stdout and "eval/success:" in out.stdout
+    run, hierarchy, _ = evaluation.load_run(tmp_path / "runs" / "1")
+    assert evaluation.evaluate_run(run, hierarchy, run.eval_envs, run.seed + 10_000)["eval/return"].mean == \
+        pytest.approx(result, rel=1e-6)
 
 
 def test_the_command_line_reports_a_confidence_interval_and_renders_a_gif(tag_run, tmp_path):
