@@ -73,9 +73,19 @@ class Frame:
     overlay: Overlay
     step: int
     episode_return: float
-    final: bool = False
-    """The episode's last step: ``ts`` is rebuilt from the env's ``final_*`` entries, since the
-    env has already started its next episode (a renderer of the env's live state cannot draw it)."""
+
+
+@dataclass
+class Episode:
+    """A played episode: its frames, its length in env steps and its return (mean over agents).
+
+    The episode's last step has no frame: by the time the env reports it, it has started the
+    next episode, and not every env keeps the last state (``final_obs`` is not the whole scene).
+    """
+
+    frames: list[Frame]
+    steps: int
+    episode_return: float
 
 
 class Recorder:
@@ -150,31 +160,28 @@ class HierarchyWatch:
 
 
 def play(hierarchy: Hierarchy, env: MultiAgentEnv, seed: int, every: int = 1,
-         on_frame: Callable[[Frame], None] = lambda frame: None) -> list[Frame]:
-    """One greedy episode of ``hierarchy``'s agents on ``env`` (copy 0): its start, every
-    ``every``-th env step and its last step, each passed to ``on_frame`` as it happens."""
+         on_frame: Callable[[Frame], None] = lambda frame: None) -> Episode:
+    """One greedy episode of ``hierarchy``'s agents on ``env`` (copy 0): a frame of its start and
+    of every ``every``-th env step, each passed to ``on_frame`` as it happens (see ``Episode``)."""
     recorder = Recorder(env)
     player = hierarchy.attach(recorder)
     watch = HierarchyWatch(player, recorder)
-    frames: list[Frame] = []
-    state = {"step": 0, "return": 0.0, "done": False}
+    episode = Episode([], 0, 0.0)
+    done = False
 
     def keep(frame: Frame) -> None:
-        frames.append(frame)
+        episode.frames.append(frame)
         on_frame(frame)
 
     def on_step(ts: TimeStep) -> None:
-        if state["done"]:  # the rest of the top level's period belongs to the next episode
+        nonlocal done
+        if done:  # the rest of the top level's period belongs to the next episode
             return
-        state["step"] += 1
-        state["return"] += float(ts.reward[0].mean())
-        state["done"] = bool(ts.done[0])
-        if state["done"]:
-            last = {k[len("final_"):]: v for k, v in ts.info.items() if k.startswith("final_")}
-            ts = TimeStep(obs=ts.final_obs, reward=ts.reward, terminated=ts.terminated, truncated=ts.truncated,
-                          state=ts.state, info={**ts.info, **last})
-        if state["step"] % every == 0 or state["done"]:
-            keep(Frame(ts, watch.overlay(), state["step"], state["return"], final=state["done"]))
+        episode.steps += 1
+        episode.episode_return += float(ts.reward[0].mean())
+        done = bool(ts.done[0])
+        if episode.steps % every == 0 and not done:
+            keep(Frame(ts, watch.overlay(), episode.steps, episode.episode_return))
 
     player.train(False)
     with torch.random.fork_rng(devices=[]):  # greedy play draws no random numbers of the caller's
@@ -183,9 +190,9 @@ def play(hierarchy: Hierarchy, env: MultiAgentEnv, seed: int, every: int = 1,
         recorder.on_step = on_step
         for _ in range(math.ceil(env.spec.max_steps / player.top_stride)):
             player.top.step(None)
-            if state["done"]:
+            if done:
                 break
-    return frames
+    return episode
 
 
 # -- drawing -----------------------------------------------------------------------------------
@@ -448,20 +455,16 @@ def render_episode(hierarchy: Hierarchy, env: MultiAgentEnv, name: str, options:
     scene = VmasScene(vmas_env, size) if vmas_env is not None else None
     images: list[np.ndarray] = []
     if scene is not None and scene.works():
-        def draw_now(frame: Frame) -> None:
-            if not frame.final:  # VMAS holds the next episode's start by then
-                images.append(scene.frame(frame, title))
-
-        recorded = play(hierarchy, env, seed, every, draw_now)
+        episode = play(hierarchy, env, seed, every, lambda frame: images.append(scene.frame(frame, title)))
         renderer = "vmas"
     else:
         scene = scene_for(env, name, options, size)
-        recorded = play(hierarchy, env, seed, every)
-        images = [scene.frame(frame, title) for frame in recorded]
+        episode = play(hierarchy, env, seed, every)
+        images = [scene.frame(frame, title) for frame in episode.frames]
         renderer = "matplotlib"
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".gif":
         iio.imwrite(path, images, duration=1000 / fps, loop=0)
     else:
         iio.imwrite(path, images, extension=".mp4", plugin="FFMPEG", fps=fps)
-    return {"frames": len(images), "steps": recorded[-1].step, "renderer": renderer, "path": str(path)}
+    return {"frames": len(images), "steps": episode.steps, "renderer": renderer, "path": str(path)}

@@ -86,7 +86,7 @@ def test_the_command_line_reports_a_confidence_interval_and_renders_a_gif(tag_ru
     assert out.returncode == 0, out.stderr
     assert "5 greedy episodes" in out.stdout and "eval/return:" in out.stdout and "95% CI" in out.stdout
     frames = iio.imread(tmp_path / "tag.gif", index=None)
-    assert frames.shape[1:] == (240, 240, 3) and 15 <= len(frames) <= 21  # a 20-step episode
+    assert frames.shape[1:] == (240, 240, 3) and len(frames) == 20  # t = 0 to 19 of a 20-step episode
     assert (tmp_path / "tag.gif").stat().st_size < 1_000_000
 
 
@@ -132,7 +132,7 @@ def test_a_run_folder_without_a_model_or_checkpoint_says_so(tag_run, tmp_path):
 def watched(algorithm: str, env: str, **updates):
     run = RunConfig.from_config(merged_config(algorithm, env, **updates))
     hierarchy = build(run.replace(num_envs=1))
-    return run, hierarchy, play(hierarchy, make_run_env(run, 1, evaluation=True), seed=3)
+    return run, hierarchy, play(hierarchy, make_run_env(run, 1, evaluation=True), seed=3).frames
 
 
 def test_the_overlay_shows_who_owns_whom():
@@ -188,6 +188,7 @@ def test_vmas_renders_itself_where_opengl_works(tmp_path):
         pytest.skip("VMAS's renderer needs OpenGL, which this machine lacks (the matplotlib fallback drew it)")
     frames = iio.imread(tmp_path / "x.gif", index=None)
     assert frames.shape[1:] == (240, 240, 3) and len(frames) == drawn["frames"] == 4  # t = 0, 5, 10, 15
+    assert drawn["steps"] == 20
 
 
 def test_a_vmas_scenario_its_renderer_fails_on_falls_back_to_matplotlib(tmp_path):
