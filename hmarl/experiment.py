@@ -19,9 +19,12 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
+import re
 import shlex
 import subprocess
 import tempfile
+import traceback
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -34,6 +37,8 @@ import yaml
 # sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every import.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 from sacred import Experiment  # noqa: E402
+from sacred.config.config_dict import ConfigDict  # noqa: E402
+from sacred.config.utils import normalize_or_die  # noqa: E402
 from sacred.dependencies import PackageDependency  # noqa: E402
 from sacred.host_info import host_info_gatherer  # noqa: E402
 from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
@@ -41,7 +46,7 @@ from sacred.utils import iterate_flattened  # noqa: E402
 from tqdm import tqdm
 
 from hmarl.action_trace import LevelActionTrace
-from hmarl.config import from_dict
+from hmarl.config import bool_problem, from_dict, writable_folder
 from hmarl.files import remove_stray_temps, write_atomically
 from hmarl.hierarchy import Hierarchy
 from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
@@ -50,19 +55,90 @@ from hmarl.observer import WHAT_TO_DO, RecordsLost, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
+KINDS = ("algorithms", "envs")
+"""The kinds of named configs: a system (``algorithm``, ``levels``, ...) or an env (``env``, ...)."""
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+"""Config files sacred reads after ``with`` (JSON is YAML too)."""
 logger = logging.getLogger("hmarl")
 """The runner's messages (sacred's run logger has the same name, so its lines and ours look alike)."""
 
 
-def named_configs(kind: str) -> dict[str, Path]:
-    """Named configs of ``kind`` (``algorithms`` or ``envs``): name -> YAML path."""
-    return {p.stem: p for p in sorted((CONFIG_DIR / kind).glob("*.yaml"))}
+def config_path() -> list[Path]:
+    """Where named configs are looked up, first match wins: the folders of ``HMARL_CONFIG_PATH``
+    (``os.pathsep``-separated, in order), then the shipped ``configs/``."""
+    folders = [Path(entry).resolve() for entry in os.environ.get("HMARL_CONFIG_PATH", "").split(os.pathsep) if entry]
+    return [*folders, CONFIG_DIR]
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """A YAML file as a dict (empty file: ``{}``)."""
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+def config_kind(path: Path) -> str | None:
+    """``algorithms`` or ``envs`` by what a YAML file sets; None if it sets neither or cannot be read."""
+    try:
+        keys = load_yaml(path)
+    except ValueError:
+        return None
+    if "algorithm" in keys or "levels" in keys:
+        return "algorithms"
+    return "envs" if "env" in keys else None
+
+
+def named_configs(kind: str | None = None) -> dict[str, Path]:
+    """Named configs of ``kind`` (``algorithms``, ``envs``; None: every named config): name -> YAML path.
+
+    Every folder of ``config_path()`` contributes its ``algorithms/`` and ``envs/`` YAML files and,
+    except the shipped ``configs/``, the YAML files directly inside it, sorted by what they set
+    (a file that sets neither ``algorithm`` nor ``env``, or that cannot be read, is listed under
+    every kind, so that a run naming it gets its error). Only those loose files are read here;
+    the others are read when a run uses them.
+    """
+    found: dict[str, Path] = {}
+    for folder in config_path():
+        for which in ([kind] if kind else KINDS):
+            for path in sorted((folder / which).glob("*.yaml")):
+                found.setdefault(path.stem, path)
+        if folder != CONFIG_DIR:
+            for path in sorted(folder.glob("*.yaml")):
+                if kind is None or config_kind(path) in (kind, None):
+                    found.setdefault(path.stem, path)
+    return found
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict (empty file: ``{}``).
+
+    Anything else is a one-line ValueError naming the file (and for bad syntax the line):
+    an unreadable file, malformed YAML, or a file that is not a mapping of keys.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{where}: not valid YAML ({problem}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file is a mapping of keys (key: value lines), "
+                         f"not a {type(data).__name__}; fix the file")
+    return data
+
+
+class YamlConfig(ConfigDict):
+    """A named config read from its YAML file when a run uses it, not when hmarl is imported:
+    a malformed file stops only the runs that name it (with ``load_yaml``'s one-line error)."""
+
+    def __init__(self, path: Path):  # no ConfigDict.__init__: it would read the file now
+        self.path = path
+        self.__doc__ = None  # sacred's print_named_configs prints a named config's __doc__
+
+    def __call__(self, fixed=None, preset=None, fallback=None):
+        """Read the file, then merge it as sacred merges a config file."""
+        self._conf = normalize_or_die(load_yaml(self.path))
+        return super().__call__(fixed, preset, fallback)
 
 
 @dataclass
@@ -131,8 +207,26 @@ class RunConfig:
         if self.total_steps < self.steps_per_iteration:
             raise ValueError(f"total_steps={self.total_steps} is less than one rollout "
                              f"(num_envs * rollout_steps = {self.steps_per_iteration})")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device={self.device} is not a device hmarl runs on; use device=cpu or device=cuda "
+                             f"(cuda:N for the N-th GPU)")
+        if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device} but CUDA is not available here; use device=cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device={self.device} but this machine has {torch.cuda.device_count()} GPU(s); "
+                             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        if self.checkpoint_interval:
+            writable_folder(self.checkpoint_dir, "checkpoint_dir")
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with ``changes`` to its keys (``dataclasses.replace`` would drop the option blocks)."""
+        copy = dataclasses.replace(self, **changes)
+        copy.learner_options, copy.family_options = self.learner_options, self.family_options
+        return copy
 
     @property
     def steps_per_iteration(self) -> int:
@@ -155,6 +249,121 @@ class RunConfig:
                                  "logger", "log_dir", "wandb_project")}
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return Path(self.checkpoint_dir) / f"{self.algorithm}-{self.env}-seed{self.seed}-{digest}"
+
+
+SWITCH_OPTIONS = ("subtasks",)
+"""Env options that turn a capability on (``EnvSpec.switches``): they must be true or false."""
+
+
+class ConfigError(SystemExit):
+    """A config that cannot run, as one line ``hmarl: <what to change>``.
+
+    A SystemExit, because sacred's command line prints a traceback for any Exception; raised
+    while sacred merges the config (a config hook), before the run starts, so that no
+    observer has made a run folder for it.
+    """
+
+    def __init__(self, error: Exception):
+        super().__init__(f"hmarl: {error.args[0] if isinstance(error, KeyError) else error}")
+
+
+class UnusedOptions(UserWarning):
+    """A learner's option block that no level of the system uses: it changes nothing."""
+
+    def __init__(self, learner: str, message: str):
+        super().__init__(message)
+        self.learner = learner
+
+
+def check_config(config: dict[str, Any], warn: Callable[[Warning], None] = warnings.warn) -> RunConfig:
+    """Everything a merged config can get wrong, found before anything trains or is written.
+
+    Validates the keys (``RunConfig.from_config``, the ``logger`` names), builds the training and evaluation envs
+    (unknown or ill-typed env options, an env's own refusals) and the hierarchy (impossible
+    structures), and checks what the family did to the levels (a ``reward`` it overwrote).
+    Problems are one-line ValueErrors; ``warn`` gets what does not stop a run (``UnusedOptions``).
+    Returns the validated config.
+    """
+    run = RunConfig.from_config(config)
+    logger_names(run.logger)
+    # One env copy is enough to find what is wrong (nothing checked depends on the number of
+    # copies) and much cheaper than building a big run's envs twice.
+    probe = run.replace(num_envs=1, eval_envs=1)
+    with torch.random.fork_rng(devices=[]):  # the check must not shift the run's random numbers
+        for evaluation in (False, True):
+            _check_env(probe, evaluation)
+        hierarchy = build(probe)
+    _check_family_levels(run, hierarchy)
+    for warning in _unused_learner_options(run, hierarchy):
+        warn(warning)
+    return run
+
+
+def _check_env(run: RunConfig, evaluation: bool) -> None:
+    """Build the run's env (the evaluation env: with ``eval_env_options``) once; its refusals become one line."""
+    where = "eval_env_options" if evaluation else "env_options"
+    options = {**run.env_options, **(run.eval_env_options if evaluation else {})}
+    for name in SWITCH_OPTIONS:
+        if name in options and not isinstance(options[name], bool):
+            raise ValueError(f"{where}.{name}: {bool_problem(options[name])}")
+    given = f"n_agents={run.n_agents}, max_steps={run.max_steps}, {where}={options}"
+    with warnings.catch_warnings():
+        # VMAS only warns about scenario options it does not use; here they stop the run.
+        warnings.filterwarnings("error", message="Scenario kwargs", category=UserWarning)
+        try:
+            make_run_env(run, 1, evaluation=evaluation)
+        except UserWarning as warning:
+            unknown = re.search(r"\{.*\}", str(warning))
+            names = ", ".join(map(str, ast.literal_eval(unknown.group()))) if unknown else str(warning)
+            raise ValueError(f"{where}: {run.env} has no option {names} (its VMAS scenario ignores it); "
+                             f"remove it") from None
+        except AssertionError as error:  # an env's bare assert: show the check that failed
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            raise ValueError(f"{run.env} refuses {given}: its check `{frame.line}` failed "
+                             f"({Path(frame.filename).name}, line {frame.lineno}); change these keys") from None
+        except TypeError as error:
+            raise ValueError(f"{where}: {run.env} cannot take {given}: {error}") from None
+        except ValueError as error:  # the training env built with the same keys: the evaluation options are at fault
+            raise ValueError(f"eval_env_options: {error}" if evaluation else str(error)) from None
+
+
+def _check_family_levels(run: RunConfig, hierarchy: Hierarchy) -> None:
+    """Refuse a ``reward`` or ``reward_options`` on a level that the family replaced with its own."""
+    from hmarl.rewards import REWARD_RULES
+
+    names = {rule: name for name, rule in REWARD_RULES.items()}
+    for index, (entry, level) in enumerate(zip(run.levels, hierarchy.levels)):
+        rule = level.reward_rule
+        if "reward" in entry and type(rule) is not REWARD_RULES.get(entry["reward"]):
+            raise ValueError(f"level {index}: the {run.family} family gives this level the reward "
+                             f"{names.get(type(rule), type(rule).__name__)}, not the reward: {entry['reward']} "
+                             f"set on it; remove reward from levels[{index}]")
+        replaced = {key: getattr(rule, key) for key, value in entry.get("reward_options", {}).items()
+                    if hasattr(rule, key) and getattr(rule, key) != value}
+        if replaced:
+            raise ValueError(f"level {index}: the {run.family} family sets this level's reward_options "
+                             f"({', '.join(f'{k}={v}' for k, v in replaced.items())}) from its own keys; remove "
+                             f"reward_options from levels[{index}] and set the family's keys instead")
+
+
+def _unused_learner_options(run: RunConfig, hierarchy: Hierarchy) -> list[UnusedOptions]:
+    """Warnings for option blocks of learners that no level uses, unless the block is one the
+    system's own named config or the default config carries (HRL-CG's ``auto`` worker ships
+    both ``td3`` and ``dqn``; every merged config carries the default system's ``ppo``)."""
+    from algorithms import LEARNERS
+
+    names = {learner: name for name, learner in LEARNERS.items()}
+    used = {names.get(type(level.learner), type(level.learner).__name__) for level in hierarchy.levels}
+    shipped = [BASE_SYSTEM]
+    if run.algorithm in named_configs("algorithms"):
+        try:
+            shipped.append(load_yaml(named_configs("algorithms")[run.algorithm]))
+        except ValueError:
+            pass  # a config that could not be read has shipped nothing
+    return [UnusedOptions(name, f"the {name} options have no effect: no level of {run.algorithm} uses {name} "
+                                f"(its learners: {', '.join(sorted(used))}); remove them or name a learner it uses")
+            for name, block in sorted(run.learner_options.items())
+            if name not in used and not any(block == system.get(name) for system in shipped)]
 
 
 def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation: bool = False) -> EpisodeMonitor:
@@ -418,13 +627,39 @@ class Trainer:
         return [value for name, value, _ in self.history if name == "eval/return"][-1]
 
 
+BASE_SYSTEM = load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml")
+"""The default config's system (``python -m hmarl`` trains it). sacred merges the default config
+under every run's own, so its ``ppo`` block is in every merged config, used or not."""
+
 ex = Experiment("hmarl", save_git_info=False, additional_host_info=[hmarl_host_info])
 ex.add_config(load_yaml(CONFIG_DIR / "default.yaml"))
-ex.add_config(load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml"))
+ex.add_config(BASE_SYSTEM)
 ex.add_config(load_yaml(CONFIG_DIR / "envs" / "vmas_balance.yaml"))
-for _kind in ("algorithms", "envs"):
-    for _name, _path in named_configs(_kind).items():
-        ex.add_named_config(_name, str(_path))
+
+
+def register_named_configs() -> None:
+    """Make every named config of ``config_path()`` known to the experiment (done at import;
+    again after changing ``HMARL_CONFIG_PATH`` in a running process). Nothing is read yet."""
+    ex.named_configs.clear()
+    ex.named_configs.update({name: YamlConfig(path) for name, path in named_configs().items()})
+
+
+register_named_configs()
+
+
+@ex.config_hook
+def _refuse_bad_config(config: dict[str, Any], command_name: str, logger) -> dict[str, Any]:
+    """Check a run's merged config before sacred starts it (``check_config``): a problem stops
+    it with one line (``ConfigError``) before any observer writes; warnings go to the log.
+    Other commands (``print_config``, ...) only show the config and are not checked."""
+    if command_name == ex.default_command:
+        try:
+            check_config(dict(config), lambda warning: logger.warning(str(warning)))
+        except (ValueError, KeyError) as error:
+            raise ConfigError(error) from None
+    return {}
+
+
 # sacred only finds the modules this file imports; every run records all of the code it may run
 for _package in ("hmarl", "algorithms", "envs"):
     for _path in sorted((ROOT / _package).rglob("*.py")):

@@ -48,6 +48,7 @@ from hmarl.analysis import (
     mode_stability,
     normalized_scores,
 )
+from hmarl.config import writable_folder
 from hmarl.files import write_atomically
 
 PRIMARY_METRIC = "eval/return"
@@ -603,6 +604,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"results folder {', '.join(missing)} does not exist")
     where = ", ".join(str(folder) for folder in args.results)
     try:
+        writable_folder(args.out, "--out folder")  # before reading every run, not after
+        if args.page is not None:
+            writable_folder(args.page.parent, "--page folder")
         claims, thresholds = load_claims(args.claims)
         collection = load_runs(*args.results)
     except ValueError as error:

@@ -22,19 +22,18 @@ import argparse
 import fcntl
 import itertools
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
 from tqdm import tqdm
 
 from hmarl.config import from_dict
@@ -105,14 +104,17 @@ class RunSpec:
 
 def load_sweep(path: str | Path) -> SweepFile:
     """Read and validate a sweep file; every problem is a ValueError naming the file."""
-    from hmarl.experiment import named_configs
+    from hmarl.experiment import load_yaml, named_configs
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a sweep file is a mapping of keys, got {type(raw).__name__}")
+    raw = load_yaml(path)
+    if not raw:
+        raise ValueError(f"{path} is empty; a sweep file names at least name, algorithms and envs "
+                         f"(see configs/sweeps/)")
     raw["quick"] = from_dict(QuickBudget, raw.get("quick"), f"{path}: quick")
     sweep = from_dict(SweepFile, raw, str(path))
+    if sweep.name in ("", ".", "..") or Path(sweep.name).name != sweep.name or "\\" in sweep.name:
+        raise ValueError(f"{path}: name {sweep.name!r} must be a plain folder name (no / or ..): the runs go "
+                         f"to <--results>/<name>/")
     for kind, names in (("algorithms", sweep.algorithms), ("envs", sweep.envs)):
         known = named_configs(kind)
         if not names:
@@ -191,12 +193,13 @@ NOT_IDENTITY = ("progress", "threads", "resume", "checkpoint_dir", "__doc__")
 
 
 def sacred_config(run: RunSpec) -> dict[str, Any]:
-    """The run's full config exactly as sacred will merge it."""
+    """The run's full config exactly as sacred will merge it (not checked: ``prepare`` checks
+    the config it completes, and sacred checks only the runs of its ``main`` command)."""
     from sacred.initialize import create_run
 
     from hmarl.experiment import ex
 
-    return dict(create_run(ex, ex.default_command, run.updates, [run.algorithm, run.env], log_level="ERROR").config)
+    return dict(create_run(ex, "print_config", run.updates, [run.algorithm, run.env], log_level="ERROR").config)
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -204,26 +207,36 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in config.items() if k not in NOT_IDENTITY}, default=str))
 
 
-def prepare(runs: list[RunSpec]) -> list[RunSpec]:
+def warn(message: str) -> None:
+    """A problem that does not stop the sweep, as one line on stderr."""
+    print(f"hmarl.sweep: warning: {message}", file=sys.stderr)
+
+
+def prepare(runs: list[RunSpec], warn: Callable[[str], None] = warn) -> list[RunSpec]:
     """Check every run before anything trains and fill in what a run needs to resume.
 
-    Builds each distinct config and hierarchy once (bad input fails here, naming the run),
-    sets the default checkpoint interval (a fifth of the budget, at least one episode of every
-    copy, since checkpoints restart episodes) and refuses a results folder that holds a
-    completed run of a different config (an edited sweep file, or two sweeps of one name).
+    Checks each distinct config once as a run of ``python -m hmarl`` is checked
+    (``hmarl.experiment.check_config``: keys, env options, the hierarchy; bad input fails here,
+    naming the run), warns of learner options that no run uses (a sweep's shared ``config``
+    may well set options that only some of its systems use), sets the default checkpoint interval (a
+    fifth of the budget, at least one episode of every copy, since checkpoints restart
+    episodes) and refuses a results folder that holds a completed run of a different config
+    (an edited sweep file, or two sweeps of one name).
     """
-    from hmarl.experiment import RunConfig, build
+    from hmarl.experiment import RunConfig, check_config
 
     configs: dict[tuple[str, str, str], dict[str, Any]] = {}
+    unused: dict[str, list[str]] = {}  # learner -> the runs whose system does not use its options
     prepared = []
     for run in runs:
         key = (run.algorithm, run.env, run.variant)
         if key not in configs:
-            config = sacred_config(run)
-            if "checkpoint_interval" not in run.updates:
-                config["checkpoint_interval"] = max(config["total_steps"] // 5, config["num_envs"] * config["max_steps"])
             try:
-                build(RunConfig.from_config(config))
+                config = sacred_config(run)
+                if "checkpoint_interval" not in run.updates:
+                    config["checkpoint_interval"] = max(config["total_steps"] // 5,
+                                                        config["num_envs"] * config["max_steps"])
+                check_config(config, lambda warning, name=run.name: unused.setdefault(warning.learner, []).append(name))
             except Exception as error:  # any failure here is the config's: name the run
                 raise ValueError(f"{run.name}: {error}") from error
             configs[key] = config
@@ -238,6 +251,9 @@ def prepare(runs: list[RunSpec]) -> list[RunSpec]:
                                   checkpoint=str(RunConfig.from_config(config).checkpoint_path() / "checkpoint.pt"),
                                   device=str(config["device"]))
         prepared.append(run)
+    for learner, names in unused.items():
+        if len(names) == len(configs):
+            warn(f"no run of the sweep uses {learner}, so its options have no effect; remove them from the sweep file")
     return prepared
 
 
@@ -252,11 +268,19 @@ def completed_config(directory: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def execute(run: RunSpec) -> None:
+#: Exit codes of a run's process besides 0 (trained) and 1 (failed): another process holds the
+#: run's lock (``execute`` without ``wait``), or another process completed the run meanwhile.
+BUSY, DONE_ELSEWHERE = 75, 76
+
+
+def execute(run: RunSpec, wait: bool = False) -> None:
     """Run one sweep run in this process (the child process of ``run_isolated``).
 
-    A lock on the run folder keeps a second sweep (a restart while an orphan still runs)
-    from training the same run into the same folder at once.
+    A lock on the run folder keeps two processes (two sweeps on one folder, or a restart
+    while an orphan still runs) from training the same run at once. Without ``wait`` a busy
+    lock exits with ``BUSY``; with it, this waits for the lock. Under the lock the run is
+    checked for completion again (another sweep may have finished it since this sweep
+    looked): then the process exits with ``DONE_ELSEWHERE`` and trains nothing.
     """
     from hmarl.experiment import ex
     from hmarl.observer import AtomicFileStorageObserver
@@ -264,9 +288,12 @@ def execute(run: RunSpec) -> None:
     Path(run.directory).mkdir(parents=True, exist_ok=True)
     with open(Path(run.directory) / ".lock", "w") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise SystemExit(f"{run.name} is being run by another process") from None
+            print(f"{run.name} is being run by another process", file=sys.stderr)
+            raise SystemExit(BUSY) from None
+        if completed_config(run.directory) is not None:
+            raise SystemExit(DONE_ELSEWHERE)
         ex.observers[:] = [AtomicFileStorageObserver(run.directory)]
         ex.run(config_updates=run.updates, named_configs=[run.algorithm, run.env])
 
@@ -288,18 +315,32 @@ def stop_children() -> None:
             child.kill()
 
 
-def run_isolated(run: RunSpec) -> dict[str, Any]:
+def remove_resume_state(run: RunSpec) -> None:
+    """Delete a completed run's checkpoint (replays make it large, and nothing resumes from it
+    any more) and the folders it leaves empty; everything else, the final model included, stays."""
+    checkpoints = Path(run.directory) / "checkpoints"
+    for path in [*checkpoints.rglob("checkpoint.pt"), *checkpoints.rglob(".checkpoint.pt.*.tmp")]:
+        path.unlink(missing_ok=True)
+    for folder in sorted((p for p in checkpoints.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+
+
+def run_isolated(run: RunSpec, wait: bool = False) -> dict[str, Any]:
     """Run ``run`` in a fresh Python process; returns its outcome (never raises for the run's failure).
 
-    A completed run is skipped; once a run completes, its checkpoints are deleted (replays
-    make them large, and nothing reads them any more).
+    A completed run is SKIPPED, also when another sweep completes it while this one waits;
+    a run another process holds is BUSY (without ``wait``; with it, this waits its turn). Once
+    a run completes, its resume state is deleted (``remove_resume_state``).
     """
     tic = time.perf_counter()
     outcome = {"run": run.name, "resumed": bool(run.checkpoint) and Path(run.checkpoint).exists()}
     if completed_config(run.directory) is not None:
         return {**outcome, "status": "SKIPPED", "seconds": 0.0, "error": None}
-    with subprocess.Popen([sys.executable, "-m", "hmarl.sweep", "--execute", json.dumps(asdict(run))],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+    command = [sys.executable, "-m", "hmarl.sweep", "--execute", json.dumps(asdict(run)), *(["--wait"] if wait else [])]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
         with _children_lock:
             _children.add(child)
         try:
@@ -307,9 +348,11 @@ def run_isolated(run: RunSpec) -> dict[str, Any]:
         finally:
             with _children_lock:
                 _children.discard(child)
+    if child.returncode in (BUSY, DONE_ELSEWHERE):
+        return {**outcome, "status": "BUSY" if child.returncode == BUSY else "SKIPPED", "seconds": 0.0, "error": None}
     ok = child.returncode == 0 and completed_config(run.directory) is not None
     if ok:
-        shutil.rmtree(Path(run.directory) / "checkpoints", ignore_errors=True)
+        remove_resume_state(run)
     error = None if ok else "\n".join((stderr.strip().splitlines() or [f"exit code {child.returncode}"])[-20:])
     return {**outcome, "status": "COMPLETED" if ok else "FAILED", "seconds": round(time.perf_counter() - tic, 1),
             "error": error}
@@ -317,11 +360,22 @@ def run_isolated(run: RunSpec) -> dict[str, Any]:
 
 def local_backend(runs: list[RunSpec], workers: int) -> Iterable[dict[str, Any]]:
     """Outcomes as runs finish, ``workers`` runs at a time on this machine; an interruption
-    cancels the queued runs and stops the running ones."""
+    cancels the queued runs and stops the running ones.
+
+    A run that another process is training (a second sweep on the same folder) goes to the
+    back of the queue and is then waited for, so that two sweeps split the work between them.
+    """
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        for future in as_completed([pool.submit(run_isolated, run) for run in runs]):
-            yield future.result()
+        pending = {pool.submit(run_isolated, run): run for run in runs}
+        while pending:
+            done, _ = wait_for(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                run, outcome = pending.pop(future), future.result()
+                if outcome["status"] == "BUSY":
+                    pending[pool.submit(run_isolated, run, True)] = run
+                else:
+                    yield outcome
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         stop_children()
@@ -336,7 +390,9 @@ def ray_backend(runs: list[RunSpec], address: str | None) -> Iterable[dict[str, 
     if not ray.is_initialized():
         ray.init(address=address)
     remote = ray.remote(num_cpus=1, max_retries=0)(run_isolated)
-    pending = {remote.options(num_gpus=1 if run.device.startswith("cuda") else 0).remote(run): run for run in runs}
+    # a run another sweep is training is waited for in its task (no queue to put it back in)
+    pending = {remote.options(num_gpus=1 if run.device.startswith("cuda") else 0).remote(run, True): run
+               for run in runs}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -354,7 +410,14 @@ def run_sweep(sweep: SweepFile, results: str | Path = "results/sweeps", quick: b
               workers: int = 2, address: str | None = None,
               on_outcome: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Check, then run every run of ``sweep``; returns the outcomes (also in ``sweep.json``)."""
-    runs = prepare(expand(sweep, results, quick))
+    return run_prepared(sweep, prepare(expand(sweep, results, quick)), results, quick, backend, workers, address,
+                        on_outcome)
+
+
+def run_prepared(sweep: SweepFile, runs: list[RunSpec], results: str | Path = "results/sweeps", quick: bool = False,
+                 backend: str = "local", workers: int = 2, address: str | None = None,
+                 on_outcome: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run the checked ``runs`` (``prepare``) of ``sweep``; returns the outcomes (also in ``sweep.json``)."""
     if backend == "local":
         outcomes_as_they_come = local_backend(runs, workers)
     elif backend == "ray":
@@ -365,12 +428,33 @@ def run_sweep(sweep: SweepFile, results: str | Path = "results/sweeps", quick: b
     outcomes = []
     for outcome in outcomes_as_they_come:
         outcomes.append(outcome)
-        text = json.dumps({"sweep": sweep.name, "quick": quick, "runs": len(runs),
-                           "outcomes": sorted(outcomes, key=lambda o: o["run"])}, indent=2)
-        write_atomically(summary, lambda temp: temp.write_text(text))
+        record_outcome(summary, sweep.name, quick, runs, outcome)
         if on_outcome is not None:
             on_outcome(outcome)
     return outcomes
+
+
+def record_outcome(summary: Path, name: str, quick: bool, runs: list[RunSpec], outcome: dict[str, Any]) -> None:
+    """Add ``outcome`` to ``sweep.json``, the latest outcome of each of the sweep's runs.
+
+    Every sweep on the folder updates the same file, under a lock, so that two sweeps that
+    split the runs both leave it whole. A SKIPPED outcome does not replace the record of the
+    run's completion (which says how long it took), whichever sweep completed it.
+    """
+    names = {run.name for run in runs}
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    with open(summary.parent / ".sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            earlier = {o["run"]: o for o in json.loads(summary.read_text())["outcomes"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            earlier = {}  # no summary yet (or one from an unreadable older version): start a new one
+        known = {run: o for run, o in earlier.items() if run in names}
+        if not (outcome["status"] == "SKIPPED" and known.get(outcome["run"], {}).get("status") == "COMPLETED"):
+            known[outcome["run"]] = outcome
+        text = json.dumps({"sweep": name, "quick": quick, "runs": len(runs),
+                           "outcomes": sorted(known.values(), key=lambda o: o["run"])}, indent=2)
+        write_atomically(summary, lambda temp: temp.write_text(text))
 
 
 def _interrupt(signum, frame) -> None:
@@ -388,11 +472,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--address", default=None, help="ray backend: cluster address, e.g. auto")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
     parser.add_argument("--execute", help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument("--wait", action="store_true", help=argparse.SUPPRESS)  # ... waiting for its lock
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a killed sweep stops its runs as Ctrl-C does
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     if args.execute:
-        execute(RunSpec(**json.loads(args.execute)))
+        execute(RunSpec(**json.loads(args.execute)), args.wait)
         return
     if args.sweep is None:
         parser.error("name a sweep file (configs/sweeps/*.yaml)")
@@ -404,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
             for run in expand(sweep, args.results, args.quick):
                 print(run.name)
             return
-        bar = tqdm(total=len(expand(sweep, args.results, args.quick)), unit="run", desc=sweep.name)
+        runs = prepare(expand(sweep, args.results, args.quick))  # bad input stops here, before the progress bar
+        bar = tqdm(total=len(runs), unit="run", desc=sweep.name)
         failed = []
 
         def progress(outcome: dict[str, Any]) -> None:
@@ -415,7 +501,8 @@ def main(argv: list[str] | None = None) -> None:
                 bar.write(f"FAILED {outcome['run']}: {last[-1] if last else 'no error text'}")
 
         tic = time.perf_counter()
-        outcomes = run_sweep(sweep, args.results, args.quick, args.backend, args.workers, args.address, progress)
+        outcomes = run_prepared(sweep, runs, args.results, args.quick, args.backend, args.workers, args.address,
+                                progress)
     except (ValueError, OSError) as error:
         raise SystemExit(f"hmarl.sweep: {error}") from None
     bar.close()

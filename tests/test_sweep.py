@@ -63,10 +63,33 @@ def test_expansion_crosses_algorithms_envs_grid_and_seeds_minus_exclusions(tmp_p
     ({"claims": [{"text": "t", "env": "vmas_balance", "better": "ippo", "than": "mappo"}]},
      r"claim 't' names mappo on vmas_balance, which the sweep does not run; its labels there: ippo"),
     ({"claims": [{"text": "t", "env": "vmas_balance", "beats": "ippo"}]}, r"unknown key 'beats'"),
+    ({"name": "../x"}, r"name '../x' must be a plain folder name"),
+    ({"name": "a/b"}, r"name 'a/b' must be a plain folder name"),
+    ({"name": None}, r"name: expected a string"),
 ])
 def test_bad_sweep_files_say_what_is_wrong(tmp_path, keys, message):
     with pytest.raises(ValueError, match=message):
         sweeps.load_sweep(write_sweep(tmp_path, **keys))
+
+
+def test_an_empty_or_nameless_sweep_file_says_so(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match=r"empty.yaml is empty; a sweep file names at least name, algorithms"):
+        sweeps.load_sweep(tmp_path / "empty.yaml")
+    (tmp_path / "nameless.yaml").write_text("algorithms: [ippo]\nenvs: [vmas_balance]\n")
+    with pytest.raises(ValueError, match=r"nameless.yaml: missing required option\(s\) name"):
+        sweeps.load_sweep(tmp_path / "nameless.yaml")
+    (tmp_path / "list.yaml").write_text("- name: x\n")
+    with pytest.raises(ValueError, match=r"list.yaml: a config file is a mapping"):
+        sweeps.load_sweep(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("key", ["env_options", "eval_env_options"])
+def test_unknown_env_options_stop_the_sweep_before_any_run(tmp_path, key):
+    sweep = sweeps.load_sweep(write_sweep(tmp_path, config={**TINY, key: {"wind": 3}}))
+    with pytest.raises(ValueError, match=rf"vmas_balance/ippo/seed0: {key}: vmas_balance has no option wind"):
+        sweeps.run_sweep(sweep, tmp_path / "results")
+    assert not (tmp_path / "results").exists()
 
 
 def test_an_impossible_config_stops_the_sweep_before_any_run(tmp_path):
@@ -194,12 +217,79 @@ def test_an_interrupted_sweep_cancels_queued_runs_and_stops_running_ones(tmp_pat
     assert len(done) == 1 and not sweeps._children
 
 
-def test_a_run_being_run_elsewhere_is_not_started_twice(tmp_path):
+def test_a_run_being_run_elsewhere_is_not_started_twice(tmp_path, capsys):
     import fcntl
 
     (run,) = sweeps.expand(sweeps.load_sweep(write_sweep(tmp_path)), tmp_path / "results")
     Path(run.directory).mkdir(parents=True)
     with open(Path(run.directory) / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with pytest.raises(SystemExit, match="vmas_balance/ippo/seed0 is being run by another process"):
+        with pytest.raises(SystemExit) as exit:
             sweeps.execute(run)
+    assert exit.value.code == sweeps.BUSY
+    assert "vmas_balance/ippo/seed0 is being run by another process" in capsys.readouterr().err
+
+
+def test_the_completion_check_is_repeated_under_the_lock(tmp_path):
+    """Pins that a run completed by another sweep after this one looked is not trained again."""
+    sweep = sweeps.load_sweep(write_sweep(tmp_path))
+    (run,) = sweeps.prepare(sweeps.expand(sweep, tmp_path / "results"))
+    sweeps.execute(run)
+    with pytest.raises(SystemExit) as exit:
+        sweeps.execute(run, wait=True)  # as if it had looked before the first one finished
+    assert exit.value.code == sweeps.DONE_ELSEWHERE
+    assert len(list(Path(run.directory).glob("*/run.json"))) == 1
+
+
+def test_two_sweeps_on_one_folder_split_the_runs_and_both_record_them(tmp_path):
+    """Pins task 10: two concurrent sweeps of one file train every run once between them, and
+    both leave a sweep.json with every run COMPLETED."""
+    import subprocess
+    import sys
+
+    path = write_sweep(tmp_path, seeds=4)
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "hmarl.sweep", str(path), "--results", str(tmp_path / "results"),
+               "--workers", "1"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    first, second = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                     for _ in range(2))
+    outputs = [sweep.communicate(timeout=600) for sweep in (first, second)]
+    assert first.returncode == second.returncode == 0, outputs
+    runs = sweeps.expand(sweeps.load_sweep(path), tmp_path / "results")
+    trained = [p for run in runs for p in Path(run.directory).glob("*/run.json")]
+    assert len(trained) == 4  # one sacred run per run: none trained twice
+    assert all(json.loads(p.read_text())["status"] == "COMPLETED" for p in trained)
+    summary = json.loads((tmp_path / "results" / "tiny" / "sweep.json").read_text())
+    assert summary["runs"] == 4 and set(statuses(summary["outcomes"]).values()) == {"COMPLETED"}
+    completed = [int(out.split(": ")[-1].split(" completed")[0].split()[-1]) for out, _ in outputs]
+    assert sum(completed) == 4  # each sweep's own count: together, every run once
+
+
+def test_a_completed_run_keeps_its_model_and_loses_only_its_resume_state(tmp_path):
+    run = sweeps.RunSpec("ippo", "vmas_balance", 0, "", {}, str(tmp_path / "run"),
+                         checkpoint=str(tmp_path / "run" / "checkpoints" / "x" / "checkpoint.pt"))
+    checkpoint = Path(run.checkpoint)
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"resume state")
+    (checkpoint.parent / ".checkpoint.pt.abc.tmp").write_bytes(b"half")
+    model = tmp_path / "run" / "1" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"weights")
+    beside = checkpoint.parent / "model.pt"  # wherever a model is kept, it stays
+    beside.write_bytes(b"weights")
+    sweeps.remove_resume_state(run)
+    assert not checkpoint.exists() and not (checkpoint.parent / ".checkpoint.pt.abc.tmp").exists()
+    assert model.read_bytes() == beside.read_bytes() == b"weights"
+
+
+def test_sweep_json_keeps_a_completion_over_a_later_skip(tmp_path):
+    runs = sweeps.expand(sweeps.load_sweep(write_sweep(tmp_path, seeds=2)), tmp_path / "results")
+    summary = tmp_path / "results" / "tiny" / "sweep.json"
+    done = {"run": runs[0].name, "status": "COMPLETED", "seconds": 3.0, "resumed": False, "error": None}
+    sweeps.record_outcome(summary, "tiny", False, runs, done)
+    sweeps.record_outcome(summary, "tiny", False, runs, {**done, "status": "SKIPPED", "seconds": 0.0})
+    sweeps.record_outcome(summary, "tiny", False, runs, {**done, "run": runs[1].name, "status": "FAILED"})
+    recorded = json.loads(summary.read_text())
+    assert statuses(recorded["outcomes"]) == {runs[0].name: "COMPLETED", runs[1].name: "FAILED"}
+    assert recorded["outcomes"][0]["seconds"] == 3.0
