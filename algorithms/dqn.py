@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule, weighted_mean
+from algorithms.common import OffPolicyConfig, ReplayLearner, adam, epsilon_greedy, linear_schedule, weighted_mean
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
@@ -88,7 +88,7 @@ class DQN(ReplayLearner):
         self.q_network = AgentMLP(io.n_agents, self.in_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
                                   c.share_params)
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=c.learning_rate)
+        self.optimizer = adam(self.q_network.parameters(), c.learning_rate)
 
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, weighted_mean
+from algorithms.common import OffPolicyConfig, ReplayLearner, adam, weighted_mean
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP
@@ -117,9 +117,8 @@ class TD3(ReplayLearner):
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.qf1_target = copy.deepcopy(self.qf1).requires_grad_(False)
         self.qf2_target = copy.deepcopy(self.qf2).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.learning_rate)
-        self.critic_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()],
-                                                 lr=c.learning_rate)
+        self.actor_optimizer = adam(self.actor.parameters(), c.learning_rate)
+        self.critic_optimizer = adam([*self.qf1.parameters(), *self.qf2.parameters()], c.learning_rate)
         #: env steps acted (not deterministic) so far, all copies: drives the random warm-up
         self.acted = 0
         self._actor_loss: Tensor | None = None  # the latest, reported until the next actor step
