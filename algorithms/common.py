@@ -168,6 +168,19 @@ class ReplayLearner(Learner):
             weight = mask[keep].to(rows["obs"].dtype)
         self.replay.add(**rows, weight=weight)
 
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One gradient step on a minibatch of replay rows; its metrics, as tensors."""
+        raise NotImplementedError
+
+    def learn(self, steps: int, batch_size: int) -> dict[str, Tensor]:
+        """``steps`` gradient steps on minibatches of ``batch_size`` replay rows; the metrics of
+        the last one ({} if none), left as tensors: the caller reads them once per update, so
+        the steps themselves never wait on a host sync."""
+        metrics: dict[str, Tensor] = {}
+        for batch in self.replay.batches(steps, batch_size):
+            metrics = self.gradient_step(batch)
+        return metrics
+
     def get_extra_state(self) -> dict[str, Any]:
         """Progress, counters and replay, saved with ``state_dict`` so a resume is exact."""
         return {"progress": self.progress, "gradient_steps": self.gradient_steps, "env_steps": self.env_steps,

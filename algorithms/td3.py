@@ -280,6 +280,26 @@ class TD3(ReplayLearner):
         weights constants: no gradient reaches them); subclasses add terms."""
         return -weighted_mean(self.q_value(batch["obs"], self.policy(batch["obs"]), detach=True), batch["weight"])
 
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One critic step on ``batch``; every ``policy_delay``-th also an actor step on it and a
+        soft update of the targets. The latest actor loss is reported until the next actor step."""
+        c = self.config
+        q_loss, q1_mean = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_optimizer.step()
+        self.gradient_steps += 1
+        if self.gradient_steps % c.policy_delay == 0:
+            actor_loss = self.actor_loss(batch)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            self._actor_loss = actor_loss.detach()
+            soft_update(self.actor_target, self.actor, c.tau)
+            soft_update(self.critics_target, self.critics, c.tau)
+        actor_loss = self._actor_loss if self._actor_loss is not None else q_loss.new_zeros(())
+        return {"q_loss": q_loss.detach(), "actor_loss": actor_loss, "q1": q1_mean}
+
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
         """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
         critic steps once the replay holds a batch; the actor and targets every ``policy_delay``."""
@@ -289,24 +309,5 @@ class TD3(ReplayLearner):
         self.store(self.transitions(rollout, below), mask)
         if len(self.replay) < c.batch_size:
             return {}
-        q_loss = q1_mean = None
         t, b = rollout.obs.shape[:2]
-        for _ in range(c.gradient_steps(t * b)):
-            batch = self.replay.sample(c.batch_size)
-            q_loss, q1_mean = self.critic_loss(batch)
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            q_loss.backward()
-            self.critic_optimizer.step()
-            self.gradient_steps += 1
-            if self.gradient_steps % c.policy_delay == 0:
-                actor_loss = self.actor_loss(batch)
-                self.actor_optimizer.zero_grad(set_to_none=True)
-                actor_loss.backward()
-                self.actor_optimizer.step()
-                self._actor_loss = actor_loss.detach()
-                soft_update(self.actor_target, self.actor, c.tau)
-                soft_update(self.critics_target, self.critics, c.tau)
-        if q_loss is None:
-            return {}
-        actor_loss = self._actor_loss if self._actor_loss is not None else q_loss.new_zeros(())
-        return {"q_loss": q_loss.detach(), "actor_loss": actor_loss, "q1": q1_mean}
+        return self.learn(c.gradient_steps(t * b), c.batch_size)
