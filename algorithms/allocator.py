@@ -282,8 +282,8 @@ class Allocator(EpisodeTargetLearner):
         self.proposal = ProposalNetwork(self.view, c)
         self.critic = AllocationCritic(self.view, c)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.optimizer = torch.optim.RMSprop([*self.proposal.parameters(), *self.critic.parameters()],
-                                             lr=c.learning_rate)
+        self.params = [*self.proposal.parameters(), *self.critic.parameters()]
+        self.optimizer = torch.optim.RMSprop(self.params, lr=c.learning_rate)
 
     @classmethod
     def build(cls, io: AgentIO, config: AllocatorConfig, env: EnvSpec) -> "Allocator":
@@ -375,6 +375,16 @@ class Allocator(EpisodeTargetLearner):
         proposal_loss = -(log_prob.sum(-1) + c.entropy_coef * entropy).mean()
         return q_loss, proposal_loss, popart.denormalize(n).mean().detach()
 
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One step of the critic and the proposal network on ``batch``, the gradient's norm clipped."""
+        q_loss, proposal_loss, q_mean = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        (q_loss + proposal_loss).backward()
+        nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.gradient_steps += 1
+        return {"q_loss": q_loss.detach(), "proposal_loss": proposal_loss.detach(), "q_mean": q_mean}
+
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
         c = self.config
         self.progress = progress
@@ -384,16 +394,10 @@ class Allocator(EpisodeTargetLearner):
         self.replay.add(**self.meta_transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
             return {}
-        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
-            q_loss, proposal_loss, q_mean = self.loss(self.replay.sample(c.batch_size))
-            self.optimizer.zero_grad()
-            (q_loss + proposal_loss).backward()
-            nn.utils.clip_grad_norm_([*self.proposal.parameters(), *self.critic.parameters()], c.max_grad_norm)
-            self.optimizer.step()
-            self.gradient_steps += 1
+        stats = self.learn(c.gradient_steps(rollout.obs.shape[0]), c.batch_size)
         if self.target_update_due(c.target_update_episodes):
             self.critic_target.load_state_dict(self.critic.state_dict())
-        return {"q_loss": q_loss.detach(), "proposal_loss": proposal_loss.detach(), "q_mean": q_mean}
+        return stats
 
 
 @dataclass

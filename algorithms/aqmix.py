@@ -414,8 +414,8 @@ class AQMIX(EpisodeTargetLearner):
         self.mixer = Mixer(self.layout, c, mixer_mask)
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
-        self.optimizer = torch.optim.RMSprop([*self.agent.parameters(), *self.mixer.parameters()],
-                                             lr=c.learning_rate, alpha=c.optim_alpha, eps=c.optim_eps)
+        self.params = [*self.agent.parameters(), *self.mixer.parameters()]
+        self.optimizer = torch.optim.RMSprop(self.params, lr=c.learning_rate, alpha=c.optim_alpha, eps=c.optim_eps)
         #: env steps of all copies in the rollouts given to ``update``: drives epsilon
         self.env_steps = 0
 
@@ -492,6 +492,16 @@ class AQMIX(EpisodeTargetLearner):
         count = active.sum().clamp(min=1)
         return (error * active).sum() / count, (q_tot.detach() * active).sum() / count
 
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One TD step of the agents and the mixer on ``batch``, the gradient's norm clipped."""
+        q_loss, q_tot = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.gradient_steps += 1
+        return {"q_loss": q_loss.detach(), "q_tot": q_tot, "grad_norm": grad_norm}
+
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
         """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
         c = self.config
@@ -501,16 +511,7 @@ class AQMIX(EpisodeTargetLearner):
         self.replay.add(**self.transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
             return {}
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        stats = {}
-        for _ in range(c.gradient_steps(rollout.obs.shape[0])):
-            q_loss, q_tot = self.loss(self.replay.sample(c.batch_size))
-            self.optimizer.zero_grad()
-            q_loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-            self.optimizer.step()
-            self.gradient_steps += 1
-            stats = {"q_loss": q_loss.detach(), "q_tot": q_tot, "grad_norm": grad_norm}
+        stats = self.learn(c.gradient_steps(rollout.obs.shape[0]), c.batch_size)
         if stats and self.target_update_due(c.target_update_episodes):
             soft_update(self.target_agent, self.agent, c.tau)
             soft_update(self.target_mixer, self.mixer, c.tau)

@@ -67,6 +67,12 @@ class OffPolicyConfig:
         self.hidden_sizes = list(self.hidden_sizes)
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with torch's fused kernel: one pass over each parameter per step, where the default
+    on CPU runs about ten elementwise ops per parameter (3x slower at 256-wide layers)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 def linear_schedule(start: float, end: float, fraction: float, progress: float) -> float:
     """From ``start`` to ``end`` linearly over the first ``fraction`` of training, then ``end``
     (exploration rates of the off-policy learners; ``progress`` in [0, 1])."""
@@ -161,6 +167,19 @@ class ReplayLearner(Learner):
             rows = {key: value[keep] for key, value in rows.items()}
             weight = mask[keep].to(rows["obs"].dtype)
         self.replay.add(**rows, weight=weight)
+
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One gradient step on a minibatch of replay rows; its metrics, as tensors."""
+        raise NotImplementedError
+
+    def learn(self, steps: int, batch_size: int) -> dict[str, Tensor]:
+        """``steps`` gradient steps on minibatches of ``batch_size`` replay rows; the metrics of
+        the last one ({} if none), left as tensors: the caller reads them once per update, so
+        the steps themselves never wait on a host sync."""
+        metrics: dict[str, Tensor] = {}
+        for batch in self.replay.batches(steps, batch_size):
+            metrics = self.gradient_step(batch)
+        return metrics
 
     def get_extra_state(self) -> dict[str, Any]:
         """Progress, counters and replay, saved with ``state_dict`` so a resume is exact."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule, weighted_mean
+from algorithms.common import OffPolicyConfig, ReplayLearner, adam, epsilon_greedy, linear_schedule, weighted_mean
 from algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
@@ -88,7 +88,7 @@ class DQN(ReplayLearner):
         self.q_network = AgentMLP(io.n_agents, self.in_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
                                   c.share_params)
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=c.learning_rate)
+        self.optimizer = adam(self.q_network.parameters(), c.learning_rate)
 
     # -- policy ----------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:
@@ -133,6 +133,18 @@ class DQN(ReplayLearner):
         weight = batch["weight"]
         return weighted_mean(loss(q, target, reduction="none"), weight), weighted_mean(q.detach(), weight)
 
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One TD step on ``batch``; the target network follows every ``target_network_frequency``."""
+        c = self.config
+        q_loss, q_mean = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.optimizer.step()
+        self.gradient_steps += 1
+        if self.gradient_steps % c.target_network_frequency == 0:
+            soft_update(self.target_network, self.q_network, c.tau)
+        return {"q_loss": q_loss.detach(), "q": q_mean}
+
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
         """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
         gradient steps once ``learning_starts`` env steps are stored."""
@@ -142,17 +154,8 @@ class DQN(ReplayLearner):
         self.store(self.transitions(rollout, below), mask)
         if len(self.replay) < c.batch_size or self.env_steps < c.learning_starts:
             return {}
-        q_loss = q_mean = None
         t, b = rollout.obs.shape[:2]
-        for _ in range(c.gradient_steps(t * b)):
-            q_loss, q_mean = self.loss(self.replay.sample(c.batch_size))
-            self.optimizer.zero_grad()
-            q_loss.backward()
-            self.optimizer.step()
-            self.gradient_steps += 1
-            if self.gradient_steps % c.target_network_frequency == 0:
-                soft_update(self.target_network, self.q_network, c.tau)
-        if q_loss is None:
-            return {}
-        return {"q_loss": q_loss.detach(), "q": q_mean,
-                "epsilon": torch.tensor(self.epsilon(), device=q_loss.device)}
+        stats = self.learn(c.gradient_steps(t * b), c.batch_size)
+        if stats:
+            stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
+        return stats

@@ -28,6 +28,7 @@ Shapes: obs ``[B, N, obs_dim]``; actions ``[B, N, act_dim]`` in the Box of each 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
+from torch import nn
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, weighted_mean
+from algorithms.common import OffPolicyConfig, ReplayLearner, adam, weighted_mean
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP
@@ -58,6 +60,70 @@ def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) ->
             torch._foreach_copy_(target_params, source_params)
         else:
             torch._foreach_lerp_(target_params, source_params, tau)
+
+
+class StackedMLP(nn.Module):
+    """``heads`` ReLU MLPs for every agent of a level (one set for all with ``share_params``),
+    evaluated in one batched call: each layer's weights are stacked ``[heads * n_nets, in, out]``,
+    head h of agent i at ``h * n_nets + i``, as :class:`hmarl.nn.AgentMLP` stacks agents.
+
+    TD3's twin critics are two heads: both critics cost one ``baddbmm`` (and one autograd node)
+    per layer instead of two ``addmm``s, and the actor's loss runs the first head alone.
+    Initialised as AgentMLP: orthogonal, gain sqrt(2) on the hidden layers and 1 on the output,
+    head by head.
+
+    Shapes: input ``[..., N, in]`` -> ``[heads, ..., N, out]``.
+    """
+
+    def __init__(self, heads: int, n_agents: int, in_dim: int, hidden_sizes: list[int], out_dim: int,
+                 share_params: bool):
+        super().__init__()
+        self.heads, self.n_nets = heads, 1 if share_params else n_agents
+        sizes = [in_dim, *hidden_sizes, out_dim]
+        gains = [math.sqrt(2.0)] * len(hidden_sizes) + [1.0]
+        # head by head, then layer by layer, then agent by agent: the draws of ``heads``
+        # AgentMLPs built one after the other
+        drawn = [[[nn.init.orthogonal_(torch.empty(fan_out, fan_in), gain).T for _ in range(self.n_nets)]
+                  for fan_in, fan_out, gain in zip(sizes[:-1], sizes[1:], gains)] for _ in range(heads)]
+        self.weights = nn.ParameterList(nn.Parameter(torch.stack([w for head in drawn for w in head[layer]]))
+                                        for layer in range(len(gains)))
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(heads * self.n_nets, 1, fan_out))
+                                       for fan_out in sizes[1:])
+
+    def forward(self, x: Tensor, heads: int | None = None, detach: bool = False) -> Tensor:
+        """The first ``heads`` heads (all by default); ``detach``: their weights as constants,
+        so the output's gradient reaches ``x`` only (an actor's loss through frozen critics)."""
+        k = (self.heads if heads is None else heads) * self.n_nets
+        lead, (n, d) = x.shape[:-2], x.shape[-2:]
+        if self.n_nets == 1:  # every agent's rows through the one net
+            x = x.reshape(1, -1, d).expand(k, -1, -1)
+        else:  # [N, M, in], repeated for each head
+            x = x.reshape(-1, n, d).transpose(0, 1).repeat(k // self.n_nets, 1, 1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if k < w.shape[0]:  # slicing only when needed: a full slice would still cost a backward copy
+                w, b = w[:k], b[:k]
+            if detach:
+                w, b = w.detach(), b.detach()
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.relu(x)
+        if self.n_nets == 1:
+            return x.view(k, *lead, n, -1)
+        x = x.view(k // self.n_nets, n, -1, x.shape[-1]).transpose(1, 2)  # [heads, M, N, out]
+        return x.reshape(k // self.n_nets, *lead, n, -1)
+
+
+def stack_twin_critics(module: nn.Module, state: dict[str, Tensor], prefix: str, *args) -> None:
+    """Load a state dict saved with separate critics ``qf1``/``qf2`` (and their targets), the
+    layout before the critics were stacked, into ``critics`` (``critics_target``): head 1 is qf1,
+    head 2 is qf2. Saved models load; a training checkpoint of that layout does not resume, since
+    its critic optimizer's state holds two parameters per layer where there is now one."""
+    for old, new in (("qf{}.", "critics."), ("qf{}_target.", "critics_target.")):
+        first = [key for key in state if key.startswith(prefix + old.format(1))]
+        for key in first:
+            name = key[len(prefix + old.format(1)):]
+            state[prefix + new + name] = torch.cat([state.pop(key), state.pop(prefix + old.format(2) + name)])
 
 
 @dataclass
@@ -112,14 +178,13 @@ class TD3(ReplayLearner):
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
         self.actor = AgentMLP(n, self.in_dim, c.hidden_sizes, act_dim, "relu", 1.0, c.share_params)
-        self.qf1 = AgentMLP(n, self.in_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
-        self.qf2 = AgentMLP(n, self.in_dim + act_dim, c.hidden_sizes, 1, "relu", 1.0, c.share_params)
+        #: Q1 and Q2, the two heads of one stacked network
+        self.critics = StackedMLP(2, n, self.in_dim + act_dim, c.hidden_sizes, 1, c.share_params)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.qf1_target = copy.deepcopy(self.qf1).requires_grad_(False)
-        self.qf2_target = copy.deepcopy(self.qf2).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.learning_rate)
-        self.critic_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()],
-                                                 lr=c.learning_rate)
+        self.critics_target = copy.deepcopy(self.critics).requires_grad_(False)
+        self.actor_optimizer = adam(self.actor.parameters(), c.learning_rate)
+        self.critic_optimizer = adam(self.critics.parameters(), c.learning_rate)
+        self.register_load_state_dict_pre_hook(stack_twin_critics)
         #: env steps acted (not deterministic) so far, all copies: drives the random warm-up
         self.acted = 0
         self._actor_loss: Tensor | None = None  # the latest, reported until the next actor step
@@ -146,9 +211,10 @@ class TD3(ReplayLearner):
         """Deterministic, differentiable actor output ``[..., N, act_dim]``: tanh scaled to the box."""
         return self._scale(self.actor(self.features(obs)))
 
-    def q_value(self, obs: Tensor, action: Tensor) -> Tensor:
-        """The first critic ``Q1(obs, action)`` ``[..., N]``, differentiable."""
-        return self.qf1(torch.cat([self.features(obs), action], -1)).squeeze(-1)
+    def q_value(self, obs: Tensor, action: Tensor, detach: bool = False) -> Tensor:
+        """The first critic ``Q1(obs, action)`` ``[..., N]``, differentiable; with ``detach`` in
+        its inputs only (the critic's weights as constants: an actor's loss)."""
+        return self.critics(torch.cat([self.features(obs), action], -1), heads=1, detach=detach)[0, ..., 0]
 
     def _clip(self, action: Tensor) -> Tensor:
         return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
@@ -196,24 +262,43 @@ class TD3(ReplayLearner):
             noise = (torch.randn_like(next_action) * c.target_noise).clamp(-c.target_noise_clip,
                                                                           c.target_noise_clip)
             next_action = self._clip(next_action + noise * self.action_scale)
-            next_in = torch.cat([next_obs, next_action], -1)
-            next_q = torch.minimum(self.qf1_target(next_in), self.qf2_target(next_in)).squeeze(-1)
+            next_q = self.critics_target(torch.cat([next_obs, next_action], -1)).amin(0).squeeze(-1)
             return batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * next_q
 
     def critic_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Sum of both critics' losses against :meth:`critic_target` over the transitions that
         count (``batch["weight"]``), and Q1's mean."""
         target = self.critic_target(batch)
-        inputs = torch.cat([self.features(batch["obs"]), batch["action"]], -1)
-        q1, q2 = self.qf1(inputs).squeeze(-1), self.qf2(inputs).squeeze(-1)
+        q = self.critics(torch.cat([self.features(batch["obs"]), batch["action"]], -1)).squeeze(-1)  # [2, M, N]
         loss = F.smooth_l1_loss if self.config.huber_loss else F.mse_loss
         weight = batch["weight"]
-        error = loss(q1, target, reduction="none") + loss(q2, target, reduction="none")
-        return weighted_mean(error, weight), weighted_mean(q1.detach(), weight)
+        error = loss(q, target.expand_as(q), reduction="none").sum(0)
+        return weighted_mean(error, weight), weighted_mean(q[0].detach(), weight)
 
     def actor_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """``-Q1(s, pi(s))`` averaged over the transitions that count; subclasses add terms."""
-        return -weighted_mean(self.q_value(batch["obs"], self.policy(batch["obs"])), batch["weight"])
+        """``-Q1(s, pi(s))`` averaged over the transitions that count, the critics frozen (their
+        weights constants: no gradient reaches them); subclasses add terms."""
+        return -weighted_mean(self.q_value(batch["obs"], self.policy(batch["obs"]), detach=True), batch["weight"])
+
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One critic step on ``batch``; every ``policy_delay``-th also an actor step on it and a
+        soft update of the targets. The latest actor loss is reported until the next actor step."""
+        c = self.config
+        q_loss, q1_mean = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_optimizer.step()
+        self.gradient_steps += 1
+        if self.gradient_steps % c.policy_delay == 0:
+            actor_loss = self.actor_loss(batch)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            self._actor_loss = actor_loss.detach()
+            soft_update(self.actor_target, self.actor, c.tau)
+            soft_update(self.critics_target, self.critics, c.tau)
+        actor_loss = self._actor_loss if self._actor_loss is not None else q_loss.new_zeros(())
+        return {"q_loss": q_loss.detach(), "actor_loss": actor_loss, "q1": q1_mean}
 
     def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
         """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
@@ -224,32 +309,5 @@ class TD3(ReplayLearner):
         self.store(self.transitions(rollout, below), mask)
         if len(self.replay) < c.batch_size:
             return {}
-        q_loss = q1_mean = None
         t, b = rollout.obs.shape[:2]
-        for _ in range(c.gradient_steps(t * b)):
-            batch = self.replay.sample(c.batch_size)
-            q_loss, q1_mean = self.critic_loss(batch)
-            self.critic_optimizer.zero_grad()
-            q_loss.backward()
-            self.critic_optimizer.step()
-            self.gradient_steps += 1
-            if self.gradient_steps % c.policy_delay == 0:
-                # The critics are frozen: the actor's gradient flows through them, not into them.
-                self.qf1.requires_grad_(False)
-                self.qf2.requires_grad_(False)
-                try:
-                    actor_loss = self.actor_loss(batch)
-                    self.actor_optimizer.zero_grad()
-                    actor_loss.backward()
-                    self.actor_optimizer.step()
-                finally:
-                    self.qf1.requires_grad_(True)
-                    self.qf2.requires_grad_(True)
-                self._actor_loss = actor_loss.detach()
-                soft_update(self.actor_target, self.actor, c.tau)
-                soft_update(self.qf1_target, self.qf1, c.tau)
-                soft_update(self.qf2_target, self.qf2, c.tau)
-        if q_loss is None:
-            return {}
-        actor_loss = self._actor_loss if self._actor_loss is not None else q_loss.new_zeros(())
-        return {"q_loss": q_loss.detach(), "actor_loss": actor_loss, "q1": q1_mean}
+        return self.learn(c.gradient_steps(t * b), c.batch_size)

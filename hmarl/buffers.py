@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -159,7 +160,14 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> dict[str, Tensor]:
         """``batch_size`` rows drawn uniformly with replacement: ``{field: [batch_size, ...]}``."""
+        return next(self.batches(1, batch_size))
+
+    def batches(self, steps: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
+        """The minibatches of ``steps`` gradient steps, each as :meth:`sample`'s, drawn by one
+        ``randint`` for all of them (one RNG call per update, not per step; the rows are the same
+        in law as long as nothing is added meanwhile) and each gathered when it is reached, so
+        that only one minibatch is in memory at a time."""
         if self.size == 0:
             raise RuntimeError("sample from an empty replay buffer")
-        index = torch.randint(self.size, (batch_size,), device=self.device)
-        return {key: value[index] for key, value in self._data.items()}
+        for index in torch.randint(self.size, (steps, batch_size), device=self.device):
+            yield {key: value[index] for key, value in self._data.items()}

@@ -22,8 +22,8 @@ def test_critic_target_by_hand():
     learner = TD3(_io(2, 1, spaces.Box(-2.0, 2.0, (1,))),
                   TD3Config(gamma=gamma, target_noise=0.0, reward_scale=10.0, hidden_sizes=[8]))
     learner.actor_target = Fn(lambda obs: obs)  # pi'(s) = 2 tanh(s)
-    learner.qf1_target = Fn(lambda x: x[..., :1] + x[..., 1:])  # Q1'(s, a) = s + a
-    learner.qf2_target = Fn(lambda x: 2 * x[..., :1] - x[..., 1:])  # Q2'(s, a) = 2s - a
+    # Q1'(s, a) = s + a, Q2'(s, a) = 2s - a: the two heads of the stacked target critics
+    learner.critics_target = Fn(lambda x: torch.stack([x[..., :1] + x[..., 1:], 2 * x[..., :1] - x[..., 1:]]))
 
     T, B, N = 2, 2, 2
     obs = torch.arange(T * B * N, dtype=torch.float).view(T, B, N, 1) / 10
@@ -56,7 +56,7 @@ def test_target_smoothing_noise_is_clipped_and_actions_stay_in_the_box():
     learner = TD3(_io(1, 1, spaces.Box(-2.0, 2.0, (1,))),
                   TD3Config(gamma=1.0, target_noise=100.0, target_noise_clip=0.25, hidden_sizes=[8]))
     learner.actor_target = Fn(lambda obs: torch.zeros_like(obs))  # pi'(s) = 0
-    learner.qf1_target = learner.qf2_target = Fn(lambda x: x[..., 1:])  # Q'(s, a) = a
+    learner.critics_target = Fn(lambda x: torch.stack([x[..., 1:], x[..., 1:]]))  # Q1'(s, a) = Q2'(s, a) = a
     m = 2000
     batch = {"reward": torch.zeros(m, 1), "terminated": torch.zeros(m, 1), "next_obs": torch.zeros(m, 1, 1)}
     next_action = learner.critic_target(batch)
@@ -206,7 +206,7 @@ def test_actor_step_moves_only_the_actor():
     torch.manual_seed(0)
     learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (2,))),
                   TD3Config(batch_size=8, policy_delay=1, hidden_sizes=[16]))
-    critic = [*learner.qf1.parameters(), *learner.qf2.parameters()]
+    critic = list(learner.critics.parameters())
     seen = {}
     critic_step, actor_step = learner.critic_optimizer.step, learner.actor_optimizer.step
 
@@ -300,8 +300,8 @@ def test_masked_transitions_stay_out_of_the_replay_and_the_losses():
     assert batch["reward"].tolist() == [[0.5, 2.0], [-3.0, 1e6], [0.25, -0.5]]
     assert batch["weight"].tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
 
-    zero = Fn(lambda x: x[..., :1] * 0)
-    learner.qf1 = learner.qf2 = learner.qf1_target = learner.qf2_target = zero
+    zero = Fn(lambda x: torch.stack([x[..., :1] * 0, x[..., :1] * 0]))  # both heads: Q = 0
+    learner.critics = learner.critics_target = zero
     counting = torch.tensor([0.5, 2.0, -3.0, 0.25, -0.5])
     huber = torch.where(counting.abs() < 1, 0.5 * counting ** 2, counting.abs() - 0.5)
     q_loss, _ = learner.critic_loss(batch)
@@ -317,7 +317,7 @@ def test_without_a_mask_every_transition_counts():
     assert len(learner.replay) == 4 and bool((learner.replay.state_dict()["data"]["weight"] == 1).all())
     batch = learner.replay.state_dict()["data"]
     inputs = torch.cat([batch["obs"], batch["action"]], -1)
-    q1, q2 = learner.qf1(inputs).squeeze(-1), learner.qf2(inputs).squeeze(-1)
+    q1, q2 = learner.critics(inputs).squeeze(-1)
     y = learner.critic_target(batch)
     expected = torch.nn.functional.smooth_l1_loss(q1, y) + torch.nn.functional.smooth_l1_loss(q2, y)
     torch.testing.assert_close(learner.critic_loss(batch)[0], expected)
