@@ -34,7 +34,7 @@ from torch import nn
 
 from algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, normal_log_prob
 from hmarl.buffers import Rollout
-from hmarl.graphs import complete_edges, knn_edges
+from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
 from hmarl.learner import AgentIO, Learner
 from hmarl.nn import AgentMLP
 from hmarl.nn.gnn import DENSE_LAYER_TYPES, GNN_LAYERS, GraphEncoder, edges_to_adjacency
@@ -102,9 +102,9 @@ class EdgeNetwork(nn.Module):
         self.gnn = None if self.graph == "none" else GraphEncoder(h, h, c.gnn_layers, c.gnn_layer, c.activation)
         self.head = AgentMLP(1, 2 * h, c.hidden_sizes, out_dim, c.activation, out_gain, share_params=True)
         if self.graph == "complete":
-            edges = complete_edges(io.n_agents)
-            self.register_buffer("complete", edges, persistent=False)
-            self.register_buffer("complete_adj", edges_to_adjacency(edges, io.n_agents, 1), persistent=False)
+            self.register_buffer("complete", complete_neighbours(io.n_agents), persistent=False)
+            self.register_buffer("complete_adj", edges_to_adjacency(complete_edges(io.n_agents), io.n_agents, 1),
+                                 persistent=False)
 
     def split(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """obs -> child features ``[..., N, group, child_dim]``, presence ``[..., N, group]``, command."""
@@ -113,31 +113,49 @@ class EdgeNetwork(nn.Module):
         present = children[..., -1] > 0.5 if io.presence else torch.ones_like(children[..., 0], dtype=torch.bool)
         return children, present, obs[..., io.child_obs_dim:]
 
-    def _same_level(self, h: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        lead, (n, d) = h.shape[:-2], h.shape[-2:]
-        flat = h.reshape(-1, n, d)
-        if self.graph == "complete":
-            out = (self.gnn.forward_dense(flat, self.complete_adj) if self.dense
-                   else self.gnn(flat, self.complete))
-        else:
-            edges = knn_edges(positions.reshape(-1, n, positions.shape[-1]), self.knn)
-            out = (self.gnn.forward_dense(flat, edges_to_adjacency(edges, n, flat.shape[0])) if self.dense
-                   else self.gnn(flat, edges))
-        return out.reshape(*lead, n, -1)
+    def _pool(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """Mean over each agent's children ``[..., N, G, d]`` -> ``[..., N, d]``; ``weight``
+        ``[..., N, G, 1]`` marks the slots that hold a child, None when every slot does (the
+        fast path spares the masking's three passes over the embeddings; same result)."""
+        if weight is not None:
+            return (x * weight).sum(-2) / weight.sum(-2).clamp(min=1)
+        return x.squeeze(-2) if self.io.group == 1 else x.sum(-2) / self.io.group
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def _weight(self, present: torch.Tensor) -> torch.Tensor | None:
+        return present.unsqueeze(-1).float() if self.io.presence else None
+
+    def same_level_graph(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """The agents' same-level graph in ``obs``: kNN neighbour lists ``[M, N, k]`` of the agents'
+        positions (the mean of their children's), the complete graph ``[N, N - 1]``, or with
+        ``dense`` an adjacency ``[M, N, N]`` (``M`` the flattened leading dims); None without edges.
+        The actor and the critic read the same graph: compute it once for both."""
+        if self.gnn is None:
+            return None
+        if self.graph == "complete":
+            return self.complete_adj if self.dense else self.complete
+        io = self.io
+        children, present, _ = self.split(obs)
+        child_pos = children[..., self.message_dim:self.message_dim + io.position_dim]
+        positions = self._pool(child_pos, self._weight(present))
+        positions = positions.reshape(-1, io.n_agents, io.position_dim)
+        if self.dense:
+            return edges_to_adjacency(knn_edges(positions, self.knn), io.n_agents, positions.shape[0])
+        return knn_neighbours(positions, self.knn)
+
+    def forward(self, obs: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs per edge; ``graph`` is :meth:`same_level_graph` of ``obs`` (computed when not given)."""
         children, present, command = self.split(obs)
-        weight = present.unsqueeze(-1).float()
+        weight = self._weight(present)
         child_in = children[..., :self.message_dim + self.io.position_dim]
         embedded = self.activation(self.child_encoder(child_in))  # [..., N, G, h]
-        pooled = (embedded * weight).sum(-2) / weight.sum(-2).clamp(min=1)  # children -> parent
+        pooled = self._pool(embedded, weight)  # children -> parent
         agent = self.activation(self.agent_encoder(torch.cat([pooled, command], dim=-1)))
         if self.gnn is not None:
-            positions = None
-            if self.graph == "knn":
-                child_pos = children[..., self.message_dim:self.message_dim + self.io.position_dim]
-                positions = (child_pos * weight).sum(-2) / weight.sum(-2).clamp(min=1)
-            agent = self._same_level(agent, positions)
+            graph = self.same_level_graph(obs) if graph is None else graph
+            lead, (n, d) = agent.shape[:-2], agent.shape[-2:]
+            flat = agent.reshape(-1, n, d)
+            agent = (self.gnn.forward_dense(flat, graph) if self.dense
+                     else self.gnn.forward_neighbours(flat, graph)).reshape(*lead, n, -1)
         pair = torch.cat([agent.unsqueeze(-2).expand_as(embedded), embedded], dim=-1)
         return self.head(pair)
 
@@ -173,8 +191,8 @@ class GraphPPO(Learner):
         self.optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, eps=1e-5)
 
     # -- policy and value ------------------------------------------------------------------
-    def _distribution(self, obs: torch.Tensor):
-        out = self.actor(obs)
+    def _distribution(self, obs: torch.Tensor, graph: torch.Tensor | None = None):
+        out = self.actor(obs, graph)
         if self.discrete:
             return out.log_softmax(-1)
         return out
@@ -192,20 +210,22 @@ class GraphPPO(Learner):
             action = mean if deterministic else mean + std * torch.randn_like(mean)
             return action.flatten(-2), normal_log_prob(mean, std, action)
 
-    def evaluate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability and entropy ``[M, N, group]`` of stored actions."""
+    def evaluate(self, obs: torch.Tensor, action: torch.Tensor,
+                 graph: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability and entropy ``[M, N, group]`` of stored actions; ``graph`` as in
+        :meth:`EdgeNetwork.forward`."""
         if self.discrete:
-            log_p = self._distribution(obs)
+            log_p = self._distribution(obs, graph)
             index = action.view(*log_p.shape[:-1], 1)
             return log_p.gather(-1, index).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
-        mean = self._distribution(obs)
+        mean = self._distribution(obs, graph)
         std = self.log_std.exp()
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1).expand(mean.shape[:-1])
         return normal_log_prob(mean, std, action.view_as(mean)), entropy
 
-    def critic_output(self, obs: torch.Tensor) -> torch.Tensor:
-        """Values per (agent, child slot)."""
-        return self.critic(obs).squeeze(-1)
+    def critic_output(self, obs: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
+        """Values per (agent, child slot); ``graph`` as in :meth:`EdgeNetwork.forward`."""
+        return self.critic(obs, graph).squeeze(-1)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """One value per (agent, child) edge ``[..., N, group]``, in return units."""
@@ -278,8 +298,10 @@ class GraphPPO(Learner):
             for start in range(0, batch_size, minibatch_size):
                 mb = order[start:start + minibatch_size]
                 mask = b_valid[mb].reshape(-1)
-                new_log_prob, entropy = self.evaluate(b_obs[mb], b_actions[mb])
-                new_value = self.critic_output(b_obs[mb])
+                obs = b_obs[mb]
+                graph = self.actor.same_level_graph(obs)  # the actor's and the critic's
+                new_log_prob, entropy = self.evaluate(obs, b_actions[mb], graph)
+                new_value = self.critic_output(obs, graph)
                 # every edge that counts is one sample: advantages are standardised over them
                 terms = clipped_losses(*(x.reshape(-1) for x in (
                     new_log_prob, b_log_probs[mb], b_advantages[mb], new_value, b_values[mb], b_returns[mb])),

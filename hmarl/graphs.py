@@ -11,7 +11,9 @@ cluster it overlaps most (a maximum-overlap matching), because a sub-manager's c
 its transitions and its workers' rewards all refer to its label.
 
 Edges follow torch-geometric: ``edge_index[0]`` is the source ``j``,
-``edge_index[1]`` the target ``i`` that receives ``j``'s message.
+``edge_index[1]`` the target ``i`` that receives ``j``'s message. Graphs in which every
+node has ``k`` in-edges (kNN, complete) also come as neighbour lists ``[..., N, k]``: row ``i``
+holds the sources of the edges into ``i``, in the order of the edge index.
 
 Shapes (``B`` env copies, ``N`` workers, ``M`` sub-managers, ``D`` position size,
 usually 2; extra leading dims are allowed where ``B`` is):
@@ -198,14 +200,12 @@ def static_clusters(n_workers: int, n_clusters: int, device: torch.device | str 
     return torch.arange(n_workers, device=device) * n_clusters // n_workers
 
 
-def knn_edges(positions: Tensor, k: int) -> Tensor:
-    """Edges ``j -> i`` from each worker's ``k`` nearest other workers.
-
-    Edges are grouped by target: edges ``i * k`` to ``i * k + k - 1`` enter
-    worker ``i``, nearest first.
+def knn_neighbours(positions: Tensor, k: int) -> Tensor:
+    """Each worker's ``k`` nearest other workers, nearest first (ties to the lower index).
 
     Shapes:
-        positions ``[..., N, D]`` -> edge_index ``[..., 2, N * k]`` int64.
+        positions ``[..., N, D]`` -> ``[..., N, k]`` int64: ``out[..., i, :]`` are the sources of
+        the edges into worker ``i`` (the form :meth:`hmarl.nn.GraphEncoder.forward_neighbours` reads).
     """
     n_workers = positions.shape[-2]
     if not 0 <= k < n_workers:
@@ -213,9 +213,30 @@ def knn_edges(positions: Tensor, k: int) -> Tensor:
     distances = _squared_distances(_as_float(positions), _as_float(positions))
     distances.diagonal(dim1=-2, dim2=-1).fill_(math.inf)
     # stable sort: ties (common on grids) go to the lower agent index, reproducibly
-    source = distances.sort(dim=-1, stable=True).indices[..., :k].flatten(-2)  # [..., N * k]
-    target = torch.arange(n_workers, device=positions.device).repeat_interleave(k).expand_as(source)
+    return distances.sort(dim=-1, stable=True).indices[..., :k]
+
+
+def knn_edges(positions: Tensor, k: int) -> Tensor:
+    """Edges ``j -> i`` from each worker's ``k`` nearest other workers (:func:`knn_neighbours`).
+
+    Edges are grouped by target: edges ``i * k`` to ``i * k + k - 1`` enter
+    worker ``i``, nearest first.
+
+    Shapes:
+        positions ``[..., N, D]`` -> edge_index ``[..., 2, N * k]`` int64.
+    """
+    source = knn_neighbours(positions, k).flatten(-2)  # [..., N * k]
+    target = torch.arange(positions.shape[-2], device=positions.device).repeat_interleave(k).expand_as(source)
     return torch.stack([source, target], dim=-2)
+
+
+def complete_neighbours(n_nodes: int, device: torch.device | str | None = None) -> Tensor:
+    """Every other node, in index order, as each node's in-neighbours.
+
+    Shapes:
+        -> ``[M, M - 1]`` int64 (the form :meth:`hmarl.nn.GraphEncoder.forward_neighbours` reads).
+    """
+    return complete_edges(n_nodes, device)[0].view(n_nodes, max(n_nodes - 1, 0))
 
 
 def complete_edges(n_nodes: int, device: torch.device | str | None = None) -> Tensor:

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from hmarl.graphs import (EXACT_MATCHING_MAX, Regrouping, balanced_clusters, complete_edges, knn_edges,
-                          match_labels, static_clusters)
+from hmarl.graphs import (EXACT_MATCHING_MAX, Regrouping, balanced_clusters, complete_edges, complete_neighbours,
+                          knn_edges, knn_neighbours, match_labels, static_clusters)
 
 
 def _sizes(assignment: torch.Tensor, n_clusters: int) -> torch.Tensor:
@@ -93,6 +93,15 @@ def test_knn_edges_by_hand():
     expected_sources = [[1, 2], [0, 2], [1, 0], [2, 1]]  # nearest first
     assert edges[0, 0].tolist() == sum(expected_sources, [])
     assert edges[0, 1].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_neighbour_lists_are_the_sources_of_the_edges_by_target():
+    g = torch.Generator().manual_seed(7)
+    positions = torch.rand(3, 5, 6, 2, generator=g)
+    assert knn_neighbours(positions, 2).shape == (3, 5, 6, 2)
+    assert knn_neighbours(positions, 2).flatten(-2).equal(knn_edges(positions, 2)[..., 0, :])
+    assert complete_neighbours(4).flatten().equal(complete_edges(4)[0])
+    assert complete_neighbours(1).shape == (1, 0)
 
 
 def test_knn_edges_ties_go_to_the_lower_index():

@@ -129,6 +129,30 @@ def test_dense_equals_sparse(layer_type, n, n_edges):
     torch.testing.assert_close(grad_dense, grad_sparse)
 
 
+@pytest.mark.parametrize("layer_type", list(GNN_LAYERS))
+@pytest.mark.parametrize("shared", [False, True], ids=["per-copy", "shared"])
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_neighbour_lists_equal_their_edge_index(layer_type, shared, k):
+    """Every node hearing k others: the block form gives the edge index's outputs and gradients."""
+    g = torch.Generator().manual_seed(10 + k)
+    torch.manual_seed(10 + k)
+    batch, n = 6, 5
+    encoder = GraphEncoder(4, 7, layers=2, layer_type=layer_type)
+    _randomize(encoder)
+    x = torch.randn(2, batch, n, 4, generator=g, requires_grad=True)  # extra leading dim
+    neighbours = torch.randint(n, (n, k) if shared else (2, batch, n, k), generator=g)
+    copies = neighbours.expand(2, batch, n, k).reshape(2 * batch, n, k)
+    target = torch.arange(n).repeat_interleave(k).expand(copies.shape[0], -1)
+    edges = torch.stack([copies.flatten(1), target], 1)  # grouped by target, in list order
+    sparse = encoder(x.reshape(2 * batch, n, 4), edges).view(2, batch, n, 7)
+    block = encoder.forward_neighbours(x, neighbours)
+    torch.testing.assert_close(block, sparse)
+    weights = torch.randn(sparse.shape, generator=g)
+    grad_sparse, = torch.autograd.grad((sparse * weights).sum(), x)
+    grad_block, = torch.autograd.grad((block * weights).sum(), x)
+    torch.testing.assert_close(grad_block, grad_sparse)
+
+
 def test_dense_rejects_layers_without_a_dense_form():
     encoder = GraphEncoder(3, 4, layer_type="gatv2")
     with pytest.raises(ValueError, match="no dense form"):
