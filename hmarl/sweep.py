@@ -189,7 +189,8 @@ def expand(sweep: SweepFile, results: str | Path, quick: bool = False) -> list[R
 
 
 #: Config keys that change how a run is carried out, not what it computes.
-NOT_IDENTITY = ("progress", "threads", "resume", "checkpoint_dir", "__doc__")
+#: keys that do not change what a run trains (where it logs and how it is driven)
+NOT_IDENTITY = ("progress", "threads", "resume", "checkpoint_dir", "logger", "log_dir", "wandb_project", "__doc__")
 
 
 def sacred_config(run: RunSpec) -> dict[str, Any]:
