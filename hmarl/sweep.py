@@ -188,8 +188,7 @@ def expand(sweep: SweepFile, results: str | Path, quick: bool = False) -> list[R
     return runs
 
 
-#: Config keys that change how a run is carried out, not what it computes.
-#: keys that do not change what a run trains (where it logs and how it is driven)
+#: Config keys that change how a run is carried out (and where it logs), not what it computes.
 NOT_IDENTITY = ("progress", "threads", "resume", "checkpoint_dir", "logger", "log_dir", "wandb_project", "__doc__")
 
 
