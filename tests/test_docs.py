@@ -255,6 +255,10 @@ def test_api_reference_builds(tmp_path):
              *sorted(ROOT.glob("hmarl/nn/[!_]*.py")), ROOT / "algorithms", ROOT / "envs",
              *sorted(ROOT.glob("envs/[!_]*.py"))]
     pdoc.render.configure(docformat="google", math=True)
+    # Imported first: what these dependencies warn about while importing (sacred's cpuinfo runs
+    # `uname -p`, torch-geometric uses torch.jit.script) is not about our docstrings.
+    import sacred  # noqa: F401
+    import torch_geometric  # noqa: F401
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pdoc.pdoc(*specs, output_directory=tmp_path)
