@@ -54,7 +54,7 @@ def test_an_unknown_logger_is_one_line_before_training(results, tmp_path):  # no
         run_sacred(tmp_path, logger="tensorbord")
     assert str(stop.value) == ("hmarl: unknown logger 'tensorbord'; available: csv, tensorboard, wandb "
                                "(logger=NAME or logger=[NAME,NAME])")
-    assert sacred_metrics(results / "1") == {}  # nothing trained
+    assert not (results / "1").exists()  # refused before sacred made a run folder: nothing trained
 
 
 @pytest.mark.parametrize("value, names", [
