@@ -28,6 +28,7 @@ from typing import Any, Callable
 import matplotlib
 import numpy as np
 import torch
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -424,8 +425,9 @@ class VmasScene:
             for index, landmark in enumerate(self.vmas.world.landmarks):
                 landmark.color = tuple(0.5 + 0.5 * c for c in PALETTE[index % len(PALETTE)])
         image = Image.fromarray(np.asarray(self.vmas.render(mode="rgb_array", env_index=0)))
+        font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 9)  # the matplotlib frames' font
         ImageDraw.Draw(image).text((4, 2), f"{title}  t={frame.step}  return {frame.episode_return:.2f}",
-                                   fill=(0, 0, 0), font=ImageFont.load_default(size=9))
+                                   fill=(0, 0, 0), font=font)
         return np.asarray(image)
 
 
