@@ -49,13 +49,13 @@ class Estimate:
     episodes: int
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "Estimate":
-        """The mean of ``values`` with Student's t interval, or for 0/1 outcomes (successes) the
-        Wilson interval of the rate, which stays within [0, 1]."""
+    def of(cls, values: np.ndarray, rate: bool = False) -> "Estimate":
+        """The mean of ``values`` with Student's t interval; for a ``rate`` of 0/1 outcomes
+        (successes) the Wilson interval, which stays within [0, 1]."""
         mean, count = float(np.mean(values)), len(values)
         if count < 2:
             return cls(mean, math.nan, math.nan, count)
-        if np.isin(values, (0.0, 1.0)).all():
+        if rate:
             interval = stats.binomtest(int(values.sum()), count).proportion_ci(0.95, method="wilson")
             return cls(mean, float(interval.low), float(interval.high), count)
         if np.ptp(values) == 0:  # every episode the same: the interval is the point
@@ -115,7 +115,7 @@ def evaluate_run(run: RunConfig, hierarchy: Hierarchy, episodes: int, seed: int)
     done = first.finished.cpu().numpy()
     results = {"eval/return": Estimate.of(first.returns.cpu().numpy()[done])}
     if first.success is not None:
-        results["eval/success"] = Estimate.of(first.success.cpu().numpy()[done])
+        results["eval/success"] = Estimate.of(first.success.cpu().numpy()[done], rate=True)
     for name, values in first.metrics.items():
         results[f"eval/{name}"] = Estimate.of(values.cpu().numpy()[done])
     return results

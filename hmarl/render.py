@@ -343,7 +343,8 @@ class LbfScene(GridScene):
 
 
 class CityScene(GridScene):
-    """SaveTheCity: buildings coloured by health (red rim while burning), agents by type letter."""
+    """SaveTheCity: buildings green by health (a flame while burning, a black rim once finished),
+    agents with their type's letter."""
 
     def draw_env(self, ax, ts):
         from envs.savethecity import GRID
@@ -355,7 +356,9 @@ class CityScene(GridScene):
         for (x, y), row in zip(places[n:], entities[n:]):
             fire, health, finished = row[7], row[8], row[11]
             ax.scatter([x], [y], marker="s", s=150, color=matplotlib.colormaps["Greens"](0.2 + 0.8 * health),
-                       edgecolors="red" if fire > 0 else ("k" if finished else "0.5"), linewidths=2, zorder=1)
+                       edgecolors="k" if finished else "0.5", linewidths=2, zorder=1)
+            if fire > 0:
+                ax.scatter([x], [y], marker="^", s=20 + 80 * fire, color="orangered", zorder=1.6)
         for (x, y), row in zip(places[:n], entities[:n]):
             kind = "FBG"[int(np.argmax(row[4:7]))]  # firefighter, builder, generalist
             ax.text(x, y, kind, ha="center", va="center", fontsize=6, color="w", zorder=5)
