@@ -163,8 +163,22 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 class EntityAttention(nn.Module):
     """Multi-head attention of one query over a set of entities; hidden entities get no weight.
 
-    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``;
-    the leading dims broadcast, so one agent's keys serve several masks (the mixer's subtasks).
+    With head h's projections W^q_h, W^k_h, W^v_h (``d = D / H`` rows each) and entity
+    embeddings e, head h reads
+
+    .. math::
+        o_h = \\sum_e w_{he}\\, W^v_h e = W^v_h \\sum_e w_{he}\\, e,\\qquad
+        w_{he} = \\mathrm{softmax}_e \\frac{(W^q_h x) \\cdot W^k_h e}{\\sqrt d}
+               = \\mathrm{softmax}_e \\frac{(W^{k\\top}_h W^q_h x) \\cdot e}{\\sqrt d},
+
+    so it is computed that way round: the key projection folded into the query, the value
+    projection applied after the mix. Nothing is projected per entity (that was two D x D
+    products per entity, most of the agents' and the mixer's work): the scores are one small
+    product per query with the embeddings, shared by the V masks of that query.
+
+    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., V, E]`` bool (V masks of
+    the same query, e.g. the mixer's subtasks; leading dims broadcast) -> ``[..., V, D]``, one
+    output per mask (V = 1 without ``hidden``).
     """
 
     def __init__(self, query_dim: int, dim: int, heads: int):
@@ -176,19 +190,21 @@ class EntityAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, query: Tensor, entities: Tensor, hidden: Tensor | None = None) -> Tensor:
-        q = self.query(query).unflatten(-1, (self.heads, -1))  # [..., H, d]
-        k = self.key(entities).unflatten(-1, (self.heads, -1))  # [..., E, H, d]
-        v = self.value(entities).unflatten(-1, (self.heads, -1))
-        scores = torch.einsum("...hd,...ehd->...he", q, k) / math.sqrt(q.shape[-1])
+        h, dim = self.heads, entities.shape[-1]
+        q = self.query(query).unflatten(-1, (h, -1))  # [..., H, d]
+        d = q.shape[-1]
+        folded = torch.einsum("...hd,hdD->...hD", q, self.key.weight.view(h, d, dim))  # W^k_h^T W^q_h x: [..., H, D]
+        scores = (folded @ entities.transpose(-1, -2)).unsqueeze(-3) / math.sqrt(d)  # [..., 1, H, E]
         if hidden is None:
             weights = scores.softmax(-1)
         else:
-            hidden = hidden.unsqueeze(-2)  # [..., 1, E]: the same for every head
-            # A row with every entity hidden would be a softmax over -inf only (NaN): give it
+            # A mask that hides every entity would be a softmax over -inf only (NaN): it takes
             # finite scores, then zero weights, so an agent that may see nothing reads zeros.
-            scores = scores.masked_fill(hidden, float("-inf")).masked_fill(hidden.all(-1, keepdim=True), 0.0)
-            weights = scores.softmax(-1).masked_fill(hidden, 0.0)
-        return self.out(torch.einsum("...he,...ehd->...hd", weights, v).flatten(-2))
+            blind = hidden.all(-1, keepdim=True).unsqueeze(-1)  # [..., V, 1, 1]
+            scores = scores.masked_fill(hidden.unsqueeze(-2) & ~blind, float("-inf"))
+            weights = scores.softmax(-1).masked_fill(blind, 0.0)  # [..., V, H, E]
+        mixed = (weights.flatten(-3, -2) @ entities).unflatten(-2, weights.shape[-3:-1])  # sum_e w_he e: [..., V, H, D]
+        return self.out(torch.einsum("...hD,hdD->...hd", mixed, self.value.weight.view(h, d, dim)).flatten(-2))
 
 
 class SubtaskMask(nn.Module):
@@ -246,9 +262,9 @@ class AgentNetwork(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         own, rows, command = self.layout.split(obs)  # [..., N, F], [..., N, E, F], [..., N, S]
         own, entities = self.embed(own), self.embed(rows)  # [..., N, D], [..., N, E, D]
-        hidden = None if self.mask is None else self.mask(command, command)  # [..., N, E]
+        hidden = None if self.mask is None else self.mask(command, command).unsqueeze(-2)  # [..., N, 1, E]: one each
         query = torch.cat([own, command], -1)
-        attended = self.attention(query, entities, hidden)  # [..., N, D]
+        attended = self.attention(query, entities, hidden)[..., 0, :]  # [..., N, D]
         return self.head(torch.cat([query, attended], -1))
 
 
@@ -288,9 +304,9 @@ class Mixer(nn.Module):
     def forward(self, q: Tensor, obs: Tensor, groups: Tensor) -> Tensor:
         own, rows, _ = self.layout.split(obs)
         member = groups.transpose(-1, -2)  # [..., G, N]
-        # [..., G, 1, E]: the same hidden set for every agent's view of group g
-        hidden = None if self.mask is None else self.mask(self.subtasks, groups).unsqueeze(-2)
-        x = self.attention(self.embed(own).unsqueeze(-3), self.embed(rows).unsqueeze(-4), hidden)
+        # [..., 1, G, E]: every agent's view of group g hides the same entities
+        hidden = None if self.mask is None else self.mask(self.subtasks, groups).unsqueeze(-3)
+        x = self.attention(self.embed(own), self.embed(rows), hidden).transpose(-2, -3)  # [..., G or 1, N, H]
         x = x.expand(*member.shape, x.shape[-1])  # [..., G, N, H]
         state = (member.unsqueeze(-1) * x).sum(-2) / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]
         w1 = self.hyper_w_1(x).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
