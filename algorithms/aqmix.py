@@ -173,12 +173,9 @@ class EntityAttention(nn.Module):
 
     so it is computed that way round: the key projection folded into the query, the value
     projection applied after the mix. Nothing is projected per entity (that was two D x D
-    products per entity, most of the agents' and the mixer's work): the scores are one small
-    product per query with the embeddings, shared by the V masks of that query.
+    products per entity, most of the agents' and the mixer's work).
 
-    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., V, E]`` bool (V masks of
-    the same query, e.g. the mixer's subtasks; leading dims broadcast) -> ``[..., V, D]``, one
-    output per mask (V = 1 without ``hidden``).
+    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``.
     """
 
     def __init__(self, query_dim: int, dim: int, heads: int):
@@ -194,16 +191,16 @@ class EntityAttention(nn.Module):
         q = self.query(query).unflatten(-1, (h, -1))  # [..., H, d]
         d = q.shape[-1]
         folded = torch.einsum("...hd,hdD->...hD", q, self.key.weight.view(h, d, dim))  # W^k_h^T W^q_h x: [..., H, D]
-        scores = (folded @ entities.transpose(-1, -2)).unsqueeze(-3) / math.sqrt(d)  # [..., 1, H, E]
+        scores = folded @ entities.transpose(-1, -2) / math.sqrt(d)  # [..., H, E]
         if hidden is None:
             weights = scores.softmax(-1)
         else:
-            # A mask that hides every entity would be a softmax over -inf only (NaN): it takes
+            # A row with every entity hidden would be a softmax over -inf only (NaN): it keeps
             # finite scores, then zero weights, so an agent that may see nothing reads zeros.
-            blind = hidden.all(-1, keepdim=True).unsqueeze(-1)  # [..., V, 1, 1]
-            scores = scores.masked_fill(hidden.unsqueeze(-2) & ~blind, float("-inf"))
-            weights = scores.softmax(-1).masked_fill(blind, 0.0)  # [..., V, H, E]
-        mixed = (weights.flatten(-3, -2) @ entities).unflatten(-2, weights.shape[-3:-1])  # sum_e w_he e: [..., V, H, D]
+            blind = hidden.all(-1, keepdim=True).unsqueeze(-1)  # [..., 1, 1]
+            hidden = hidden.unsqueeze(-2)  # [..., 1, E]: the same for every head
+            weights = scores.masked_fill(hidden & ~blind, float("-inf")).softmax(-1).masked_fill(blind, 0.0)
+        mixed = weights @ entities  # sum_e w_he e: [..., H, D]
         return self.out(torch.einsum("...hD,hdD->...hd", mixed, self.value.weight.view(h, d, dim)).flatten(-2))
 
 
@@ -262,9 +259,9 @@ class AgentNetwork(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         own, rows, command = self.layout.split(obs)  # [..., N, F], [..., N, E, F], [..., N, S]
         own, entities = self.embed(own), self.embed(rows)  # [..., N, D], [..., N, E, D]
-        hidden = None if self.mask is None else self.mask(command, command).unsqueeze(-2)  # [..., N, 1, E]: one each
+        hidden = None if self.mask is None else self.mask(command, command)  # [..., N, E]
         query = torch.cat([own, command], -1)
-        attended = self.attention(query, entities, hidden)[..., 0, :]  # [..., N, D]
+        attended = self.attention(query, entities, hidden)  # [..., N, D]
         return self.head(torch.cat([query, attended], -1))
 
 
@@ -285,8 +282,12 @@ class Mixer(nn.Module):
     so dQ^g_tot/dQ_i >= 0, = 0 unless i is in g, and Q^g_tot does not change with the
     entities hidden from g (another subtask's entities and agents).
 
-    Shapes: ``q [..., N]``, ``obs [..., N, obs_dim]``, ``groups [..., N, G]`` 0/1 -> ``Q_tot [..., G]``;
-    with a mask, G = S (group g is subtask g).
+    x_{g,i} counts only where i is in g, and an agent is in one group at most (its command is
+    a one-hot; flat, everyone is in the one group), so x_i, its view under its own group's
+    mask, is all there is to compute: N attentions, not G N.
+
+    Shapes: ``q [..., N]``, ``obs [..., N, obs_dim]``, ``groups [..., N, G]`` 0/1, at most one 1
+    per agent -> ``Q_tot [..., G]``; with a mask, G = S (group g is subtask g).
     """
 
     def __init__(self, layout: EntityLayout, config: AQMIXConfig, mask: SubtaskMask | None):
@@ -299,19 +300,17 @@ class Mixer(nn.Module):
         self.hyper_b_1 = nn.Linear(h, d)
         self.hyper_w_final = nn.Linear(h, d)
         self.V = nn.Sequential(nn.Linear(h, d), nn.ReLU(), nn.Linear(d, 1))  # QMIX's state-dependent bias
-        self.register_buffer("subtasks", torch.eye(layout.n_subtasks), persistent=False)  # viewer g = one-hot g
 
     def forward(self, q: Tensor, obs: Tensor, groups: Tensor) -> Tensor:
         own, rows, _ = self.layout.split(obs)
         member = groups.transpose(-1, -2)  # [..., G, N]
-        # [..., 1, G, E]: every agent's view of group g hides the same entities
-        hidden = None if self.mask is None else self.mask(self.subtasks, groups).unsqueeze(-3)
-        x = self.attention(self.embed(own), self.embed(rows), hidden).transpose(-2, -3)  # [..., G or 1, N, H]
-        x = x.expand(*member.shape, x.shape[-1])  # [..., G, N, H]
-        state = (member.unsqueeze(-1) * x).sum(-2) / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]
-        w1 = self.hyper_w_1(x).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
+        # agent i's group's mask: with its one-hot group as the viewer, the one its group sees
+        hidden = None if self.mask is None else self.mask(groups, groups)  # [..., N, E]
+        x = self.attention(self.embed(own), self.embed(rows), hidden)  # x_i: [..., N, H]
+        state = member @ x / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]
+        w1 = self.hyper_w_1(x).abs()  # [..., N, D]; abs: monotonic in every Q_i
         q_in = member * q.unsqueeze(-2)  # [..., G, N]: agents outside the group contribute nothing
-        hidden_layer = F.elu((q_in.unsqueeze(-1) * w1).sum(-2) + self.hyper_b_1(state))
+        hidden_layer = F.elu(q_in @ w1 + self.hyper_b_1(state))  # [..., G, D]
         w_final = self.hyper_w_final(state).abs()
         return (hidden_layer * w_final).sum(-1) + self.V(state).squeeze(-1)
 
