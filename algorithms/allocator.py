@@ -136,30 +136,48 @@ class ProposalNetwork(nn.Module):
                 given: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample ``n_samples`` allocations (or score ``given`` ones ``[..., n, N]``).
 
+        Agent i's logits are ``u_k . e_i / sqrt(d)``, with ``u_k`` subtask k's embedding after
+        the updates ``delta_j`` of the agents j < i that chose k, so they are computed as
+
+        .. math::
+            \\frac{1}{\\sqrt d}\\Big(u^0_k \\cdot e_i + \\sum_{j < i,\\ a_j = k} \\delta_j \\cdot e_i\\Big),
+
+        from the state's ``u^0 . e`` and one dot product per earlier update: no sample carries
+        the S subtask embeddings. Likewise the agent's half of the residual's first layer is
+        applied once per state, not once per sample.
+
         Returns allocations ``[..., n, N]``, each agent's log-probability of its choice
         ``[..., n, N]`` and the summed per-agent entropies ``[..., n]``.
         """
+        n_agents = self.view.n_agents
         embedded = self.encode(entities)  # [..., E, d]
-        agents = embedded[..., :self.view.n_agents, :].unsqueeze(-3)  # [..., 1, N, d]
-        subtask = torch.einsum("...ed,es->...sd", embedded, self.view.membership)  # [..., S, d]
-        subtask = subtask.unsqueeze(-3).expand(*subtask.shape[:-2], n_samples, *subtask.shape[-2:])
+        agents = embedded[..., :n_agents, :]  # [..., N, d]
+        subtask = torch.einsum("...ed,es->...sd", embedded, self.view.membership)  # u^0: [..., S, d]
+        base = (agents @ subtask.transpose(-1, -2) * self.scale).unsqueeze(-3)  # [..., 1, N, S]
+        first, last = self.residual[0], self.residual[2]
+        half = first.weight.shape[1] // 2
+        agent_part = nn.functional.linear(agents, first.weight[:, half:], first.bias).unsqueeze(-2)  # [..., N, 1, d]
         inactive = ~active.unsqueeze(-2)  # [..., 1, S]
-        choices, log_probs, entropy = [], [], 0.0
-        for i in range(self.view.n_agents):  # autoregressive over agents (N is small), batched otherwise
-            agent = agents[..., i, :]  # [..., 1, d]
-            logits = (subtask * agent.unsqueeze(-2)).sum(-1) * self.scale  # [..., n, S]
+        lead = (*base.shape[:-3], n_samples)
+        choices, updates, log_probs, entropy = [], [], [], 0.0
+        for i in range(n_agents):  # autoregressive over agents (N is small), batched otherwise
+            logits = base[..., i, :].expand(*lead, base.shape[-1])  # [..., n, S]
+            for chosen, delta in zip(choices, updates):
+                dot = (delta * agents[..., i, :].unsqueeze(-2)).sum(-1, keepdim=True) * self.scale  # [..., n, 1]
+                logits = logits + nn.functional.one_hot(chosen, logits.shape[-1]) * dot
             log_p = logits.masked_fill(inactive, -1e9).log_softmax(-1)
-            if given is None:
-                choice = torch.distributions.Categorical(logits=log_p).sample()
+            if given is None:  # Categorical(logits=log_p).sample(), without building the distribution
+                choice = torch.multinomial(log_p.exp().reshape(-1, log_p.shape[-1]), 1).view(lead)
             else:
                 choice = given[..., i]
             log_probs.append(log_p.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
             entropy = entropy - (log_p.exp() * log_p).sum(-1)
-            # only the chosen subtask's embedding changes: compute its update alone
-            index = choice.unsqueeze(-1).unsqueeze(-1).expand(*choice.shape, 1, subtask.shape[-1])
-            picked = subtask.gather(-2, index)  # [..., n, 1, d]
-            update = self.residual(torch.cat([picked, agent.unsqueeze(-2).expand_as(picked)], -1))
-            subtask = subtask.scatter_add(-2, index, update)
+            # the chosen subtask's embedding now: u^0 plus the earlier agents' updates to it
+            picked = subtask.gather(-2, choice.unsqueeze(-1).expand(*lead, subtask.shape[-1]))  # [..., n, d]
+            for chosen, delta in zip(choices, updates):
+                picked = picked + (chosen == choice).unsqueeze(-1) * delta
+            hidden = torch.relu(nn.functional.linear(picked, first.weight[:, :half]) + agent_part[..., i, :, :])
+            updates.append(last(hidden))
             choices.append(choice)
         return torch.stack(choices, -1), torch.stack(log_probs, -1), entropy
 
