@@ -264,17 +264,69 @@ class AllocationCritic(nn.Module):
         self.value = PopArt(width, c.popart_beta)
 
     def forward(self, entities: Tensor, alloc: Tensor, normalized: bool = False) -> Tensor:
-        """entities ``[..., E, F]``, alloc ``[..., n, N]`` -> Q ``[..., n]`` (Pop-Art's n if ``normalized``)."""
-        n = alloc.shape[-2]
+        """entities ``[..., E, F]``, alloc ``[..., n, N]`` -> Q ``[..., n]`` (Pop-Art's n if ``normalized``).
+
+        The tokens are the entities' embeddings, agent i's plus its subtask's; the value reads
+        the mean over tokens of ``relu(attention + token)``. Many allocations of one state (the
+        proposals) go through :meth:`shared_tokens`, one through the attention module itself.
+        """
         h = self.encode(entities) + self.member(self.view.membership)  # [..., E, d]
-        h = h.unsqueeze(-3).expand(*h.shape[:-2], n, *h.shape[-2:])  # [..., n, E, d]
-        agents = h[..., :self.view.n_agents, :] + self.assigned(alloc)
-        h = torch.cat([agents, h[..., self.view.n_agents:, :]], dim=-2)
-        flat = h.reshape(-1, *h.shape[-2:])
-        attended, _ = self.attention(flat, flat, flat, need_weights=False)
-        pooled = torch.relu(attended + flat).mean(-2)
-        n = self.value(self.head(pooled)).view(h.shape[:-2])
-        return n if normalized else self.value.denormalize(n)
+        n, e, agents = alloc.shape[-2], h.shape[-2], self.view.n_agents
+        if n * e > agents * self.view.n_subtasks + e - agents:
+            tokens = self.shared_tokens(h, alloc)
+        else:
+            h = h.unsqueeze(-3).expand(*h.shape[:-2], n, *h.shape[-2:])  # [..., n, E, d]
+            h = torch.cat([h[..., :agents, :] + self.assigned(alloc), h[..., agents:, :]], dim=-2)
+            flat = h.reshape(-1, *h.shape[-2:])
+            attended, _ = self.attention(flat, flat, flat, need_weights=False)
+            tokens = torch.relu(attended + flat).view(h.shape)
+        q = self.value(self.head(tokens.mean(-2))).view(alloc.shape[:-1])
+        return q if normalized else self.value.denormalize(q)
+
+    def shared_tokens(self, h: Tensor, alloc: Tensor) -> Tensor:
+        """``relu(attention + token)`` of every token of every allocation, by distinct tokens.
+
+        Each token of an allocation of a state is one of U = N S + (E - N): agent i assigned
+        subtask k (``h_i + a_k``), or an entity that is not an agent. Token i of an allocation
+        with tokens t_1 .. t_E attends as
+
+        .. math::
+            o_i = b^o + \\sum_h \\sum_j \\mathrm{softmax}_j\\Big(\\frac{q_h(t_i) \\cdot k_h(t_j)}{\\sqrt c}\\Big)\\,
+                  W^o_h\\, v_h(t_j),
+
+        so the projections, the U x U scores and the projected values ``W^o_h v_h(u)`` are
+        computed once per state; an allocation gathers its E x E scores and adds up its weights
+        per distinct token before one product with the U projected values. Exactly
+        ``nn.MultiheadAttention``'s result, at a fraction of the cost of projecting n E tokens.
+        The same product adds ``b^o`` (``b^o / H`` on every projected value: each head's
+        weights sum to 1) and the residual token (an extra head: weight 1 on the token itself).
+
+        Shapes: h ``[..., E, d]``, alloc ``[..., n, N]`` -> ``[..., n, E, d]``.
+        """
+        mha, n_agents, s = self.attention, self.view.n_agents, self.view.n_subtasks
+        heads, (e, d), lead = mha.num_heads, h.shape[-2:], alloc.shape[:-1]
+        distinct = torch.cat([(h[..., :n_agents, None, :] + self.assigned.weight).flatten(-3, -2),
+                              h[..., n_agents:, :]], -2)  # [..., U, d]: agent i as k at i S + k, then the rest
+        u = distinct.shape[-2]
+        q, k, v = nn.functional.linear(distinct, mha.in_proj_weight, mha.in_proj_bias).unflatten(
+            -1, (3, heads, d // heads)).unbind(-3)  # each [..., U, H, c]
+        scores = torch.einsum("...uhc,...whc->...huw", q, k).flatten(-2) / math.sqrt(d // heads)  # [..., H, U U]
+        values = torch.einsum("...whc,ohc->...hwo", v, mha.out_proj.weight.view(d, heads, d // heads))
+        values = torch.cat([values + mha.out_proj.bias / heads, distinct.unsqueeze(-3)], -3)  # [..., H + 1, U, d]
+        index = torch.arange(n_agents, device=alloc.device) * s
+        ids = torch.cat([alloc + index, (n_agents * s + torch.arange(e - n_agents, device=alloc.device))
+                        .expand(*lead, e - n_agents)], -1)  # [..., n, E]: each token's distinct token
+        pairs = (ids.unsqueeze(-2) * u + ids.unsqueeze(-1)).flatten(-2)  # [..., n, E(j) E(i)]: (t_i, t_j)
+        scores = scores.unsqueeze(-3).expand(*lead[:-1], lead[-1], heads, u * u).gather(
+            -1, pairs.unsqueeze(-2).expand(*lead, heads, e * e))
+        # softmax over the keys j on the second-to-last dim: torch's CPU softmax is slow over a last dim of E
+        weights = scores.view(*lead, heads, e, e).softmax(-2)  # [..., n, H, E(j), E(i)]
+        itself = torch.eye(e, dtype=weights.dtype, device=weights.device).expand(*lead, 1, e, e)
+        weights = torch.cat([weights, itself], -3).permute(*range(len(lead)), -1, -3, -2)  # [..., n, E(i), H + 1, E(j)]
+        per_token = weights.new_zeros(*lead, e, heads + 1, u).scatter_add(
+            -1, ids.view(*lead, 1, 1, e).expand(weights.shape), weights)  # [..., n, E(i), H + 1, U]
+        tokens = per_token.flatten(-2).flatten(-3, -2) @ values.flatten(-3, -2)  # [..., n E, d]
+        return torch.relu(tokens).view(*lead, e, d)
 
 
 class Allocator(EpisodeTargetLearner):
