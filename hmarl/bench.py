@@ -381,6 +381,10 @@ def main(argv: list[str] | None = None) -> None:
               "warm-up included; no evaluation, as in the peer's run), 100-step rollouts, on-policy "
               "updates of 4 epochs x 4 minibatches; the raw row steps the env alone with random actions "
               "(random play ends balance episodes early, so it resets more often than a policy does). "
+              "The off-policy groups add the learners' gradient steps per second and each system's "
+              "update-bound limit: its own gradient steps, at the schedule one training iteration gives "
+              "them, on random minibatches shaped like its replay rows, with no env, rollout or replay; "
+              "vs limit is the system's share of it. "
               "Each figure comes from its own interpreter; peak memory is that process's resident set.\n\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + "\n\n".join(tables) + "\n")
