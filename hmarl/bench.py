@@ -334,6 +334,7 @@ def group_names() -> list[str]:
 
 
 def machine_line(args) -> str:
+    """The page's line on where its figures come from: machine, torch, threads, device, commit."""
     import torch
 
     gpu = ""
