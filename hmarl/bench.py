@@ -125,8 +125,9 @@ def limit_throughput(run) -> dict:
     learners' gradient steps alone (see the module docstring).
 
     One training iteration (rollout and update) fills the replays and gives each learner's
-    gradient steps per iteration; then the same number of :meth:`gradient_step` calls per
-    learner run on random minibatches drawn in advance, shaped like its replay rows (floats
+    gradient steps per iteration; then that many :meth:`gradient_step` calls per learner and
+    iteration, for as many iterations as the run trains (a timing window as long as the
+    system's), run on random minibatches drawn in advance, shaped like its replay rows (floats
     uniform in [0, 1), integers uniform up to the largest stored, booleans fair coins).
     """
     from hmarl.experiment import Trainer
@@ -151,11 +152,13 @@ def limit_throughput(run) -> dict:
         batches = [{key: random_like(value) for key, value in shape.items()} for _ in range(steps)]
         synchronize(run.device)
         tic = time.perf_counter()
-        for batch in batches:
-            learner.gradient_step(batch)
+        for _ in range(run.iterations):
+            for batch in batches:
+                learner.gradient_step(batch)
         synchronize(run.device)
         seconds += time.perf_counter() - tic
-    return {"steps_per_s": run.steps_per_iteration / seconds, "gradient_steps_per_s": sum(per_iteration) / seconds}
+    return {"steps_per_s": run.iterations * run.steps_per_iteration / seconds,
+            "gradient_steps_per_s": run.iterations * sum(per_iteration) / seconds}
 
 
 def random_like(x):
