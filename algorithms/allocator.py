@@ -136,30 +136,48 @@ class ProposalNetwork(nn.Module):
                 given: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample ``n_samples`` allocations (or score ``given`` ones ``[..., n, N]``).
 
+        Agent i's logits are ``u_k . e_i / sqrt(d)``, with ``u_k`` subtask k's embedding after
+        the updates ``delta_j`` of the agents j < i that chose k, so they are computed as
+
+        .. math::
+            \\frac{1}{\\sqrt d}\\Big(u^0_k \\cdot e_i + \\sum_{j < i,\\ a_j = k} \\delta_j \\cdot e_i\\Big),
+
+        from the state's ``u^0 . e`` and one dot product per earlier update: no sample carries
+        the S subtask embeddings. Likewise the agent's half of the residual's first layer is
+        applied once per state, not once per sample.
+
         Returns allocations ``[..., n, N]``, each agent's log-probability of its choice
         ``[..., n, N]`` and the summed per-agent entropies ``[..., n]``.
         """
+        n_agents = self.view.n_agents
         embedded = self.encode(entities)  # [..., E, d]
-        agents = embedded[..., :self.view.n_agents, :].unsqueeze(-3)  # [..., 1, N, d]
-        subtask = torch.einsum("...ed,es->...sd", embedded, self.view.membership)  # [..., S, d]
-        subtask = subtask.unsqueeze(-3).expand(*subtask.shape[:-2], n_samples, *subtask.shape[-2:])
+        agents = embedded[..., :n_agents, :]  # [..., N, d]
+        subtask = torch.einsum("...ed,es->...sd", embedded, self.view.membership)  # u^0: [..., S, d]
+        base = (agents @ subtask.transpose(-1, -2) * self.scale).unsqueeze(-3)  # [..., 1, N, S]
+        first, last = self.residual[0], self.residual[2]
+        half = first.weight.shape[1] // 2
+        agent_part = nn.functional.linear(agents, first.weight[:, half:], first.bias).unsqueeze(-2)  # [..., N, 1, d]
         inactive = ~active.unsqueeze(-2)  # [..., 1, S]
-        choices, log_probs, entropy = [], [], 0.0
-        for i in range(self.view.n_agents):  # autoregressive over agents (N is small), batched otherwise
-            agent = agents[..., i, :]  # [..., 1, d]
-            logits = (subtask * agent.unsqueeze(-2)).sum(-1) * self.scale  # [..., n, S]
+        lead = (*base.shape[:-3], n_samples)
+        choices, updates, log_probs, entropy = [], [], [], 0.0
+        for i in range(n_agents):  # autoregressive over agents (N is small), batched otherwise
+            logits = base[..., i, :].expand(*lead, base.shape[-1])  # [..., n, S]
+            for chosen, delta in zip(choices, updates):
+                dot = (delta * agents[..., i, :].unsqueeze(-2)).sum(-1, keepdim=True) * self.scale  # [..., n, 1]
+                logits = logits + nn.functional.one_hot(chosen, logits.shape[-1]) * dot
             log_p = logits.masked_fill(inactive, -1e9).log_softmax(-1)
-            if given is None:
-                choice = torch.distributions.Categorical(logits=log_p).sample()
+            if given is None:  # Categorical(logits=log_p).sample(), without building the distribution
+                choice = torch.multinomial(log_p.exp().reshape(-1, log_p.shape[-1]), 1).view(lead)
             else:
                 choice = given[..., i]
             log_probs.append(log_p.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
             entropy = entropy - (log_p.exp() * log_p).sum(-1)
-            # only the chosen subtask's embedding changes: compute its update alone
-            index = choice.unsqueeze(-1).unsqueeze(-1).expand(*choice.shape, 1, subtask.shape[-1])
-            picked = subtask.gather(-2, index)  # [..., n, 1, d]
-            update = self.residual(torch.cat([picked, agent.unsqueeze(-2).expand_as(picked)], -1))
-            subtask = subtask.scatter_add(-2, index, update)
+            # the chosen subtask's embedding now: u^0 plus the earlier agents' updates to it
+            picked = subtask.gather(-2, choice.unsqueeze(-1).expand(*lead, subtask.shape[-1]))  # [..., n, d]
+            for chosen, delta in zip(choices, updates):
+                picked = picked + (chosen == choice).unsqueeze(-1) * delta
+            hidden = torch.relu(nn.functional.linear(picked, first.weight[:, :half]) + agent_part[..., i, :, :])
+            updates.append(last(hidden))
             choices.append(choice)
         return torch.stack(choices, -1), torch.stack(log_probs, -1), entropy
 
@@ -246,17 +264,69 @@ class AllocationCritic(nn.Module):
         self.value = PopArt(width, c.popart_beta)
 
     def forward(self, entities: Tensor, alloc: Tensor, normalized: bool = False) -> Tensor:
-        """entities ``[..., E, F]``, alloc ``[..., n, N]`` -> Q ``[..., n]`` (Pop-Art's n if ``normalized``)."""
-        n = alloc.shape[-2]
+        """entities ``[..., E, F]``, alloc ``[..., n, N]`` -> Q ``[..., n]`` (Pop-Art's n if ``normalized``).
+
+        The tokens are the entities' embeddings, agent i's plus its subtask's; the value reads
+        the mean over tokens of ``relu(attention + token)``. Many allocations of one state (the
+        proposals) go through :meth:`shared_tokens`, one through the attention module itself.
+        """
         h = self.encode(entities) + self.member(self.view.membership)  # [..., E, d]
-        h = h.unsqueeze(-3).expand(*h.shape[:-2], n, *h.shape[-2:])  # [..., n, E, d]
-        agents = h[..., :self.view.n_agents, :] + self.assigned(alloc)
-        h = torch.cat([agents, h[..., self.view.n_agents:, :]], dim=-2)
-        flat = h.reshape(-1, *h.shape[-2:])
-        attended, _ = self.attention(flat, flat, flat, need_weights=False)
-        pooled = torch.relu(attended + flat).mean(-2)
-        n = self.value(self.head(pooled)).view(h.shape[:-2])
-        return n if normalized else self.value.denormalize(n)
+        n, e, agents = alloc.shape[-2], h.shape[-2], self.view.n_agents
+        if n * e > agents * self.view.n_subtasks + e - agents:
+            tokens = self.shared_tokens(h, alloc)
+        else:
+            h = h.unsqueeze(-3).expand(*h.shape[:-2], n, *h.shape[-2:])  # [..., n, E, d]
+            h = torch.cat([h[..., :agents, :] + self.assigned(alloc), h[..., agents:, :]], dim=-2)
+            flat = h.reshape(-1, *h.shape[-2:])
+            attended, _ = self.attention(flat, flat, flat, need_weights=False)
+            tokens = torch.relu(attended + flat).view(h.shape)
+        q = self.value(self.head(tokens.mean(-2))).view(alloc.shape[:-1])
+        return q if normalized else self.value.denormalize(q)
+
+    def shared_tokens(self, h: Tensor, alloc: Tensor) -> Tensor:
+        """``relu(attention + token)`` of every token of every allocation, by distinct tokens.
+
+        Each token of an allocation of a state is one of U = N S + (E - N): agent i assigned
+        subtask k (``h_i + a_k``), or an entity that is not an agent. Token i of an allocation
+        with tokens t_1 .. t_E attends as
+
+        .. math::
+            o_i = b^o + \\sum_h \\sum_j \\mathrm{softmax}_j\\Big(\\frac{q_h(t_i) \\cdot k_h(t_j)}{\\sqrt c}\\Big)\\,
+                  W^o_h\\, v_h(t_j),
+
+        so the projections, the U x U scores and the projected values ``W^o_h v_h(u)`` are
+        computed once per state; an allocation gathers its E x E scores and adds up its weights
+        per distinct token before one product with the U projected values. Exactly
+        ``nn.MultiheadAttention``'s result, at a fraction of the cost of projecting n E tokens.
+        The same product adds ``b^o`` (``b^o / H`` on every projected value: each head's
+        weights sum to 1) and the residual token (an extra head: weight 1 on the token itself).
+
+        Shapes: h ``[..., E, d]``, alloc ``[..., n, N]`` -> ``[..., n, E, d]``.
+        """
+        mha, n_agents, s = self.attention, self.view.n_agents, self.view.n_subtasks
+        heads, (e, d), lead = mha.num_heads, h.shape[-2:], alloc.shape[:-1]
+        distinct = torch.cat([(h[..., :n_agents, None, :] + self.assigned.weight).flatten(-3, -2),
+                              h[..., n_agents:, :]], -2)  # [..., U, d]: agent i as k at i S + k, then the rest
+        u = distinct.shape[-2]
+        q, k, v = nn.functional.linear(distinct, mha.in_proj_weight, mha.in_proj_bias).unflatten(
+            -1, (3, heads, d // heads)).unbind(-3)  # each [..., U, H, c]
+        scores = torch.einsum("...uhc,...whc->...huw", q, k).flatten(-2) / math.sqrt(d // heads)  # [..., H, U U]
+        values = torch.einsum("...whc,ohc->...hwo", v, mha.out_proj.weight.view(d, heads, d // heads))
+        values = torch.cat([values + mha.out_proj.bias / heads, distinct.unsqueeze(-3)], -3)  # [..., H + 1, U, d]
+        index = torch.arange(n_agents, device=alloc.device) * s
+        ids = torch.cat([alloc + index, (n_agents * s + torch.arange(e - n_agents, device=alloc.device))
+                        .expand(*lead, e - n_agents)], -1)  # [..., n, E]: each token's distinct token
+        pairs = (ids.unsqueeze(-2) * u + ids.unsqueeze(-1)).flatten(-2)  # [..., n, E(j) E(i)]: (t_i, t_j)
+        scores = scores.unsqueeze(-3).expand(*lead[:-1], lead[-1], heads, u * u).gather(
+            -1, pairs.unsqueeze(-2).expand(*lead, heads, e * e))
+        # softmax over the keys j on the second-to-last dim: torch's CPU softmax is slow over a last dim of E
+        weights = scores.view(*lead, heads, e, e).softmax(-2)  # [..., n, H, E(j), E(i)]
+        itself = torch.eye(e, dtype=weights.dtype, device=weights.device).expand(*lead, 1, e, e)
+        weights = torch.cat([weights, itself], -3).permute(*range(len(lead)), -1, -3, -2)  # [..., n, E(i), H + 1, E(j)]
+        per_token = weights.new_zeros(*lead, e, heads + 1, u).scatter_add(
+            -1, ids.view(*lead, 1, 1, e).expand(weights.shape), weights)  # [..., n, E(i), H + 1, U]
+        tokens = per_token.flatten(-2).flatten(-3, -2) @ values.flatten(-3, -2)  # [..., n E, d]
+        return torch.relu(tokens).view(*lead, e, d)
 
 
 class Allocator(EpisodeTargetLearner):

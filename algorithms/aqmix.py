@@ -163,8 +163,19 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 class EntityAttention(nn.Module):
     """Multi-head attention of one query over a set of entities; hidden entities get no weight.
 
-    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``;
-    the leading dims broadcast, so one agent's keys serve several masks (the mixer's subtasks).
+    With head h's projections W^q_h, W^k_h, W^v_h (``d = D / H`` rows each) and entity
+    embeddings e, head h reads
+
+    .. math::
+        o_h = \\sum_e w_{he}\\, W^v_h e = W^v_h \\sum_e w_{he}\\, e,\\qquad
+        w_{he} = \\mathrm{softmax}_e \\frac{(W^q_h x) \\cdot W^k_h e}{\\sqrt d}
+               = \\mathrm{softmax}_e \\frac{(W^{k\\top}_h W^q_h x) \\cdot e}{\\sqrt d},
+
+    so it is computed that way round: the key projection folded into the query, the value
+    projection applied after the mix. Nothing is projected per entity (that was two D x D
+    products per entity, most of the agents' and the mixer's work).
+
+    Shapes: query ``[..., Dq]``, entities ``[..., E, D]``, hidden ``[..., E]`` bool -> ``[..., D]``.
     """
 
     def __init__(self, query_dim: int, dim: int, heads: int):
@@ -176,19 +187,21 @@ class EntityAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, query: Tensor, entities: Tensor, hidden: Tensor | None = None) -> Tensor:
-        q = self.query(query).unflatten(-1, (self.heads, -1))  # [..., H, d]
-        k = self.key(entities).unflatten(-1, (self.heads, -1))  # [..., E, H, d]
-        v = self.value(entities).unflatten(-1, (self.heads, -1))
-        scores = torch.einsum("...hd,...ehd->...he", q, k) / math.sqrt(q.shape[-1])
+        h, dim = self.heads, entities.shape[-1]
+        q = self.query(query).unflatten(-1, (h, -1))  # [..., H, d]
+        d = q.shape[-1]
+        folded = torch.einsum("...hd,hdD->...hD", q, self.key.weight.view(h, d, dim))  # W^k_h^T W^q_h x: [..., H, D]
+        scores = folded @ entities.transpose(-1, -2) / math.sqrt(d)  # [..., H, E]
         if hidden is None:
             weights = scores.softmax(-1)
         else:
-            hidden = hidden.unsqueeze(-2)  # [..., 1, E]: the same for every head
-            # A row with every entity hidden would be a softmax over -inf only (NaN): give it
+            # A row with every entity hidden would be a softmax over -inf only (NaN): it keeps
             # finite scores, then zero weights, so an agent that may see nothing reads zeros.
-            scores = scores.masked_fill(hidden, float("-inf")).masked_fill(hidden.all(-1, keepdim=True), 0.0)
-            weights = scores.softmax(-1).masked_fill(hidden, 0.0)
-        return self.out(torch.einsum("...he,...ehd->...hd", weights, v).flatten(-2))
+            blind = hidden.all(-1, keepdim=True).unsqueeze(-1)  # [..., 1, 1]
+            hidden = hidden.unsqueeze(-2)  # [..., 1, E]: the same for every head
+            weights = scores.masked_fill(hidden & ~blind, float("-inf")).softmax(-1).masked_fill(blind, 0.0)
+        mixed = weights @ entities  # sum_e w_he e: [..., H, D]
+        return self.out(torch.einsum("...hD,hdD->...hd", mixed, self.value.weight.view(h, d, dim)).flatten(-2))
 
 
 class SubtaskMask(nn.Module):
@@ -269,8 +282,12 @@ class Mixer(nn.Module):
     so dQ^g_tot/dQ_i >= 0, = 0 unless i is in g, and Q^g_tot does not change with the
     entities hidden from g (another subtask's entities and agents).
 
-    Shapes: ``q [..., N]``, ``obs [..., N, obs_dim]``, ``groups [..., N, G]`` 0/1 -> ``Q_tot [..., G]``;
-    with a mask, G = S (group g is subtask g).
+    x_{g,i} counts only where i is in g, and an agent is in one group at most (its command is
+    a one-hot; flat, everyone is in the one group), so x_i, its view under its own group's
+    mask, is all there is to compute: N attentions, not G N.
+
+    Shapes: ``q [..., N]``, ``obs [..., N, obs_dim]``, ``groups [..., N, G]`` 0/1, at most one 1
+    per agent -> ``Q_tot [..., G]``; with a mask, G = S (group g is subtask g).
     """
 
     def __init__(self, layout: EntityLayout, config: AQMIXConfig, mask: SubtaskMask | None):
@@ -283,19 +300,17 @@ class Mixer(nn.Module):
         self.hyper_b_1 = nn.Linear(h, d)
         self.hyper_w_final = nn.Linear(h, d)
         self.V = nn.Sequential(nn.Linear(h, d), nn.ReLU(), nn.Linear(d, 1))  # QMIX's state-dependent bias
-        self.register_buffer("subtasks", torch.eye(layout.n_subtasks), persistent=False)  # viewer g = one-hot g
 
     def forward(self, q: Tensor, obs: Tensor, groups: Tensor) -> Tensor:
         own, rows, _ = self.layout.split(obs)
         member = groups.transpose(-1, -2)  # [..., G, N]
-        # [..., G, 1, E]: the same hidden set for every agent's view of group g
-        hidden = None if self.mask is None else self.mask(self.subtasks, groups).unsqueeze(-2)
-        x = self.attention(self.embed(own).unsqueeze(-3), self.embed(rows).unsqueeze(-4), hidden)
-        x = x.expand(*member.shape, x.shape[-1])  # [..., G, N, H]
-        state = (member.unsqueeze(-1) * x).sum(-2) / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]
-        w1 = self.hyper_w_1(x).abs()  # [..., G, N, D]; abs: monotonic in every Q_i
+        # agent i's group's mask: with its one-hot group as the viewer, the one its group sees
+        hidden = None if self.mask is None else self.mask(groups, groups)  # [..., N, E]
+        x = self.attention(self.embed(own), self.embed(rows), hidden)  # x_i: [..., N, H]
+        state = member @ x / member.sum(-1, keepdim=True).clamp(min=1)  # [..., G, H]
+        w1 = self.hyper_w_1(x).abs()  # [..., N, D]; abs: monotonic in every Q_i
         q_in = member * q.unsqueeze(-2)  # [..., G, N]: agents outside the group contribute nothing
-        hidden_layer = F.elu((q_in.unsqueeze(-1) * w1).sum(-2) + self.hyper_b_1(state))
+        hidden_layer = F.elu(q_in @ w1 + self.hyper_b_1(state))  # [..., G, D]
         w_final = self.hyper_w_final(state).abs()
         return (hidden_layer * w_final).sum(-1) + self.V(state).squeeze(-1)
 

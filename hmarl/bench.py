@@ -14,6 +14,13 @@ iteration's warm-up included; construction and the final evaluation left out, as
 timing leaves out its setup and runs no evaluation). The peer is BenchMARL's MAPPO
 (``docs/scripts/peer_benchmarl.py``) on VMAS balance at the same copies and budget.
 
+The off-policy groups (point_maze, savethecity) are update-bound: one or more gradient steps
+per env step of each copy. Next to each system they report its gradient steps per second and
+its update-bound limit (the ``limit`` pseudo-system): the system's own learners, networks and
+optimisers, taking as many gradient steps per rollout as one training iteration gives them
+(the paper's schedule), on random minibatches shaped like their replay rows, with no env,
+rollout or replay in the loop. ``vs limit`` is the training throughput over that limit.
+
 Every measurement runs in a fresh interpreter, so that its peak memory (resident set size,
 and CUDA's peak allocation on a GPU) is its own and no run warms another's caches. Start-up
 times are the median wall time of 5 runs of each command.
@@ -47,13 +54,17 @@ class Group:
     num_envs: int
     frames: int
     systems: tuple[str, ...]
+    update_bound: bool = False
+    """Off-policy systems: report gradient steps/s and each system's update-bound limit."""
 
 
 GROUPS = (Group("vmas_balance", 4, 64, 64_000, ("mappo", "ippo", "tag_3ppo")),
           Group("vmas_sampling", 3, 64, 64_000, ("himppo", "ippo", "mappo")),
           Group("lbfws_hard", 4, 64, 64_000, ("himppo", "ippo", "mappo")),
-          Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg")),
-          Group("savethecity", 3, 64, 32_000, ("alma", "alma_heuristic", "aqmix")))
+          Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg"), update_bound=True),
+          Group("savethecity", 3, 64, 32_000, ("alma", "alma_heuristic", "aqmix"), update_bound=True))
+#: the row label of a system's update-bound limit, after its name
+LIMIT = ": update-bound limit"
 #: (system, env, n_agents) whose cost is measured at growing numbers of copies
 SCALING = (("mappo", "vmas_balance", 4), ("tag_3ppo", "vmas_balance", 4), ("himppo", "vmas_sampling", 3))
 SCALING_COPIES = (16, 64, 256, 1024)
@@ -80,8 +91,9 @@ def system_config(algorithm: str, env: str, n_agents: int, num_envs: int, frames
     return RunConfig.from_config(config)
 
 
-def training_throughput(run) -> float:
-    """Env steps per second over all training iterations (see the module docstring)."""
+def training_throughput(run) -> dict:
+    """Env steps per second over all training iterations (see the module docstring), and the
+    off-policy learners' gradient steps per second over the same time."""
     from hmarl.experiment import Trainer
 
     seconds = []
@@ -90,8 +102,74 @@ def training_throughput(run) -> float:
         if name == "perf/env_steps_per_s":
             seconds.append(run.steps_per_iteration / value)
 
-    Trainer(run, log).fit()
-    return run.iterations * run.steps_per_iteration / sum(seconds)
+    trainer = Trainer(run, log)
+    trainer.fit()
+    steps = sum(replay_learner_steps(trainer.hierarchy))
+    return {"steps_per_s": run.iterations * run.steps_per_iteration / sum(seconds),
+            "gradient_steps_per_s": steps / sum(seconds)}
+
+
+def off_policy(learner) -> bool:
+    """Whether ``learner`` learns from a replay by ``gradient_step`` (algorithms.common's
+    ReplayLearner; recognised by its interface, as hmarl does not import algorithms)."""
+    return hasattr(learner, "replay") and hasattr(learner, "gradient_step")
+
+
+def replay_learner_steps(hierarchy) -> list[int]:
+    """Gradient steps taken so far by each off-policy learner of ``hierarchy`` (0 for the others)."""
+    return [level.learner.gradient_steps if off_policy(level.learner) else 0 for level in hierarchy.levels]
+
+
+def limit_throughput(run) -> dict:
+    """The update-bound limit of ``run``'s system: env steps/s and gradient steps/s of its
+    learners' gradient steps alone (see the module docstring).
+
+    One training iteration (rollout and update) fills the replays and gives each learner's
+    gradient steps per iteration; then that many :meth:`gradient_step` calls per learner and
+    iteration, for as many iterations as the run trains (a timing window as long as the
+    system's), run on random minibatches drawn in advance, shaped like its replay rows (floats
+    uniform in [0, 1), integers uniform up to the largest stored, booleans fair coins).
+    """
+    from hmarl.experiment import Trainer
+
+    hierarchy = Trainer(run).hierarchy
+    hierarchy.train(True)
+    hierarchy.reset(run.seed)
+    per_iteration = [0] * len(hierarchy.levels)
+    for _ in range(3):  # the iterations before one where every learner learns (replays filling)
+        before = replay_learner_steps(hierarchy)
+        hierarchy.rollout(run.rollout_steps)
+        hierarchy.update(progress=0.0)
+        per_iteration = [a - b for a, b in zip(replay_learner_steps(hierarchy), before)]
+        if all(n or not off_policy(level.learner) for n, level in zip(per_iteration, hierarchy.levels)):
+            break
+    seconds = 0.0
+    for level, steps in zip(hierarchy.levels, per_iteration):
+        if not steps:
+            continue
+        learner = level.learner
+        shape = learner.replay.sample(learner.config.batch_size)
+        batches = [{key: random_like(value) for key, value in shape.items()} for _ in range(steps)]
+        synchronize(run.device)
+        tic = time.perf_counter()
+        for _ in range(run.iterations):
+            for batch in batches:
+                learner.gradient_step(batch)
+        synchronize(run.device)
+        seconds += time.perf_counter() - tic
+    return {"steps_per_s": run.iterations * run.steps_per_iteration / seconds,
+            "gradient_steps_per_s": run.iterations * sum(per_iteration) / seconds}
+
+
+def random_like(x):
+    """Random values of ``x``'s shape and dtype (see :func:`limit_throughput`)."""
+    import torch
+
+    if x.dtype == torch.bool:
+        return torch.rand(x.shape, device=x.device) < 0.5
+    if x.is_floating_point():
+        return torch.rand_like(x)
+    return torch.randint_like(x, int(x.max()) + 1)
 
 
 def raw_throughput(run) -> float:
@@ -124,24 +202,32 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(system: str, env: str, n_agents: int, num_envs: int, frames: int, threads: int, device: str) -> dict:
-    """Env steps/s of ``system`` (``raw``: the env alone, with the first system's env settings)
-    and the process's peak memory."""
+def measure(system: str, env: str, n_agents: int, num_envs: int, frames: int, threads: int, device: str,
+            of: str | None = None) -> dict:
+    """Env steps/s of ``system`` (``raw``: the env alone, with the first system's env settings;
+    ``limit``: the update-bound limit of system ``of``), gradient steps/s where it learns off
+    policy, and the process's peak memory."""
     import torch
 
     torch.set_num_threads(threads)
-    run = system_config("mappo" if system == "raw" else system, env, n_agents, num_envs, frames, threads, device)
-    steps_per_s = raw_throughput(run) if system == "raw" else training_throughput(run)
-    result = {"steps_per_s": steps_per_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if system == "limit" and of is None:
+        raise ValueError("the limit pseudo-system needs the system it bounds (--of)")
+    name = {"raw": "mappo", "limit": of}.get(system, system)
+    run = system_config(name, env, n_agents, num_envs, frames, threads, device)
+    if system == "raw":
+        result = {"steps_per_s": raw_throughput(run)}
+    else:
+        result = limit_throughput(run) if system == "limit" else training_throughput(run)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return result
 
 
-def measured(system: str, env: str, n_agents: int, num_envs: int, frames: int, args) -> dict:
+def measured(system: str, env: str, n_agents: int, num_envs: int, frames: int, args, of: str | None = None) -> dict:
     """:func:`measure` in a fresh interpreter (``python -m hmarl.bench measure ...``)."""
     command = [sys.executable, "-m", "hmarl.bench", "measure", system, env, str(n_agents), str(num_envs),
-               str(frames), "--threads", str(args.threads), "--device", args.device]
+               str(frames), "--threads", str(args.threads), "--device", args.device] + (["--of", of] if of else [])
     out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if out.returncode:
         raise RuntimeError(f"{' '.join(command[2:])} failed:\n{out.stderr[-3000:]}")
@@ -161,22 +247,33 @@ def peer_throughput(python: str, num_envs: int, frames: int, threads: int) -> fl
 
 
 def throughput_table(group: Group, args) -> str:
-    """Raw env stepping, each system and (on VMAS balance, when given) the peer, in one run."""
+    """Raw env stepping, each system (in an update-bound group, followed by its limit) and (on
+    VMAS balance, when given) the peer, in one run."""
     frames = max(group.num_envs * 100, group.frames // 4) if args.quick else group.frames
-    rows = [(name, measured(name, group.env, group.n_agents, group.num_envs, frames, args))
-            for name in ("raw", *group.systems)]
+    rows = [("raw", measured("raw", group.env, group.n_agents, group.num_envs, frames, args))]
+    for name in group.systems:
+        rows.append((name, measured(name, group.env, group.n_agents, group.num_envs, frames, args)))
+        if group.update_bound:
+            rows.append((name + LIMIT, measured("limit", group.env, group.n_agents, group.num_envs, frames, args, of=name)))
     peer = None
     if args.peer_python and group.env == "vmas_balance":
         peer = peer_throughput(args.peer_python, group.num_envs, frames, args.threads)
     raw = rows[0][1]["steps_per_s"]
+    bound = " gradient steps/s | vs limit |" if group.update_bound else ""
     lines = [f"### {group.env}: {group.n_agents} agent(s), {group.num_envs} copies, {frames:,} env steps", "",
-             "| system | env steps/s | vs raw env |" + (" vs peer |" if peer else "") + " peak memory (MB) |",
-             "|---|---:|---:|" + ("---:|" if peer else "") + "---:|"]
+             "| system | env steps/s | vs raw env |" + (" vs peer |" if peer else "") + bound + " peak memory (MB) |",
+             "|---|---:|---:|" + ("---:|" if peer else "") + ("---:|---:|" if bound else "") + "---:|"]
+    limits = {name: result["steps_per_s"] for name, result in rows if name.endswith(LIMIT)}
     for name, result in rows:
-        label = "raw env stepping (the limit)" if name == "raw" else name
+        label = ("raw env stepping (the env's limit)" if bound else "raw env stepping (the limit)") if name == "raw" \
+            else name
         value = result["steps_per_s"]
-        lines.append(f"| {label} | {value:,.0f} | {value / raw:.2f} |" + (f" {value / peer:.2f} |" if peer else "")
-                     + f" {memory(result)} |")
+        cells = f"| {label} | {value:,.0f} | {value / raw:.2f} |" + (f" {value / peer:.2f} |" if peer else "")
+        if bound:
+            limit = limits.get(name if name.endswith(LIMIT) else name + LIMIT)
+            steps = result.get("gradient_steps_per_s")
+            cells += (f" {steps:,.0f} |" if steps is not None else " |") + (f" {value / limit:.2f} |" if limit else " |")
+        lines.append(cells + f" {memory(result)} |")
     if peer:
         lines.append(f"| BenchMARL MAPPO (peer) | {peer:,.0f} | {peer / raw:.2f} | 1.00 | |")
     return "\n".join(lines)
@@ -240,7 +337,7 @@ def group_names() -> list[str]:
 
 
 def machine_line(args) -> str:
-    """The machine, torch, threads, device and commit the figures were measured on."""
+    """The page's line on where its figures come from: machine, torch, threads, device, commit."""
     import torch
 
     gpu = ""
@@ -262,8 +359,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.add_argument(name, type=int)
         parser.add_argument("--threads", type=int, default=2)
         parser.add_argument("--device", default="cpu")
+        parser.add_argument("--of", help="the system whose update-bound limit the limit pseudo-system measures")
         a = parser.parse_args(argv[1:])
-        print(json.dumps(measure(a.system, a.env, a.n_agents, a.num_envs, a.frames, a.threads, a.device)))
+        print(json.dumps(measure(a.system, a.env, a.n_agents, a.num_envs, a.frames, a.threads, a.device, a.of)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=group_names(), metavar="GROUP",
@@ -287,6 +385,10 @@ def main(argv: list[str] | None = None) -> None:
               "warm-up included; no evaluation, as in the peer's run), 100-step rollouts, on-policy "
               "updates of 4 epochs x 4 minibatches; the raw row steps the env alone with random actions "
               "(random play ends balance episodes early, so it resets more often than a policy does). "
+              "The off-policy groups add the learners' gradient steps per second and each system's "
+              "update-bound limit: its own gradient steps, at the schedule one training iteration gives "
+              "them, on random minibatches shaped like its replay rows, with no env, rollout or replay; "
+              "vs limit is the system's share of it. "
               "Each figure comes from its own interpreter; peak memory is that process's resident set.\n\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + "\n\n".join(tables) + "\n")

@@ -86,6 +86,22 @@ def test_best_of_n_takes_the_critics_argmax():
     assert torch.equal(alloc.sum(-1).float(), value)
 
 
+def test_the_critic_values_many_allocations_as_it_values_each_alone():
+    """Proposals go through the critic's distinct-token attention (AllocationCritic.shared_tokens),
+    one allocation through nn.MultiheadAttention: the same Q(s, alloc), and the same gradients."""
+    torch.manual_seed(0)
+    critic = allocator().critic
+    entities = torch.randn(5, E, F)
+    allocs = torch.randint(0, S, (5, 6, N))  # 6 x 7 tokens > 3 x 4 + 4 distinct ones: the shared path
+    together = critic(entities, allocs)
+    alone = torch.cat([critic(entities, allocs[:, i:i + 1]) for i in range(6)], -1)
+    torch.testing.assert_close(together, alone)
+    params = list(critic.parameters())
+    for a, b in zip(torch.autograd.grad(together.square().sum(), params),
+                    torch.autograd.grad(alone.square().sum(), params), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_meta_transitions_between_decisions():
     """Sec. 4.1 / spec: a meta-transition's reward is the team reward per step of its segment.
     The level's reward is the sum of its N = 3 children's, each carrying the team reward R
