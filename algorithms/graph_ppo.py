@@ -32,7 +32,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, normal_log_prob
+from algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, log_softmax, normal_log_prob
 from hmarl.buffers import Rollout
 from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
 from hmarl.learner import AgentIO, Learner
@@ -194,7 +194,7 @@ class GraphPPO(Learner):
     def _distribution(self, obs: torch.Tensor, graph: torch.Tensor | None = None):
         out = self.actor(obs, graph)
         if self.discrete:
-            return out.log_softmax(-1)
+            return log_softmax(out)
         return out
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
