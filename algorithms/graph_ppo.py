@@ -121,8 +121,13 @@ class EdgeNetwork(nn.Module):
             return (x * weight).sum(-2) / weight.sum(-2).clamp(min=1)
         return x.squeeze(-2) if self.io.group == 1 else x.sum(-2) / self.io.group
 
-    def _weight(self, present: torch.Tensor) -> torch.Tensor | None:
-        return present.unsqueeze(-1).float() if self.io.presence else None
+    def _parts(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """obs -> child features, the slots' weights ``[..., N, group, 1]`` (1 for a child; None when
+        every slot holds one) and the command."""
+        io = self.io
+        children = obs[..., :io.child_obs_dim].unflatten(-1, (io.group, io.child_dim))
+        weight = (children[..., -1:] > 0.5).float() if io.presence else None
+        return children, weight, obs[..., io.child_obs_dim:]
 
     def same_level_graph(self, obs: torch.Tensor) -> torch.Tensor | None:
         """The agents' same-level graph in ``obs``: kNN neighbour lists ``[M, N, k]`` of the agents'
@@ -134,9 +139,9 @@ class EdgeNetwork(nn.Module):
         if self.graph == "complete":
             return self.complete_adj if self.dense else self.complete
         io = self.io
-        children, present, _ = self.split(obs)
+        children, weight, _ = self._parts(obs)
         child_pos = children[..., self.message_dim:self.message_dim + io.position_dim]
-        positions = self._pool(child_pos, self._weight(present))
+        positions = self._pool(child_pos, weight)
         positions = positions.reshape(-1, io.n_agents, io.position_dim)
         if self.dense:
             return edges_to_adjacency(knn_edges(positions, self.knn), io.n_agents, positions.shape[0])
@@ -144,8 +149,7 @@ class EdgeNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs per edge; ``graph`` is :meth:`same_level_graph` of ``obs`` (computed when not given)."""
-        children, present, command = self.split(obs)
-        weight = self._weight(present)
+        children, weight, command = self._parts(obs)
         child_in = children[..., :self.message_dim + self.io.position_dim]
         embedded = self.activation(self.child_encoder(child_in))  # [..., N, G, h]
         pooled = self._pool(embedded, weight)  # children -> parent
