@@ -303,14 +303,15 @@ class GraphPPO(Learner):
             order = torch.randperm(batch_size, device=b_obs.device)
             for start in range(0, batch_size, minibatch_size):
                 mb = order[start:start + minibatch_size]
-                mask = b_valid[mb].reshape(-1)
-                obs = b_obs[mb]
+                rows = lambda x: x.index_select(0, mb)  # noqa: E731  (2-5x faster than x[mb] on the CPU)
+                mask = rows(b_valid).reshape(-1)
+                obs = rows(b_obs)
                 graph = self.actor.same_level_graph(obs)  # the actor's and the critic's
-                new_log_prob, entropy = self.evaluate(obs, b_actions[mb], graph)
+                new_log_prob, entropy = self.evaluate(obs, rows(b_actions), graph)
                 new_value = self.critic_output(obs, graph)
                 # every edge that counts is one sample: advantages are standardised over them
                 terms = clipped_losses(*(x.reshape(-1) for x in (
-                    new_log_prob, b_log_probs[mb], b_advantages[mb], new_value, b_values[mb], b_returns[mb])),
+                    new_log_prob, rows(b_log_probs), rows(b_advantages), new_value, rows(b_values), rows(b_returns))),
                     c.clip_coef, c.clip_vloss, c.norm_adv, mask)
                 pg_loss, v_loss, approx_kl, clipfrac = (_masked_mean(x, mask) for x in terms)
                 entropy_loss = _masked_mean(entropy.reshape(-1), mask)
