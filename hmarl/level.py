@@ -377,6 +377,7 @@ class Level:
             child_mask = mask.unsqueeze(-1) & children_alive
             action, log_prob, extra = self._act(obs, ts)
             ts = self.below.step(self._to_below(action))
+            self._observed_of = None  # (even if the level below handed back the same TimeStep, refilled)
             done = ts.done
             children_reward = self.children_view(ts.reward).sum(-1)
             ended_positions = ts.info.get("final_positions", ts.info.get("positions"))

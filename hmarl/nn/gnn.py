@@ -93,7 +93,8 @@ class NeighbourConv(MessagePassing):
     def forward_neighbours(self, x: Tensor, gather: Callable[[Tensor], Tensor], k: int) -> Tensor:
         """The same layer when every node hears ``k`` others: ``gather`` maps node rows
         ``[B, n, h]`` to each node's neighbours' rows ``[B, n, k, h]`` (see :class:`GraphEncoder`)."""
-        target = self.lin_target(x).unsqueeze(-2)  # (first, as torch-geometric: the gradients add up in its order)
+        # W_1 x before W_2 x, as torch-geometric's layer: x's gradients then add up in the same order
+        target = self.lin_target(x).unsqueeze(-2)
         # the gathered block as the first operand: torch then loops over its layout, a third faster
         messages = self.activation(gather(self.lin_source(x)) + target)
         return self.lin_root(x) + self.lin_aggr(_mean_of_block(messages))
