@@ -32,7 +32,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, normal_log_prob
+from algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, log_softmax, normal_log_prob
 from hmarl.buffers import Rollout
 from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
 from hmarl.learner import AgentIO, Learner
@@ -121,8 +121,13 @@ class EdgeNetwork(nn.Module):
             return (x * weight).sum(-2) / weight.sum(-2).clamp(min=1)
         return x.squeeze(-2) if self.io.group == 1 else x.sum(-2) / self.io.group
 
-    def _weight(self, present: torch.Tensor) -> torch.Tensor | None:
-        return present.unsqueeze(-1).float() if self.io.presence else None
+    def _parts(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """obs -> child features, the slots' weights ``[..., N, group, 1]`` (1 for a child; None when
+        every slot holds one) and the command."""
+        io = self.io
+        children = obs[..., :io.child_obs_dim].unflatten(-1, (io.group, io.child_dim))
+        weight = (children[..., -1:] > 0.5).float() if io.presence else None
+        return children, weight, obs[..., io.child_obs_dim:]
 
     def same_level_graph(self, obs: torch.Tensor) -> torch.Tensor | None:
         """The agents' same-level graph in ``obs``: kNN neighbour lists ``[M, N, k]`` of the agents'
@@ -134,9 +139,9 @@ class EdgeNetwork(nn.Module):
         if self.graph == "complete":
             return self.complete_adj if self.dense else self.complete
         io = self.io
-        children, present, _ = self.split(obs)
+        children, weight, _ = self._parts(obs)
         child_pos = children[..., self.message_dim:self.message_dim + io.position_dim]
-        positions = self._pool(child_pos, self._weight(present))
+        positions = self._pool(child_pos, weight)
         positions = positions.reshape(-1, io.n_agents, io.position_dim)
         if self.dense:
             return edges_to_adjacency(knn_edges(positions, self.knn), io.n_agents, positions.shape[0])
@@ -144,8 +149,7 @@ class EdgeNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs per edge; ``graph`` is :meth:`same_level_graph` of ``obs`` (computed when not given)."""
-        children, present, command = self.split(obs)
-        weight = self._weight(present)
+        children, weight, command = self._parts(obs)
         child_in = children[..., :self.message_dim + self.io.position_dim]
         embedded = self.activation(self.child_encoder(child_in))  # [..., N, G, h]
         pooled = self._pool(embedded, weight)  # children -> parent
@@ -188,13 +192,15 @@ class GraphPPO(Learner):
         self.actor = EdgeNetwork(io, per_child, c, c.actor_out_gain)
         self.critic = EdgeNetwork(io, 1, c, c.critic_out_gain)
         self.return_norm = RunningNorm(1)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, eps=1e-5)
+        # foreach: one call per step for all parameters instead of a Python loop over them (the CPU
+        # default); the same arithmetic, bit for bit
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, eps=1e-5, foreach=True)
 
     # -- policy and value ------------------------------------------------------------------
     def _distribution(self, obs: torch.Tensor, graph: torch.Tensor | None = None):
         out = self.actor(obs, graph)
         if self.discrete:
-            return out.log_softmax(-1)
+            return log_softmax(out)
         return out
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,14 +303,15 @@ class GraphPPO(Learner):
             order = torch.randperm(batch_size, device=b_obs.device)
             for start in range(0, batch_size, minibatch_size):
                 mb = order[start:start + minibatch_size]
-                mask = b_valid[mb].reshape(-1)
-                obs = b_obs[mb]
+                rows = lambda x: x.index_select(0, mb)  # noqa: E731  (2-5x faster than x[mb] on the CPU)
+                mask = rows(b_valid).reshape(-1)
+                obs = rows(b_obs)
                 graph = self.actor.same_level_graph(obs)  # the actor's and the critic's
-                new_log_prob, entropy = self.evaluate(obs, b_actions[mb], graph)
+                new_log_prob, entropy = self.evaluate(obs, rows(b_actions), graph)
                 new_value = self.critic_output(obs, graph)
                 # every edge that counts is one sample: advantages are standardised over them
                 terms = clipped_losses(*(x.reshape(-1) for x in (
-                    new_log_prob, b_log_probs[mb], b_advantages[mb], new_value, b_values[mb], b_returns[mb])),
+                    new_log_prob, rows(b_log_probs), rows(b_advantages), new_value, rows(b_values), rows(b_returns))),
                     c.clip_coef, c.clip_vloss, c.norm_adv, mask)
                 pg_loss, v_loss, approx_kl, clipfrac = (_masked_mean(x, mask) for x in terms)
                 entropy_loss = _masked_mean(entropy.reshape(-1), mask)

@@ -54,15 +54,18 @@ def _seed_centroids(positions: Tensor, n_clusters: int, generator: torch.Generat
     Farthest-point seeding from the worker farthest from the mean, or k-means++
     sampling when a generator is given.
     """
-    batch, n_workers, _ = positions.shape
-    rows = torch.arange(batch, device=positions.device)
+    batch, n_workers, dim = positions.shape
+
+    def at(worker: Tensor) -> Tensor:  # each copy's worker's position [B, 1, D]
+        return positions.gather(1, worker.view(batch, 1, 1).expand(batch, 1, dim))
+
     if generator is None:
         first = _squared_distances(positions, positions.mean(1, keepdim=True)).squeeze(-1).argmax(1)
     else:
         first = torch.randint(n_workers, (batch,), generator=generator, device=generator.device).to(positions.device)
     seeds = [first]
-    nearest = _squared_distances(positions, positions[rows, first].unsqueeze(1)).squeeze(-1)  # [B, N]
-    for _ in range(n_clusters - 1):
+    nearest = _squared_distances(positions, at(first)).squeeze(-1)  # [B, N]
+    for i in range(n_clusters - 1):
         if generator is None:
             seed = nearest.argmax(1)
         else:
@@ -71,8 +74,10 @@ def _seed_centroids(positions: Tensor, n_clusters: int, generator: torch.Generat
             seed = torch.multinomial(weights.to(generator.device), 1, generator=generator).squeeze(1)
             seed = seed.to(positions.device)
         seeds.append(seed)
-        nearest = torch.minimum(nearest, _squared_distances(positions, positions[rows, seed].unsqueeze(1)).squeeze(-1))
-    return positions[rows.unsqueeze(1), torch.stack(seeds, 1)]
+        if i < n_clusters - 2:  # the last seed's distances choose nothing
+            nearest = torch.minimum(nearest, _squared_distances(positions, at(seed)).squeeze(-1))
+    chosen = torch.stack(seeds, 1)
+    return positions.gather(1, chosen.unsqueeze(-1).expand(batch, n_clusters, dim))
 
 
 def _assign_with_capacity(positions: Tensor, centroids: Tensor, capacity: int) -> Tensor:
@@ -87,15 +92,15 @@ def _assign_with_capacity(positions: Tensor, centroids: Tensor, capacity: int) -
     batch, n_workers, _ = positions.shape
     n_clusters = centroids.shape[1]
     distances = _squared_distances(positions, centroids)  # [B, N, M]
-    rows = torch.arange(batch, device=positions.device)
     assignment = torch.full((batch, n_workers), -1, dtype=torch.long, device=positions.device)
     sizes = torch.zeros(batch, n_clusters, dtype=torch.long, device=positions.device)
+    one = torch.ones(batch, 1, dtype=torch.long, device=positions.device)
     for step in range(n_workers):
         assigned = assignment >= 0
         if step < n_clusters:
             closed = assigned.unsqueeze(2) | (sizes >= 1).unsqueeze(1)
-            pair = distances.masked_fill(closed, math.inf).flatten(1).argmin(1)
-            worker, cluster = pair // n_clusters, pair % n_clusters
+            pair = distances.masked_fill(closed, math.inf).flatten(1).argmin(1, keepdim=True)
+            worker, cluster = pair // n_clusters, pair % n_clusters  # [B, 1] each
         else:
             open_distances = distances.masked_fill((sizes >= capacity).unsqueeze(1), math.inf)
             nearest = open_distances.topk(min(2, n_clusters), dim=2, largest=False)
@@ -103,10 +108,11 @@ def _assign_with_capacity(positions: Tensor, centroids: Tensor, capacity: int) -
                 regret = torch.zeros_like(nearest.values[..., 0])
             else:
                 regret = nearest.values[..., 1] - nearest.values[..., 0]  # inf when one cluster is open
-            worker = regret.masked_fill(assigned, -math.inf).argmax(1)
-            cluster = nearest.indices[rows, worker, 0]
-        assignment[rows, worker] = cluster
-        sizes[rows, cluster] += 1
+            worker = regret.masked_fill(assigned, -math.inf).argmax(1, keepdim=True)
+            cluster = nearest.indices[..., 0].gather(1, worker)
+        # scatters write one entry per copy, cheaper than indexing with (copy, worker) pairs
+        assignment.scatter_(1, worker, cluster)
+        sizes.scatter_add_(1, cluster, one)
     return assignment
 
 

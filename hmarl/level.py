@@ -180,6 +180,7 @@ class Level:
                             num_envs=below_spec.num_envs, device=device, capabilities=capabilities,
                             name=f"level over {below_spec.name}")
         self._below_ts: TimeStep | None = None
+        self._observed_of: tuple[TimeStep, Tensor] | None = None
         self._command_features: Tensor | None = None
         self.decide_every = decide_every
         if decide_every is not None:
@@ -246,8 +247,19 @@ class Level:
             view = torch.cat([view, self._present().unsqueeze(-1).to(view.dtype)], dim=-1)
         return view.flatten(2)
 
+    def _observed(self, ts: TimeStep) -> Tensor:
+        """``_child_obs`` of what the level below returned, computed once per TimeStep: the end of
+        one step (the messages sent up) and the start of the next (what the agents act on) read it."""
+        if self._observed_of is not None and self._observed_of[0] is ts:
+            return self._observed_of[1]
+        child_obs = self._child_obs(ts.obs, ts.info.get("positions"))
+        self._observed_of = (ts, child_obs)
+        return child_obs
+
     def _agent_positions(self, positions: Tensor) -> Tensor:
         """Each agent's position: the mean of its children's ``[B, N, D]``."""
+        if self._blocks and self.group == 1 and positions.is_floating_point():  # its only child's, as it is
+            return positions
         total = self.children_view(positions).sum(2)
         if self._blocks:
             return total / self.group
@@ -337,7 +349,7 @@ class Level:
             self._age = torch.zeros(ts.terminated.shape, dtype=torch.long, device=ts.terminated.device)
             self._active = ts.info["active_subtasks"]
         b = self.spec.num_envs
-        return TimeStep(obs=self.comm(self._child_obs(ts.obs, ts.info.get("positions"))),
+        return TimeStep(obs=self.comm(self._observed(ts)),
                         reward=ts.reward.new_zeros(b, self.spec.n_agents),
                         terminated=ts.terminated, truncated=ts.truncated, info=self._upward_info(ts))
 
@@ -354,18 +366,24 @@ class Level:
         truncated = torch.zeros_like(alive)
         final_message = final_positions = None
         for _ in range(self.steps_per_command):
-            child_obs = self._child_obs(ts.obs, ts.info.get("positions"))
+            child_obs = self._observed(ts)
             obs = self._with_command(child_obs)
             # A copy whose episode ended earlier in this period acts on a command decided in
             # that episode: its steps until the level above decides again count in no loss.
             # (The level above acts on a fixed stride for all copies, so it cannot decide
             # afresh for one copy mid-period; masking keeps its transitions whole.)
-            mask = alive.unsqueeze(-1) & self._agents_alive(ts)
-            child_mask = mask.unsqueeze(-1) & self._children_alive(ts)
+            children_alive = self._children_alive(ts)
+            mask = alive.unsqueeze(-1) & children_alive.any(-1)
+            child_mask = mask.unsqueeze(-1) & children_alive
             action, log_prob, extra = self._act(obs, ts)
             ts = self.below.step(self._to_below(action))
+            self._observed_of = None  # (even if the level below handed back the same TimeStep, refilled)
+            done = ts.done
             children_reward = self.children_view(ts.reward).sum(-1)
-            next_child_obs = self._child_obs(ts.final_obs, ts.info.get("final_positions", ts.info.get("positions")))
+            ended_positions = ts.info.get("final_positions", ts.info.get("positions"))
+            next_child_obs = self._child_obs(ts.final_obs, ended_positions)
+            if not self.dynamic and ts.final_obs is ts.obs and ended_positions is ts.info.get("positions"):
+                self._observed_of = (ts, next_child_obs)  # no copy reset: the next step acts on the same
             step = LevelStep(children_reward, child_obs, next_child_obs, self._command_features, ts.info)
             if self._goal_index is not None:
                 self._command_features = goal_transition(child_obs, self._command_features, next_child_obs,
@@ -375,7 +393,7 @@ class Level:
                     extra.update(parent=self._assignment, slot=self._slot)
                 self.buffer.add(obs=obs, action=action, log_prob=log_prob,
                                 reward=self.reward_rule.step_reward(step),
-                                terminated=ts.terminated, done=ts.done,
+                                terminated=ts.terminated, done=done,
                                 final_obs=self._with_command(next_child_obs), mask=mask, child_mask=child_mask,
                                 **extra)
             # A copy that finished inside the period starts its next episode under the
@@ -385,29 +403,28 @@ class Level:
             final_message = message if final_message is None else torch.where(
                 alive[:, None, None], message, final_message)
             if "positions" in ts.info:
-                ended_at = self._agent_positions(ts.info.get("final_positions", ts.info["positions"]))
+                ended_at = self._agent_positions(ended_positions)
                 final_positions = ended_at if final_positions is None else torch.where(
                     alive[:, None, None], ended_at, final_positions)
             terminated |= ts.terminated & alive
             truncated |= ts.truncated & ~ts.terminated & alive
-            alive &= ~ts.done
+            alive &= ~done
             if self.dynamic:
-                self._regroup(ts, fresh=ts.done)
+                self._regroup(ts, fresh=done)
             if self.decide_every is not None:
-                self._fresh = ts.done
+                self._fresh = done
         self._below_ts = ts
         info = {"final_obs": final_message, **self._upward_info(ts)}
         if final_positions is not None:
             info["final_positions"] = final_positions
-        return TimeStep(obs=self.comm(self._child_obs(ts.obs, ts.info.get("positions"))), reward=reward_up,
+        return TimeStep(obs=self.comm(self._observed(ts)), reward=reward_up,
                         terminated=terminated, truncated=truncated, info=info)
 
     # -- learning ------------------------------------------------------------------------
     def bootstrap_observation(self, next_command: Tensor | None = None) -> Tensor:
         """The observation after the last stored step, carrying ``next_command`` (the command the
         level above gives for the next step) when given, else the command held now."""
-        ts = self._below_ts
-        child_obs = self._child_obs(ts.obs, ts.info.get("positions"))
+        child_obs = self._observed(self._below_ts)
         if next_command is None:
             return self._with_command(child_obs)
         return torch.cat([child_obs, self._encode(next_command)], dim=-1)
@@ -419,8 +436,7 @@ class Level:
     @torch.no_grad()
     def messages(self) -> Tensor:
         """The messages the agents send up from what they observe now ``[B, N, comm.out_dim]``."""
-        ts = self._below_ts
-        return self.comm(self._child_obs(ts.obs, ts.info.get("positions")))
+        return self.comm(self._observed(self._below_ts))
 
     def refresh_below(self, messages: Tensor) -> None:
         """Replace what this level sees of the level below by ``messages`` (recomputed after the

@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig
+from algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig, log_softmax
 from hmarl.buffers import Rollout
 from tests.toys import _io, bandit_rollout
 
@@ -274,3 +274,17 @@ def test_invalid_config_raises(bad):
 def test_multidiscrete_unequal_heads_raises():
     with pytest.raises(ValueError, match="one size"):
         PPO(_io(1, 2, spaces.MultiDiscrete([2, 3])), PPOConfig())
+
+
+@pytest.mark.parametrize("k", [1, 2, 6, 9, 15, 16, 25])
+def test_log_softmax_equals_torchs_bitwise(k):
+    """The short-row path gives torch's own values and gradients, not merely close ones."""
+    g = torch.Generator().manual_seed(k)
+    logits = (torch.randn(300, 4, 1, k, generator=g) * 5).requires_grad_()
+    weights = torch.randn(300, 4, 1, k, generator=g)
+    ours, = torch.autograd.grad((log_softmax(logits) * weights).sum(), logits)
+    torch_grad, = torch.autograd.grad((logits.log_softmax(-1) * weights).sum(), logits)
+    assert ours.is_contiguous()
+    assert torch.equal(log_softmax(logits), logits.log_softmax(-1))
+    assert log_softmax(logits).is_contiguous()
+    assert torch.equal(ours, torch_grad)
