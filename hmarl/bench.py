@@ -176,7 +176,7 @@ def raw_throughput(run) -> float:
     """Env steps per second of the env alone under uniformly random actions (drawn in advance)."""
     import torch
 
-    from envs import make_env
+    from hmarl.envs import make_env
 
     env = make_env(run.env, num_envs=run.num_envs, n_agents=run.n_agents, max_steps=run.max_steps,
                    continuous_actions=run.continuous_actions, seed=0, device=run.device, **run.env_options)

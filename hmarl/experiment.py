@@ -1,6 +1,6 @@
 """The sacred Experiment: config -> env + hierarchy -> train / evaluate -> metrics.
 
-Every YAML under ``configs/algorithms/`` and ``configs/envs/`` is a named config::
+Every YAML under ``hmarl/configs/algorithms/`` and ``hmarl/configs/envs/`` is a named config::
 
     python -m hmarl with tag_3ppo vmas_simple_spread seed=2 total_steps=2000000
 
@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
+import importlib.resources
 import json
 import logging
 import math
@@ -53,8 +54,12 @@ from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
 from hmarl.monitor import EpisodeMonitor
 from hmarl.observer import WHAT_TO_DO, RecordsLost, describe
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
+PACKAGE_DIR = Path(str(importlib.resources.files("hmarl")))
+"""The installed (or checked-out) ``hmarl`` package; its code is recorded with every run."""
+ROOT = PACKAGE_DIR.parent
+"""The folder above the package: the top of the git checkout when run from one (see :func:`git_state`)."""
+CONFIG_DIR = PACKAGE_DIR / "configs"
+"""The shipped named configs, package data of ``hmarl`` (``hmarl/configs/{algorithms,envs,sweeps}``)."""
 KINDS = ("algorithms", "envs")
 """The kinds of named configs: a system (``algorithm``, ``levels``, ...) or an env (``env``, ...)."""
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -65,7 +70,7 @@ logger = logging.getLogger("hmarl")
 
 def config_path() -> list[Path]:
     """Where named configs are looked up, first match wins: the folders of ``HMARL_CONFIG_PATH``
-    (``os.pathsep``-separated, in order), then the shipped ``configs/``."""
+    (``os.pathsep``-separated, in order), then the shipped ``hmarl/configs/``."""
     folders = [Path(entry).resolve() for entry in os.environ.get("HMARL_CONFIG_PATH", "").split(os.pathsep) if entry]
     return [*folders, CONFIG_DIR]
 
@@ -85,7 +90,7 @@ def named_configs(kind: str | None = None) -> dict[str, Path]:
     """Named configs of ``kind`` (``algorithms``, ``envs``; None: every named config): name -> YAML path.
 
     Every folder of ``config_path()`` contributes its ``algorithms/`` and ``envs/`` YAML files and,
-    except the shipped ``configs/``, the YAML files directly inside it, sorted by what they set
+    except the shipped ``hmarl/configs/``, the YAML files directly inside it, sorted by what they set
     (a file that sets neither ``algorithm`` nor ``env``, or that cannot be read, is listed under
     every kind, so that a run naming it gets its error). Only those loose files are read here;
     the others are read when a run uses them.
@@ -143,7 +148,7 @@ class YamlConfig(ConfigDict):
 
 @dataclass
 class RunConfig:
-    """The keys every run understands (``configs/default.yaml`` documents each)."""
+    """The keys every run understands (``hmarl/configs/default.yaml`` documents each)."""
 
     seed: int
     total_steps: int
@@ -181,7 +186,7 @@ class RunConfig:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "RunConfig":
         """Validate a merged config: run keys, learner option blocks (by learner name) and family keys."""
-        from algorithms import FAMILIES, LEARNERS
+        from hmarl.algorithms import FAMILIES, LEARNERS
 
         config = {k: v for k, v in config.items() if k != "__doc__"}
         learner_options = {name: config.pop(name) for name in LEARNERS if name in config}
@@ -350,7 +355,7 @@ def _unused_learner_options(run: RunConfig, hierarchy: Hierarchy) -> list[Unused
     """Warnings for option blocks of learners that no level uses, unless the block is one the
     system's own named config or the default config carries (HRL-CG's ``auto`` worker ships
     both ``td3`` and ``dqn``; every merged config carries the default system's ``ppo``)."""
-    from algorithms import LEARNERS
+    from hmarl.algorithms import LEARNERS
 
     names = {learner: name for name, learner in LEARNERS.items()}
     used = {names.get(type(level.learner), type(level.learner).__name__) for level in hierarchy.levels}
@@ -368,7 +373,7 @@ def _unused_learner_options(run: RunConfig, hierarchy: Hierarchy) -> list[Unused
 
 def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation: bool = False) -> EpisodeMonitor:
     """The run's env with ``num_envs`` copies, wrapped to measure episode returns."""
-    from envs import ENVS, make_env
+    from hmarl.envs import ENVS, make_env
 
     if run.env not in ENVS:
         raise ValueError(f"unknown env {run.env!r}; available: {', '.join(sorted(ENVS))}")
@@ -380,7 +385,7 @@ def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation
 
 def build(run: RunConfig) -> Hierarchy:
     """The run's hierarchy over its env; every configuration error surfaces here."""
-    from algorithms import FAMILIES
+    from hmarl.algorithms import FAMILIES
 
     if run.family not in FAMILIES:
         raise ValueError(f"unknown family {run.family!r}; available: {', '.join(FAMILIES)}")
@@ -661,9 +666,8 @@ def _refuse_bad_config(config: dict[str, Any], command_name: str, logger) -> dic
 
 
 # sacred only finds the modules this file imports; every run records all of the code it may run
-for _package in ("hmarl", "algorithms", "envs"):
-    for _path in sorted((ROOT / _package).rglob("*.py")):
-        ex.add_source_file(str(_path))
+for _path in sorted(PACKAGE_DIR.rglob("*.py")):  # the core, hmarl.algorithms and hmarl.envs
+    ex.add_source_file(str(_path))
 for _name, _version in package_versions().items():
     if _version is not None:  # not through add_package_dependency, which refuses local versions (2.3.0+cpu)
         ex.dependencies.add(PackageDependency(_name, _version))

@@ -282,7 +282,7 @@ class PointMazeScene(MatplotlibScene):
     """The point U-maze: walls, the episode's target (a star), the point."""
 
     def draw_env(self, ax, ts):
-        from envs.point_maze import CELL, GRID_LOW, WALLS
+        from hmarl.envs.point_maze import CELL, GRID_LOW, WALLS
 
         for row, cells in enumerate(WALLS):
             for col, wall in enumerate(cells):
@@ -317,7 +317,7 @@ class LbfScene(GridScene):
     """Level-Based Foraging: foods (squares with their level) and players, from the env's global ``state``."""
 
     def draw_env(self, ax, ts):
-        from envs.lbf import LBFWS_EASY, LBFWS_HARD
+        from hmarl.envs.lbf import LBFWS_EASY, LBFWS_HARD
 
         options = {**{"lbfws_easy": LBFWS_EASY, "lbfws_hard": LBFWS_HARD}.get(self.name, {}), **self.options}
         size = options.get("field_size", 8)
@@ -347,7 +347,7 @@ class CityScene(GridScene):
     agents with their type's letter."""
 
     def draw_env(self, ax, ts):
-        from envs.savethecity import GRID
+        from hmarl.envs.savethecity import GRID
 
         self.grid(ax, GRID, GRID)
         n = self.spec.n_agents

@@ -1,8 +1,8 @@
 """Sweeps: algorithms x envs x seeds x override grids, run locally or on a Ray cluster.
 
-    python -m hmarl.sweep configs/sweeps/tag_paper.yaml                  # local pool, 2 workers
-    python -m hmarl.sweep configs/sweeps/tag_paper.yaml --quick --workers 4
-    python -m hmarl.sweep configs/sweeps/tag_paper.yaml --backend ray --address auto
+    python -m hmarl.sweep tag_paper                  # a shipped sweep by name; local pool, 2 workers
+    python -m hmarl.sweep tag_paper --quick --workers 4
+    python -m hmarl.sweep my_sweep.yaml --backend ray --address auto
 
 A sweep file (YAML, validated into ``SweepFile``) names sacred named configs and
 overrides; each combination is one sacred run of the same experiment as ``python -m
@@ -50,13 +50,13 @@ class QuickBudget:
 
 @dataclass
 class SweepFile:
-    """A sweep definition (``configs/sweeps/*.yaml``)."""
+    """A sweep definition (``hmarl/configs/sweeps/*.yaml``)."""
 
     name: str
     algorithms: list[str]
-    """Named configs of ``configs/algorithms/``."""
+    """Named configs of ``hmarl/configs/algorithms/``."""
     envs: list[str]
-    """Named configs of ``configs/envs/``."""
+    """Named configs of ``hmarl/configs/envs/``."""
     seeds: int | list[int] = 3
     """A count (seeds 0..n-1) or the seeds themselves."""
     config: dict = field(default_factory=dict)
@@ -102,14 +102,24 @@ class RunSpec:
         return f"{self.env}/{self.label}/seed{self.seed}"
 
 
+def shipped_sweeps() -> list[str]:
+    """The names of the sweeps shipped in ``hmarl/configs/sweeps/``."""
+    from hmarl.experiment import CONFIG_DIR
+
+    return sorted(path.stem for path in (CONFIG_DIR / "sweeps").glob("*.yaml"))
+
+
 def load_sweep(path: str | Path) -> SweepFile:
     """Read and validate a sweep file; every problem is a ValueError naming the file."""
-    from hmarl.experiment import load_yaml, named_configs
+    from hmarl.experiment import CONFIG_DIR, load_yaml, named_configs
 
+    shipped = CONFIG_DIR / "sweeps" / f"{path}.yaml"
+    if not Path(path).exists() and shipped.exists():  # a shipped sweep by name: tag_paper
+        path = shipped
     raw = load_yaml(path)
     if not raw:
         raise ValueError(f"{path} is empty; a sweep file names at least name, algorithms and envs "
-                         f"(see configs/sweeps/)")
+                         f"(see hmarl/configs/sweeps/)")
     raw["quick"] = from_dict(QuickBudget, raw.get("quick"), f"{path}: quick")
     sweep = from_dict(SweepFile, raw, str(path))
     if sweep.name in ("", ".", "..") or Path(sweep.name).name != sweep.name or "\\" in sweep.name:
@@ -464,7 +474,7 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring); exits with 1 if a run failed."""
     parser = argparse.ArgumentParser(prog="python -m hmarl.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", nargs="?", help="a sweep file, e.g. configs/sweeps/tag_paper.yaml")
+    parser.add_argument("sweep", nargs="?", help="a sweep file, or the name of a shipped one (tag_paper: hmarl/configs/sweeps/tag_paper.yaml)")
     parser.add_argument("--quick", action="store_true", help="the sweep's reduced budget (its quick: block)")
     parser.add_argument("--results", default="results/sweeps", help="results root (default: results/sweeps)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local")
@@ -480,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
         execute(RunSpec(**json.loads(args.execute)), args.wait)
         return
     if args.sweep is None:
-        parser.error("name a sweep file (configs/sweeps/*.yaml)")
+        parser.error("name a sweep file or a shipped sweep (" + ", ".join(shipped_sweeps()) + ")")
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms import FAMILIES
-from algorithms.common import build_levels
-from envs import make_env
+from hmarl.algorithms import FAMILIES
+from hmarl.algorithms.common import build_levels
+from hmarl.envs import make_env
 
 ALLOCATOR = {"learner": "allocator", "group_size": "all", "joint": False, "command": "discrete(4)", "decide_every": 5}
 

@@ -95,8 +95,8 @@ def anchors(markdown: str) -> set[str]:
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """One thread, a fixed seed, a scratch working directory; registries and sacred observers restored."""
-    from algorithms import FAMILIES, LEARNERS
-    from envs import ENVS
+    from hmarl.algorithms import FAMILIES, LEARNERS
+    from hmarl.envs import ENVS
     from hmarl.comm import COMMUNICATION
     from hmarl.experiment import ex
     from hmarl.rewards import REWARD_RULES
@@ -252,8 +252,8 @@ def test_api_reference_builds(tmp_path):
     import pdoc.render  # binds pdoc as well
 
     specs = [ROOT / "hmarl", *sorted(ROOT.glob("hmarl/[!_]*.py")), ROOT / "hmarl" / "nn",
-             *sorted(ROOT.glob("hmarl/nn/[!_]*.py")), ROOT / "algorithms", ROOT / "envs",
-             *sorted(ROOT.glob("envs/[!_]*.py"))]
+             *sorted(ROOT.glob("hmarl/nn/[!_]*.py")), ROOT / "hmarl" / "algorithms",
+             ROOT / "hmarl" / "envs", *sorted(ROOT.glob("hmarl/envs/[!_]*.py"))]
     pdoc.render.configure(docformat="google", math=True)
     # Imported first: what these dependencies warn about while importing (sacred's cpuinfo runs
     # `uname -p`, torch-geometric uses torch.jit.script) is not about our docstrings.
@@ -266,5 +266,5 @@ def test_api_reference_builds(tmp_path):
     problems = [str(w.message) for w in caught if "Cannot determine where" not in str(w.message)]
     assert not problems, problems
     expected = [f"{p.relative_to(ROOT).with_suffix('')}.html" for p in ROOT.glob("hmarl/[!_]*.py")]
-    expected += ["hmarl.html", "hmarl/level.html", "algorithms/ppo.html", "envs/registry.html", "index.html"]
+    expected += ["hmarl.html", "hmarl/level.html", "hmarl/algorithms/ppo.html", "hmarl/envs/registry.html", "index.html"]
     assert not [page for page in expected if not (tmp_path / page).exists()]

@@ -235,7 +235,7 @@ def test_every_run_saves_its_model_and_records_its_code_and_versions(results, tm
     dependencies = dict(d.split("==") for d in record["experiment"]["dependencies"])
     assert set(RECORDED_PACKAGES) <= set(dependencies) and "<unknown>" not in dependencies.values()
     sources = dict(record["experiment"]["sources"])
-    for code in ("algorithms/ppo.py", "envs/vmas.py", "hmarl/level.py", "hmarl/experiment.py"):
+    for code in ("hmarl/algorithms/ppo.py", "hmarl/envs/vmas.py", "hmarl/level.py", "hmarl/experiment.py"):
         relative = next(name for name in sources if (ROOT / "hmarl" / name).resolve() == (ROOT / code).resolve())
         assert (results / sources[relative]).read_bytes() == (ROOT / code).read_bytes()
     git = record["host"]["hmarl"]

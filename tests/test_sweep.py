@@ -181,7 +181,7 @@ def test_the_ray_backend_runs_a_sweep_on_a_local_instance(tmp_path):
 
 
 def test_shipped_sweeps_build_every_quick_run():
-    paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))
+    paths = sorted((Path(__file__).resolve().parents[1] / "hmarl" / "configs" / "sweeps").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"tag_paper", "himpo_paper", "hrl_cg_paper", "alma_paper"}
     for path in paths:
         sweep = sweeps.load_sweep(path)

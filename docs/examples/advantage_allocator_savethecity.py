@@ -25,8 +25,8 @@ import math
 
 import torch
 
-from algorithms.common import build_levels
-from envs import make_env
+from hmarl.algorithms.common import build_levels
+from hmarl.envs import make_env
 from hmarl.experiment import CONFIG_DIR, evaluate, load_yaml
 from hmarl.monitor import EpisodeMonitor
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
+from hmarl.algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
 from hmarl import AgentIO, EnvSpec, Rollout
 
 N, S, F = 3, 4, 3  # agents, subtasks, entity features: [x, is_agent, finished]

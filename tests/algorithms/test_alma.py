@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms import FAMILIES
-from algorithms.allocator import HeuristicAllocator
-from algorithms.alma import build
-from envs import make_env
+from hmarl.algorithms import FAMILIES
+from hmarl.algorithms.allocator import HeuristicAllocator
+from hmarl.algorithms.alma import build
+from hmarl.envs import make_env
 from hmarl.experiment import CONFIG_DIR, load_yaml
 from hmarl.rewards import SubtaskReward
 

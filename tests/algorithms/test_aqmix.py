@@ -7,7 +7,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.aqmix import AQMIX, AQMIXConfig
+from hmarl.algorithms.aqmix import AQMIX, AQMIXConfig
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.spec import EnvSpec

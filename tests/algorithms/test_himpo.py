@@ -5,10 +5,10 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.common import build_levels
-from algorithms.graph_ppo import EdgeNetwork, GraphPPO, GraphPPOConfig
-from algorithms.himpo import build
-from envs import make_env
+from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.graph_ppo import EdgeNetwork, GraphPPO, GraphPPOConfig
+from hmarl.algorithms.himpo import build
+from hmarl.envs import make_env
 from hmarl import AgentIO
 from hmarl.experiment import CONFIG_DIR, load_yaml
 from tests.toys import ToyEnv, bandit_rollout

@@ -8,11 +8,11 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms import hrl_cg, td3
-from algorithms.dqn import DQN, DQNConfig
-from algorithms.hrl_cg import GoalManager, GoalManagerConfig
-from algorithms.td3 import TD3, TD3Config
-from envs import make_env
+from hmarl.algorithms import hrl_cg, td3
+from hmarl.algorithms.dqn import DQN, DQNConfig
+from hmarl.algorithms.hrl_cg import GoalManager, GoalManagerConfig
+from hmarl.algorithms.td3 import TD3, TD3Config
+from hmarl.envs import make_env
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from tests.toys import ToyEnv, _io

@@ -7,9 +7,9 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.common import build_levels
-from algorithms.ppo import MAPPO, MAPPOConfig, standardize
-from envs import make_env
+from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, standardize
+from hmarl.envs import make_env
 from hmarl import AgentIO
 from hmarl.buffers import Rollout
 from hmarl.experiment import CONFIG_DIR, load_yaml

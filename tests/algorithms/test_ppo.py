@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig, log_softmax
+from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig, log_softmax
 from hmarl.buffers import Rollout
 from tests.toys import _io, bandit_rollout
 

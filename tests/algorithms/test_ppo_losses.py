@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from gymnasium import spaces
 
-from algorithms.ppo import PPO, PPOConfig
+from hmarl.algorithms.ppo import PPO, PPOConfig
 from hmarl.buffers import Rollout
 from tests.toys import _io
 

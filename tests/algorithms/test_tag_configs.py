@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from gymnasium import spaces
 
-from algorithms.ppo import PPO, PPOConfig
+from hmarl.algorithms.ppo import PPO, PPOConfig
 from hmarl.experiment import CONFIG_DIR, load_yaml
 from tests.toys import _io
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms import LEARNERS, td3
-from algorithms.td3 import TD3, TD3Config
+from hmarl.algorithms import LEARNERS, td3
+from hmarl.algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
 from tests.toys import Fn, _io, bandit_rollout
 

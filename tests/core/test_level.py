@@ -152,7 +152,7 @@ def test_truncation_reaches_every_level_and_final_obs_is_stored():
 
 
 def test_four_level_hierarchy_of_ppo_agents_trains():
-    from algorithms.common import build_levels
+    from hmarl.algorithms.common import build_levels
 
     env = ToyEnv(num_envs=4, n_agents=8, n_actions=3)
     levels = [{"learner": "ppo"}] + [
@@ -314,8 +314,8 @@ def test_upper_advantage_needs_an_advantage_estimator_above():
 
 def test_tag_3ppo_with_upper_advantage_rewards_trains():
     """A hybrid no paper has: TAG's 3PPO whose lower levels learn from HiMPo's advantage rewards."""
-    from algorithms.common import build_levels
-    from envs import make_env
+    from hmarl.algorithms.common import build_levels
+    from hmarl.envs import make_env
 
     env = make_env("vmas_balance", num_envs=4, n_agents=4, max_steps=40, seed=0)
     levels = [{"learner": "ppo", "reward": "upper_advantage"},

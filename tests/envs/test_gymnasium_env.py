@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from envs import ENVS, make_env
+from hmarl.envs import ENVS, make_env
 
 
 def pendulum(**kwargs):

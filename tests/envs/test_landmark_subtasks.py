@@ -6,8 +6,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from envs import make_env
-from envs.landmark_subtasks import LandmarkSubtasks
+from hmarl.envs import make_env
+from hmarl.envs.landmark_subtasks import LandmarkSubtasks
 from hmarl.spec import EnvSpec, TimeStep
 
 

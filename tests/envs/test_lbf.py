@@ -6,8 +6,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from envs import ENVS, make_env
-from envs.lbf import EAST, LOAD, NONE, NORTH, SOUTH, WEST, LevelBasedForaging
+from hmarl.envs import ENVS, make_env
+from hmarl.envs.lbf import EAST, LOAD, NONE, NORTH, SOUTH, WEST, LevelBasedForaging
 
 lbforaging = pytest.importorskip("lbforaging.foraging.environment")
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs import make_env
-from envs.lbf import ENTITY_FEATURES, LOAD, NONE
+from hmarl.envs import make_env
+from hmarl.envs.lbf import ENTITY_FEATURES, LOAD, NONE
 from hmarl.experiment import Trainer
 from tests.test_systems import run_config
 

@@ -7,8 +7,8 @@ import torch
 from gymnasium import spaces
 from mpe2 import simple_spread_v3
 
-from envs import make_env
-from envs.mpe import SimpleSpread
+from hmarl.envs import make_env
+from hmarl.envs.mpe import SimpleSpread
 
 
 # ------------------------------------------------------------------------ replays vs mpe2

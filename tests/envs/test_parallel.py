@@ -9,8 +9,8 @@ import torch
 from gymnasium import spaces
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
-from envs import make_env
-from envs.parallel import HmarlParallelEnv, to_parallel_env
+from hmarl.envs import make_env
+from hmarl.envs.parallel import HmarlParallelEnv, to_parallel_env
 
 ENVS = ["lbf", "lbfws_easy", "lbfws_hard", "savethecity", "point_maze"]
 
@@ -127,7 +127,7 @@ def test_a_continuous_action_of_the_wrong_shape_is_refused():
 
 
 def test_round_trip_through_the_adapter_gives_the_batched_env_back():
-    from envs.pettingzoo import ParallelEnvAdapter
+    from hmarl.envs.pettingzoo import ParallelEnvAdapter
 
     adapted = ParallelEnvAdapter(lambda: to_parallel_env("lbf", n_agents=3), num_envs=1, max_steps=50)
     hmarl = make_env("lbf", num_envs=1, n_agents=3)

@@ -9,8 +9,8 @@ from mpe2 import simple_spread_v3
 from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import aec_to_parallel
 
-from envs import make_env
-from envs.pettingzoo import ParallelEnvAdapter
+from hmarl.envs import make_env
+from hmarl.envs.pettingzoo import ParallelEnvAdapter
 
 AGENTS = [f"agent_{j}" for j in range(4)]
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from envs import ENVS, make_env
-from envs.point_maze import EVAL_TARGETS
+from hmarl.envs import ENVS, make_env
+from hmarl.envs.point_maze import EVAL_TARGETS
 
 
 def maze(num_envs=1, max_steps=500, **options):

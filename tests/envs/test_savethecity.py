@@ -8,8 +8,8 @@ import torch
 import yaml
 from gymnasium import spaces
 
-from envs import ENVS, make_env
-from envs.savethecity import (FEATURES, BUILD, EAST, EAST2, EXTINGUISH, FREEZE, LATTICE, NORTH, NORTH2, SOUTH, SOUTH2, STAY,
+from hmarl.envs import ENVS, make_env
+from hmarl.envs.savethecity import (FEATURES, BUILD, EAST, EAST2, EXTINGUISH, FREEZE, LATTICE, NORTH, NORTH2, SOUTH, SOUTH2, STAY,
                               WEST, WEST2, SaveTheCity)
 
 F = 12                                      # entity features
@@ -310,7 +310,7 @@ def test_shapes_spec_capabilities_and_observation_layout():
 
 
 def test_config_file_matches_the_registered_defaults():
-    config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "envs" / "savethecity.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[2] / "hmarl" / "configs" / "envs" / "savethecity.yaml").read_text())
     assert config == {"env": "savethecity", "n_agents": 3, "max_steps": 150, "continuous_actions": False,
                       "env_options": {}, "eval_env_options": {}}
     env = make_env(config["env"], num_envs=1, continuous_actions=config["continuous_actions"],

@@ -3,7 +3,7 @@ auto-resets included, and copies play different episodes."""
 import pytest
 import torch
 
-from envs import make_env
+from hmarl.envs import make_env
 
 
 def trajectory(name: str, seed: int, steps: int = 30) -> tuple[torch.Tensor, torch.Tensor]:

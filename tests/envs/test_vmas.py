@@ -6,7 +6,7 @@ import torch
 import vmas
 from gymnasium import spaces
 
-from envs import ENVS, make_env
+from hmarl.envs import ENVS, make_env
 
 
 def random_actions(env, steps, seed):

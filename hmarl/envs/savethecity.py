@@ -98,8 +98,8 @@ from typing import Sequence
 import torch
 from gymnasium import spaces
 
-from envs.registry import register
-from envs.seeding import cpu_generator
+from hmarl.envs.registry import register
+from hmarl.envs.seeding import cpu_generator
 from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
 
 GRID = 16

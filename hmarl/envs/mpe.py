@@ -46,9 +46,9 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from envs.landmark_subtasks import with_subtasks
-from envs.registry import register
-from envs.seeding import cpu_generator
+from hmarl.envs.landmark_subtasks import with_subtasks
+from hmarl.envs.registry import register
+from hmarl.envs.seeding import cpu_generator
 from hmarl.spec import EnvSpec, Tensor, TimeStep
 
 # mpe2's World and simple_spread constants

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, adam, epsilon_greedy, linear_schedule, weighted_mean
-from algorithms.td3 import flatten_steps, soft_update
+from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, adam, epsilon_greedy, linear_schedule, weighted_mean
+from hmarl.algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP

@@ -5,16 +5,16 @@
 """
 from __future__ import annotations
 
-from algorithms import alma, flat, himpo, hrl_cg, tag
-from algorithms.allocator import Allocator, HeuristicAllocator
-from algorithms.aqmix import AQMIX
-from algorithms.common import Family
-from algorithms.dqn import DQN
-from algorithms.graph_ppo import GraphPPO
-from algorithms.heuristic import SpreadHeuristic
-from algorithms.ppo import MAPPO, PPO
-from algorithms.hrl_cg import GoalManager
-from algorithms.td3 import TD3
+from hmarl.algorithms import alma, flat, himpo, hrl_cg, tag
+from hmarl.algorithms.allocator import Allocator, HeuristicAllocator
+from hmarl.algorithms.aqmix import AQMIX
+from hmarl.algorithms.common import Family
+from hmarl.algorithms.dqn import DQN
+from hmarl.algorithms.graph_ppo import GraphPPO
+from hmarl.algorithms.heuristic import SpreadHeuristic
+from hmarl.algorithms.ppo import MAPPO, PPO
+from hmarl.algorithms.hrl_cg import GoalManager
+from hmarl.algorithms.td3 import TD3
 from hmarl.learner import Learner
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "mappo": MAPPO, "td3": TD3, "dqn": DQN,

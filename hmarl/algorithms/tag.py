@@ -1,6 +1,6 @@
 """TAG (Paolo et al. 2025): a stack of LevelEnvs of PPO/MAPPO agents, any depth.
 
-A TAG system is its list of levels, bottom-up (``configs/algorithms/tag_*.yaml``):
+A TAG system is its list of levels, bottom-up (``hmarl/configs/algorithms/tag_*.yaml``):
 which learner each level uses, how many units below each agent controls, how
 often it acts (``period``), what it tells each child (``command``), and the
 communication function that shapes the messages it sends up.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from algorithms.common import build_levels
+from hmarl.algorithms.common import build_levels
 from hmarl.hierarchy import Hierarchy
 from hmarl.spec import MultiAgentEnv
 

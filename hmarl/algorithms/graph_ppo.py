@@ -32,7 +32,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, log_softmax, normal_log_prob
+from hmarl.algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, log_softmax, normal_log_prob
 from hmarl.buffers import Rollout
 from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
 from hmarl.learner import AgentIO, Learner

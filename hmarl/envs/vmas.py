@@ -6,8 +6,8 @@ import vmas
 from gymnasium import spaces
 from vmas.simulator.environment.environment import local_seed
 
-from envs.landmark_subtasks import with_subtasks
-from envs.registry import register
+from hmarl.envs.landmark_subtasks import with_subtasks
+from hmarl.envs.registry import register
 from hmarl.spec import EnvSpec, Tensor, TimeStep
 
 

@@ -105,8 +105,8 @@ from typing import Sequence
 import torch
 from gymnasium import spaces
 
-from envs.registry import register
-from envs.seeding import cpu_generator
+from hmarl.envs.registry import register
+from hmarl.envs.seeding import cpu_generator
 from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
 
 NONE, NORTH, SOUTH, WEST, EAST, LOAD = range(6)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, adam, weighted_mean
+from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, adam, weighted_mean
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP

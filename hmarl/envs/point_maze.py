@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from gymnasium import spaces
 
-from envs.registry import register
-from envs.seeding import cpu_generator
+from hmarl.envs.registry import register
+from hmarl.envs.seeding import cpu_generator
 from hmarl.spec import EnvSpec, Tensor, TimeStep
 
 CELL = 8.0

@@ -68,8 +68,8 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule
-from algorithms.td3 import flatten_steps, soft_update
+from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule
+from hmarl.algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.spec import EnvSpec, subtask_membership

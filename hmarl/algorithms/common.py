@@ -211,7 +211,7 @@ class Family:
 
 def learner_factory(shared_options: dict[str, dict[str, Any]], env: MultiAgentEnv):
     """Resolve ``spec.learner``; its options are ``shared_options[name]`` updated by the level's own."""
-    from algorithms import LEARNERS
+    from hmarl.algorithms import LEARNERS
 
     def make(spec: LevelSpec, io: AgentIO, index: int) -> Learner:
         if spec.learner not in LEARNERS:

@@ -1,6 +1,6 @@
 """hmarl's own envs as PettingZoo ``ParallelEnv``s, for other suites (EPyMARL, BenchMARL, TorchRL, ...).
 
-    from envs.parallel import to_parallel_env
+    from hmarl.envs.parallel import to_parallel_env
     env = to_parallel_env("lbfws_hard", seed=0)
     obs, infos = env.reset(seed=1)
     while env.agents:
@@ -22,7 +22,7 @@ import torch
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.registry import make_env
+from hmarl.envs.registry import make_env
 from hmarl.spec import MultiAgentEnv, TimeStep
 
 

@@ -9,8 +9,8 @@ from gymnasium import spaces
 from mpe2 import simple_spread_v3
 from pettingzoo import ParallelEnv
 
-from envs.landmark_subtasks import with_subtasks
-from envs.registry import register
+from hmarl.envs.landmark_subtasks import with_subtasks
+from hmarl.envs.registry import register
 from hmarl.spec import EnvSpec, TimeStep
 
 

@@ -33,8 +33,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from algorithms.aqmix import EpisodeTargetLearner
-from algorithms.common import OffPolicyConfig, linear_schedule
+from hmarl.algorithms.aqmix import EpisodeTargetLearner
+from hmarl.algorithms.common import OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner
 from hmarl.spec import EnvSpec, subtask_membership

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from algorithms.common import build_levels, weighted_mean
-from algorithms.dqn import DQN
-from algorithms.td3 import TD3, TD3Config, flatten_steps
+from hmarl.algorithms.common import build_levels, weighted_mean
+from hmarl.algorithms.dqn import DQN
+from hmarl.algorithms.td3 import TD3, TD3Config, flatten_steps
 from hmarl.buffers import Rollout
 from hmarl.hierarchy import Hierarchy
 from hmarl.learner import Learner

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.registry import register
+from hmarl.envs.registry import register
 from hmarl.spec import EnvSpec, TimeStep
 
 
