@@ -1,11 +1,21 @@
-"""hmarl: hierarchical multi-agent RL on one shared level abstraction."""
-from hmarl.buffers import Rollout, RolloutBuffer
-from hmarl.comm import COMMUNICATION, Autoencoder, Communication, Concat
-from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy, parse_command
-from hmarl.learner import AgentIO, Learner
-from hmarl.level import Level, agent_io, check_partition, level_io
-from hmarl.rewards import REWARD_RULES, GoalDistance, LevelStep, RewardRule, SubtaskReward, SumUp, UpperAdvantage
-from hmarl.spec import EnvSpec, MultiAgentEnv, TimeStep
+"""hmarl: hierarchical multi-agent RL on one shared level abstraction.
+
+The names below are imported on first use (PEP 562, :mod:`hmarl.lazy`): every one of them
+needs torch, and ``import hmarl`` happens on every command line, ``python -m hmarl --help``
+included, which must answer without it.
+"""
+from hmarl.lazy import module_dir, module_getattr
+
+_NAMES = {
+    **dict.fromkeys(["Rollout", "RolloutBuffer"], "hmarl.buffers"),
+    **dict.fromkeys(["COMMUNICATION", "Autoencoder", "Communication", "Concat"], "hmarl.comm"),
+    **dict.fromkeys(["Hierarchy", "LevelSpec", "build_hierarchy", "parse_command"], "hmarl.hierarchy"),
+    **dict.fromkeys(["AgentIO", "Learner"], "hmarl.learner"),
+    **dict.fromkeys(["Level", "agent_io", "check_partition", "level_io"], "hmarl.level"),
+    **dict.fromkeys(["REWARD_RULES", "GoalDistance", "LevelStep", "RewardRule", "SubtaskReward", "SumUp",
+                     "UpperAdvantage"], "hmarl.rewards"),
+    **dict.fromkeys(["EnvSpec", "MultiAgentEnv", "TimeStep"], "hmarl.spec"),
+}
 
 __all__ = [
     "AgentIO", "Autoencoder", "COMMUNICATION", "Communication", "Concat", "EnvSpec", "GoalDistance",
@@ -13,3 +23,5 @@ __all__ = [
     "RewardRule", "Rollout", "RolloutBuffer", "SubtaskReward", "SumUp", "TimeStep", "UpperAdvantage", "agent_io",
     "build_hierarchy", "check_partition", "level_io", "parse_command",
 ]
+__getattr__ = module_getattr(__name__, _NAMES, globals())
+__dir__ = module_dir(_NAMES, globals())

@@ -30,9 +30,8 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
 import yaml
 
 # sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every import.
@@ -44,15 +43,18 @@ from sacred.dependencies import PackageDependency  # noqa: E402
 from sacred.host_info import host_info_gatherer  # noqa: E402
 from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
 from sacred.utils import iterate_flattened  # noqa: E402
-from tqdm import tqdm
 
-from hmarl.action_trace import LevelActionTrace
 from hmarl.config import bool_problem, from_dict, writable_folder
 from hmarl.files import remove_stray_temps, write_atomically
-from hmarl.hierarchy import Hierarchy
 from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
-from hmarl.monitor import EpisodeMonitor
 from hmarl.observer import WHAT_TO_DO, RecordsLost, describe
+
+# torch and everything built on it are imported inside the functions that train, check or
+# build a run, not here: ``python -m hmarl --help`` and ``print_config`` import this module
+# (sacred's command line lives here) and must answer without torch's second of imports.
+if TYPE_CHECKING:
+    from hmarl.hierarchy import Hierarchy
+    from hmarl.monitor import EpisodeMonitor
 
 PACKAGE_DIR = Path(str(importlib.resources.files("hmarl")))
 """The installed (or checked-out) ``hmarl`` package; its code is recorded with every run."""
@@ -212,6 +214,8 @@ class RunConfig:
         if self.total_steps < self.steps_per_iteration:
             raise ValueError(f"total_steps={self.total_steps} is less than one rollout "
                              f"(num_envs * rollout_steps = {self.steps_per_iteration})")
+        import torch  # only here: the checks above stop a bad config without it
+
         try:
             device = torch.device(self.device)
         except RuntimeError:
@@ -291,6 +295,8 @@ def check_config(config: dict[str, Any], warn: Callable[[Warning], None] = warni
     """
     run = RunConfig.from_config(config)
     logger_names(run.logger)
+    import torch  # not before: a config that fails the checks above is refused without it
+
     # One env copy is enough to find what is wrong (nothing checked depends on the number of
     # copies) and much cheaper than building a big run's envs twice.
     probe = run.replace(num_envs=1, eval_envs=1)
@@ -374,6 +380,7 @@ def _unused_learner_options(run: RunConfig, hierarchy: Hierarchy) -> list[Unused
 def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation: bool = False) -> EpisodeMonitor:
     """The run's env with ``num_envs`` copies, wrapped to measure episode returns."""
     from hmarl.envs import ENVS, make_env
+    from hmarl.monitor import EpisodeMonitor
 
     if run.env not in ENVS:
         raise ValueError(f"unknown env {run.env!r}; available: {', '.join(sorted(ENVS))}")
@@ -404,6 +411,8 @@ def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
     early fits more of them into the evaluation, and counting those too would favour short
     episodes. Episodes end by ``max_steps``, so every copy finishes one.
     """
+    import torch
+
     monitor: EpisodeMonitor = hierarchy.env
     hierarchy.train(False)
     with torch.random.fork_rng(devices=[]):
@@ -470,6 +479,8 @@ class TrainingDiverged(RuntimeError):
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a half-written checkpoint is never read back."""
+    import torch
+
     write_atomically(path / "checkpoint.pt", lambda temp: torch.save(state, temp))
 
 
@@ -485,6 +496,10 @@ class Trainer:
     """
 
     def __init__(self, run: RunConfig, log: Log | None = None, loggers: Sequence[MetricLogger] = ()):
+        import torch
+
+        from hmarl.action_trace import LevelActionTrace
+
         self.run, self.log, self.loggers = run, log, list(loggers)
         if run.threads:
             torch.set_num_threads(run.threads)
@@ -517,6 +532,8 @@ class Trainer:
 
     def save(self, iteration: int) -> None:
         """Checkpoint everything needed to resume at ``iteration``."""
+        import torch
+
         save_checkpoint(self.path, {"iteration": iteration, "history": self.history,
                                     "hierarchy": self.hierarchy.checkpoint_state(),
                                     "trace": self.trace and self.trace.state(), "rng": torch.get_rng_state()})
@@ -524,6 +541,8 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the last checkpoint and replay its metric history into the log."""
+        import torch
+
         state = torch.load(self.path / "checkpoint.pt", weights_only=False)
         self.hierarchy.load_checkpoint_state(state["hierarchy"])
         torch.set_rng_state(state["rng"])
@@ -538,6 +557,8 @@ class Trainer:
         """The trained model, written atomically: ``{"modules": hierarchy.state_dict()}`` plus
         ``hmarl_version``, ``env_steps`` and ``metadata``. A hierarchy built from the run's
         config loads it with ``load_state_dict(saved["modules"])``."""
+        import torch
+
         state = {"modules": self.hierarchy.state_dict(), "hmarl_version": package_versions()["hmarl"],
                  "env_steps": self.step, **metadata}
         write_atomically(path, lambda temp: torch.save(state, temp))
@@ -582,6 +603,8 @@ class Trainer:
 
     def fit(self) -> float:
         """Train to ``total_steps``; returns the final mean evaluation return."""
+        from tqdm import tqdm
+
         run, hierarchy = self.run, self.hierarchy
         monitor: EpisodeMonitor = hierarchy.env
         checkpoint_every, eval_every = run.every(run.checkpoint_interval), run.every(run.eval_interval)

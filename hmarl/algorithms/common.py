@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from hmarl.algorithms import Family  # noqa: F401  (defined there, importable from here as before)
 from hmarl.config import from_dict
 from hmarl.buffers import ReplayBuffer, Rollout
 from hmarl.goals import goal_transition
@@ -198,15 +199,6 @@ def weighted_mean(x: Tensor, weight: Tensor) -> Tensor:
 
     Shapes: ``x`` and ``weight`` broadcast together (replay rows ``[M, N]``)."""
     return (x * weight).sum() / weight.expand_as(x).sum().clamp(min=1.0)
-
-
-@dataclass(frozen=True)
-class Family:
-    """How a family builds its hierarchy: ``build(env, levels, learner_options, **options)``,
-    where ``options`` are top-level config keys, the fields of ``options`` (a dataclass)."""
-
-    build: Callable[..., Hierarchy]
-    options: type | None = None
 
 
 def learner_factory(shared_options: dict[str, dict[str, Any]], env: MultiAgentEnv):
