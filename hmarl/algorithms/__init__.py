@@ -13,6 +13,7 @@ from hmarl.algorithms.dqn import DQN
 from hmarl.algorithms.graph_ppo import GraphPPO
 from hmarl.algorithms.heuristic import SpreadHeuristic
 from hmarl.algorithms.ppo import MAPPO, PPO
+from hmarl.algorithms.qmix import QMIX
 from hmarl.algorithms.hrl_cg import GoalManager
 from hmarl.algorithms.td3 import TD3
 from hmarl.learner import Learner
@@ -20,7 +21,7 @@ from hmarl.learner import Learner
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "mappo": MAPPO, "td3": TD3, "dqn": DQN,
                                       "goal_manager": GoalManager, "heuristic": SpreadHeuristic,
                                       "graph_ppo": GraphPPO, "aqmix": AQMIX, "allocator": Allocator,
-                                      "heuristic_allocator": HeuristicAllocator}
+                                      "heuristic_allocator": HeuristicAllocator, "qmix": QMIX}
 
 FAMILIES: dict[str, Family] = {"tag": Family(tag.build), "flat": Family(flat.build),
                                "hrl_cg": Family(hrl_cg.build, hrl_cg.Options),
