@@ -120,3 +120,16 @@ def test_goal_manager_over_coded_messages_is_refused():
                       env=env, family="hrl_cg")
     assert message.startswith("level 1: goal_manager reads the env agents' observations from its children's "
                               "messages, but level 0 sends autoencoder messages")
+
+
+@pytest.mark.parametrize("system, learner", [("iql", "DQN"), ("qmix", "QMIX")])
+def test_q_learning_systems_on_continuous_actions_are_refused(system, learner):
+    """Pins the refusal of the flat Q-learning baselines on an env with Box actions (they take an
+    argmax over a finite action set), at build time, naming the level and what to change."""
+    from hmarl.experiment import CONFIG_DIR, load_yaml
+
+    config = load_yaml(CONFIG_DIR / "algorithms" / f"{system}.yaml")
+    env = make_env("point_maze", num_envs=2, n_agents=1, max_steps=20, seed=0)
+    message = refusal(config["levels"], env=env, family="flat")
+    assert message == (f"level 0: {learner} needs a Discrete action space, got Box(-1.0, 1.0, (2,), float32); "
+                       "use td3 for a Box one, or continuous_actions: false on an env that has discrete actions")

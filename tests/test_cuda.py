@@ -21,7 +21,7 @@ FAMILIES = [("tag_3ppo", "vmas_simple_spread"), ("tag_3ppo_comm", "vmas_balance"
             ("himppo", "lbfws_hard"), ("himppo", "vmas_sampling"),
             ("hrl_cg", "point_maze"),
             ("alma", "savethecity"), ("aqmix", "savethecity"),
-            ("ippo", "lbf"), ("mappo", "vmas_balance"), ("td3", "point_maze")]
+            ("ippo", "lbf"), ("mappo", "vmas_balance"), ("td3", "point_maze"), ("iql", "lbf"), ("qmix", "lbf")]
 
 
 @pytest.mark.parametrize("system, env", FAMILIES)

@@ -10,11 +10,13 @@ from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml, named_co
 
 SPREAD_ENVS = {"vmas_simple_spread", "mpe_simple_spread"}
 SINGLE_AGENT_ENVS = {"point_maze"}
+CONTINUOUS_ENVS = {"point_maze"}  # the others are configured with discrete actions
 NO_GOAL_ENVS = {"lbf", "lbfws_easy", "lbfws_hard", "savethecity"}  # HRL-CG needs goal_indices
 SUBTASK_ENVS = {"savethecity"}
 SUBTASK_SYSTEMS = {"alma", "alma_nomask", "alma_heuristic", "aqmix"}  # A-QMIX reads entities by subtask
 TAG_SYSTEMS = {name for name in named_configs("algorithms") if name.startswith("tag_")}
-OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn", "aqmix", "allocator")
+OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn", "qmix", "aqmix", "allocator")
+Q_LEARNING_SYSTEMS = {"iql", "qmix"}  # an argmax over actions: discrete-action envs only
 # mpe2 itself behind the PettingZoo adapter: the task of mpe_simple_spread (its torch port, which
 # runs the whole matrix), so a few systems suffice to cover the adapter; it has no positions
 REFERENCE_ENVS = {"mpe2_simple_spread": {"ippo", "tag_3ppo", "heuristic"}}
@@ -28,6 +30,8 @@ def supported(algorithm: str, env: str) -> bool:
         return env in SPREAD_ENVS
     if algorithm in SUBTASK_SYSTEMS:
         return env in SUBTASK_ENVS
+    if algorithm in Q_LEARNING_SYSTEMS:
+        return env not in CONTINUOUS_ENVS
     if algorithm in HIMPO_SUB_MANAGERS and env in SINGLE_AGENT_ENVS:
         return False
     if env in SINGLE_AGENT_ENVS:  # TAG systems pair agents up

@@ -37,7 +37,7 @@ for _name, _module, _class in [
         ("ppo", "ppo", "PPO"), ("mappo", "ppo", "MAPPO"), ("td3", "td3", "TD3"), ("dqn", "dqn", "DQN"),
         ("goal_manager", "hrl_cg", "GoalManager"), ("heuristic", "heuristic", "SpreadHeuristic"),
         ("graph_ppo", "graph_ppo", "GraphPPO"), ("aqmix", "aqmix", "AQMIX"), ("allocator", "allocator", "Allocator"),
-        ("heuristic_allocator", "allocator", "HeuristicAllocator")]:
+        ("heuristic_allocator", "allocator", "HeuristicAllocator"), ("qmix", "qmix", "QMIX")]:
     LEARNERS.add_lazy(_name, attribute(f"hmarl.algorithms.{_module}", _class))
 
 
@@ -74,7 +74,8 @@ _NAMES = {
     **dict.fromkeys(["Allocator", "HeuristicAllocator"], "hmarl.algorithms.allocator"),
     "AQMIX": "hmarl.algorithms.aqmix", "DQN": "hmarl.algorithms.dqn", "GraphPPO": "hmarl.algorithms.graph_ppo",
     "SpreadHeuristic": "hmarl.algorithms.heuristic", "MAPPO": "hmarl.algorithms.ppo", "PPO": "hmarl.algorithms.ppo",
-    "GoalManager": "hmarl.algorithms.hrl_cg", "TD3": "hmarl.algorithms.td3", "Learner": "hmarl.learner",
+    "GoalManager": "hmarl.algorithms.hrl_cg", "QMIX": "hmarl.algorithms.qmix", "TD3": "hmarl.algorithms.td3",
+    "Learner": "hmarl.learner",
 }
 __getattr__ = module_getattr(__name__, _NAMES, globals())
 __dir__ = module_dir(_NAMES, globals())

@@ -212,7 +212,11 @@ def learner_factory(shared_options: dict[str, dict[str, Any]], env: MultiAgentEn
         cls = LEARNERS[spec.learner]
         options = {**shared_options.get(spec.learner, {}), **spec.options}
         config = from_dict(cls.config_class, options, f"level {index} {spec.learner} options")
-        return cls.build(io, config, env.spec)
+        try:
+            return cls.build(io, config, env.spec)
+        except ValueError as error:  # a learner refusing its level (e.g. DQN on a Box): name the level
+            where = f"level {index}"
+            raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
 
     return make
 

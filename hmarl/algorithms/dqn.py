@@ -10,7 +10,8 @@ with the double-DQN target (the online network picks, the target network values)
 with ``ell`` the Huber or the squared error, averaged over the (row, agent) pairs whose
 transition counts (the rollout's ``mask``). Each agent i has its own Q-network (stacked
 weights) unless ``share_params``. Exploration is epsilon-greedy, epsilon decaying linearly
-with the share of training done (``progress``, given to ``update``).
+with the share of training done (``progress``, given to ``update``), or over a number of env
+steps (``exploration_steps``, EPyMARL's ``epsilon_anneal_time``).
 
 Schedule, per env step of each copy (as TD3): a rollout of T steps of B copies takes
 ``updates_per_step * T * B`` gradient steps once ``learning_starts`` env steps are stored;
@@ -55,6 +56,10 @@ class DQNConfig(OffPolicyConfig):
     """Exploration epsilon at the end of the decay and after."""
     exploration_fraction: float = 0.5
     """Share of training (``progress``) over which epsilon decays linearly from start_e to end_e."""
+    exploration_steps: int = 0
+    """If > 0, epsilon decays over this many env steps (all copies together, as EPyMARL's
+    ``epsilon_anneal_time``) instead of over ``exploration_fraction`` of training: the same
+    exploration whatever the run's length."""
     learning_starts: int = 1_000
     """Env steps (all copies count, agents do not) stored before learning starts."""
     ignore_obs_dims: list[int] = ()
@@ -68,6 +73,7 @@ class DQNConfig(OffPolicyConfig):
              f"start_e and end_e must be in [0, 1], got {self.start_e}, {self.end_e}"),
             (0 <= self.exploration_fraction <= 1,
              f"exploration_fraction must be in [0, 1], got {self.exploration_fraction}"),
+            (self.exploration_steps >= 0, f"exploration_steps must be >= 0, got {self.exploration_steps}"),
             (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}")]
 
 
@@ -81,9 +87,10 @@ class DQN(ReplayLearner):
         self.config = c = config
         space = io.action_space
         if not isinstance(space, spaces.Discrete):
-            hint = ("use td3 for a Box one" if isinstance(space, spaces.Box)
-                    else "for one action per child, make the level joint (joint: true)")
-            raise ValueError(f"DQN needs a Discrete action space, got {space}; {hint}")
+            # one line that says what to change: Q-learning takes an argmax over a finite action set
+            hint = ("use td3 for a Box one, or continuous_actions: false on an env that has discrete actions"
+                    if isinstance(space, spaces.Box) else "for one action per child, make the level joint (joint: true)")
+            raise ValueError(f"{type(self).__name__} needs a Discrete action space, got {space}; {hint}")
         self.n_actions = int(space.n)
         self.q_network = AgentMLP(io.n_agents, self.in_dim, c.hidden_sizes, self.n_actions, "relu", 1.0,
                                   c.share_params)
@@ -96,8 +103,11 @@ class DQN(ReplayLearner):
         return self.q_network(self.features(obs))
 
     def epsilon(self, progress: float | None = None) -> float:
-        """CleanRL's linear schedule over the share of training; the latest progress by default."""
+        """CleanRL's linear schedule over the share of training (the latest progress by default),
+        or, with ``exploration_steps``, over the env steps stored so far (``progress`` unused)."""
         c = self.config
+        if c.exploration_steps:
+            return linear_schedule(c.start_e, c.end_e, c.exploration_steps, self.env_steps)
         progress = self.progress if progress is None else progress
         return linear_schedule(c.start_e, c.end_e, c.exploration_fraction, progress)
 

@@ -79,6 +79,22 @@ def test_epsilon_schedule_and_act():
     assert (action != greedy).float().mean() == pytest.approx(0.05 * 0.8, abs=0.015)
 
 
+def test_epsilon_over_env_steps():
+    """With exploration_steps (EPyMARL's epsilon_anneal_time) epsilon decays linearly over the env
+    steps stored, all copies together, whatever the share of training: 1 -> 0.05 over 40 steps."""
+    learner = DQN(_io(2, 4, spaces.Discrete(5)), DQNConfig(hidden_sizes=[8], exploration_steps=40, learning_starts=10**6))
+    T, B = 2, 5  # 10 env steps per rollout
+    no = torch.zeros(T, B, dtype=torch.bool)
+    rollout = Rollout(obs=torch.randn(T, B, 2, 4), action=torch.zeros(T, B, 2, dtype=torch.long),
+                      log_prob=torch.zeros(T, B, 2), reward=torch.zeros(T, B, 2), terminated=no, done=no,
+                      final_obs=torch.zeros(T, B, 2, 4), last_obs=torch.zeros(B, 2, 4))
+    epsilons = []
+    for _ in range(5):
+        learner.update(rollout, 0.99)
+        epsilons.append(learner.epsilon(0.0))  # progress ignored
+    assert epsilons == pytest.approx([1.0 - 0.95 * s / 40 for s in (10, 20, 30)] + [0.05, 0.05])
+
+
 # -- learning ------------------------------------------------------------------------------------
 
 def test_dqn_solves_contextual_bandit_for_each_agent():
@@ -178,7 +194,8 @@ def test_q_values_differentiable_and_batched():
 @pytest.mark.parametrize("field, value, match", [
     ("tau", 1.5, "tau"), ("gamma", -0.1, "gamma"), ("end_e", 2.0, "end_e"),
     ("exploration_fraction", 1.5, "exploration_fraction"), ("target_network_frequency", 0, "frequency"),
-    ("batch_size", 200_000, "buffer_size"), ("learning_starts", -1, "learning_starts")])
+    ("batch_size", 200_000, "buffer_size"), ("learning_starts", -1, "learning_starts"),
+    ("exploration_steps", -1, "exploration_steps")])
 def test_bad_config(field, value, match):
     with pytest.raises(ValueError, match=match):
         DQNConfig(**{field: value})
