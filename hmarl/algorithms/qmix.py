@@ -33,13 +33,17 @@ Decisions where our setting differs from the paper, or where it leaves a choice:
 * **The state s** is the concatenation of the N agents' observations of the env copy,
   ``[o_1, ..., o_N]`` (less ``ignore_obs_dims``). The env API has a global state
   (``TimeStep.state``), but a level's rollout does not carry it: levels store what their
-  agents observe, which is what lets a mixer sit on any level. On the envs here little is
-  lost: LBF (full sight) and SaveTheCity observe the whole grid, and MPE's own state is
-  exactly this concatenation.
+  agents observe, which is what lets a mixer sit on any level. It is the state EPyMARL's
+  gym wrapper gives QMIX on LBF (its ``get_state`` concatenates the observations), and on
+  the envs here little is lost: LBF (full sight) and SaveTheCity observe the whole grid, and
+  MPE's own state is exactly this concatenation.
 * **The team reward r** is the mean of the agents' rewards (those whose transition counts):
   the return hmarl logs (:class:`~hmarl.monitor.EpisodeMonitor` averages over agents) and what
   flat A-QMIX trains on, equal to the shared reward where every agent receives it. EPyMARL's
-  common reward sums them, N times this: a rescaling of Q_tot, which ``reward_scale`` gives.
+  gym wrapper sums them, N times this: a rescaling of Q_tot, which ``reward_scale`` gives.
+* A time limit is not terminal: the target bootstraps from the final observation of a
+  truncated episode (as DQN's). EPyMARL's gym wrapper reports no ``episode_limit``, so there
+  the time limit ends the bootstrap.
 * **Masks** (``rollout.mask``: dead agents, steps of an episode already over) are honoured as
   DQN honours them, per agent: a masked agent's utility enters the mix as 0, its observation
   enters the state as zeros and its reward leaves the mean, so nothing of it reaches the
