@@ -321,6 +321,10 @@ class GraphPPO(Learner):
         b_advantages, b_returns, b_values, b_valid = flat(advantages), flat(returns), flat(values), flat(valid)
         batch_size = b_obs.shape[0]
         minibatch_size = max(1, batch_size // c.num_minibatches)
+        # the same-level graph depends on the observations alone: built once for the rollout and
+        # gathered per minibatch (a kNN graph per row; the complete graph and none as they are)
+        graphs = self.actor.same_level_graph(b_obs)
+        per_row = self.actor.graph == "knn"
         for _ in range(c.update_epochs):
             order = torch.randperm(batch_size, device=b_obs.device)
             for start in range(0, batch_size, minibatch_size):
@@ -328,7 +332,7 @@ class GraphPPO(Learner):
                 rows = lambda x: x.index_select(0, mb)  # noqa: E731  (2-5x faster than x[mb] on the CPU)
                 mask = rows(b_valid).reshape(-1)
                 obs = rows(b_obs)
-                graph = self.actor.same_level_graph(obs)  # the actor's and the critic's
+                graph = rows(graphs) if per_row else graphs  # the actor's and the critic's
                 new_log_prob, entropy = self.evaluate(obs, rows(b_actions), graph)
                 new_value = self.critic_output(obs, graph)
                 # every edge that counts is one sample: advantages are standardised over them
