@@ -239,6 +239,27 @@ class GraphPPO(Learner):
         return self.return_norm.denormalize(out) if self.config.normalize_value else out
 
     # -- learning --------------------------------------------------------------------------
+    def rollout_outputs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The critic's outputs on each step's observation and on the one after it (before any
+        reset: :meth:`Rollout.next_obs`), from one pass over ``T + 1`` steps plus the steps where
+        an episode ended: the observation after a step is the next step's (``last_obs`` after
+        the last) except there (``final_obs``), so the two full passes over ``2 T`` steps that the
+        two would take share all other rows. Each row (a copy's agents at one step) is its own
+        graph, so its outputs do not depend on the other rows; GEMMs can round a row differently
+        in batches of other sizes (a few ulp; tests/algorithms/test_graph_ppo.py checks 1e-6).
+        The episode ends are read on the host once per update.
+
+        Shapes: rollout ``[T, B, ...]`` -> ``[T, B, N, group]`` each.
+        """
+        steps, copies = rollout.done.shape
+        ended = rollout.done.flatten().nonzero().squeeze(-1)  # [E] rows (step * B + copy)
+        rows = torch.cat([rollout.obs.flatten(0, 1), rollout.last_obs,
+                          rollout.final_obs.flatten(0, 1).index_select(0, ended)])
+        out = self.critic_output(rows)
+        current, following = out[:steps * copies], out[copies:(steps + 1) * copies]
+        after = following.index_copy(0, ended, out[(steps + 1) * copies:])
+        return current.unflatten(0, (steps, copies)), after.unflatten(0, (steps, copies))
+
     def edge_mask(self, rollout: Rollout) -> torch.Tensor:
         """Which (agent, child) edges count: the slot holds a child, the agent's transition counts
         (``rollout.mask``) and the child was alive when this level gave its command
@@ -279,10 +300,11 @@ class GraphPPO(Learner):
                 group["lr"] = (1.0 - progress) * c.learning_rate
         valid = self.edge_mask(rollout)  # [T, B, N, G]
         with torch.no_grad():
-            old_output = self.critic_output(rollout.obs)  # on the critic's (standardised) scale
-            values = self.return_norm.denormalize(old_output) if c.normalize_value else old_output
+            old_output, next_output = self.rollout_outputs(rollout)  # on the critic's (standardised) scale
+            scale = self.return_norm.denormalize if c.normalize_value else (lambda x: x)
+            values = scale(old_output)
             reward = rollout.reward.unsqueeze(-1).expand_as(values)  # an agent's edges share its reward
-            advantages = self._advantages(reward, values, self.value(rollout.next_obs()), rollout, valid)
+            advantages = self._advantages(reward, values, scale(next_output), rollout, valid)
         self.last_advantages = advantages  # zero on left-out edges: they train nothing below
         returns = advantages + values
         if c.normalize_value:
@@ -299,6 +321,10 @@ class GraphPPO(Learner):
         b_advantages, b_returns, b_values, b_valid = flat(advantages), flat(returns), flat(values), flat(valid)
         batch_size = b_obs.shape[0]
         minibatch_size = max(1, batch_size // c.num_minibatches)
+        # the same-level graph depends on the observations alone: built once for the rollout and
+        # gathered per minibatch (a kNN graph per row; the complete graph and none as they are)
+        graphs = self.actor.same_level_graph(b_obs)
+        per_row = self.actor.graph == "knn"
         for _ in range(c.update_epochs):
             order = torch.randperm(batch_size, device=b_obs.device)
             for start in range(0, batch_size, minibatch_size):
@@ -306,7 +332,7 @@ class GraphPPO(Learner):
                 rows = lambda x: x.index_select(0, mb)  # noqa: E731  (2-5x faster than x[mb] on the CPU)
                 mask = rows(b_valid).reshape(-1)
                 obs = rows(b_obs)
-                graph = self.actor.same_level_graph(obs)  # the actor's and the critic's
+                graph = rows(graphs) if per_row else graphs  # the actor's and the critic's
                 new_log_prob, entropy = self.evaluate(obs, rows(b_actions), graph)
                 new_value = self.critic_output(obs, graph)
                 # every edge that counts is one sample: advantages are standardised over them

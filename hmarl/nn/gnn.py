@@ -90,14 +90,17 @@ class NeighbourConv(MessagePassing):
     def update(self, aggr_out: Tensor, x: Tensor) -> Tensor:
         return self.lin_root(x) + self.lin_aggr(aggr_out)
 
-    def forward_neighbours(self, x: Tensor, gather: Callable[[Tensor], Tensor], k: int) -> Tensor:
+    def forward_neighbours(self, x: Tensor, gather: "NeighbourGather", k: int) -> Tensor:
         """The same layer when every node hears ``k`` others: ``gather`` maps node rows
         ``[B, n, h]`` to each node's neighbours' rows ``[B, n, k, h]`` (see :class:`GraphEncoder`)."""
         # W_1 x before W_2 x, as torch-geometric's layer: x's gradients then add up in the same order
-        target = self.lin_target(x).unsqueeze(-2)
-        # the gathered block as the first operand: torch then loops over its layout, a third faster
-        messages = self.activation(gather(self.lin_source(x)) + target)
-        return self.lin_root(x) + self.lin_aggr(_mean_of_block(messages))
+        target = self.lin_target(x)
+        if k and self.activation in _MESSAGE_BACKWARD:
+            aggr = _MeanMessages.apply(self.lin_source(x), target, gather, self.activation)
+        else:
+            # the gathered block as the first operand: torch then loops over its layout, a third faster
+            aggr = _mean_of_block(self.activation(gather(self.lin_source(x)) + target.unsqueeze(-2)))
+        return self.lin_root(x) + self.lin_aggr(aggr)
 
     def forward_dense(self, x: Tensor, adj: Adjacency) -> Tensor:
         """The same layer on a dense adjacency (see the class docstring for shapes)."""
@@ -192,13 +195,74 @@ def neighbour_rows(neighbours: Neighbours, num_nodes: int, batch_size: int) -> T
     return (neighbours + offset).reshape(-1)
 
 
+class NeighbourGather:
+    """Each node's neighbours' rows: ``[B, n, h]`` -> ``[B, n, k, h]`` by one ``index_select``,
+    along the node dim for one list shared by every copy (``dim`` 1), else over the rows
+    flattened to ``[B * n, h]`` (``dim`` 0); ``scatter`` is its backward (what autograd runs for
+    ``index_select``: zeros, then ``index_add_``)."""
+
+    def __init__(self, index: Tensor, dim: int, copies: int, n: int, k: int):
+        self.index, self.dim, self.copies, self.n, self.k = index, dim, copies, n, k
+
+    def __call__(self, h: Tensor) -> Tensor:
+        if self.dim == 1:
+            return h.index_select(1, self.index).view(self.copies, self.n, self.k, h.shape[-1])
+        return h.reshape(self.copies * self.n, -1).index_select(0, self.index).view(
+            self.copies, self.n, self.k, h.shape[-1])
+
+    def scatter(self, grad: Tensor) -> Tensor:
+        """The gradient of the rows ``[B, n, h]`` from that of the block ``[B, n, k, h]``."""
+        copies, n, h = self.copies, self.n, grad.shape[-1]
+        if self.dim == 1:
+            return grad.new_zeros(copies, n, h).index_add_(1, self.index, grad.view(copies, n * self.k, h))
+        return grad.new_zeros(copies * n, h).index_add_(0, self.index, grad.view(-1, h)).view(copies, n, h)
+
+
+#: message activation -> (its in-place form, its backward from its output as autograd computes it)
+_MESSAGE_BACKWARD = {
+    torch.relu: (torch.relu_, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
+    torch.tanh: (torch.tanh_, lambda grad, out: torch.ops.aten.tanh_backward(grad, out)),
+}
+
+
+class _MeanMessages(torch.autograd.Function):
+    """``mean_k sigma(source[neighbour k of i] + target[i])`` ``[B, n, h]`` from ``source`` and
+    ``target`` ``[B, n, h]``: NeighbourConv's message block, with the numbers autograd computes for
+    ``_mean_of_block(sigma(gather(source) + target.unsqueeze(-2)))``, forward and backward, bit for
+    bit (tests/nn/test_gnn.py), in fewer passes over the ``[B, n, k, h]`` block, the largest tensor
+    of a minibatch: the sum and the activation run in place on the gathered block, and the mean's
+    gradient is divided by ``k`` before it is broadcast over the block instead of after (autograd
+    writes the broadcast block, then divides it: two more passes)."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, target: Tensor, gather: NeighbourGather, activation) -> Tensor:
+        block = gather(source)  # a fresh tensor: free to overwrite
+        block.add_(target.unsqueeze(-2))
+        in_place, ctx.backward_of = _MESSAGE_BACKWARD[activation]
+        messages = in_place(block)
+        ctx.save_for_backward(messages)
+        ctx.gather = gather
+        return messages.mean(-2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        messages, = ctx.saved_tensors
+        k = messages.shape[-2]
+        # mean's backward: the gradient over k, then broadcast (elementwise: the same numbers)
+        grad_block = ctx.backward_of((grad / k).unsqueeze(-2).expand_as(messages), messages)
+        # the sum's: the block's gradient as is to the gathered source, summed over k to the target
+        # (the reduction autograd's sum_to_size runs: keepdim over the broadcast dim)
+        grad_target = grad_block.sum(-2, keepdim=True).squeeze(-2)
+        return ctx.gather.scatter(grad_block), grad_target, None, None
+
+
 def _mean_of_block(x: Tensor) -> Tensor:
     """Mean over each node's ``k`` neighbours ``[B, n, k, h]`` -> ``[B, n, h]``, zeros when ``k = 0``:
     torch-geometric's sum-then-divide scatter mean, in the same order."""
     return x.mean(-2) if x.shape[-2] else x.sum(-2)
 
 
-def _neighbour_layer(layer: nn.Module, x: Tensor, gather: Callable[[Tensor], Tensor], k: int,
+def _neighbour_layer(layer: nn.Module, x: Tensor, gather: NeighbourGather, k: int,
                      edges: Callable[[], Tensor]) -> Tensor:
     if isinstance(layer, NeighbourConv):
         return layer.forward_neighbours(x, gather, k)
@@ -268,14 +332,10 @@ class GraphEncoder(nn.Module):
         copies, k = lead.numel(), neighbours.shape[-1]
         shared = neighbours.dim() == 2
         if shared:  # one list for every copy: gather along the node dim, with no per-copy index to build
-            columns = neighbours.reshape(-1)
+            gather = NeighbourGather(neighbours.reshape(-1), 1, copies, n, k)
         else:
             rows = neighbour_rows(neighbours.reshape(copies, n, k), n, copies)
-
-        def gather(h: Tensor) -> Tensor:
-            if shared:
-                return h.index_select(1, columns).view(copies, n, k, h.shape[-1])
-            return h.reshape(copies * n, -1).index_select(0, rows).view(copies, n, k, h.shape[-1])
+            gather = NeighbourGather(rows, 0, copies, n, k)
 
         def edges() -> Tensor:
             sources = neighbour_rows(neighbours, n, copies) if shared else rows

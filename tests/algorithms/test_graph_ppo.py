@@ -182,3 +182,21 @@ def test_empty_slots_and_dead_children_are_out():
     expected = present.expand(2, 1, 2, 3).clone()
     expected[1, 0, 1, 1] = False
     assert torch.equal(learner.edge_mask(rollout), expected)
+
+
+def test_one_critic_pass_gives_the_values_of_every_step_and_of_the_next():
+    """The update's critic outputs on each step's observation and on the one after it come from
+    one pass over the steps, the bootstrap observation and the ends of episodes
+    (``rollout_outputs``): the same as the two passes over ``obs`` and ``next_obs()`` (to 1e-6:
+    GEMMs may round a row differently in a batch of another size), episode ends included."""
+    torch.manual_seed(0)
+    for io, graph in ((worker_io(4), "knn"), (upper_io(), "complete")):
+        learner = GraphPPO(io, GraphPPOConfig(graph=graph, knn=2))
+        rollout = hand_rollout(learner, torch.zeros(7, 5, io.n_agents), seed=3)
+        rollout.final_obs = torch.randn_like(rollout.obs)
+        rollout.done = torch.rand(7, 5, generator=torch.Generator().manual_seed(4)) < 0.3
+        rollout.done[-1, 0] = True  # an episode that ends at the rollout's last step
+        current, after = learner.rollout_outputs(rollout)
+        with torch.no_grad():
+            torch.testing.assert_close(current, learner.critic_output(rollout.obs), rtol=0, atol=1e-6)
+            torch.testing.assert_close(after, learner.critic_output(rollout.next_obs()), rtol=0, atol=1e-6)
