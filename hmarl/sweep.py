@@ -323,6 +323,9 @@ def stop_children() -> None:
             child.wait(timeout=10)
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
+    with _children_lock:  # (their pool threads discard them too, but may not have run yet)
+        _children.difference_update(children)
 
 
 def remove_resume_state(run: RunSpec) -> None:
