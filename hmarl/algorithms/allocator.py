@@ -353,7 +353,8 @@ class Allocator(EpisodeTargetLearner):
         self.critic = AllocationCritic(self.view, c)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.params = [*self.proposal.parameters(), *self.critic.parameters()]
-        self.optimizer = torch.optim.RMSprop(self.params, lr=c.learning_rate)
+        # foreach: one call per RMSprop op over all tensors, as A-QMIX's (the same values, bit for bit)
+        self.optimizer = torch.optim.RMSprop(self.params, lr=c.learning_rate, foreach=True)
 
     @classmethod
     def build(cls, io: AgentIO, config: AllocatorConfig, env: EnvSpec) -> "Allocator":

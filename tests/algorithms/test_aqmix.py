@@ -355,6 +355,27 @@ def test_learning_starts_target_updates_every_k_episodes_and_checkpoint():
     torch.testing.assert_close(resumed.q_values(obs), learner.q_values(obs))
 
 
+def test_foreach_rmsprop_steps_as_the_per_tensor_loop():
+    """The optimizer runs RMSprop's foreach kernels (one call per op over every tensor); three
+    gradient steps land on the same parameters, bit for bit, as torch's per-tensor loop (its
+    CPU default) from the same start and the same batches."""
+    torch.manual_seed(0)
+    n, s = 2, 2
+    learner = make(n, s, 2, batch_size=4)
+    loop = make(n, s, 2, batch_size=4)
+    loop.load_state_dict(learner.state_dict())
+    loop.optimizer = torch.optim.RMSprop(loop.params, lr=loop.config.learning_rate, alpha=loop.config.optim_alpha,
+                                         eps=loop.config.optim_eps, foreach=False)
+    assert learner.optimizer.defaults["foreach"] is True
+    for _ in range(3):
+        obs = entity_obs(learner, 4, n, torch.randint(0, s, (4, n)))
+        batch = {"obs": obs, "action": torch.randint(0, 2, (4, n)), "reward": torch.randn(4, n),
+                 "next_obs": obs.flip(0), "terminated": torch.zeros(4, 1), "weight": torch.ones(4, n)}
+        learner.gradient_step(batch)
+        loop.gradient_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(learner.params, loop.params))
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 def test_env_without_subtasks_is_refused():

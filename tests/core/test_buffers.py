@@ -61,3 +61,22 @@ def test_errors():
     buffer.add(**_rows(0, 2))
     with pytest.raises(ValueError, match="differ"):
         buffer.add(x=torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 200, ReplayBuffer.GATHER_BYTES])
+def test_batches_gathered_together_are_the_rows_indexed_one_by_one(monkeypatch, gather_bytes):
+    """Several minibatches come from one gather (one minibatch per gather, 200 bytes: a few, with
+    a last gather that is short, the default: all): the same rows, bit for bit, as indexing each
+    minibatch with its row of the one randint."""
+    monkeypatch.setattr(ReplayBuffer, "GATHER_BYTES", gather_bytes)
+    buffer = ReplayBuffer(50)
+    buffer.add(x=torch.randn(40, 3, 2), k=torch.arange(40), flag=torch.rand(40, 3) < 0.5)
+    torch.manual_seed(3)
+    got = list(buffer.batches(7, 5))
+    torch.manual_seed(3)
+    index = torch.randint(40, (7, 5))
+    assert len(got) == 7
+    for batch, rows in zip(got, index):
+        for key, value in buffer._data.items():
+            assert batch[key].dtype == value.dtype and batch[key].is_contiguous()
+            assert torch.equal(batch[key], value[rows])
