@@ -32,12 +32,15 @@ class Family:
     options: type | None = None
 
 
+#: ``levels[*].learner`` name -> (module of hmarl.algorithms, class): the learners' one table
+_LEARNER_TABLE = {
+    "ppo": ("ppo", "PPO"), "mappo": ("ppo", "MAPPO"), "td3": ("td3", "TD3"), "dqn": ("dqn", "DQN"),
+    "goal_manager": ("hrl_cg", "GoalManager"), "heuristic": ("heuristic", "SpreadHeuristic"),
+    "graph_ppo": ("graph_ppo", "GraphPPO"), "aqmix": ("aqmix", "AQMIX"), "allocator": ("allocator", "Allocator"),
+    "heuristic_allocator": ("allocator", "HeuristicAllocator"), "qmix": ("qmix", "QMIX"),
+}
 LEARNERS: LazyRegistry[type[Learner]] = LazyRegistry()
-for _name, _module, _class in [
-        ("ppo", "ppo", "PPO"), ("mappo", "ppo", "MAPPO"), ("td3", "td3", "TD3"), ("dqn", "dqn", "DQN"),
-        ("goal_manager", "hrl_cg", "GoalManager"), ("heuristic", "heuristic", "SpreadHeuristic"),
-        ("graph_ppo", "graph_ppo", "GraphPPO"), ("aqmix", "aqmix", "AQMIX"), ("allocator", "allocator", "Allocator"),
-        ("heuristic_allocator", "allocator", "HeuristicAllocator"), ("qmix", "qmix", "QMIX")]:
+for _name, (_module, _class) in _LEARNER_TABLE.items():
     LEARNERS.add_lazy(_name, attribute(f"hmarl.algorithms.{_module}", _class))
 
 
@@ -69,12 +72,9 @@ FAMILIES: LazyRegistry[Family] = LazyRegistry()
 for _name, _options in [("tag", False), ("flat", False), ("hrl_cg", True), ("himpo", True), ("alma", True)]:
     FAMILIES.add_lazy(_name, _family(_name, _options))
 
-_NAMES = {
-    **{name: f"hmarl.algorithms.{name}" for name in ["alma", "flat", "himpo", "hrl_cg", "tag"]},
-    **dict.fromkeys(["Allocator", "HeuristicAllocator"], "hmarl.algorithms.allocator"),
-    "AQMIX": "hmarl.algorithms.aqmix", "DQN": "hmarl.algorithms.dqn", "GraphPPO": "hmarl.algorithms.graph_ppo",
-    "SpreadHeuristic": "hmarl.algorithms.heuristic", "MAPPO": "hmarl.algorithms.ppo", "PPO": "hmarl.algorithms.ppo",
-    "GoalManager": "hmarl.algorithms.hrl_cg", "QMIX": "hmarl.algorithms.qmix", "TD3": "hmarl.algorithms.td3",
+_NAMES = {  # what the package exports: the family modules, every learner class (from the table), Learner
+    **{name: f"hmarl.algorithms.{name}" for name in FAMILIES},
+    **{cls: f"hmarl.algorithms.{module}" for module, cls in _LEARNER_TABLE.values()},
     "Learner": "hmarl.learner",
 }
 __getattr__ = module_getattr(__name__, _NAMES, globals())
