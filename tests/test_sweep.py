@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -293,3 +295,17 @@ def test_sweep_json_keeps_a_completion_over_a_later_skip(tmp_path):
     recorded = json.loads(summary.read_text())
     assert statuses(recorded["outcomes"]) == {runs[0].name: "COMPLETED", runs[1].name: "FAILED"}
     assert recorded["outcomes"][0]["seconds"] == 3.0
+
+
+def test_stopping_the_runs_in_flight_leaves_none_behind():
+    """``stop_children`` returns with the set of runs in flight empty, whether or not the pool
+    thread that started a run has discarded it yet (it had not, once, under load)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with sweeps._children_lock:
+        sweeps._children.add(child)  # as run_isolated does; its thread would discard it only later
+    try:
+        sweeps.stop_children()
+        assert child.poll() is not None and not sweeps._children
+    finally:
+        child.kill()
+        sweeps._children.discard(child)
