@@ -35,6 +35,10 @@ class Communication(nn.Module):
         """Learn from a rollout's child observations ``[T, B, N, in_dim]``."""
         return {}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer this function steps (checkpoints save them)."""
+        return []
+
 
 class Concat(Communication):
     """TAG's default: the message is the concatenation of the children's messages."""
@@ -64,6 +68,9 @@ class Autoencoder(Communication):
     def forward(self, child_obs: torch.Tensor) -> torch.Tensor:
         """The messages ``[..., N, out_dim]`` from the children's part of the agents' observations."""
         return torch.sigmoid(self.encoder(child_obs))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
 
     def update(self, child_obs: torch.Tensor) -> dict[str, torch.Tensor]:
         x = child_obs.reshape(-1, *child_obs.shape[-2:])
