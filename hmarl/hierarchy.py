@@ -18,7 +18,8 @@ from hmarl.learner import AgentIO, Learner, Published, UpdateContext
 from hmarl.level import Level, check_partition, level_io
 from hmarl.rewards import REWARD_RULES
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
-from hmarl.strategies import Every, Fixed, OnSubtaskChange, Regroup, Termination, channel_for, split_for
+from hmarl.strategies import (TERMINATIONS, Every, Fixed, OnSubtaskChange, Regroup, Termination, channel_for,
+                              describe, split_for)
 
 _COMMAND = re.compile(r"^\s*(discrete|box)\s*\(\s*(\d+)\s*(?:,\s*([0-9.eE+-]+)\s*)?\)\s*$")
 
@@ -78,6 +79,10 @@ class LevelSpec:
     """Options of the reward rule (e.g. ``env_reward_coef`` of ``upper_advantage``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Learner options for this level only, over the run's shared learner options."""
+    termination: str | dict[str, Any] | None = None
+    """When the agents act anew, by name from :data:`hmarl.strategies.TERMINATIONS` (a new one
+    registered there works too): ``name`` or ``{name: ..., <its options>}``. Replaces the sugar
+    ``period`` (``every``) and ``decide_every`` (``on_subtask_change``)."""
 
     def resolve_children(self, n_below: int, where: str) -> list[list[int]] | Regrouping:
         """The children of this level's agents over ``n_below`` units: lists, or a Regrouping for
@@ -399,7 +404,19 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
 
 
 def _termination(spec: LevelSpec, where: str) -> Termination:
-    """``period: k`` is ``Every(k)``; ``decide_every: k`` (with ``period: 1``) is ``OnSubtaskChange(k)``."""
+    """``period: k`` is ``Every(k)``; ``decide_every: k`` (with ``period: 1``) is ``OnSubtaskChange(k)``;
+    ``termination`` names any registered one."""
+    if spec.termination is not None:
+        if spec.decide_every is not None or spec.period != 1:
+            raise ValueError(f"{where}: termination replaces period and decide_every; give only termination")
+        options = {"name": spec.termination} if isinstance(spec.termination, str) else dict(spec.termination)
+        name = options.pop("name", None)
+        if name not in TERMINATIONS:
+            raise ValueError(f"{where}: unknown termination {name!r}; available: {', '.join(TERMINATIONS)}")
+        try:
+            return TERMINATIONS[name](**options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: termination {name}: {error}") from None
     if spec.decide_every is None:
         return Every(spec.period)
     if spec.period != 1:
@@ -420,3 +437,28 @@ def _reward_rule(spec: LevelSpec, below: MultiAgentEnv, group: int):
         raise ValueError(f"reward {spec.reward} has no option {', '.join(map(repr, unknown))}; "
                          f"valid: {', '.join(valid) or 'none'}")
     return rule(below.spec, group, **spec.reward_options)
+
+
+def describe_hierarchy(hierarchy: Hierarchy) -> str:
+    """The resolved levels, top first: learner, sizes, and the four strategies, communication and reward."""
+    lines = []
+    for index in reversed(range(len(hierarchy.levels))):
+        level, stride = hierarchy.levels[index], hierarchy.strides[index]
+        io = level.io
+        lines += [f"level {index}: {io.n_agents} x {type(level.learner).__name__}, acting every {stride} env step(s)",
+                  f"  observes     {io.obs_dim} = {io.group} child slot(s) x {io.child_dim}"
+                  + (f" + command {level.channel.dim}" if level.channel else ""),
+                  f"  acts         {io.action_space}",
+                  f"  grouping     {describe(level.grouping)}",
+                  f"  channel      {describe(level.channel)}",
+                  f"  split        {describe(level.split)}",
+                  f"  termination  {describe(level.termination)}"
+                  + (f" (the level below runs {level.below.steps_per_command} steps per command)"
+                     if index and level.below.steps_per_command > 1 else ""),
+                  f"  comm         {type(level.comm).__name__} -> {level.comm.out_dim} per agent",
+                  f"  reward       {type(level.reward_rule).__name__}"
+                  + (f" (needs {', '.join(sorted(level.reward_rule.needs))})" if level.reward_rule.needs else "")]
+    env = hierarchy.env.spec
+    lines.append(f"env: {env.name}, {env.n_agents} agents, obs {env.obs_dim}, actions {env.action_space}, "
+                 f"{env.num_envs} copies")
+    return "\n".join(lines)

@@ -390,6 +390,10 @@ class OnSubtaskChange(Termination):
         return (age % self.k == 0) | fresh | changed
 
 
+#: Terminations by the name a level's ``termination`` key gives; register new ones here.
+TERMINATIONS: dict[str, type[Termination]] = {"every": Every, "on_subtask_change": OnSubtaskChange}
+
+
 def describe(strategy: Any) -> str:
     """A strategy in one short phrase (``python -m hmarl describe``)."""
     if strategy is None:
