@@ -30,8 +30,8 @@ from hmarl.comm import Communication
 from hmarl.learner import AgentIO, Learner
 from hmarl.rewards import LevelStep, RewardRule
 from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep
-from hmarl.strategies import (ActionSplit, Assignment, CommandChannel, Every, Fixed, Grouping, Termination,
-                              split_for)
+from hmarl.strategies import (ActionSplit, Assignment, CommandChannel, Every, Fixed, Grouping, Holding,
+                              Termination, split_for)
 
 
 def check_partition(children: list[list[int]], n_below: int, where: str = "level") -> None:
@@ -135,7 +135,7 @@ class Level:
         self._below_ts: TimeStep | None = None
         self._observed_of: tuple[TimeStep, Tensor] | None = None
         self._command_features: Tensor | None = None
-        self._held: Tensor | None = None
+        self._holding: Holding | None = None
 
     @property
     def command(self) -> spaces.Discrete | spaces.Box | None:
@@ -178,55 +178,22 @@ class Level:
         self._observed_of = (ts, child_obs)
         return child_obs
 
-    def _agent_positions(self, positions: Tensor) -> Tensor:
-        """Each agent's position: the mean of its children's ``[B, N, D]``."""
-        blocks = self.assignment.blocks
-        if blocks and self.group == 1 and positions.is_floating_point():  # its only child's, as it is
-            return positions
-        total = self.assignment.view(positions).sum(2)
-        if blocks:
-            return total / self.group
-        return total / self.assignment.present().sum(-1, keepdim=True).clamp(min=1)
-
     def _upward_info(self, ts: TimeStep) -> dict[str, Tensor]:
         """What the level above may need from below: agents' positions, which agents are alive
         (an agent is while any of its children is), and the entries named in ``passes_up``."""
         info = {key: ts.info[key] for key in self.passes_up if key in ts.info}
         if "positions" in ts.info:
-            info["positions"] = self._agent_positions(ts.info["positions"])
-        if "alive" in ts.info:
-            info["alive"] = self._agents_alive(ts)
+            info["positions"] = self.assignment.agent_positions(ts.info["positions"])
+        if "alive" in ts.info:  # an agent is alive while any of its children is
+            info["alive"] = self.assignment.children_alive(ts.info["alive"]).any(-1)
         return info
-
-    def _children_alive(self, ts: TimeStep) -> Tensor:
-        """``[B, N, group]`` bool: child slots holding a unit that is alive (units are, unless the
-        level below reports ``alive``)."""
-        if "alive" not in ts.info:
-            return self.assignment.present() if not self.assignment.blocks else ts.terminated.new_ones(
-                self.spec.num_envs, self.spec.n_agents, self.group)
-        return self.assignment.view(ts.info["alive"])  # empty slots read False
-
-    def _agents_alive(self, ts: TimeStep) -> Tensor:
-        """``[B, N]`` bool: agents with a living child."""
-        return self._children_alive(ts).any(-1)
 
     def _act(self, obs: Tensor, ts: TimeStep) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The agents' action; under a holding termination, copies that need no decision hold their last one."""
-        if not self.termination.holds:
+        if self._holding is None:
             return *self.learner.act(obs, deterministic=not self.training), {}
-        decision = self.termination.decide(self._age, ts, self._fresh, self._memory)
-        self._age = torch.where(decision, 1, self._age + 1)
-        if self._held is None:
-            self._held, self._held_log_prob = self.learner.act(obs, deterministic=not self.training)
-            return self._held, self._held_log_prob, {"decision": decision}
-        # Only the deciding copies act: acting (e.g. scoring many proposed allocations) is the
-        # expensive part, and most steps few copies decide. One host read per step finds them.
-        deciding = decision.nonzero().squeeze(-1)
-        if deciding.numel():
-            action, log_prob = self.learner.act(obs[deciding], deterministic=not self.training)
-            self._held, self._held_log_prob = self._held.clone(), self._held_log_prob.clone()
-            self._held[deciding], self._held_log_prob[deciding] = action, log_prob
-        return self._held, self._held_log_prob, {"decision": decision}
+        action, log_prob, decision = self._holding.act(self.learner, obs, ts, deterministic=not self.training)
+        return action, log_prob, {"decision": decision}
 
     def _with_command(self, child_obs: Tensor) -> Tensor:
         if self._command_features is None:
@@ -249,10 +216,7 @@ class Level:
         self.buffer.clear()
         fresh = torch.ones_like(ts.terminated)
         self.assignment = self.grouping.assign(ts, fresh, None)
-        if self.termination.holds:
-            self._held, self._fresh = None, fresh
-            self._age = torch.zeros(ts.terminated.shape, dtype=torch.long, device=ts.terminated.device)
-            self._memory = self.termination.start(ts)
+        self._holding = Holding(self.termination, ts) if self.termination.holds else None
         b = self.spec.num_envs
         return TimeStep(obs=self.comm(self._observed(ts)),
                         reward=ts.reward.new_zeros(b, self.spec.n_agents),
@@ -280,7 +244,7 @@ class Level:
             # that episode: its steps until the level above decides again count in no loss.
             # (The level above acts on a fixed stride for all copies, so it cannot decide
             # afresh for one copy mid-period; masking keeps its transitions whole.)
-            children_alive = self._children_alive(ts)
+            children_alive = self.assignment.children_alive(ts.info.get("alive"))
             mask = alive.unsqueeze(-1) & children_alive.any(-1)
             child_mask = mask.unsqueeze(-1) & children_alive
             action, log_prob, extra = self._act(obs, ts)
@@ -313,7 +277,7 @@ class Level:
             final_message = message if final_message is None else torch.where(
                 alive[:, None, None], message, final_message)
             if "positions" in ts.info:
-                ended_at = self._agent_positions(ended_positions)
+                ended_at = self.assignment.agent_positions(ended_positions)
                 final_positions = ended_at if final_positions is None else torch.where(
                     alive[:, None, None], ended_at, final_positions)
             terminated |= ts.terminated & alive
@@ -321,8 +285,8 @@ class Level:
             alive &= ~done
             if varies:
                 self.assignment = self.grouping.assign(ts, done, self.assignment)
-            if self.termination.holds:
-                self._fresh = done
+            if self._holding is not None:
+                self._holding.fresh = done
         self._below_ts = ts
         info = {"final_obs": final_message, **self._upward_info(ts)}
         if final_positions is not None:

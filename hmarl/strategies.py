@@ -77,6 +77,24 @@ class Assignment:
         """``[B, N, G]`` bool: which child slots hold a unit."""
         return (self.index < self.n_units).view(-1, self.n_agents, self.group)
 
+    def agent_positions(self, positions: Tensor) -> Tensor:
+        """Each agent's position, the mean of its children's: ``[B, U, D]`` -> ``[B, N, D]``."""
+        if self.blocks and self.group == 1 and positions.is_floating_point():  # its only child's, as it is
+            return positions
+        total = self.view(positions).sum(2)
+        if self.blocks:
+            return total / self.group
+        return total / self.present().sum(-1, keepdim=True).clamp(min=1)
+
+    def children_alive(self, alive: Tensor | None) -> Tensor:
+        """``[B, N, G]`` bool: the child slots holding a living unit; ``alive`` ``[B, U]`` (None: all are)."""
+        if alive is None:
+            if self.blocks:
+                return torch.ones(self.index.shape[0], self.n_agents, self.group, dtype=torch.bool,
+                                  device=self.index.device)
+            return self.present()
+        return self.view(alive)  # empty slots read False
+
     def to_units(self, per_slot: Tensor) -> Tensor:
         """``[B, N * G, ...]`` (one entry per child slot) -> ``[B, U, ...]`` (each unit's)."""
         if self.blocks:
@@ -353,6 +371,35 @@ class Termination:
         """``[B]`` bool: the copies whose agents act anew now; ``age`` ``[B]`` counts the steps since
         their last decision (0 at a reset), ``fresh`` the copies whose episode just started."""
         raise NotImplementedError
+
+
+class Holding:
+    """The per-copy state of a level under a holding termination: each copy's last action, the
+    steps since its decision and the termination's memory. Only the deciding copies act."""
+
+    def __init__(self, termination: Termination, ts: TimeStep):
+        self.termination = termination
+        self.fresh = torch.ones_like(ts.terminated)
+        self.age = torch.zeros(ts.terminated.shape, dtype=torch.long, device=ts.terminated.device)
+        self.memory = termination.start(ts)
+        self.action: Tensor | None = None
+        self.log_prob: Tensor | None = None
+
+    def act(self, learner, obs: Tensor, ts: TimeStep, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The held actions and log-probs with the deciding copies' replaced, and ``decision`` ``[B]``."""
+        decision = self.termination.decide(self.age, ts, self.fresh, self.memory)
+        self.age = torch.where(decision, 1, self.age + 1)
+        if self.action is None:
+            self.action, self.log_prob = learner.act(obs, deterministic=deterministic)
+            return self.action, self.log_prob, decision
+        # Only the deciding copies act: acting (e.g. scoring many proposed allocations) is the
+        # expensive part, and most steps few copies decide. One host read per step finds them.
+        deciding = decision.nonzero().squeeze(-1)
+        if deciding.numel():
+            action, log_prob = learner.act(obs[deciding], deterministic=deterministic)
+            self.action, self.log_prob = self.action.clone(), self.log_prob.clone()
+            self.action[deciding], self.log_prob[deciding] = action, log_prob
+        return self.action, self.log_prob, decision
 
 
 class Every(Termination):
