@@ -116,6 +116,7 @@ class Level:
         self.channel = channel
         self.split = split or split_for(below_spec, grouping.group, joint=True)
         self.termination = termination or Every(1)
+        self.termination.bind(self)
         self.steps_per_command = steps_per_command
         self.positions = positions or "positions" in grouping.requires
         self.passes_up = tuple(passes_up)

@@ -290,6 +290,7 @@ class ActionSplit:
         raise NotImplementedError
 
     def split(self, action: Tensor) -> Tensor:
+        """``[B, N, ...]`` agents' actions -> ``[B, N * group, ...]`` one per child slot."""
         raise NotImplementedError
 
 
@@ -348,6 +349,24 @@ def split_for(below: EnvSpec, group: int, joint: bool) -> ActionSplit:
 
 
 # -- Termination ------------------------------------------------------------------------------
+@dataclass
+class Moment:
+    """What a holding termination sees when it decides, for the ``B`` copies of its level."""
+
+    age: Tensor
+    """``[B]`` steps since each copy's last decision (0 at a reset)."""
+    fresh: Tensor
+    """``[B]`` bool: the copies whose episode just started."""
+    obs: Tensor
+    """``[B, N, obs_dim]``: what the level's agents observe now."""
+    ts: TimeStep
+    """What the level below reported (its ``info`` holds the keys the termination ``reads``)."""
+    held: Tensor | None
+    """The actions the copies hold (None before the first decision)."""
+    memory: dict[str, Tensor]
+    """The termination's own memory (from :meth:`Termination.start`), to update in place."""
+
+
 class Termination:
     """When a level's agents take a new action.
 
@@ -363,13 +382,15 @@ class Termination:
     reads: tuple[str, ...] = ()
     """``info`` keys of the level below that ``decide`` reads (passed up through the levels between)."""
 
+    def bind(self, level) -> None:
+        """Called by the Level it serves (a learned termination reads its level's learner here)."""
+
     def start(self, ts: TimeStep) -> dict[str, Tensor]:
         """The memory ``decide`` keeps, at a reset."""
         return {}
 
-    def decide(self, age: Tensor, ts: TimeStep, fresh: Tensor, memory: dict[str, Tensor]) -> Tensor:
-        """``[B]`` bool: the copies whose agents act anew now; ``age`` ``[B]`` counts the steps since
-        their last decision (0 at a reset), ``fresh`` the copies whose episode just started."""
+    def decide(self, now: Moment) -> Tensor:
+        """``[B]`` bool: the copies whose agents act anew now."""
         raise NotImplementedError
 
 
@@ -387,7 +408,7 @@ class Holding:
 
     def act(self, learner, obs: Tensor, ts: TimeStep, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
         """The held actions and log-probs with the deciding copies' replaced, and ``decision`` ``[B]``."""
-        decision = self.termination.decide(self.age, ts, self.fresh, self.memory)
+        decision = self.termination.decide(Moment(self.age, self.fresh, obs, ts, self.action, self.memory))
         self.age = torch.where(decision, 1, self.age + 1)
         if self.action is None:
             self.action, self.log_prob = learner.act(obs, deterministic=deterministic)
@@ -410,8 +431,8 @@ class Every(Termination):
             raise ValueError(f"period must be >= 1, got {k}")
         self.stride = k
 
-    def decide(self, age: Tensor, ts: TimeStep, fresh: Tensor, memory: dict[str, Tensor]) -> Tensor:
-        return (age % self.stride == 0) | fresh
+    def decide(self, now: Moment) -> Tensor:
+        return (now.age % self.stride == 0) | now.fresh
 
 
 class OnSubtaskChange(Termination):
@@ -430,11 +451,11 @@ class OnSubtaskChange(Termination):
     def start(self, ts: TimeStep) -> dict[str, Tensor]:
         return {"active": ts.info["active_subtasks"]}
 
-    def decide(self, age: Tensor, ts: TimeStep, fresh: Tensor, memory: dict[str, Tensor]) -> Tensor:
-        active = ts.info["active_subtasks"]
-        changed = (active != memory["active"]).any(-1)
-        memory["active"] = active
-        return (age % self.k == 0) | fresh | changed
+    def decide(self, now: Moment) -> Tensor:
+        active = now.ts.info["active_subtasks"]
+        changed = (active != now.memory["active"]).any(-1)
+        now.memory["active"] = active
+        return (now.age % self.k == 0) | now.fresh | changed
 
 
 #: Terminations by the name a level's ``termination`` key gives; register new ones here.

@@ -11,7 +11,7 @@ from hmarl.goals import goal_transition
 from hmarl.graphs import Regrouping
 from hmarl.hierarchy import describe_hierarchy
 from hmarl.spec import EnvSpec, TimeStep
-from hmarl.strategies import (TERMINATIONS, Every, Fixed, Joint, OnSubtaskChange, OneHot, PerChild, Raw,
+from hmarl.strategies import (TERMINATIONS, Every, Fixed, Joint, Moment, OnSubtaskChange, OneHot, PerChild, Raw,
                               Regroup, RelativeGoal, Termination)
 from tests.toys import Scripted, ToyEnv
 
@@ -96,8 +96,10 @@ def test_on_subtask_change_decides_every_k_at_starts_and_when_subtasks_change():
     active = torch.tensor([[True, True], [True, True]])
     memory = termination.start(step(active_subtasks=active))
     no = torch.zeros(2, dtype=torch.bool)
-    decide = lambda age, now, fresh=no: termination.decide(torch.tensor(age), step(active_subtasks=now), fresh,  # noqa: E731
-                                                            memory).tolist()
+    def decide(age, now, fresh=no):
+        ts = step(active_subtasks=now)
+        return termination.decide(Moment(torch.tensor(age), fresh, ts.obs, ts, None, memory)).tolist()
+
     assert decide([1, 1], active) == [False, False]
     changed = torch.tensor([[True, False], [True, True]])  # copy 0's first subtask finished
     assert decide([1, 2], changed) == [True, False]
@@ -122,8 +124,8 @@ class EveryOtherStep(Termination):
 
     holds = True
 
-    def decide(self, age, ts, fresh, memory):
-        return (age % 2 == 0) | fresh
+    def decide(self, now):
+        return (now.age % 2 == 0) | now.fresh
 
 
 def test_a_registered_termination_is_used_by_name_and_holds_actions():
