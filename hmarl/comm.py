@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hmarl.nn import AgentMLP
+from hmarl.registry import Registry
 
 
 class Communication(nn.Module):
@@ -82,4 +83,5 @@ class Autoencoder(Communication):
         return {"ae_loss": loss.detach()}
 
 
-COMMUNICATION = {"concat": Concat, "autoencoder": Autoencoder}
+COMMUNICATION: Registry[type[Communication]] = Registry("comm", {"concat": Concat, "autoencoder": Autoencoder})
+"""Communication functions by the name a level's ``comm`` gives; register new ones here."""

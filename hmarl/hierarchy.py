@@ -324,9 +324,8 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
     for index, spec in enumerate(specs):
         where = f"level {index}"
         upper = specs[index + 1] if index + 1 < len(specs) else None
-        for name, table, key in ((spec.comm, COMMUNICATION, "comm"), (spec.reward, REWARD_RULES, "reward")):
-            if name not in table:
-                raise ValueError(f"{where}: unknown {key} {name!r}; available: {', '.join(table)}")
+        COMMUNICATION.lookup(spec.comm, where)
+        REWARD_RULES.lookup(spec.reward, where)
         if upper is not None and upper.command is None:
             raise ValueError(f"level {index + 1} sits above level {index} but gives it no command; "
                              "set its command to discrete(n) or box(d)")
@@ -411,10 +410,9 @@ def _termination(spec: LevelSpec, where: str) -> Termination:
             raise ValueError(f"{where}: termination replaces period and decide_every; give only termination")
         options = {"name": spec.termination} if isinstance(spec.termination, str) else dict(spec.termination)
         name = options.pop("name", None)
-        if name not in TERMINATIONS:
-            raise ValueError(f"{where}: unknown termination {name!r}; available: {', '.join(TERMINATIONS)}")
+        termination = TERMINATIONS.lookup(name, where)
         try:
-            return TERMINATIONS[name](**options)
+            return termination(**options)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{where}: termination {name}: {error}") from None
     if spec.decide_every is None:

@@ -15,6 +15,7 @@ import torch
 from hmarl.buffers import Rollout
 from hmarl.goals import goal_distance
 from hmarl.learner import UpdateContext
+from hmarl.registry import Registry
 from hmarl.spec import EnvSpec, Tensor
 
 
@@ -160,5 +161,6 @@ class SubtaskReward(RewardRule):
         return (step.command * rewards.unsqueeze(1)).sum(-1)
 
 
-REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage,
-                "subtask": SubtaskReward}
+REWARD_RULES: Registry[type[RewardRule]] = Registry("reward", {
+    "sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage, "subtask": SubtaskReward})
+"""Reward rules by the name a level's ``reward`` gives; register new ones here."""

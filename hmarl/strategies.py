@@ -32,6 +32,7 @@ from gymnasium import spaces
 
 from hmarl.goals import goal_transition
 from hmarl.graphs import Regrouping
+from hmarl.registry import Registry
 from hmarl.spec import EnvSpec, Tensor, TimeStep
 
 #: A discrete agent over c children with K actions each acts on K**c joint actions.
@@ -459,7 +460,8 @@ class OnSubtaskChange(Termination):
 
 
 #: Terminations by the name a level's ``termination`` key gives; register new ones here.
-TERMINATIONS: dict[str, type[Termination]] = {"every": Every, "on_subtask_change": OnSubtaskChange}
+TERMINATIONS: Registry[type[Termination]] = Registry("termination",
+                                                    {"every": Every, "on_subtask_change": OnSubtaskChange})
 
 
 def describe(strategy: Any) -> str:
