@@ -228,7 +228,7 @@ class Hierarchy(nn.Module):
         ready = self.ready()
         commands = self.next_commands()
         rollouts = {i: level.rollout(commands[i]) for i, level in enumerate(self.levels) if ready[i]}
-        self.published: dict[int, Published] = {}
+        self.published = {}
         for index in reversed(range(len(self.levels))):
             if not ready[index]:
                 continue
