@@ -10,18 +10,23 @@ _NAMES = {
     **dict.fromkeys(["Rollout", "RolloutBuffer"], "hmarl.buffers"),
     **dict.fromkeys(["COMMUNICATION", "Autoencoder", "Communication", "Concat"], "hmarl.comm"),
     **dict.fromkeys(["Hierarchy", "LevelSpec", "build_hierarchy", "parse_command"], "hmarl.hierarchy"),
-    **dict.fromkeys(["AgentIO", "Learner"], "hmarl.learner"),
-    **dict.fromkeys(["Level", "agent_io", "check_partition", "level_io"], "hmarl.level"),
+    **dict.fromkeys(["AgentIO", "Learner", "Published", "UpdateContext", "UpdateResult"], "hmarl.learner"),
+    **dict.fromkeys(["Level", "check_partition", "level_io"], "hmarl.level"),
+    **dict.fromkeys(["ActionSplit", "Assignment", "CommandChannel", "Every", "Fixed", "Grouping", "Joint",
+                     "OnSubtaskChange", "OneHot", "PerChild", "Raw", "Regroup", "RelativeGoal", "Termination"],
+                    "hmarl.strategies"),
     **dict.fromkeys(["REWARD_RULES", "GoalDistance", "LevelStep", "RewardRule", "SubtaskReward", "SumUp",
                      "UpperAdvantage"], "hmarl.rewards"),
     **dict.fromkeys(["EnvSpec", "MultiAgentEnv", "TimeStep"], "hmarl.spec"),
 }
 
 __all__ = [
-    "AgentIO", "Autoencoder", "COMMUNICATION", "Communication", "Concat", "EnvSpec", "GoalDistance",
-    "Hierarchy", "Learner", "Level", "LevelSpec", "LevelStep", "MultiAgentEnv", "REWARD_RULES",
-    "RewardRule", "Rollout", "RolloutBuffer", "SubtaskReward", "SumUp", "TimeStep", "UpperAdvantage", "agent_io",
-    "build_hierarchy", "check_partition", "level_io", "parse_command",
+    "ActionSplit", "AgentIO", "Assignment", "Autoencoder", "COMMUNICATION", "CommandChannel", "Communication",
+    "Concat", "EnvSpec", "Every", "Fixed", "GoalDistance", "Grouping", "Hierarchy", "Joint", "Learner", "Level",
+    "LevelSpec", "LevelStep", "MultiAgentEnv", "OnSubtaskChange", "OneHot", "PerChild", "Published",
+    "REWARD_RULES", "Raw", "Regroup", "RelativeGoal", "RewardRule", "Rollout", "RolloutBuffer", "SubtaskReward",
+    "SumUp", "Termination", "TimeStep", "UpdateContext", "UpdateResult", "UpperAdvantage", "build_hierarchy",
+    "check_partition", "level_io", "parse_command",
 ]
 __getattr__ = module_getattr(__name__, _NAMES, globals())
 __dir__ = module_dir(_NAMES, globals())

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hmarl.nn import AgentMLP
+from hmarl.registry import Registry
 
 
 class Communication(nn.Module):
@@ -34,6 +35,10 @@ class Communication(nn.Module):
     def update(self, child_obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Learn from a rollout's child observations ``[T, B, N, in_dim]``."""
         return {}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer this function steps (checkpoints save them)."""
+        return []
 
 
 class Concat(Communication):
@@ -65,6 +70,9 @@ class Autoencoder(Communication):
         """The messages ``[..., N, out_dim]`` from the children's part of the agents' observations."""
         return torch.sigmoid(self.encoder(child_obs))
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
     def update(self, child_obs: torch.Tensor) -> dict[str, torch.Tensor]:
         x = child_obs.reshape(-1, *child_obs.shape[-2:])
         for _ in range(self.epochs):
@@ -75,4 +83,5 @@ class Autoencoder(Communication):
         return {"ae_loss": loss.detach()}
 
 
-COMMUNICATION = {"concat": Concat, "autoencoder": Autoencoder}
+COMMUNICATION: Registry[type[Communication]] = Registry("comm", {"concat": Concat, "autoencoder": Autoencoder})
+"""Communication functions by the name a level's ``comm`` gives; register new ones here."""

@@ -675,6 +675,21 @@ def register_named_configs() -> None:
 register_named_configs()
 
 
+@ex.command(unobserved=True)
+def describe(_config: dict[str, Any]) -> None:
+    """Print the resolved levels of a system on an env, top first: learner, sizes, grouping, command
+    channel, action split, termination, communication and reward (``python -m hmarl describe with
+    SYSTEM ENV``). Builds the hierarchy (every configuration check runs) and trains nothing."""
+    from hmarl.hierarchy import describe_hierarchy
+
+    try:
+        hierarchy = build(RunConfig.from_config(dict(_config)))
+    except (ValueError, KeyError) as error:
+        raise SystemExit(f"hmarl: {error}") from None
+    print(f"{_config['algorithm']} on {_config['env']}:")
+    print(describe_hierarchy(hierarchy))
+
+
 @ex.config_hook
 def _refuse_bad_config(config: dict[str, Any], command_name: str, logger) -> dict[str, Any]:
     """Check a run's merged config before sacred starts it (``check_config``): a problem stops

@@ -1,6 +1,7 @@
 """A stack of levels over an env: the rollout loop and the coordinated update."""
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -13,10 +14,12 @@ from torch import nn
 from hmarl.buffers import RolloutBuffer
 from hmarl.comm import COMMUNICATION
 from hmarl.graphs import GROUPINGS, Regrouping, static_clusters
-from hmarl.learner import AgentIO, Learner
+from hmarl.learner import AgentIO, Learner, Published, UpdateContext
 from hmarl.level import Level, check_partition, level_io
 from hmarl.rewards import REWARD_RULES
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
+from hmarl.strategies import (TERMINATIONS, Every, Fixed, OnSubtaskChange, Regroup, Termination, channel_for,
+                              describe, split_for)
 
 _COMMAND = re.compile(r"^\s*(discrete|box)\s*\(\s*(\d+)\s*(?:,\s*([0-9.eE+-]+)\s*)?\)\s*$")
 
@@ -76,6 +79,10 @@ class LevelSpec:
     """Options of the reward rule (e.g. ``env_reward_coef`` of ``upper_advantage``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Learner options for this level only, over the run's shared learner options."""
+    termination: str | dict[str, Any] | None = None
+    """When the agents act anew, by name from :data:`hmarl.strategies.TERMINATIONS` (a new one
+    registered there works too): ``name`` or ``{name: ..., <its options>}``. Replaces the sugar
+    ``period`` (``every``) and ``decide_every`` (``on_subtask_change``)."""
 
     def resolve_children(self, n_below: int, where: str) -> list[list[int]] | Regrouping:
         """The children of this level's agents over ``n_below`` units: lists, or a Regrouping for
@@ -120,6 +127,8 @@ class Hierarchy(nn.Module):
         super().__init__()
         self.env = env
         self.levels = levels
+        #: what each level published in the latest :meth:`update` (level index -> Published)
+        self.published: dict[int, Published] = {}
         self.learners = nn.ModuleList(level.learner for level in levels)
         self.comms = nn.ModuleList(level.comm for level in levels)
         #: env steps between two actions of level i
@@ -163,7 +172,7 @@ class Hierarchy(nn.Module):
             wanted = level.learner.transitions_per_update
             rounds.append(1 if wanted is None else math.ceil(wanted / (env_steps // stride * copies)))
         for index, level in enumerate(self.levels[:-1]):
-            if level.reward_rule.deferred and rounds[index] != rounds[index + 1]:
+            if level.reward_rule.needs and rounds[index] != rounds[index + 1]:
                 raise ValueError(
                     f"level {index} learns from the advantages of level {index + 1}, so the two must update "
                     f"together, but with rollouts of {env_steps} env steps on {copies} copies they update "
@@ -197,7 +206,8 @@ class Hierarchy(nn.Module):
         upper_obs = self.top.bootstrap_observation()
         for index in reversed(range(len(self.levels) - 1)):
             upper, level = self.levels[index + 1], self.levels[index]
-            if upper.decide_every is not None or level.relative_goals or not level.learner.estimates_advantages:
+            carried = level.channel is not None and level.channel.carries
+            if upper.termination.holds or carried or not level.learner.on_policy:
                 upper_obs = level.bootstrap_observation()
                 continue
             action, _ = upper.learner.act(upper_obs, deterministic=not upper.training)
@@ -207,23 +217,37 @@ class Hierarchy(nn.Module):
 
     def update(self, progress: float) -> dict[str, Tensor]:
         """Update top-down every level whose buffer is full (:meth:`ready`), so an upper level's
-        results exist before a lower level reads them; returns ``level{l}/{name}`` metrics."""
+        results exist before a lower level reads them; returns ``level{l}/{name}`` metrics.
+
+        One loop for every family: each learner gets an :class:`~hmarl.learner.UpdateContext`
+        with what the level above just published and the level below's rollout and learner; a
+        reward rule that ``needs`` the level above's outputs relabels the rewards first. What each
+        level published is kept in :attr:`published` until the next update.
+        """
         metrics: dict[str, Tensor] = {}
         ready = self.ready()
         commands = self.next_commands()
         rollouts = {i: level.rollout(commands[i]) for i, level in enumerate(self.levels) if ready[i]}
+        self.published = {}
         for index in reversed(range(len(self.levels))):
             if not ready[index]:
                 continue
             level, rollout = self.levels[index], rollouts[index]
-            if level.reward_rule.deferred:  # the level above has just updated: its advantages exist
-                upper, upper_rollout = self.levels[index + 1], rollouts[index + 1]
-                parent, slot = (upper.parents() if upper_rollout.parent is None
-                                else (upper_rollout.parent, upper_rollout.slot))
-                rollout.reward = level.reward_rule.relabel(rollout.reward, upper.learner.last_advantages,
-                                                           parent, slot, level.steps_per_command)
+            above = self.published.get(index + 1)
+            if level.reward_rule.needs:
+                if above is None:
+                    raise RuntimeError(f"level {index}'s reward needs {sorted(level.reward_rule.needs)} of the level "
+                                       "above, which did not update with it")
+                rollout.reward = level.reward_rule.relabel(rollout, UpdateContext(progress, above))
+            below = rollouts.get(index - 1)
+            ctx = UpdateContext(progress, above, below, self.levels[index - 1].learner if below is not None else None)
+            result = level.learner.update(rollout, ctx)
+            if level.learner.publishes:
+                parent, slot = level.parents() if rollout.parent is None else (rollout.parent, rollout.slot)
+                stride = self.levels[index - 1].steps_per_command if index else 1
+                self.published[index] = Published(result.outputs, parent, slot, stride)
             prefix = f"level{index}/{type(level.learner).__name__.lower()}"
-            for key, value in level.learner.update(rollout, progress, rollouts.get(index - 1)).items():
+            for key, value in result.metrics.items():
                 metrics[f"{prefix}/{key}"] = value
             child_obs = rollout.obs[..., :level.io.child_obs_dim]
             for key, value in level.comm.update(child_obs).items():
@@ -236,15 +260,10 @@ class Hierarchy(nn.Module):
         return metrics
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        """Every optimizer of the stack: a module's ``optimizer`` or its ``optimizers`` list."""
-        found = []
-        for module in self.modules():
-            if module is self:
-                continue
-            one, several = getattr(module, "optimizer", None), getattr(module, "optimizers", ())
-            found += [one] if isinstance(one, torch.optim.Optimizer) else []
-            found += [o for o in several if isinstance(o, torch.optim.Optimizer)]
-        return found
+        """Every optimizer of the stack, as each learner and communication function declares them
+        (learners bottom-up, then the communication functions)."""
+        return [o for learner in self.learners for o in learner.optimizers()] + \
+            [o for comm in self.comms for o in comm.optimizers()]
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything the stack learns: parameters, buffers and optimizer states."""
@@ -261,10 +280,10 @@ class Hierarchy(nn.Module):
         below: MultiAgentEnv = env
         levels = []
         for level in self.levels:
-            below = Level(below, level.learner, level.children, level.comm, level.reward_rule,
-                          command=level.command, steps_per_command=level.steps_per_command,
-                          joint=level.joint, relative_goals=level.relative_goals, positions=level.positions,
-                          decide_every=level.decide_every)
+            below = Level(below, level.learner, level.comm, level.reward_rule, grouping=level.grouping,
+                          channel=level.channel, split=level.split, termination=level.termination,
+                          steps_per_command=level.steps_per_command, positions=level.positions,
+                          passes_up=level.passes_up)
             levels.append(below)
         return Hierarchy(env, levels)
 
@@ -299,41 +318,53 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
         if index > 1 and spec.relative_goals:
             raise ValueError(f"level {index}: relative goals are targets on the env's goal dims, which only level 0 "
                              f"observes; relative_goals works on level 1 only (directly above level 0)")
+    terminations = [_termination(spec, f"level {index}") for index, spec in enumerate(specs)]
     below: MultiAgentEnv = env
     levels: list[Level] = []
     for index, spec in enumerate(specs):
         where = f"level {index}"
         upper = specs[index + 1] if index + 1 < len(specs) else None
-        for name, table, key in ((spec.comm, COMMUNICATION, "comm"), (spec.reward, REWARD_RULES, "reward")):
-            if name not in table:
-                raise ValueError(f"{where}: unknown {key} {name!r}; available: {', '.join(table)}")
+        COMMUNICATION.lookup(spec.comm, where)
+        REWARD_RULES.lookup(spec.reward, where)
         if upper is not None and upper.command is None:
             raise ValueError(f"level {index + 1} sits above level {index} but gives it no command; "
                              "set its command to discrete(n) or box(d)")
         command = parse_command(upper.command) if upper else None
         try:
             children = spec.resolve_children(below.spec.n_agents, where)
-            if not isinstance(children, Regrouping):
+            if isinstance(children, Regrouping):
+                grouping = Regroup(children)
+            else:
                 check_partition(children, below.spec.n_agents, where)
-            io = level_io(below.spec, children, command, spec.joint, spec.positions)
+                grouping = Fixed(children)
+            split = split_for(below.spec, grouping.group, spec.joint)
+            termination = terminations[index]
+            for fact in termination.requires:
+                below.spec.require(fact, f"{type(termination).__name__} (decide_every)")
         except ValueError as error:
             raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
+        goal_index = None
         if upper is not None and upper.relative_goals:  # checked here to name the manager, not its workers
             manager = f"level {index + 1}"
-            goal_index = env.spec.require("goal_indices", f"{manager}: relative_goals")
+            goal_index = list(env.spec.require("goal_indices", f"{manager}: relative_goals"))
             if not isinstance(command, spaces.Box) or command.shape[0] != len(goal_index):
                 raise ValueError(f"{manager}: relative goals live on the {len(goal_index)} goal dims "
-                                 f"{list(goal_index)} of {env.spec.name}; set its command to "
+                                 f"{goal_index} of {env.spec.name}; set its command to "
                                  f"box({len(goal_index)}, bound)")
-            if io.group != 1:
+            if grouping.group != 1:
                 raise ValueError(f"{manager}: relative goals are carried on each worker's own env agent, so "
-                                 f"level {index} needs one env agent per agent (group_size 1), not {io.group}")
+                                 f"level {index} needs one env agent per agent (group_size 1), not {grouping.group}")
+        channel = channel_for(command, goal_index)
+        try:
+            io = level_io(below.spec, grouping, channel, split, spec.positions)
+        except ValueError as error:
+            raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
         comm = COMMUNICATION[spec.comm](io.n_agents, io.child_obs_dim)
         learner = make_learner(spec, io, index)
         if getattr(learner, "reads_env_observations", False):
             for lower_index, lower in enumerate(levels):  # each must pass the env agents' observations up as is
                 units = lower.children
-                if isinstance(units, Regrouping):
+                if isinstance(lower.grouping, Regroup):
                     problem = "regroups its units by position"
                 elif any(len(group) > 1 for group in units):
                     problem = "gives an agent several units"
@@ -347,21 +378,85 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
                                  f"messages, but level {lower_index} {problem}; give every level below it "
                                  f"group_size 1 and comm: concat")
         try:
-            rule = REWARD_RULES[spec.reward](below.spec, io.group, **spec.reward_options)
+            rule = _reward_rule(spec, below, io.group)
             rule.check_command(command)
-            level = Level(below, learner, children, comm, rule, command=command,
-                          steps_per_command=upper.period if upper else 1, joint=spec.joint,
-                          relative_goals=bool(upper and upper.relative_goals), positions=spec.positions,
-                          decide_every=spec.decide_every)
+            level = Level(below, learner, comm, rule, grouping=grouping, channel=channel, split=split,
+                          termination=termination,
+                          steps_per_command=terminations[index + 1].stride if upper else 1,
+                          positions=spec.positions,
+                          passes_up=tuple(sorted({key for t in terminations[index + 1:] for key in t.reads})))
         except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
         levels.append(level)
         below = level
     for index, level in enumerate(levels):
-        if level.reward_rule.deferred:
+        needs = level.reward_rule.needs
+        if needs:
             above = levels[index + 1].learner if index + 1 < len(levels) else None
-            if above is None or not above.estimates_advantages:
-                found = "no level above" if above is None else f"{type(above).__name__} above it"
-                raise ValueError(f"level {index}: reward {specs[index].reward} needs an advantage-estimating "
-                                 f"learner (ppo, mappo) on the level above; found {found}")
+            missing = sorted(needs - (above.publishes if above is not None else frozenset()))
+            if missing:
+                found = "no level above" if above is None else (
+                    f"{type(above).__name__} above it, which publishes {sorted(above.publishes) or 'nothing'}")
+                raise ValueError(f"level {index}: reward {specs[index].reward} needs {', '.join(missing)} from the "
+                                 f"level above (an advantage-estimating learner such as ppo or mappo); found {found}")
     return Hierarchy(env, levels)
+
+
+def _termination(spec: LevelSpec, where: str) -> Termination:
+    """``period: k`` is ``Every(k)``; ``decide_every: k`` (with ``period: 1``) is ``OnSubtaskChange(k)``;
+    ``termination`` names any registered one."""
+    if spec.termination is not None:
+        if spec.decide_every is not None or spec.period != 1:
+            raise ValueError(f"{where}: termination replaces period and decide_every; give only termination")
+        options = {"name": spec.termination} if isinstance(spec.termination, str) else dict(spec.termination)
+        name = options.pop("name", None)
+        termination = TERMINATIONS.lookup(name, where)
+        try:
+            return termination(**options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: termination {name}: {error}") from None
+    if spec.decide_every is None:
+        return Every(spec.period)
+    if spec.period != 1:
+        raise ValueError(f"{where}: decide_every re-decides at any step of the level below, so it needs "
+                         f"period: 1, not {spec.period}")
+    try:
+        return OnSubtaskChange(spec.decide_every)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def _reward_rule(spec: LevelSpec, below: MultiAgentEnv, group: int):
+    """The level's reward rule; unknown ``reward_options`` are named with the valid ones."""
+    rule = REWARD_RULES[spec.reward]
+    valid = [p for p in inspect.signature(rule.__init__).parameters if p not in ("self", "below", "group_size")]
+    unknown = sorted(set(spec.reward_options) - set(valid))
+    if unknown:
+        raise ValueError(f"reward {spec.reward} has no option {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(valid) or 'none'}")
+    return rule(below.spec, group, **spec.reward_options)
+
+
+def describe_hierarchy(hierarchy: Hierarchy) -> str:
+    """The resolved levels, top first: learner, sizes, and the four strategies, communication and reward."""
+    lines = []
+    for index in reversed(range(len(hierarchy.levels))):
+        level, stride = hierarchy.levels[index], hierarchy.strides[index]
+        io = level.io
+        lines += [f"level {index}: {io.n_agents} x {type(level.learner).__name__}, acting every {stride} env step(s)",
+                  f"  observes     {io.obs_dim} = {io.group} child slot(s) x {io.child_dim}"
+                  + (f" + command {level.channel.dim}" if level.channel else ""),
+                  f"  acts         {io.action_space}",
+                  f"  grouping     {describe(level.grouping)}",
+                  f"  channel      {describe(level.channel)}",
+                  f"  split        {describe(level.split)}",
+                  f"  termination  {describe(level.termination)}"
+                  + (f" (the level below runs {level.below.steps_per_command} steps per command)"
+                     if index and level.below.steps_per_command > 1 else ""),
+                  f"  comm         {type(level.comm).__name__} -> {level.comm.out_dim} per agent",
+                  f"  reward       {type(level.reward_rule).__name__}"
+                  + (f" (needs {', '.join(sorted(level.reward_rule.needs))})" if level.reward_rule.needs else "")]
+    env = hierarchy.env.spec
+    lines.append(f"env: {env.name}, {env.n_agents} agents, obs {env.obs_dim}, actions {env.action_space}, "
+                 f"{env.num_envs} copies")
+    return "\n".join(lines)

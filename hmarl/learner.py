@@ -1,7 +1,7 @@
 """The interface a level's learner implements."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from gymnasium import spaces
@@ -39,6 +39,49 @@ class AgentIO:
         return self.child_obs_dim // self.group
 
 
+@dataclass(frozen=True)
+class Published:
+    """What a level leaves for the level below once it has updated.
+
+    ``outputs``: the learner's published tensors, named as in its ``publishes`` (HiMPo's
+    ``{"advantages": [T_up, B, N_up] or [T_up, B, N_up, group]}``). ``parent``/``slot``: each
+    unit below's agent and its place among that agent's children, ``[N_below]`` (fixed) or
+    ``[T_up, B, N_below]`` (regrouped per step). ``stride``: steps of the level below per step
+    of this level.
+    """
+
+    outputs: dict[str, torch.Tensor]
+    parent: torch.Tensor
+    slot: torch.Tensor
+    stride: int
+
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """Everything a learner's update may read besides its own rollout: the one channel between levels.
+
+    ``progress`` in [0, 1) is the share of training done; ``above`` what the level above published
+    in this update (levels update top-down), None at the top; ``below`` the level below's rollout
+    of the same env steps and ``below_learner`` its learner (read-only: HRL-CG's connected
+    gradient differentiates through the worker's critic), None at the bottom or when the level
+    below is not updating now.
+    """
+
+    progress: float = 0.0
+    above: Published | None = None
+    below: Rollout | None = None
+    below_learner: "Learner | None" = None
+
+
+@dataclass
+class UpdateResult:
+    """What an update returns: scalar ``metrics`` to log and the ``outputs`` the learner publishes
+    for the level below (keys: its ``publishes``)."""
+
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class Learner(nn.Module):
     """The policy of a level's agents, evaluated for all of them in one call, and its update.
 
@@ -49,9 +92,12 @@ class Learner(nn.Module):
 
     #: the dataclass of this learner's options
     config_class: type
-    #: learners that estimate advantages keep the last update's in ``last_advantages``
-    #: (``[T, B, N]`` or ``[T, B, N, children]``), for ``upper_advantage`` rewards below
-    estimates_advantages = False
+    #: names of the outputs every update publishes for the level below (``UpdateResult.outputs``),
+    #: which reward rules there declare as ``needs``
+    publishes: frozenset[str] = frozenset()
+    #: learns from each rollout alone, bootstrapping from its last observation: that observation
+    #: then carries the command the level above gives next (drawn before anyone updates)
+    on_policy = False
     #: transitions of this level (its steps x env copies) to collect before each update; the
     #: Hierarchy rounds it up to whole rollouts. None: update after every rollout.
     transitions_per_update: int | None = None
@@ -62,7 +108,6 @@ class Learner(nn.Module):
     def __init__(self, io: AgentIO):
         super().__init__()
         self.io = io
-        self.last_advantages: torch.Tensor | None = None
 
     @classmethod
     def build(cls, io: AgentIO, config, env: EnvSpec) -> "Learner":
@@ -74,10 +119,11 @@ class Learner(nn.Module):
         (evaluation) takes the most likely action."""
         raise NotImplementedError
 
-    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, torch.Tensor]:
-        """Learn from a full rollout; ``progress`` in [0, 1) is the share of training done.
-
-        ``below`` is the level below's rollout of the same env steps (read-only), for
-        cross-level terms such as HRL-CG's connected gradient; None at the bottom.
-        """
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
+        """Learn from a full rollout; ``ctx`` holds the training progress and what the levels
+        above and below offer (:class:`UpdateContext`)."""
         raise NotImplementedError
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer this learner steps, in a fixed order (checkpoints save and restore them)."""
+        return []

@@ -130,7 +130,7 @@ class HierarchyWatch:
     def _watch(self, index: int, step: Callable[[Tensor | None], TimeStep]) -> Callable[[Tensor | None], TimeStep]:
         def watched(command: Tensor | None = None) -> TimeStep:
             self.commands[index] = command
-            if index == 0 and command is not None and self.hierarchy.levels[0].relative_goals:
+            if index == 0 and command is not None and self.hierarchy.levels[0].channel.carries:
                 here = self.recorder.last.obs[0, :, self._goal_index]  # [N, 2]: where each agent is now
                 self.targets = here + command[0]
             return step(command)

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hmarl.buffers import Rollout
 from hmarl.goals import goal_distance
-from hmarl.spec import EnvSpec
+from hmarl.learner import UpdateContext
+from hmarl.registry import Registry
+from hmarl.spec import EnvSpec, Tensor
 
 
 @dataclass
@@ -35,11 +38,13 @@ class LevelStep:
 class RewardRule:
     """Base rule; built for the level's agents over ``below``; called once per step.
 
-    A ``deferred`` rule also depends on the level above's advantages, which exist only
-    once that level has updated: the Hierarchy's top-down update then calls ``relabel``.
+    A rule that ``needs`` outputs of the level above (e.g. its ``advantages``), which exist only
+    once that level has updated, completes the stored rewards in :meth:`relabel`: the
+    Hierarchy's top-down update calls it with what the level above published. The build
+    checks ``needs <= upper learner's publishes``.
     """
 
-    deferred = False
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, below: EnvSpec, group_size: int):
         self.below = below
@@ -51,6 +56,11 @@ class RewardRule:
 
     def check_command(self, command) -> None:
         """Fail at build time if the level above sends commands this rule cannot read."""
+
+    def relabel(self, rollout: Rollout, ctx: UpdateContext) -> Tensor:
+        """The rewards ``[T, B, N]`` to learn from, given what the level above published
+        (``ctx.above``); only rules with ``needs`` are asked."""
+        return rollout.reward
 
 
 class SumUp(RewardRule):
@@ -89,7 +99,7 @@ class UpperAdvantage(RewardRule):
     each (superior, child) pair).
     """
 
-    deferred = True
+    needs = frozenset({"advantages"})
 
     def __init__(self, below: EnvSpec, group_size: int, env_reward_coef: float = 0.0):
         super().__init__(below, group_size)
@@ -99,8 +109,15 @@ class UpperAdvantage(RewardRule):
         """The reward ``[B, N]`` the level's agents store for this step."""
         return self.env_reward_coef * step.children_reward
 
-    def relabel(self, reward: torch.Tensor, upper_advantage: torch.Tensor, parent: torch.Tensor,
-                slot: torch.Tensor, period: int) -> torch.Tensor:
+    def relabel(self, rollout: Rollout, ctx: UpdateContext) -> Tensor:
+        """The stored reward ``[T, B, N]`` + the superior's advantage of each step's period / period."""
+        above = ctx.above
+        return self.add_advantage(rollout.reward, above.outputs["advantages"], above.parent, above.slot,
+                                  above.stride)
+
+    @staticmethod
+    def add_advantage(reward: Tensor, upper_advantage: Tensor, parent: Tensor, slot: Tensor,
+                      period: int) -> Tensor:
         """``reward [T, B, N]`` + the superior's advantage of each step's period / period.
 
         ``parent`` is each unit's superior and ``slot`` its place among that superior's
@@ -144,5 +161,6 @@ class SubtaskReward(RewardRule):
         return (step.command * rewards.unsqueeze(1)).sum(-1)
 
 
-REWARD_RULES = {"sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage,
-                "subtask": SubtaskReward}
+REWARD_RULES: Registry[type[RewardRule]] = Registry("reward", {
+    "sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage, "subtask": SubtaskReward})
+"""Reward rules by the name a level's ``reward`` gives; register new ones here."""

@@ -213,7 +213,7 @@ def test_example_runs_with_a_tiny_budget(example, isolated, monkeypatch, capsys)
 
 # -- the API reference ---------------------------------------------------------------------
 #: the framework's modules whose public classes, functions and methods must say what they do
-CORE_MODULES = ["hmarl.spec", "hmarl.level", "hmarl.hierarchy", "hmarl.comm", "hmarl.rewards", "hmarl.learner",
+CORE_MODULES = ["hmarl.spec", "hmarl.strategies", "hmarl.level", "hmarl.hierarchy", "hmarl.comm", "hmarl.rewards", "hmarl.learner",
                 "hmarl.experiment", "hmarl.buffers", "hmarl.graphs", "hmarl.monitor", "hmarl.goals", "hmarl.config",
                 "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.observer", "hmarl.action_trace", "hmarl.bench"]
 

@@ -182,3 +182,15 @@ def test_the_embedded_default_leaks_no_option_into_other_systems():
             if isinstance(config.get(block), dict):
                 missing = keys - set(config[block])
                 assert not missing, f"{name}: its {block} block inherits {sorted(missing)} from tag_3ppo"
+
+
+def test_describe_prints_the_resolved_levels_and_writes_no_run(tmp_path):
+    out = cli("describe", "with", "alma", "savethecity", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "alma on savethecity:" and lines[1].startswith("level 1: 1 x Allocator")
+    assert "  termination  OnSubtaskChange(5)" in lines and "  reward       SubtaskReward" in lines
+    assert "  channel      OneHot(4)" in lines  # the allocation reaches each agent as a one-hot of its building
+    assert not (tmp_path / "results").exists()
+    bad = cli("describe", "with", "alma", "savethecity", "action_length=0", cwd=tmp_path)
+    assert bad.returncode != 0 and "action_length must be >= 1" in bad.stderr.strip().splitlines()[-1]

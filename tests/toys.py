@@ -5,7 +5,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from hmarl import AgentIO, EnvSpec, Learner, Rollout, TimeStep
+from hmarl import AgentIO, EnvSpec, Learner, Rollout, TimeStep, UpdateResult
 
 
 class ToyEnv:
@@ -76,8 +76,8 @@ class Scripted(Learner):
         action = self.policy(obs, len(self.seen) - 1)
         return action, torch.zeros(obs.shape[:2])
 
-    def update(self, rollout, progress, below=None):
-        return {}
+    def update(self, rollout, ctx):
+        return UpdateResult()
 
 
 def _io(n: int, obs_dim: int, space) -> AgentIO:

@@ -90,7 +90,7 @@ def main() -> None:
             print(f"env steps {env_steps:>9,}  train/return {train_return:9.3f}")
 
     # what the pair leads learned from in the last rollout: the manager's advantage per child
-    manager_advantage = hierarchy.levels[2].learner.last_advantages  # [T, B, 1, 2]
+    manager_advantage = hierarchy.published[2].outputs["advantages"]  # [T, B, 1, 2]
     final = evaluate(evaluator, seed=args.seed + 10_000)
     print("final metrics:")
     print(f"  train/return {train_return:.3f}")

@@ -3,7 +3,7 @@
 ``LEARNERS`` maps the names used in ``levels[*].learner`` to learner classes;
 ``FAMILIES`` maps ``family`` to how a ``Hierarchy`` is built (and its top-level options).
 
-Both are :class:`hmarl.lazy.LazyRegistry` objects: every name is known at once (a config is
+Both are :class:`hmarl.registry.Registry` objects: every name is known at once (a config is
 checked against them), each learner's or family's module is imported when it is looked up.
 Importing them all would cost torch and, for ``graph_ppo``, torch-geometric on every
 command line, ``print_config`` and the config checks included. Adding an entry
@@ -16,7 +16,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from hmarl.lazy import LazyRegistry, attribute, module_dir, module_getattr
+from hmarl.lazy import attribute, module_dir, module_getattr
+from hmarl.registry import Registry
 
 if TYPE_CHECKING:
     from hmarl.hierarchy import Hierarchy
@@ -39,7 +40,7 @@ _LEARNER_TABLE = {
     "graph_ppo": ("graph_ppo", "GraphPPO"), "aqmix": ("aqmix", "AQMIX"), "allocator": ("allocator", "Allocator"),
     "heuristic_allocator": ("allocator", "HeuristicAllocator"), "qmix": ("qmix", "QMIX"),
 }
-LEARNERS: LazyRegistry[type[Learner]] = LazyRegistry()
+LEARNERS: Registry[type[Learner]] = Registry("learner")
 for _name, (_module, _class) in _LEARNER_TABLE.items():
     LEARNERS.add_lazy(_name, attribute(f"hmarl.algorithms.{_module}", _class))
 
@@ -68,7 +69,7 @@ def _family(name: str, options: bool) -> Callable[[], Family]:
     return load
 
 
-FAMILIES: LazyRegistry[Family] = LazyRegistry()
+FAMILIES: Registry[Family] = Registry("family")
 for _name, _options in [("tag", False), ("flat", False), ("hrl_cg", True), ("himpo", True), ("alma", True)]:
     FAMILIES.add_lazy(_name, _family(_name, _options))
 

@@ -36,7 +36,7 @@ from torch import nn
 from hmarl.algorithms.aqmix import EpisodeTargetLearner
 from hmarl.algorithms.common import OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO, Learner
+from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
 from hmarl.spec import EnvSpec, subtask_membership
 
 Tensor = torch.Tensor
@@ -456,19 +456,22 @@ class Allocator(EpisodeTargetLearner):
         self.gradient_steps += 1
         return {"q_loss": q_loss.detach(), "proposal_loss": proposal_loss.detach(), "q_mean": q_mean}
 
-    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         c = self.config
-        self.progress = progress
+        self.progress = ctx.progress
         if rollout.decision is None:
             raise ValueError("the allocator's level must re-decide by events: set decide_every on it")
         self.count_episodes(rollout)
         self.replay.add(**self.meta_transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
-            return {}
+            return UpdateResult()
         stats = self.learn(c.gradient_steps(rollout.obs.shape[0]), c.batch_size)
         if self.target_update_due(c.target_update_episodes):
             self.critic_target.load_state_dict(self.critic.state_dict())
-        return stats
+        return UpdateResult(stats)
 
 
 @dataclass
@@ -513,5 +516,5 @@ class HeuristicAllocator(Learner):
         score = distance + 1e3 * (~useful) + 1e6 * (~active).unsqueeze(-2)
         return score.argmin(-1).unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
 
-    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
-        return {}
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
+        return UpdateResult()

@@ -71,7 +71,7 @@ from torch import nn
 from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule
 from hmarl.algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO
+from hmarl.learner import AgentIO, UpdateContext, UpdateResult
 from hmarl.spec import EnvSpec, subtask_membership
 
 Tensor = torch.Tensor
@@ -520,19 +520,22 @@ class AQMIX(EpisodeTargetLearner):
         self.gradient_steps += 1
         return {"q_loss": q_loss.detach(), "q_tot": q_tot, "grad_norm": grad_norm}
 
-    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
         c = self.config
-        self.progress = progress
+        self.progress = ctx.progress
         self.count_episodes(rollout)
         self.env_steps += rollout.obs.shape[0] * rollout.obs.shape[1]  # T steps of B copies
         self.replay.add(**self.transitions(rollout))
         if len(self.replay) < max(c.batch_size, c.learning_starts):
-            return {}
+            return UpdateResult()
         stats = self.learn(c.gradient_steps(rollout.obs.shape[0]), c.batch_size)
         if stats and self.target_update_due(c.target_update_episodes):
             soft_update(self.target_agent, self.agent, c.tau)
             soft_update(self.target_mixer, self.mixer, c.tau)
         if stats:
             stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
-        return stats
+        return UpdateResult(stats)

@@ -206,10 +206,7 @@ def learner_factory(shared_options: dict[str, dict[str, Any]], env: MultiAgentEn
     from hmarl.algorithms import LEARNERS
 
     def make(spec: LevelSpec, io: AgentIO, index: int) -> Learner:
-        if spec.learner not in LEARNERS:
-            raise ValueError(f"level {index}: unknown learner {spec.learner!r}; "
-                             f"available: {', '.join(LEARNERS)}")
-        cls = LEARNERS[spec.learner]
+        cls = LEARNERS.lookup(spec.learner, f"level {index}")
         options = {**shared_options.get(spec.learner, {}), **spec.options}
         config = from_dict(cls.config_class, options, f"level {index} {spec.learner} options")
         try:

@@ -34,7 +34,7 @@ from gymnasium import spaces
 from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, adam, epsilon_greedy, linear_schedule, weighted_mean
 from hmarl.algorithms.td3 import flatten_steps, soft_update
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO
+from hmarl.learner import AgentIO, UpdateContext, UpdateResult
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
@@ -119,7 +119,7 @@ class DQN(ReplayLearner):
         return action, obs.new_zeros(obs.shape[:2])
 
     # -- learning --------------------------------------------------------------------------
-    def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, Tensor]:
+    def transitions(self, rollout: Rollout, ctx: UpdateContext | None = None) -> dict[str, Tensor]:
         """The replay rows of a rollout, each ``[T*B, N, ...]`` (terminated ``[T*B, 1]`` float)."""
         return {"obs": flatten_steps(rollout.obs),
                 "action": flatten_steps(rollout.action),
@@ -155,17 +155,20 @@ class DQN(ReplayLearner):
             soft_update(self.target_network, self.q_network, c.tau)
         return {"q_loss": q_loss.detach(), "q": q_mean}
 
-    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
         gradient steps once ``learning_starts`` env steps are stored."""
         c = self.config
-        self.progress = progress
+        self.progress = ctx.progress
         mask = None if rollout.mask is None else flatten_steps(rollout.mask)
-        self.store(self.transitions(rollout, below), mask)
+        self.store(self.transitions(rollout, ctx), mask)
         if len(self.replay) < c.batch_size or self.env_steps < c.learning_starts:
-            return {}
+            return UpdateResult()
         t, b = rollout.obs.shape[:2]
         stats = self.learn(c.gradient_steps(t * b), c.batch_size)
         if stats:
             stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
-        return stats
+        return UpdateResult(stats)

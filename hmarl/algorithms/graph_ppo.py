@@ -35,7 +35,7 @@ from torch import nn
 from hmarl.algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, log_softmax, normal_log_prob
 from hmarl.buffers import Rollout
 from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
-from hmarl.learner import AgentIO, Learner
+from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
 from hmarl.nn import AgentMLP
 from hmarl.nn.gnn import DENSE_LAYER_TYPES, GNN_LAYERS, GraphEncoder, edges_to_adjacency
 
@@ -168,7 +168,8 @@ class GraphPPO(Learner):
     """PPO on the (agent, child) edges of a level whose agents pass messages (HiMPo's levels)."""
 
     config_class = GraphPPOConfig
-    estimates_advantages = True
+    on_policy = True
+    publishes = frozenset({"advantages"})
 
     def __init__(self, io: AgentIO, config: GraphPPOConfig):
         super().__init__(io)
@@ -293,11 +294,15 @@ class GraphPPO(Learner):
                          columns(flags(rollout.terminated) | ends), columns(done | ends), c.gamma, c.gae_lambda)
         return torch.where(valid, advantages.view_as(valid), 0.0)
 
-    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, torch.Tensor]:
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
+        """PPO on the edges; publishes the per-edge ``advantages`` ``[T, B, N, G]`` for the level below."""
         c = self.config
         if c.anneal_lr:
             for group in self.optimizer.param_groups:
-                group["lr"] = (1.0 - progress) * c.learning_rate
+                group["lr"] = (1.0 - ctx.progress) * c.learning_rate
         valid = self.edge_mask(rollout)  # [T, B, N, G]
         with torch.no_grad():
             old_output, next_output = self.rollout_outputs(rollout)  # on the critic's (standardised) scale
@@ -305,7 +310,6 @@ class GraphPPO(Learner):
             values = scale(old_output)
             reward = rollout.reward.unsqueeze(-1).expand_as(values)  # an agent's edges share its reward
             advantages = self._advantages(reward, values, scale(next_output), rollout, valid)
-        self.last_advantages = advantages  # zero on left-out edges: they train nothing below
         returns = advantages + values
         if c.normalize_value:
             # The statistics take in this rollout's returns, and the targets follow them; the
@@ -348,8 +352,9 @@ class GraphPPO(Learner):
                 self.optimizer.step()
             if c.target_kl is not None and bool(approx_kl > c.target_kl):
                 break
-        return {"pg_loss": pg_loss.detach(), "v_loss": v_loss.detach(), "entropy": entropy_loss.detach(),
-                "approx_kl": approx_kl, "clipfrac": clipfrac}
+        metrics = {"pg_loss": pg_loss.detach(), "v_loss": v_loss.detach(), "entropy": entropy_loss.detach(),
+                   "approx_kl": approx_kl, "clipfrac": clipfrac}
+        return UpdateResult(metrics, {"advantages": advantages})  # zero on left-out edges: they train nothing below
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from gymnasium import spaces
 
-from hmarl.learner import AgentIO, Learner
+from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
 from hmarl.spec import EnvSpec
 
 
@@ -79,5 +79,5 @@ class SpreadHeuristic(Learner):
         y_action = torch.where(digit[..., 1] == 0, 0, digit[..., 1] + 2)
         return torch.where(along_x, x_action, y_action)
 
-    def update(self, rollout, progress: float, below=None) -> dict[str, torch.Tensor]:
-        return {}
+    def update(self, rollout, ctx: UpdateContext) -> UpdateResult:
+        return UpdateResult()

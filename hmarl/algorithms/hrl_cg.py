@@ -42,7 +42,7 @@ from hmarl.algorithms.dqn import DQN
 from hmarl.algorithms.td3 import TD3, TD3Config, flatten_steps
 from hmarl.buffers import Rollout
 from hmarl.hierarchy import Hierarchy
-from hmarl.learner import Learner
+from hmarl.learner import Learner, UpdateContext, UpdateResult
 from hmarl.spec import EnvSpec, MultiAgentEnv
 
 
@@ -95,24 +95,40 @@ class GoalManager(TD3):
     config_class = GoalManagerConfig
     reads_env_observations = True  # goals are taken on, and carried along, its worker's env observation
 
-    def __init__(self, io, config: GoalManagerConfig):
+    def __init__(self, io, config: GoalManagerConfig, goal_index: list[int] = ()):
         super().__init__(io, config)
-        self._worker: list[Learner] = []  # a list: the worker's modules are not the manager's
-        self.register_buffer("goal_index", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("goal_index", torch.as_tensor(list(goal_index), dtype=torch.long))
+        #: the context of the update in progress: its ``below_learner`` is the worker whose critic the
+        #: connected gradient differentiates (read-only; a plain attribute, so not a submodule)
+        self._update_ctx: UpdateContext | None = None
 
-    def connect(self, worker: Learner, goal_index: list[int]) -> None:
-        """Give the manager read-only access to its worker and the env's goal dims."""
-        if not isinstance(worker, (TD3, DQN)):
-            raise ValueError(f"the connected gradient needs a td3 or dqn worker, got {type(worker).__name__}")
-        self._worker = [worker]
-        self.goal_index = torch.as_tensor(goal_index, device=self.goal_index.device)
+    @classmethod
+    def build(cls, io, config: GoalManagerConfig, env: EnvSpec) -> "GoalManager":
+        """A manager of goals on the env's goal dims (capability ``goal_indices``)."""
+        return cls(io, config, env.require("goal_indices", "the goal manager"))
 
-    @property
-    def worker(self) -> Learner:
-        """The worker below, whose critic the connected gradient differentiates."""
-        return self._worker[0]
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
+        """TD3's update; the connected gradient reads the worker's rollout and learner from ``ctx``."""
+        if self.config.cg_lambda and ctx.below is None:
+            raise RuntimeError("the connected gradient needs the worker level's rollout: the worker must update "
+                               "with the manager (give both the same buffer schedule)")
+        if self.config.cg_lambda and not isinstance(ctx.below_learner, (TD3, DQN)):
+            raise ValueError("the connected gradient needs a td3 or dqn worker, got "
+                             f"{type(ctx.below_learner).__name__}")
+        with self.within(ctx):
+            return super().update(rollout, ctx)
 
-    def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, torch.Tensor]:
+    @contextlib.contextmanager
+    def within(self, ctx: UpdateContext):
+        """Compute losses in the context ``ctx`` (its ``below_learner`` is the worker): what
+        :meth:`update` does around its gradient steps; tests and analyses call the losses in it."""
+        self._update_ctx = ctx
+        try:
+            yield self
+        finally:
+            self._update_ctx = None
+
+    def transitions(self, rollout: Rollout, ctx: UpdateContext | None = None) -> dict[str, torch.Tensor]:
         """Adds each meta period's worker observations (``period_obs``), the goal dims after
         each worker step (``period_next``) and which worker steps count (``period_valid``: still
         in the episode the goal was set in, and not masked out below).
@@ -120,9 +136,10 @@ class GoalManager(TD3):
         Shapes: ``period_obs`` ``[T*B, N, k, obs_dim]``; ``period_next`` ``[T*B, N, k, goal_dim]``;
         ``period_valid`` ``[T*B, N, k]``.
         """
-        fields = super().transitions(rollout, below)
+        fields = super().transitions(rollout, ctx)
         if not self.config.cg_lambda:
             return fields
+        below = ctx.below
         t_manager = rollout.obs.shape[0]
         t_worker, b, n = below.obs.shape[:3]
         k, dim = t_worker // t_manager, self.io.obs_dim
@@ -138,13 +155,13 @@ class GoalManager(TD3):
                       period_valid=flatten_steps(valid))
         return fields
 
-    def connected_term(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def connected_term(self, batch: dict[str, torch.Tensor], worker: Learner) -> torch.Tensor:
         """``mean_i [r_w(s_i, g_i, s_{i+1}) + Q_w(s_i, sg(g_i), pi_w(s_i, g_i))]`` over the worker
         steps that count (Eq. 14), differentiable in the manager's actor through ``g_i`` only.
 
         Shapes: ``batch["obs"]`` ``[M, N, obs_dim]``, ``period_obs`` ``[M, N, k, obs_dim]``; a scalar.
         """
-        worker, index = self.worker, self.goal_index
+        index = self.goal_index
         target = batch["obs"][..., index] + self.policy(batch["obs"])  # s_t + g_t, kept fixed by h
         obs = batch["period_obs"]  # [M, N, k, D]
         goals = target.unsqueeze(-2) - obs[..., index]  # g_{t+i}: h applied i times
@@ -166,7 +183,7 @@ class GoalManager(TD3):
         """TD3's actor loss, plus ``cg_lambda`` times the worker's value of the goal (connected gradient)."""
         loss = super().actor_loss(batch)
         if self.config.cg_lambda:
-            loss = loss - self.config.cg_lambda * self.connected_term(batch)
+            loss = loss - self.config.cg_lambda * self.connected_term(batch, self._update_ctx.below_learner)
         return loss
 
 
@@ -214,7 +231,8 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     options = copy.deepcopy(learner_options)
     options["goal_manager"] = {**options.get("goal_manager", {}), "cg_lambda": cg_lambda}
     hierarchy = build_levels(env, [worker, manager], options)
-    worker_learner, manager_learner = (level.learner for level in hierarchy.levels)
-    manager_learner.connect(worker_learner, goal_index)
+    worker_learner = hierarchy.levels[0].learner
+    if not isinstance(worker_learner, (TD3, DQN)):
+        raise ValueError(f"the connected gradient needs a td3 or dqn worker, got {type(worker_learner).__name__}")
     worker_learner.carry_goals(goal_index)
     return hierarchy

@@ -26,7 +26,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO, Learner
+from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
 from hmarl.nn import AgentMLP, clip_grad_norm_per_agent
 
 
@@ -110,7 +110,8 @@ class PPO(Learner):
     """Clipped-surrogate PPO with GAE for all agents of a level at once."""
 
     config_class = PPOConfig
-    estimates_advantages = True
+    on_policy = True
+    publishes = frozenset({"advantages"})
 
     def __init__(self, io: AgentIO, config: PPOConfig):
         super().__init__(io)
@@ -241,7 +242,6 @@ class PPO(Learner):
         Shapes: ``[T * B, N, ...]`` each (``M = T * B`` samples); the metric a scalar.
         """
         advantages, values = self.advantages(rollout)
-        self.last_advantages = advantages
         returns = advantages + values
         weight = rollout.weights()
         stats = {"explained_variance": explained_variance(returns, values, weight)}
@@ -290,12 +290,16 @@ class PPO(Learner):
         present = obs[..., :io.child_obs_dim].unflatten(-1, (io.group, io.child_dim))[..., -1]
         return weight.unsqueeze(-1) * present
 
-    def update(self, rollout: Rollout, progress: float,
-               below: Rollout | None = None) -> dict[str, torch.Tensor]:
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
+        """PPO's epochs of minibatch steps on the rollout; publishes its GAE ``advantages`` ``[T, B, N]``
+        (``[T, B, N, children]`` with one value per child) for the level below."""
         c = self.config
         if c.anneal_lr:
             for group in self.optimizer.param_groups:
-                group["lr"] = (1.0 - progress) * c.learning_rate
+                group["lr"] = (1.0 - ctx.progress) * c.learning_rate
         batch, stats = self.training_batch(rollout)
         batch_size = batch["obs"].shape[0]
         minibatch_size = max(1, batch_size // c.num_minibatches)
@@ -317,7 +321,8 @@ class PPO(Learner):
                 self._freeze_momentum(active)
                 if not bool(active.any()):
                     break
-        return {**{key: value.mean().detach() for key, value in terms.items()}, **stats}
+        metrics = {**{key: value.mean().detach() for key, value in terms.items()}, **stats}
+        return UpdateResult(metrics, {"advantages": batch["advantages"].unflatten(0, rollout.obs.shape[:2])})
 
     def _freeze_momentum(self, active: torch.Tensor) -> None:
         """Agents stopped by target_kl: zero their Adam momentum so masked steps move nothing."""

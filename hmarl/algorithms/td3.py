@@ -40,7 +40,7 @@ from torch import nn
 
 from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, adam, weighted_mean
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO
+from hmarl.learner import AgentIO, UpdateContext, UpdateResult
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
@@ -189,9 +189,7 @@ class TD3(ReplayLearner):
         self.acted = 0
         self._actor_loss: Tensor | None = None  # the latest, reported until the next actor step
 
-    @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        """Both optimizers, for checkpoints (``Hierarchy.optimizers`` reads this list)."""
         return [self.actor_optimizer, self.critic_optimizer]
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -242,10 +240,10 @@ class TD3(ReplayLearner):
         return action, obs.new_zeros(b, n)
 
     # -- learning --------------------------------------------------------------------------
-    def transitions(self, rollout: Rollout, below: Rollout | None = None) -> dict[str, Tensor]:
+    def transitions(self, rollout: Rollout, ctx: UpdateContext | None = None) -> dict[str, Tensor]:
         """The replay rows of a rollout, each ``[T*B, N, ...]`` (terminated ``[T*B, 1]`` float).
 
-        Subclasses add fields (a manager: from the level below, ``below``).
+        Subclasses add fields (a manager: from the level below, ``ctx.below``).
         """
         return {"obs": flatten_steps(rollout.obs),
                 "action": flatten_steps(rollout.action),
@@ -300,14 +298,14 @@ class TD3(ReplayLearner):
         actor_loss = self._actor_loss if self._actor_loss is not None else q_loss.new_zeros(())
         return {"q_loss": q_loss.detach(), "actor_loss": actor_loss, "q1": q1_mean}
 
-    def update(self, rollout: Rollout, progress: float, below: Rollout | None = None) -> dict[str, Tensor]:
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
         critic steps once the replay holds a batch; the actor and targets every ``policy_delay``."""
         c = self.config
-        self.progress = progress
+        self.progress = ctx.progress
         mask = None if rollout.mask is None else flatten_steps(rollout.mask)
-        self.store(self.transitions(rollout, below), mask)
+        self.store(self.transitions(rollout, ctx), mask)
         if len(self.replay) < c.batch_size:
-            return {}
+            return UpdateResult()
         t, b = rollout.obs.shape[:2]
-        return self.learn(c.gradient_steps(t * b), c.batch_size)
+        return UpdateResult(self.learn(c.gradient_steps(t * b), c.batch_size))

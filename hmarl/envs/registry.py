@@ -4,7 +4,7 @@ A constructor is called as ``factory(num_envs=, device=, seed=, n_agents=,
 max_steps=, continuous_actions=, **env_options)`` and returns a ``MultiAgentEnv``.
 
 The shipped envs are known by name from the start (``BUILTIN``) and their modules are
-imported when one of them is built (:class:`hmarl.lazy.LazyRegistry`): the backends cost
+imported when one of them is built (:class:`hmarl.registry.Registry`): the backends cost
 seconds to import (VMAS, PettingZoo and MPE2, torch under all of them) and a run uses one.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Callable
 
-from hmarl.lazy import LazyRegistry
+from hmarl.registry import Registry
 
 if TYPE_CHECKING:
     from hmarl.spec import MultiAgentEnv
@@ -26,7 +26,7 @@ BUILTIN: dict[str, str] = {
 }
 """The shipped envs: name -> the module that registers it (importing it registers all of its envs)."""
 
-ENVS: LazyRegistry[Callable[..., MultiAgentEnv]] = LazyRegistry()
+ENVS: Registry[Callable[..., MultiAgentEnv]] = Registry("env")
 
 
 def _import_builtin(name: str) -> Callable[[], None]:

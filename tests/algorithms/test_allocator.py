@@ -6,6 +6,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
+from hmarl.learner import UpdateContext
 from hmarl import AgentIO, EnvSpec, Rollout
 
 N, S, F = 3, 4, 3  # agents, subtasks, entity features: [x, is_agent, finished]
@@ -194,7 +195,7 @@ def test_allocator_learns_a_one_step_allocation_bandit():
         rollout = Rollout(obs=obs.unsqueeze(0), action=action.unsqueeze(0), log_prob=torch.zeros(1, 32, 1),
                           reward=reward.view(1, 32, 1), terminated=steps, done=steps.clone(),
                           final_obs=obs.unsqueeze(0), last_obs=obs, decision=steps.clone())
-        learner.update(rollout, progress=iteration / 25)
+        learner.update(rollout, UpdateContext(iteration / 25))
     greedy, _ = learner.act(observation(64, generator=g), deterministic=True)
     assert (greedy == 2).float().mean() > 0.9
 
@@ -223,7 +224,7 @@ def test_critic_target_follows_every_50_episodes_counted_over_copies():
 
     history = []
     for _ in range(6):
-        learner.update(rollout(), 0.0)
+        learner.update(rollout(), UpdateContext(0.0))
         history.append(copied())
     assert learner.episodes == 6 and learner.gradient_steps == 12
     assert history == [False, False, True, False, False, True]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hmarl.strategies import OnSubtaskChange
 from hmarl.algorithms import FAMILIES
 from hmarl.algorithms.allocator import HeuristicAllocator
 from hmarl.algorithms.alma import build
@@ -27,7 +28,8 @@ def test_structure():
     hierarchy = alma(env)
     agents, allocator = hierarchy.levels
     assert isinstance(agents.reward_rule, SubtaskReward)
-    assert allocator.decide_every == 5 and hierarchy.strides == [1, 1]
+    assert isinstance(allocator.termination, OnSubtaskChange) and allocator.termination.k == 5
+    assert hierarchy.strides == [1, 1]
     assert allocator.io.action_space.nvec.tolist() == [4, 4, 4]  # a building per agent
     assert agents.io.obs_dim == env.spec.obs_dim + 4  # the assignment, one-hot
     assert agents.learner.config.mask_subtasks and not alma(env, "alma_nomask").levels[0].learner.config.mask_subtasks

@@ -8,6 +8,7 @@ from gymnasium import spaces
 from torch import nn
 
 from hmarl.algorithms.aqmix import AQMIX, AQMIXConfig
+from hmarl.learner import UpdateContext
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.spec import EnvSpec
@@ -236,7 +237,7 @@ def entity_obs(learner: AQMIX, b: int, n: int, assign: torch.Tensor | None = Non
 def train(learner, make_obs, reward_fn, iterations, T=8, B=16):
     n = learner.io.n_agents
     for i in range(iterations):
-        stats = learner.update(bandit_rollout(learner, make_obs, reward_fn, T, B, n), i / iterations)
+        stats = learner.update(bandit_rollout(learner, make_obs, reward_fn, T, B, n), UpdateContext(i / iterations)).metrics
         assert all(torch.isfinite(v) for v in stats.values())
     return stats
 
@@ -310,7 +311,7 @@ def test_epsilon_counts_the_env_steps_of_every_copy():
     no = torch.zeros(T, B, dtype=torch.bool)
     learner.update(Rollout(obs=obs, action=torch.zeros(T, B, 2, dtype=torch.long), log_prob=torch.zeros(T, B, 2),
                            reward=torch.zeros(T, B, 2), terminated=no, done=no, final_obs=obs, last_obs=obs[0]),
-                   progress=0.9)
+                   UpdateContext(0.9))
     assert learner.env_steps == 40 and learner.epsilon() == pytest.approx(0.905)
 
 
@@ -335,16 +336,16 @@ def test_learning_starts_target_updates_every_k_episodes_and_checkpoint():
     online = [*learner.agent.parameters(), *learner.mixer.parameters()]
     target = [*learner.target_agent.parameters(), *learner.target_mixer.parameters()]
     initial = [p.detach().clone() for p in target]
-    assert learner.update(rollout(), 0.0) == {}  # 12 rows < 20
+    assert learner.update(rollout(), UpdateContext(0.0)).metrics == {}  # 12 rows < 20
     assert learner.gradient_steps == 0 and learner.episodes == 2
-    stats = learner.update(rollout(), 0.1)  # 24 rows: 6 gradient steps, 4 episodes < 5: no copy
+    stats = learner.update(rollout(), UpdateContext(0.1)).metrics  # 24 rows: 6 gradient steps, 4 episodes < 5: no copy
     assert learner.gradient_steps == 6 and learner.episodes == 4 and stats["q_loss"].dim() == 0
     assert all(torch.equal(p, q) for p, q in zip(target, initial))
     assert not all(torch.equal(a, b) for a, b in zip(online, target))
-    learner.update(rollout(), 0.2)  # 6 episodes: copied after this update's gradient steps
+    learner.update(rollout(), UpdateContext(0.2))  # 6 episodes: copied after this update's gradient steps
     assert all(torch.equal(a, b) for a, b in zip(online, target)) and learner.target_episodes == 6
     assert not any(p.requires_grad for p in target)
-    learner.update(rollout(), 0.3)  # 8 episodes, 2 since the copy: the online nets move alone
+    learner.update(rollout(), UpdateContext(0.3))  # 8 episodes, 2 since the copy: the online nets move alone
     assert not all(torch.equal(a, b) for a, b in zip(online, target))
 
     resumed = make(n, s, 2, **options)

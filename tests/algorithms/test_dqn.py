@@ -6,6 +6,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms import LEARNERS
+from hmarl.learner import UpdateContext
 from hmarl.algorithms.dqn import DQN, DQNConfig
 from hmarl.buffers import Rollout
 from tests.toys import Fn, _io, bandit_rollout
@@ -73,7 +74,7 @@ def test_epsilon_schedule_and_act():
     no = torch.zeros(T, B, dtype=torch.bool)
     learner.update(Rollout(obs=torch.randn(T, B, 2, 4), action=torch.zeros(T, B, 2, dtype=torch.long),
                            log_prob=torch.zeros(T, B, 2), reward=torch.zeros(T, B, 2), terminated=no,
-                           done=no, final_obs=torch.zeros(T, B, 2, 4), last_obs=torch.zeros(B, 2, 4)), 0.75)
+                           done=no, final_obs=torch.zeros(T, B, 2, 4), last_obs=torch.zeros(B, 2, 4)), UpdateContext(0.75))
     assert learner.epsilon() == pytest.approx(0.05)
     action, _ = learner.act(obs)
     assert (action != greedy).float().mean() == pytest.approx(0.05 * 0.8, abs=0.015)
@@ -90,7 +91,7 @@ def test_epsilon_over_env_steps():
                       final_obs=torch.zeros(T, B, 2, 4), last_obs=torch.zeros(B, 2, 4))
     epsilons = []
     for _ in range(5):
-        learner.update(rollout, 0.99)
+        learner.update(rollout, UpdateContext(0.99))
         epsilons.append(learner.epsilon(0.0))  # progress ignored
     assert epsilons == pytest.approx([1.0 - 0.95 * s / 40 for s in (10, 20, 30)] + [0.05, 0.05])
 
@@ -113,7 +114,7 @@ def test_dqn_solves_contextual_bandit_for_each_agent():
     iterations, T, B = 40, 8, 16
     for i in range(iterations):  # T * B / 16 = 8 gradient steps each: 320
         rollout = bandit_rollout(learner, make_obs, lambda a, target: (a == (target + shift) % k).float(), T, B, n)
-        stats = learner.update(rollout, i / iterations)
+        stats = learner.update(rollout, UpdateContext(i / iterations)).metrics
         if i == 0:  # 8 * 16 = 128 env steps: learning starts with the first update
             assert set(stats) == {"q_loss", "q", "epsilon"}
         assert all(torch.isfinite(v) for v in stats.values())
@@ -142,19 +143,19 @@ def test_learning_starts_and_target_updates():
                        reward=torch.randn(T, B, 2), terminated=no, done=no, final_obs=obs,
                        last_obs=torch.randn(B, 2, 3))
 
-    assert learner.update(rollout(), 0.0) == {}  # 12 env steps < 20
+    assert learner.update(rollout(), UpdateContext(0.0)).metrics == {}  # 12 env steps < 20
     assert learner.gradient_steps == 0 and learner.env_steps == 12
-    stats = learner.update(rollout(), 0.1)  # 24 >= 20: T * B * 0.5 = 6 gradient steps
+    stats = learner.update(rollout(), UpdateContext(0.1)).metrics  # 24 >= 20: T * B * 0.5 = 6 gradient steps
     assert learner.gradient_steps == 6 and stats["q_loss"].dim() == 0
     # A hard target copy happened at step 5; step 6 moved the online network again.
     online = list(learner.q_network.parameters())
     assert not all(torch.equal(a, b) for a, b in zip(online, learner.target_network.parameters()))
     assert not any(p.requires_grad for p in learner.target_network.parameters())
-    learner.update(rollout(), 0.2)  # steps 7..12: copy at 10, then 11, 12
+    learner.update(rollout(), UpdateContext(0.2))  # steps 7..12: copy at 10, then 11, 12
     learner.config.learning_rate = 0.0
     for group in learner.optimizer.param_groups:
         group["lr"] = 0.0
-    learner.update(rollout(), 0.3)  # steps 13..18 with no movement; copy at 15
+    learner.update(rollout(), UpdateContext(0.3))  # steps 13..18 with no movement; copy at 15
     assert all(torch.equal(a, b) for a, b in zip(online, learner.target_network.parameters()))
 
 
@@ -170,7 +171,7 @@ def test_masked_transitions_stay_out_of_the_replay_and_the_loss():
                       terminated=no, done=no, final_obs=obs, last_obs=torch.randn(B, n, 3),
                       mask=torch.tensor([[[True, True], [False, False]], [[True, False], [True, True]]]))
     learner = DQN(_io(n, 3, spaces.Discrete(2)), DQNConfig(batch_size=3, learning_starts=0, hidden_sizes=[8]))
-    learner.update(rollout, 0.0)
+    learner.update(rollout, UpdateContext(0.0))
     assert len(learner.replay) == 3 and learner.env_steps == 4  # masked steps are still env steps
     batch = learner.replay.state_dict()["data"]
     assert batch["weight"].tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]

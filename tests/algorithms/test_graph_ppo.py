@@ -8,6 +8,7 @@ from gymnasium import spaces
 
 import hmarl.algorithms.graph_ppo as graph_ppo
 from hmarl.algorithms.graph_ppo import GraphPPO, GraphPPOConfig
+from hmarl.learner import UpdateContext
 from hmarl import AgentIO, Rollout
 
 GOAL = 4
@@ -59,7 +60,7 @@ def test_value_clip_window_is_centred_on_the_critics_own_output(monkeypatch):
 
     clipped_losses = graph_ppo.clipped_losses
     monkeypatch.setattr(graph_ppo, "clipped_losses", record)
-    learner.update(rollout, progress=0.0)
+    learner.update(rollout, UpdateContext(0.0))
     new, old, target, grad = seen[0]
     step = (target > 0).long()  # the minibatch is shuffled: the target -1 is step 0's, 1 is step 1's
     torch.testing.assert_close(target, step * 2.0 - 1.0)
@@ -84,12 +85,12 @@ def with_presence(rollout: Rollout, io: AgentIO, present: torch.Tensor) -> Rollo
     return rollout
 
 
-def updated(learner: GraphPPO, rollout: Rollout) -> GraphPPO:
-    """A copy of ``learner`` after one update on ``rollout`` (same minibatch order every call)."""
+def updated(learner: GraphPPO, rollout: Rollout) -> tuple[GraphPPO, torch.Tensor]:
+    """A copy of ``learner`` after one update on ``rollout`` (same minibatch order every call), and
+    the advantages it published."""
     learner = copy.deepcopy(learner)
     torch.manual_seed(1)
-    learner.update(rollout, progress=0.0)
-    return learner
+    return learner, learner.update(rollout, UpdateContext(0.0)).outputs["advantages"]
 
 
 def assert_same_learning(a: GraphPPO, b: GraphPPO) -> None:
@@ -105,8 +106,9 @@ def test_a_step_that_leads_into_a_left_out_one_has_no_bootstrap():
     step publishes 0, so it trains nothing below."""
     learner = GraphPPO(worker_io(1), GraphPPOConfig(gamma=0.5, gae_lambda=1.0, critic_out_gain=0.0))
     mask = torch.tensor([True, True, False]).view(3, 1, 1)
-    learner.update(hand_rollout(learner, torch.tensor([1.0, 2.0, 100.0]).view(3, 1, 1), mask), progress=0.0)
-    torch.testing.assert_close(learner.last_advantages.flatten(), torch.tensor([2.0, 2.0, 0.0]))
+    result = learner.update(hand_rollout(learner, torch.tensor([1.0, 2.0, 100.0]).view(3, 1, 1), mask),
+                            UpdateContext(0.0))
+    torch.testing.assert_close(result.outputs["advantages"].flatten(), torch.tensor([2.0, 2.0, 0.0]))
 
 
 def test_left_out_samples_with_huge_rewards_change_nothing():
@@ -126,11 +128,11 @@ def test_left_out_samples_with_huge_rewards_change_nothing():
     calm = hand_rollout(learner, reward.masked_fill(~mask, 0.0), mask)
     wild = copy.copy(calm)
     wild.reward = reward.masked_fill(~mask, 1e6)
-    a, b = updated(learner, calm), updated(learner, wild)
+    (a, a_advantages), (b, b_advantages) = updated(learner, calm), updated(learner, wild)
     assert_same_learning(a, b)
     torch.testing.assert_close(a.optimizer.state_dict(), b.optimizer.state_dict())
-    torch.testing.assert_close(a.last_advantages, b.last_advantages)
-    assert not a.last_advantages[~mask].any()
+    torch.testing.assert_close(a_advantages, b_advantages)
+    assert not a_advantages[~mask].any()
 
 
 def test_a_rollout_in_which_nothing_counts_changes_nothing():
@@ -140,7 +142,7 @@ def test_a_rollout_in_which_nothing_counts_changes_nothing():
     learner = GraphPPO(worker_io(2), GraphPPOConfig(ent_coef=0.01))
     before = copy.deepcopy(learner)
     metrics = learner.update(hand_rollout(learner, torch.ones(4, 2, 2), torch.zeros(4, 2, 2, dtype=torch.bool)),
-                             progress=0.0)
+                             UpdateContext(0.0)).metrics
     assert all(torch.isfinite(v) for v in metrics.values())
     assert_same_learning(learner, before)
 
@@ -163,9 +165,9 @@ def test_edges_to_dead_children_are_left_out_at_an_upper_level():
     rollout.child_mask = ~dead
     other_goals = copy.copy(rollout)
     other_goals.action = rollout.action.unflatten(-1, (2, GOAL)).masked_fill(dead.unsqueeze(-1), 50.0).flatten(-2)
-    a, b = updated(learner, rollout), updated(learner, other_goals)
+    (a, a_advantages), (b, _) = updated(learner, rollout), updated(learner, other_goals)
     assert_same_learning(a, b)
-    torch.testing.assert_close(a.last_advantages, reward.unsqueeze(-1).expand(4, 2, 2, 2).masked_fill(dead, 0.0))
+    torch.testing.assert_close(a_advantages, reward.unsqueeze(-1).expand(4, 2, 2, 2).masked_fill(dead, 0.0))
     assert torch.equal(learner.edge_mask(rollout), ~dead)
 
 

@@ -6,6 +6,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms.common import build_levels
+from hmarl.learner import UpdateContext
 from hmarl.algorithms.graph_ppo import EdgeNetwork, GraphPPO, GraphPPOConfig
 from hmarl.algorithms.himpo import build
 from hmarl.envs import make_env
@@ -40,7 +41,7 @@ def test_structure_periods_and_goals():
     workers, subs, manager = hierarchy.levels
     assert hierarchy.strides == [1, ALPHA, ALPHA * K]
     assert (workers.io.n_agents, subs.io.n_agents, manager.io.n_agents) == (4, 2, 1)
-    assert subs.dynamic and subs.io.group == 2 and subs.io.presence
+    assert subs.grouping.varies and subs.io.group == 2 and subs.io.presence
     assert subs.io.action_space.shape == (2 * GOAL,) and manager.io.action_space.shape == (2 * GOAL,)
     assert workers.io.obs_dim == lbf().spec.obs_dim + 2 + GOAL  # obs, position, goal
     assert [lv.learner.config.gae_lambda for lv in hierarchy.levels] == [0.95, 0.0, 0.0]
@@ -72,9 +73,9 @@ def test_units_learn_from_their_superiors_advantage():
     for index, level in enumerate(hierarchy.levels):
         original = level.learner.update
 
-        def record(rollout, progress, below=None, index=index, original=original):
+        def record(rollout, ctx, index=index, original=original):
             seen[index] = rollout.reward.clone()
-            return original(rollout, progress, below)
+            return original(rollout, ctx)
 
         level.learner.update = record
     hierarchy.reset(0)
@@ -82,7 +83,7 @@ def test_units_learn_from_their_superiors_advantage():
     rollouts = [lv.rollout() for lv in hierarchy.levels]
     env_reward = [r.reward.clone() for r in rollouts]  # rewards as stored: before relabelling
     hierarchy.update(progress=0.0)
-    sub_adv, manager_adv = hierarchy.levels[1].learner.last_advantages, hierarchy.levels[2].learner.last_advantages
+    sub_adv, manager_adv = (hierarchy.published[i].outputs["advantages"] for i in (1, 2))
     assert sub_adv.shape == (8, 4, 2, 2) and manager_adv.shape == (4, 4, 1, 2)
     parent, slot = rollouts[1].parent, rollouts[1].slot  # [8, B, 4]
     for t in range(40):
@@ -184,10 +185,10 @@ def test_update_reaches_every_parameter_and_publishes_per_child_advantages():
     before = {k: v.clone() for k, v in learner.named_parameters()}
     make_obs = lambda b, n: (torch.randn(b, n, io.obs_dim), None)  # noqa: E731
     rollout = bandit_rollout(learner, make_obs, lambda a, info: (a == 1).float(), T=4, B=8, n=3)
-    learner.update(rollout, progress=0.0)
+    result = learner.update(rollout, UpdateContext(0.0))
     unchanged = [k for k, v in learner.named_parameters() if torch.equal(v, before[k])]
     assert unchanged == []
-    assert learner.last_advantages.shape == (4, 8, 3, 1)
+    assert result.outputs["advantages"].shape == (4, 8, 3, 1)
 
 
 def test_graph_ppo_learns_a_goal_conditioned_bandit():
@@ -202,7 +203,7 @@ def test_graph_ppo_learns_a_goal_conditioned_bandit():
         return obs, target
 
     for _ in range(30):
-        learner.update(bandit_rollout(learner, make_obs, lambda a, t: (a == t).float(), T=8, B=32, n=3), 0.0)
+        learner.update(bandit_rollout(learner, make_obs, lambda a, t: (a == t).float(), T=8, B=32, n=3), UpdateContext(0.0))
     obs, target = make_obs(256, 3)
     action, _ = learner.act(obs, deterministic=True)
     assert (action == target).float().mean() > 0.9

@@ -14,7 +14,7 @@ from hmarl.algorithms.hrl_cg import GoalManager, GoalManagerConfig
 from hmarl.algorithms.td3 import TD3, TD3Config
 from hmarl.envs import make_env
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO
+from hmarl.learner import AgentIO, UpdateContext
 from tests.toys import ToyEnv, _io
 
 
@@ -22,12 +22,12 @@ def pair(cg_lambda=0.5, worker_space=spaces.Box(-1.0, 1.0, (1,)), reward_scale=1
     """A manager over 2-d observations (goal dims 0, 1) and its worker (obs + 2-d goal)."""
     torch.manual_seed(0)
     small = dict(hidden_sizes=[8], batch_size=4, buffer_size=64, random_steps=0)
-    manager = GoalManager(_io(1, 2, spaces.Box(-10.0, 10.0, (2,))), GoalManagerConfig(cg_lambda=cg_lambda, **small))
+    manager = GoalManager(_io(1, 2, spaces.Box(-10.0, 10.0, (2,))), GoalManagerConfig(cg_lambda=cg_lambda, **small),
+                          goal_index=[0, 1])
     if isinstance(worker_space, spaces.Box):
         worker = TD3(_io(1, 4, worker_space), TD3Config(reward_scale=reward_scale, **small))
     else:
         worker = DQN(_io(1, 4, worker_space), DQNConfig(hidden_sizes=[8], reward_scale=reward_scale))
-    manager.connect(worker, [0, 1])
     return manager, worker
 
 
@@ -75,7 +75,7 @@ def test_connected_gradient_is_eq_14_on_a_linear_td3_worker():
     worker.policy = lambda obs: (obs @ w).unsqueeze(-1)
     worker.q_value = lambda obs, action: obs @ u + v * action.squeeze(-1)
     a, batch, steps = linear_case(manager)
-    value = manager.connected_term(batch)
+    value = manager.connected_term(batch, worker)
 
     expected_value = sum(-rho * e.norm() + u @ torch.cat([s_i, g]) + v * (w @ torch.cat([s_i, g]))
                          for _, s_i, g, e in steps) / len(steps)
@@ -98,7 +98,7 @@ def test_connected_gradient_of_a_dqn_worker_flows_through_its_softmax_policy():
     m = torch.tensor([[1.0, 0.0, 0.5, -1.0], [0.0, 2.0, -1.0, 0.5], [-1.0, 1.0, 2.0, 1.0]])  # [K, 4]
     worker.q_values = lambda obs: obs @ m.T
     a, batch, steps = linear_case(manager)
-    value = manager.connected_term(batch)
+    value = manager.connected_term(batch, worker)
 
     expected_value, expected_grad, critic_part = 0.0, 0.0, 0.0
     for s_t, s_i, g, e in steps:
@@ -126,7 +126,7 @@ def test_connected_term_against_finite_differences_on_real_networks():
     batch = {k: v.double() for k, v in period_batch().items()}
     bias = manager.actor.biases[-1]
     direction = torch.randn_like(bias)
-    (grad,) = torch.autograd.grad(manager.connected_term(batch), bias)
+    (grad,) = torch.autograd.grad(manager.connected_term(batch, worker), bias)
 
     fixed_goals = None
 
@@ -157,7 +157,8 @@ def test_connected_gradient_reaches_the_manager_actor_only(worker_space):
     manager, worker = pair(worker_space=worker_space)
     worker_before = copy.deepcopy([p.detach() for p in worker.parameters()])
     flags = [p.requires_grad for p in worker.parameters()]
-    loss = manager.actor_loss(period_batch())
+    with manager.within(UpdateContext(below_learner=worker)):
+        loss = manager.actor_loss(period_batch())
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in manager.actor.parameters())
     assert all(p.grad is None for p in worker.parameters())
@@ -168,9 +169,10 @@ def test_connected_gradient_reaches_the_manager_actor_only(worker_space):
 def test_connected_term_weighs_in_with_lambda():
     batch = period_batch()
     plain, _ = pair(cg_lambda=0.0)
-    connected, _ = pair(cg_lambda=0.5)
-    difference = connected.actor_loss(batch) - plain.actor_loss(batch)
-    assert torch.allclose(difference, -0.5 * connected.connected_term(batch))
+    connected, worker = pair(cg_lambda=0.5)
+    with connected.within(UpdateContext(below_learner=worker)):
+        difference = connected.actor_loss(batch) - plain.actor_loss(batch)
+    assert torch.allclose(difference, -0.5 * connected.connected_term(batch, worker))
 
 
 def manager_rollout(t_manager=2, k=3, b=2):
@@ -194,7 +196,7 @@ def manager_rollout(t_manager=2, k=3, b=2):
 def test_meta_period_rows_from_the_worker_rollout():
     manager, _ = pair()
     rollout, below = manager_rollout()
-    rows = manager.transitions(rollout, below)
+    rows = manager.transitions(rollout, UpdateContext(below=below))
     assert rows["period_obs"].shape == (4, 1, 3, 2) and rows["period_next"].shape == (4, 1, 3, 2)
     # row (t=0, copy 0) holds worker steps 0..2 of copy 0
     assert torch.equal(rows["period_obs"][0, 0], below.obs[0:3, 0, 0, :2])
@@ -213,12 +215,11 @@ def test_lambda_zero_is_exactly_plain_hrl():
 
     def trained(cls, config):
         torch.manual_seed(3)
-        learner = cls(_io(1, 2, spaces.Box(-10.0, 10.0, (2,))), config)
+        io = _io(1, 2, spaces.Box(-10.0, 10.0, (2,)))
+        learner = GoalManager(io, config, goal_index=[0, 1]) if cls is GoalManager else cls(io, config)
         worker = TD3(_io(1, 4, spaces.Box(-1.0, 1.0, (1,))), TD3Config(hidden_sizes=[8]))  # same RNG use
-        if isinstance(learner, GoalManager):
-            learner.connect(worker, [0, 1])
         for _ in range(3):
-            learner.update(rollout, 0.0, below)
+            learner.update(rollout, UpdateContext(0.0, below=below, below_learner=worker))
         return learner.actor.state_dict()
 
     small = dict(hidden_sizes=[8], batch_size=2, buffer_size=64, random_steps=0)
@@ -253,7 +254,7 @@ def test_discrete_envs_get_a_dqn_worker():
     env = ToyEnv(n_agents=2, n_actions=3, capabilities={"goal_indices": [1, 2]})
     hierarchy = hrl_cg.build(env, LEVELS, {"dqn": {"hidden_sizes": [8]}, "goal_manager": {"hidden_sizes": [8]}})
     worker, manager = (level.learner for level in hierarchy.levels)
-    assert isinstance(worker, DQN) and manager.worker is worker
+    assert isinstance(worker, DQN) and manager.goal_index.tolist() == [1, 2]
     assert hierarchy.levels[0].command.shape == (2,) and float(hierarchy.levels[0].command.high[0]) == 10.0
 
 
@@ -391,6 +392,6 @@ def test_meta_period_rows_leave_out_masked_worker_steps():
     rollout, below = manager_rollout()
     below.mask = torch.ones(below.obs.shape[:3], dtype=torch.bool)
     below.mask[4, 1] = False  # copy 1, second period, its second worker step
-    rows = manager.transitions(rollout, below)
+    rows = manager.transitions(rollout, UpdateContext(below=below))
     assert rows["period_valid"][3, 0].tolist() == [1.0, 0.0, 1.0]
     assert rows["period_valid"][0, 0].tolist() == [1.0, 1.0, 0.0]

@@ -8,6 +8,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms.common import build_levels
+from hmarl.learner import UpdateContext
 from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, standardize
 from hmarl.envs import make_env
 from hmarl import AgentIO
@@ -180,7 +181,7 @@ def test_mappo_children_learn_a_per_child_target():
         action, log_prob = learner.act(obs)
         reward = -(action - obs[..., :4]).pow(2).sum(-1)
         learner.update(Rollout(obs=obs, action=action, log_prob=log_prob, reward=reward, terminated=done,
-                               done=done.clone(), final_obs=obs, last_obs=obs[0]), i / 40)
+                               done=done.clone(), final_obs=obs, last_obs=obs[0]), UpdateContext(i / 40))
     obs = torch.rand(500, 1, 4) - 0.5
     error = (learner.act(obs, deterministic=True)[0] - obs).abs().mean()
     assert error < 0.1, error

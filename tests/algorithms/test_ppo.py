@@ -6,6 +6,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig, log_softmax
+from hmarl.learner import UpdateContext
 from hmarl.buffers import Rollout
 from tests.toys import _io, bandit_rollout
 
@@ -90,7 +91,7 @@ def test_ppo_solves_contextual_bandit_for_each_agent():
         rollout = bandit_rollout(learner, make_obs, reward_fn, T=16, B=64, n=n)
         assert rollout.action.shape == (16, 64, n) and rollout.action.dtype == torch.long
         assert rollout.log_prob.shape == (16, 64, n)
-        stats = learner.update(rollout, i / iterations)
+        stats = learner.update(rollout, UpdateContext(i / iterations)).metrics
         assert all(torch.isfinite(v) for v in stats.values())
 
     obs, target = make_obs(1000, n)
@@ -115,7 +116,7 @@ def test_ppo_continuous_regresses_target():
     for i in range(iterations):
         rollout = bandit_rollout(learner, make_obs, reward_fn, T=16, B=64, n=1)
         assert rollout.action.shape == (16, 64, 1, 1)
-        learner.update(rollout, i / iterations)
+        learner.update(rollout, UpdateContext(i / iterations))
 
     obs, target = make_obs(1000, 1)
     action, _ = learner.act(obs, deterministic=True)
@@ -177,7 +178,7 @@ def test_target_kl_stops_after_first_epoch():
         learner = PPO(_io(n, d, spaces.Discrete(3)), PPOConfig(**{**kw, **over}))
         learner.load_state_dict(init.state_dict())
         torch.manual_seed(123)  # the same minibatch order in every run
-        stats = learner.update(rollout, 0.0)
+        stats = learner.update(rollout, UpdateContext(0.0)).metrics
         return learner, stats
 
     free, _ = trained(target_kl=None)

@@ -5,6 +5,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms.ppo import PPO, PPOConfig
+from hmarl.learner import UpdateContext
 from hmarl.buffers import Rollout
 from tests.toys import _io
 
@@ -29,7 +30,7 @@ def first_step_gradients(learner: PPO, rollout: Rollout) -> list[torch.Tensor]:
     seen: list[list[torch.Tensor]] = []
     step = learner.optimizer.step
     learner.optimizer.step = lambda: (seen.append([p.grad.clone() for p in learner.parameters()]), step())
-    learner.update(rollout, 0.0)
+    learner.update(rollout, UpdateContext(0.0))
     return seen[0]
 
 
@@ -160,5 +161,5 @@ def test_explained_variance_by_hand():
     done = torch.ones(4, 1, dtype=torch.bool)
     rollout = Rollout(obs=values, action=action, log_prob=log_prob, reward=reward, terminated=done,
                       done=done.clone(), final_obs=values.clone(), last_obs=values[0], mask=mask)
-    metrics = learner.update(rollout, 0.0)
+    metrics = learner.update(rollout, UpdateContext(0.0)).metrics
     torch.testing.assert_close(metrics["explained_variance"], torch.tensor(29 / 35))

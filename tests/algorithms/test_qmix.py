@@ -11,6 +11,7 @@ from gymnasium import spaces
 from torch import nn
 
 from hmarl.algorithms import LEARNERS
+from hmarl.learner import UpdateContext
 from hmarl.algorithms.dqn import DQN, DQNConfig
 from hmarl.algorithms.qmix import QMIX, QMIXConfig, QMixer
 from hmarl.buffers import Rollout
@@ -179,7 +180,7 @@ def test_targets_follow_together_and_epsilon_counts_env_steps():
     rollout = Rollout(obs=obs, action=torch.randint(0, 2, (T, B, 2)), log_prob=torch.zeros(T, B, 2),
                       reward=torch.randn(T, B, 2), terminated=no, done=no, final_obs=obs,
                       last_obs=torch.randn(B, 2, 3))
-    stats = learner.update(rollout, 0.9)  # 6 env steps, 3 gradient steps: a copy at step 3
+    stats = learner.update(rollout, UpdateContext(0.9)).metrics  # 6 env steps, 3 gradient steps: a copy at step 3
     assert learner.gradient_steps == 3 and set(stats) == {"q_loss", "q_tot", "grad_norm", "epsilon"}
     assert learner.epsilon() == pytest.approx(1.0 - 0.95 * 6 / 24)  # not progress 0.9's
     for target, online in ((learner.target_network, learner.q_network), (learner.target_mixer, learner.mixer)):
@@ -221,7 +222,7 @@ def test_qmix_credits_an_agent_paid_only_through_the_team():
         torch.manual_seed(0)
         iterations, T, B = 40, 8, 16
         for i in range(iterations):  # 8 gradient steps each: 320
-            learner.update(bandit_rollout(learner, make_obs, reward, T, B, n), i / iterations)
+            learner.update(bandit_rollout(learner, make_obs, reward, T, B, n), UpdateContext(i / iterations))
         trained.append(accuracy(learner))
     qmix, iql = trained
     assert (qmix > 0.9).all(), qmix

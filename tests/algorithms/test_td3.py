@@ -6,6 +6,7 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms import LEARNERS, td3
+from hmarl.learner import UpdateContext
 from hmarl.algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
 from tests.toys import Fn, _io, bandit_rollout
@@ -85,7 +86,7 @@ def test_td3_solves_continuous_bandit_per_agent():
         rollout = bandit_rollout(learner, make_obs, reward_fn, T=8, B=32, n=n)
         assert rollout.log_prob.shape == (8, 32, n) and not rollout.log_prob.any()
         assert rollout.action.shape == (8, 32, n, 1)
-        stats = learner.update(rollout, i / 50)
+        stats = learner.update(rollout, UpdateContext(i / 50)).metrics
         assert set(stats) == {"q_loss", "actor_loss", "q1"}
         assert all(torch.isfinite(v) for v in stats.values())
     assert learner.gradient_steps == 400
@@ -135,14 +136,14 @@ def test_update_schedule_is_per_env_step_of_each_copy(monkeypatch):
                   TD3Config(batch_size=20, updates_per_step=3, policy_delay=2, hidden_sizes=[8]))
     calls = count_steps(learner, monkeypatch)
     T, B, n = 4, 3, 2
-    assert learner.update(random_rollout(T, B, n), 0.0) == {} and len(learner.replay) == 12
+    assert learner.update(random_rollout(T, B, n), UpdateContext(0.0)).metrics == {} and len(learner.replay) == 12
     assert calls == {"actor": 0, "critic": 0, "targets": 0}
-    stats = learner.update(random_rollout(T, B, n), 0.1)
+    stats = learner.update(random_rollout(T, B, n), UpdateContext(0.1)).metrics
     assert len(learner.replay) == 24 and calls == {"actor": 18, "critic": 36, "targets": 18}
     assert learner.gradient_steps == 36
     assert stats["q_loss"].dim() == 0 and stats["actor_loss"].dim() == 0
     learner.config.updates_per_step = 0.5  # a multiplier of the same schedule
-    learner.update(random_rollout(T, B, n), 0.2)
+    learner.update(random_rollout(T, B, n), UpdateContext(0.2))
     assert calls == {"actor": 21, "critic": 42, "targets": 21}
 
 
@@ -234,7 +235,7 @@ def test_actor_step_moves_only_the_actor():
     no = torch.zeros(T, B, dtype=torch.bool)
     learner.update(Rollout(obs=obs, action=torch.rand(T, B, n, 2), log_prob=torch.zeros(T, B, n),
                            reward=torch.randn(T, B, n), terminated=no, done=no, final_obs=obs,
-                           last_obs=torch.randn(B, n, 3)), 0.0)
+                           last_obs=torch.randn(B, n, 3)), UpdateContext(0.0))
     assert seen.get("checked")
     assert all(p.requires_grad for p in critic)  # unfrozen again for the next critic step
     assert not any(p.requires_grad for p in learner.actor_target.parameters())
@@ -255,12 +256,12 @@ def test_counters_survive_state_dict():
     config = TD3Config(hidden_sizes=[8], batch_size=4)
     learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (1,))), config)
     learner.act(torch.randn(5, 2, 3))
-    learner.update(random_rollout(2, 3, 2, act_dim=1), 0.0)
+    learner.update(random_rollout(2, 3, 2, act_dim=1), UpdateContext(0.0))
     learner.gradient_steps = 7
     other = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (1,))), config)
     other.load_state_dict(learner.state_dict())
     assert (other.acted, other.gradient_steps, other.env_steps, len(other.replay)) == (5, 7, 6, 6)
-    assert other.optimizers == [other.actor_optimizer, other.critic_optimizer]
+    assert other.optimizers() == [other.actor_optimizer, other.critic_optimizer]
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def test_without_a_mask_every_transition_counts():
     is the plain mean of sum_j huber(Q_j(s, a) - y) (TD3 as in CleanRL)."""
     learner = TD3(_io(2, 3, spaces.Box(-1.0, 1.0, (1,))),
                   TD3Config(batch_size=3, target_noise=0.0, hidden_sizes=[8]))
-    learner.update(random_rollout(2, 2, 2, act_dim=1), 0.0)
+    learner.update(random_rollout(2, 2, 2, act_dim=1), UpdateContext(0.0))
     assert len(learner.replay) == 4 and bool((learner.replay.state_dict()["data"]["weight"] == 1).all())
     batch = learner.replay.state_dict()["data"]
     inputs = torch.cat([batch["obs"], batch["action"]], -1)

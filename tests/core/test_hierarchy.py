@@ -5,22 +5,24 @@ import torch
 
 from hmarl import LevelSpec, build_hierarchy
 from hmarl.comm import Autoencoder, Communication
+from hmarl.learner import UpdateResult
 from tests.toys import Scripted, ToyEnv
 
 
 class Recording(Scripted):
     """A scripted learner that counts as on-policy and keeps the rollouts it is updated on."""
 
-    estimates_advantages = True
+    on_policy = True
+    publishes = frozenset({"advantages"})
 
     def __init__(self, io, policy, transitions_per_update=None):
         super().__init__(io, policy)
         self.transitions_per_update = transitions_per_update
         self.rollouts = []
 
-    def update(self, rollout, progress, below=None):
+    def update(self, rollout, ctx):
         self.rollouts.append(rollout)
-        return {}
+        return UpdateResult()
 
 
 def build(env, specs, policies, transitions=None, comm=None):

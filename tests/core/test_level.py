@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hmarl import LevelSpec, build_hierarchy
+from hmarl import LevelSpec, UpdateResult, build_hierarchy
 from tests.toys import Scripted, ToyEnv
 
 
@@ -252,21 +252,21 @@ def test_goal_commands_must_match_the_goal_dims():
 class Superior(Scripted):
     """A scripted upper learner whose advantages are known in advance."""
 
-    estimates_advantages = True
+    on_policy = True
+    publishes = frozenset({"advantages"})
 
     def __init__(self, io, policy, advantages):
         super().__init__(io, policy)
         self.advantages = advantages
 
-    def update(self, rollout, progress, below=None):
-        self.last_advantages = self.advantages
-        return {}
+    def update(self, rollout, ctx):
+        return UpdateResult(outputs={"advantages": self.advantages})
 
 
 class Recorder(Scripted):
-    def update(self, rollout, progress, below=None):
+    def update(self, rollout, ctx):
         self.rollout = rollout
-        return {}
+        return UpdateResult()
 
 
 @pytest.mark.parametrize("per_child", [False, True])
@@ -308,8 +308,17 @@ def test_upper_advantage_needs_an_advantage_estimator_above():
                       LevelSpec("x", group_size=2, command="discrete(5)")]
     with pytest.raises(ValueError, match="found Scripted above it"):
         build(env, below_scripted, [None, None])
-    with pytest.raises(ValueError, match="level 0: .*unexpected keyword argument 'gain'"):
+    with pytest.raises(ValueError, match="level 0: reward sum_up has no option 'gain'; valid: none"):
         build(env, [LevelSpec("x", reward="sum_up", reward_options={"gain": 2})], [None])
+
+
+def test_unknown_reward_options_list_the_valid_ones():
+    env = ToyEnv(num_envs=1, n_agents=2, n_actions=5)
+    specs = [LevelSpec("x", reward="upper_advantage", reward_options={"env_reward": 1.0}),
+             LevelSpec("x", group_size=2, command="discrete(5)")]
+    with pytest.raises(ValueError, match="level 0: reward upper_advantage has no option 'env_reward'; "
+                                         "valid: env_reward_coef"):
+        build(env, specs, [None, None])
 
 
 def test_tag_3ppo_with_upper_advantage_rewards_trains():
@@ -330,7 +339,7 @@ def test_tag_3ppo_with_upper_advantage_rewards_trains():
         metrics = hierarchy.update(progress=iteration / 2)
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert all(not torch.equal(a, b) for a, b in zip(before, hierarchy.parameters()))
-    assert hierarchy.levels[2].learner.last_advantages.shape == (10, 4, 1)
+    assert hierarchy.published[2].outputs["advantages"].shape == (10, 4, 1)
 
 
 # ---------------------------------------------------------------- children regrouped by position
@@ -409,7 +418,7 @@ def test_regrouping_slots_and_relabel_with_per_step_parents():
     parent = torch.stack([assignment[:1], assignment[1:]])  # [T_up=2, B=1, 5]
     slot = grouping.slots(parent)
     rule = UpperAdvantage(ToyEnv().spec, 3)
-    reward = rule.relabel(torch.zeros(4, 1, 5), advantage, parent, slot, period=2)
+    reward = rule.add_advantage(torch.zeros(4, 1, 5), advantage, parent, slot, period=2)
     first = advantage[0, 0].flatten()[(parent[0, 0] * 3 + slot[0, 0])] / 2
     second = advantage[1, 0].flatten()[(parent[1, 0] * 3 + slot[1, 0])] / 2
     assert first.tolist() == [3 / 2, 0, 4 / 2, 1 / 2, 5 / 2]
