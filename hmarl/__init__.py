@@ -8,6 +8,7 @@ from hmarl.lazy import module_dir, module_getattr
 
 _NAMES = {
     **dict.fromkeys(["Rollout", "RolloutBuffer"], "hmarl.buffers"),
+    "Callback": "hmarl.callbacks",
     **dict.fromkeys(["COMMUNICATION", "Autoencoder", "Communication", "Concat"], "hmarl.comm"),
     **dict.fromkeys(["Hierarchy", "LevelSpec", "build_hierarchy", "parse_command"], "hmarl.hierarchy"),
     **dict.fromkeys(["AgentIO", "Learner"], "hmarl.learner"),
@@ -18,7 +19,7 @@ _NAMES = {
 }
 
 __all__ = [
-    "AgentIO", "Autoencoder", "COMMUNICATION", "Communication", "Concat", "EnvSpec", "GoalDistance",
+    "AgentIO", "Autoencoder", "COMMUNICATION", "Callback", "Communication", "Concat", "EnvSpec", "GoalDistance",
     "Hierarchy", "Learner", "Level", "LevelSpec", "LevelStep", "MultiAgentEnv", "REWARD_RULES",
     "RewardRule", "Rollout", "RolloutBuffer", "SubtaskReward", "SumUp", "TimeStep", "UpperAdvantage", "agent_io",
     "build_hierarchy", "check_partition", "level_io", "parse_command",

@@ -44,6 +44,7 @@ from sacred.host_info import host_info_gatherer  # noqa: E402
 from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
 from sacred.utils import iterate_flattened  # noqa: E402
 
+from hmarl.callbacks import Callback, LevelRollouts
 from hmarl.config import bool_problem, from_dict, writable_folder
 from hmarl.files import remove_stray_temps, write_atomically
 from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
@@ -505,11 +506,13 @@ class Trainer:
     replays exactly what the uninterrupted run would have done.
 
     Metrics go to ``log`` (a function of name, value, step) and to every logger of
-    ``loggers`` (:mod:`hmarl.loggers`), flushed after each iteration.
+    ``loggers`` (:mod:`hmarl.loggers`), flushed after each iteration. ``callbacks``
+    (:class:`hmarl.callbacks.Callback`) watch each iteration: what every level observed, was
+    commanded and was rewarded in the rollout, and the update's metrics.
     """
 
     def __init__(self, run: RunConfig, log: Log | None = None, loggers: Sequence[MetricLogger] = (),
-                 warn: Callable[[Warning], None] | None = warnings.warn):
+                 callbacks: Sequence[Callback] = (), warn: Callable[[Warning], None] | None = warnings.warn):
         import torch
 
         from hmarl.action_trace import LevelActionTrace
@@ -531,7 +534,10 @@ class Trainer:
                 warn(warning)
         self.history: list[tuple[str, float, int]] = []
         self.trace = LevelActionTrace.for_hierarchy(self.hierarchy)
-        """Inter-level action streams (TAG Sec. 5.3), for hierarchies with discrete commands."""
+        """Inter-level action streams (TAG Sec. 5.3), for hierarchies with discrete commands: the
+        first of :attr:`callbacks` (None for other hierarchies)."""
+        self.callbacks: list[Callback] = [*([self.trace] if self.trace is not None else []), *callbacks]
+        """What :meth:`fit` calls at every reset, rollout and update, in order."""
         self.start = 0
         self.step = 0
         """Env steps trained so far (all copies together)."""
@@ -642,16 +648,20 @@ class Trainer:
                     self.save(iteration)
                 hierarchy.train(True)
                 hierarchy.reset(run.seed + iteration)
-                if self.trace is not None:
-                    self.trace.restart()
+                for callback in self.callbacks:
+                    callback.on_reset(self)
                 monitor.pop_episode_metrics()
                 monitor.pop()
             tic = time.perf_counter()
             hierarchy.rollout(run.rollout_steps)
-            if self.trace is not None:
-                self.trace.add(hierarchy.levels[0].rollout(steps=run.rollout_steps))
             step = (iteration + 1) * run.steps_per_iteration
+            if self.callbacks:
+                rollouts = LevelRollouts(hierarchy, run.rollout_steps)
+                for callback in self.callbacks:
+                    callback.on_rollout(self, rollouts, step)
             metrics = self.finite(hierarchy.update(progress=iteration / run.iterations), step)
+            for callback in self.callbacks:
+                callback.on_update(self, metrics, step)
             self.record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
             episode_metrics = monitor.pop_episode_metrics()
             train_return, episodes = monitor.pop()

@@ -215,7 +215,8 @@ def test_example_runs_with_a_tiny_budget(example, isolated, monkeypatch, capsys)
 #: the framework's modules whose public classes, functions and methods must say what they do
 CORE_MODULES = ["hmarl.spec", "hmarl.level", "hmarl.hierarchy", "hmarl.comm", "hmarl.rewards", "hmarl.learner",
                 "hmarl.experiment", "hmarl.buffers", "hmarl.graphs", "hmarl.monitor", "hmarl.goals", "hmarl.config",
-                "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.observer", "hmarl.action_trace", "hmarl.bench"]
+                "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.observer", "hmarl.action_trace", "hmarl.bench",
+                "hmarl.callbacks"]
 
 
 def undocumented(module) -> list[str]:
