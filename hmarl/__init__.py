@@ -8,6 +8,7 @@ from hmarl.lazy import module_dir, module_getattr
 
 _NAMES = {
     **dict.fromkeys(["Rollout", "RolloutBuffer"], "hmarl.buffers"),
+    "Callback": "hmarl.callbacks",
     **dict.fromkeys(["COMMUNICATION", "Autoencoder", "Communication", "Concat"], "hmarl.comm"),
     **dict.fromkeys(["Hierarchy", "LevelSpec", "build_hierarchy", "parse_command"], "hmarl.hierarchy"),
     **dict.fromkeys(["AgentIO", "Learner", "Published", "UpdateContext", "UpdateResult"], "hmarl.learner"),
@@ -21,8 +22,8 @@ _NAMES = {
 }
 
 __all__ = [
-    "ActionSplit", "AgentIO", "Assignment", "Autoencoder", "COMMUNICATION", "CommandChannel", "Communication",
-    "Concat", "EnvSpec", "Every", "Fixed", "GoalDistance", "Grouping", "Hierarchy", "Joint", "Learner", "Level",
+    "ActionSplit", "AgentIO", "Assignment", "Autoencoder", "COMMUNICATION", "Callback", "CommandChannel",
+    "Communication", "Concat", "EnvSpec", "Every", "Fixed", "GoalDistance", "Grouping", "Hierarchy", "Joint", "Learner", "Level",
     "LevelSpec", "LevelStep", "MultiAgentEnv", "OnSubtaskChange", "OneHot", "PerChild", "Published",
     "REWARD_RULES", "Raw", "Regroup", "RelativeGoal", "RewardRule", "Rollout", "RolloutBuffer", "SubtaskReward",
     "SumUp", "Termination", "TimeStep", "UpdateContext", "UpdateResult", "UpperAdvantage", "build_hierarchy",

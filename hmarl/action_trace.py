@@ -7,6 +7,10 @@ The bottom level's observation ends with its one-hot command, so the rollout of 
 level holds everything; copy 0 is traced, agent 0 against agent 1. Saved as
 ``level_actions.npz`` (``bottom``, ``connected``, ``unconnected`` ``[episodes, T]`` padded
 with -1, ``n_actions``, ``n_upper_actions``), which ``hmarl.report`` turns into the figure.
+
+The trace is a :class:`hmarl.callbacks.Callback`: the trainer makes it its first callback for
+every hierarchy it applies to (:meth:`LevelActionTrace.for_hierarchy`), and keeps its state in
+checkpoints.
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ import numpy as np
 from gymnasium import spaces
 
 from hmarl.buffers import Rollout
+from hmarl.callbacks import Callback, LevelRollouts
 from hmarl.hierarchy import Hierarchy
 
 
-class LevelActionTrace:
+class LevelActionTrace(Callback):
     """Per-episode action streams of bottom agent 0, its command and agent 1's command (copy 0)."""
 
     def __init__(self, n_actions: int, n_upper_actions: int):
@@ -40,6 +45,14 @@ class LevelActionTrace:
     def restart(self) -> None:
         """Drop the episode in progress: the env copies were reset (a checkpoint restarts episodes)."""
         self.current = np.zeros((3, 0), dtype=np.int64)
+
+    def on_reset(self, trainer) -> None:
+        """All env copies were reset: :meth:`restart`."""
+        self.restart()
+
+    def on_rollout(self, trainer, rollouts: LevelRollouts, step: int) -> None:
+        """:meth:`add` the bottom level's part of the rollout."""
+        self.add(rollouts[0])
 
     def add(self, rollout: Rollout) -> None:
         """Append copy 0's steps of one rollout of the bottom level (a few transfers per rollout, none per step)."""

@@ -44,6 +44,7 @@ from sacred.host_info import host_info_gatherer  # noqa: E402
 from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
 from sacred.utils import iterate_flattened  # noqa: E402
 
+from hmarl.callbacks import Callback, LevelRollouts
 from hmarl.config import bool_problem, from_dict, writable_folder
 from hmarl.files import remove_stray_temps, write_atomically
 from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
@@ -230,6 +231,7 @@ class RunConfig:
                              f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if self.checkpoint_interval:
             writable_folder(self.checkpoint_dir, "checkpoint_dir")
+        logger_names(self.logger)
 
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with ``changes`` to its keys (``dataclasses.replace`` would drop the option blocks)."""
@@ -287,31 +289,33 @@ class UnusedOptions(UserWarning):
 def check_config(config: dict[str, Any], warn: Callable[[Warning], None] = warnings.warn) -> RunConfig:
     """Everything a merged config can get wrong, found before anything trains or is written.
 
-    Validates the keys (``RunConfig.from_config``, the ``logger`` names), builds the training and evaluation envs
-    (unknown or ill-typed env options, an env's own refusals) and the hierarchy (impossible
-    structures), and checks what the family did to the levels (a ``reward`` it overwrote).
-    Problems are one-line ValueErrors; ``warn`` gets what does not stop a run (``UnusedOptions``).
-    Returns the validated config.
+    Validates the keys (``RunConfig.from_config``: run keys, option blocks, family keys, the ``logger``
+    names), builds the training env and the hierarchy (:func:`build`: unknown or ill-typed env options,
+    an env's own refusals, impossible structures, a ``reward`` the family overwrote) and the
+    evaluation env (:func:`make_checked_env`). These are the checks :class:`Trainer` makes when it
+    builds the same objects, with the same messages; here they run on one env copy, so that the
+    command line refuses a config before sacred starts the run. Problems are one-line ValueErrors;
+    ``warn`` gets what does not stop a run (``UnusedOptions``). Returns the validated config.
     """
     run = RunConfig.from_config(config)
-    logger_names(run.logger)
     import torch  # not before: a config that fails the checks above is refused without it
 
     # One env copy is enough to find what is wrong (nothing checked depends on the number of
     # copies) and much cheaper than building a big run's envs twice.
     probe = run.replace(num_envs=1, eval_envs=1)
     with torch.random.fork_rng(devices=[]):  # the check must not shift the run's random numbers
-        for evaluation in (False, True):
-            _check_env(probe, evaluation)
         hierarchy = build(probe)
-    _check_family_levels(run, hierarchy)
+        make_checked_env(probe, 1, evaluation=True)
     for warning in _unused_learner_options(run, hierarchy):
         warn(warning)
     return run
 
 
-def _check_env(run: RunConfig, evaluation: bool) -> None:
-    """Build the run's env (the evaluation env: with ``eval_env_options``) once; its refusals become one line."""
+def make_checked_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation: bool = False) -> EpisodeMonitor:
+    """:func:`make_run_env`, with what an env refuses as one line that names the keys to change:
+    a switch option (``subtasks``) that is not true or false, an option a VMAS scenario would
+    silently ignore, an env's bare ``assert``, an argument it cannot take; the evaluation env's
+    refusals name ``eval_env_options``."""
     where = "eval_env_options" if evaluation else "env_options"
     options = {**run.env_options, **(run.eval_env_options if evaluation else {})}
     for name in SWITCH_OPTIONS:
@@ -322,7 +326,7 @@ def _check_env(run: RunConfig, evaluation: bool) -> None:
         # VMAS only warns about scenario options it does not use; here they stop the run.
         warnings.filterwarnings("error", message="Scenario kwargs", category=UserWarning)
         try:
-            make_run_env(run, 1, evaluation=evaluation)
+            return make_run_env(run, num_envs, seed_offset, evaluation=evaluation)
         except UserWarning as warning:
             unknown = re.search(r"\{.*\}", str(warning))
             names = ", ".join(map(str, ast.literal_eval(unknown.group()))) if unknown else str(warning)
@@ -391,15 +395,36 @@ def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation
 
 
 def build(run: RunConfig) -> Hierarchy:
-    """The run's hierarchy over its env; every configuration error surfaces here."""
+    """The run's hierarchy over its training env (:func:`make_checked_env`, ``num_envs`` copies).
+
+    Every configuration error surfaces here as a one-line ValueError: the env's refusals, the
+    family's (named after the system when the system has a name of its own, see
+    :func:`name_the_system`), a rollout length the levels cannot divide, and a ``reward`` or
+    ``reward_options`` set on a level that the family replaced with its own."""
     from hmarl.algorithms import FAMILIES
 
     if run.family not in FAMILIES:
         raise ValueError(f"unknown family {run.family!r}; available: {', '.join(FAMILIES)}")
-    hierarchy = FAMILIES[run.family].build(make_run_env(run, run.num_envs), run.levels, run.learner_options,
-                                           **run.family_options)
+    env = make_checked_env(run, run.num_envs)
+    try:
+        hierarchy = FAMILIES[run.family].build(env, run.levels, run.learner_options, **run.family_options)
+    except ValueError as error:
+        raise ValueError(name_the_system(run, str(error))) from None
     hierarchy.check_rollout_length(run.rollout_steps)
+    _check_family_levels(run, hierarchy)
     return hierarchy.to(run.device)
+
+
+def name_the_system(run: RunConfig, message: str) -> str:
+    """A family's refusal, said of the system the user named.
+
+    A family does not know which named system it builds, so its refusals start with its own
+    name (``hrl_cg needs an env with goal_indices; ...``); for a system of another name (``hrl``,
+    ``alma_nomask``) that is a name the user never typed: it becomes ``hrl (family hrl_cg) needs
+    ...``. Other messages are returned unchanged."""
+    if run.algorithm != run.family and re.match(rf"{re.escape(run.family)}\b", message):
+        return f"{run.algorithm} (family {run.family}){message[len(run.family):]}"
+    return message
 
 
 def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
@@ -487,15 +512,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 class Trainer:
     """Trains one run: rollouts, coordinated updates, evaluations, checkpoints.
 
+    ``Trainer(run)`` builds everything first and refuses an impossible config with the same
+    one-line ValueErrors as the command line (:func:`check_config`): the env's refusals, the
+    hierarchy's, the evaluation env's; ``warn`` gets the warnings (``UnusedOptions``; default
+    ``warnings.warn``). Nothing trains before :meth:`fit`.
+
     Every ``checkpoint_interval`` the whole state is saved and all episodes
     restart (seeded by the iteration), so that a run resumed from a checkpoint
     replays exactly what the uninterrupted run would have done.
 
     Metrics go to ``log`` (a function of name, value, step) and to every logger of
-    ``loggers`` (:mod:`hmarl.loggers`), flushed after each iteration.
+    ``loggers`` (:mod:`hmarl.loggers`), flushed after each iteration. ``callbacks``
+    (:class:`hmarl.callbacks.Callback`) watch each iteration: what every level observed, was
+    commanded and was rewarded in the rollout, and the update's metrics.
     """
 
-    def __init__(self, run: RunConfig, log: Log | None = None, loggers: Sequence[MetricLogger] = ()):
+    def __init__(self, run: RunConfig, log: Log | None = None, loggers: Sequence[MetricLogger] = (),
+                 callbacks: Sequence[Callback] = (), warn: Callable[[Warning], None] | None = warnings.warn):
         import torch
 
         from hmarl.action_trace import LevelActionTrace
@@ -505,11 +538,22 @@ class Trainer:
             torch.set_num_threads(run.threads)
         torch.manual_seed(run.seed)
         self.hierarchy = build(run)
-        self.evaluator = self.hierarchy.attach(make_run_env(run, run.eval_envs, seed_offset=10_000,
-                                                             evaluation=True))
+        """The trained stack over the training env (``num_envs`` copies): ``hierarchy.levels``
+        bottom-up, ``hierarchy.env`` the env (an :class:`hmarl.monitor.EpisodeMonitor`)."""
+        self.evaluator = self.hierarchy.attach(make_checked_env(run, run.eval_envs, seed_offset=10_000,
+                                                                evaluation=True))
+        """The same agents (shared modules) over the evaluation env (``eval_envs`` copies, with
+        ``eval_env_options``): ``evaluate(trainer.evaluator, seed)`` plays the deterministic
+        episodes that :meth:`fit` logs as ``eval/...``."""
+        if warn is not None:
+            for warning in _unused_learner_options(run, self.hierarchy):
+                warn(warning)
         self.history: list[tuple[str, float, int]] = []
         self.trace = LevelActionTrace.for_hierarchy(self.hierarchy)
-        """Inter-level action streams (TAG Sec. 5.3), for hierarchies with discrete commands."""
+        """Inter-level action streams (TAG Sec. 5.3), for hierarchies with discrete commands: the
+        first of :attr:`callbacks` (None for other hierarchies)."""
+        self.callbacks: list[Callback] = [*([self.trace] if self.trace is not None else []), *callbacks]
+        """What :meth:`fit` calls at every reset, rollout and update, in order."""
         self.start = 0
         self.step = 0
         """Env steps trained so far (all copies together)."""
@@ -620,16 +664,20 @@ class Trainer:
                     self.save(iteration)
                 hierarchy.train(True)
                 hierarchy.reset(run.seed + iteration)
-                if self.trace is not None:
-                    self.trace.restart()
+                for callback in self.callbacks:
+                    callback.on_reset(self)
                 monitor.pop_episode_metrics()
                 monitor.pop()
             tic = time.perf_counter()
             hierarchy.rollout(run.rollout_steps)
-            if self.trace is not None:
-                self.trace.add(hierarchy.levels[0].rollout(steps=run.rollout_steps))
             step = (iteration + 1) * run.steps_per_iteration
+            if self.callbacks:
+                rollouts = LevelRollouts(hierarchy, run.rollout_steps)
+                for callback in self.callbacks:
+                    callback.on_rollout(self, rollouts, step)
             metrics = self.finite(hierarchy.update(progress=iteration / run.iterations), step)
+            for callback in self.callbacks:
+                callback.on_update(self, metrics, step)
             self.record("perf/env_steps_per_s", run.steps_per_iteration / (time.perf_counter() - tic), step)
             episode_metrics = monitor.pop_episode_metrics()
             train_return, episodes = monitor.pop()
@@ -792,7 +840,7 @@ def main(_config: dict[str, Any], _run) -> float:
     try:  # configuration errors: one message, no traceback, before any training
         run = RunConfig.from_config(dict(_config))
         names = logger_names(run.logger)
-        trainer = Trainer(run)
+        trainer = Trainer(run, warn=None)  # the config hook (check_config) has logged the warnings
     except (ValueError, KeyError) as error:
         raise SystemExit(f"hmarl: {error}") from None
     folder = log_folder(run, _run)

@@ -175,6 +175,22 @@ def test_python_blocks_of_page_run(page, isolated):
     run_blocks(blocks, str(DOCS / page))
 
 
+PRIVATE = re.compile(r"\.(_[A-Za-z]\w*)")  # `.name` starting with one underscore (not a dunder such as __init__)
+
+
+@pytest.mark.parametrize("page", TUTORIALS + FAMILY_PAGES)
+def test_pages_use_no_private_attributes(page):
+    """What the pages show a user is the public interface: no ``obj._name`` in their code or text."""
+    used = sorted({match[1] for match in PRIVATE.finditer((DOCS / page).read_text())})
+    assert not used, f"{page} uses private attributes: {used}"
+
+
+def test_examples_use_no_private_attributes():
+    used = {example.name: found for example in EXAMPLES
+            if (found := sorted({m[1] for m in PRIVATE.finditer(example.read_text())}))}
+    assert not used, used
+
+
 @pytest.mark.parametrize("page", SITE_PAGES)
 def test_relative_links_resolve(page):
     text = (DOCS / page).read_text()
@@ -215,7 +231,8 @@ def test_example_runs_with_a_tiny_budget(example, isolated, monkeypatch, capsys)
 #: the framework's modules whose public classes, functions and methods must say what they do
 CORE_MODULES = ["hmarl.spec", "hmarl.strategies", "hmarl.level", "hmarl.hierarchy", "hmarl.comm", "hmarl.rewards", "hmarl.learner",
                 "hmarl.experiment", "hmarl.buffers", "hmarl.graphs", "hmarl.monitor", "hmarl.goals", "hmarl.config",
-                "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.observer", "hmarl.action_trace", "hmarl.bench"]
+                "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.observer", "hmarl.action_trace", "hmarl.bench",
+                "hmarl.callbacks"]
 
 
 def undocumented(module) -> list[str]:
