@@ -26,10 +26,7 @@ VOCABULARY = set(LEARNERS) | set(FAMILIES) | set(SYSTEMS)
 NAME = re.compile(r"(?<![\w.=:-])[a-z][a-z0-9_]*(?![\w=:-])")
 
 #: hints that name no system, in modules another change owns; each entry says what to write
-KNOWN = {
-    "td3": "hmarl/algorithms/td3.py (TD3.__init__) hints 'use dqn for a Discrete one', but dqn is a learner, not "
-           "a system; it should say e.g. 'use learner: dqn for a Discrete one (the system iql)'",
-}
+KNOWN: dict[str, str] = {}  # system -> why its hints still name something that does not exist
 
 
 def refusals(system: str) -> dict[str, str]:

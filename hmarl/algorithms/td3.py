@@ -164,7 +164,7 @@ class TD3(ReplayLearner):
         space = io.action_space
         if not isinstance(space, spaces.Box):
             raise ValueError(f"TD3 needs a Box (continuous) action space, got {space}; "
-                             "use dqn for a Discrete one")
+                             "use learner: dqn for a Discrete one (the system iql)")
         if len(space.shape) != 1:
             raise ValueError(f"TD3 needs a flat Box action space (act_dim,), got shape {space.shape}")
         if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
