@@ -83,5 +83,5 @@ class Autoencoder(Communication):
         return {"ae_loss": loss.detach()}
 
 
-COMMUNICATION: Registry[type[Communication]] = Registry("comm", {"concat": Concat, "autoencoder": Autoencoder})
+COMMUNICATION = Registry("comm", {"concat": Concat, "autoencoder": Autoencoder})
 """Communication functions by the name a level's ``comm`` gives; register new ones here."""

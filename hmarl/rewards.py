@@ -161,6 +161,6 @@ class SubtaskReward(RewardRule):
         return (step.command * rewards.unsqueeze(1)).sum(-1)
 
 
-REWARD_RULES: Registry[type[RewardRule]] = Registry("reward", {
+REWARD_RULES = Registry("reward", {
     "sum_up": SumUp, "goal_distance": GoalDistance, "upper_advantage": UpperAdvantage, "subtask": SubtaskReward})
 """Reward rules by the name a level's ``reward`` gives; register new ones here."""

@@ -460,8 +460,7 @@ class OnSubtaskChange(Termination):
 
 
 #: Terminations by the name a level's ``termination`` key gives; register new ones here.
-TERMINATIONS: Registry[type[Termination]] = Registry("termination",
-                                                    {"every": Every, "on_subtask_change": OnSubtaskChange})
+TERMINATIONS = Registry("termination", {"every": Every, "on_subtask_change": OnSubtaskChange})
 
 
 def describe(strategy: Any) -> str:
