@@ -283,7 +283,7 @@ class Hierarchy(nn.Module):
             below = Level(below, level.learner, level.comm, level.reward_rule, grouping=level.grouping,
                           channel=level.channel, split=level.split, termination=level.termination,
                           steps_per_command=level.steps_per_command, positions=level.positions,
-                          passes_up=level.passes_up)
+                          passes_up=level.passes_up, facts_up=level.facts_up)
             levels.append(below)
         return Hierarchy(env, levels)
 
@@ -384,7 +384,8 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
                           termination=termination,
                           steps_per_command=terminations[index + 1].stride if upper else 1,
                           positions=spec.positions,
-                          passes_up=tuple(sorted({key for t in terminations[index + 1:] for key in t.reads})))
+                          passes_up=tuple(sorted({key for t in terminations[index + 1:] for key in t.reads})),
+                          facts_up=tuple(sorted({fact for t in terminations[index + 1:] for fact in t.requires})))
         except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
         levels.append(level)

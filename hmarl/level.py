@@ -90,6 +90,9 @@ class Level:
             from positions); implied by a grouping that reads positions.
         passes_up: ``info`` keys of the level below handed on to the level above unchanged
             (what terminations higher up read, e.g. ``active_subtasks``).
+        facts_up: env facts (capabilities) of the level below that this level declares as its own
+            (what terminations higher up require, e.g. ``subtasks``); ``positions`` always is,
+            since the level passes its agents' positions up.
 
     Each child slot of an agent's observation holds ``[message, position?, present?]``
     (``present`` when agents may have fewer children than slots: 1 for a child, 0 for an empty slot).
@@ -103,7 +106,8 @@ class Level:
     def __init__(self, below: MultiAgentEnv, learner: Learner, comm: Communication, reward_rule: RewardRule, *,
                  grouping: Grouping | list[list[int]], channel: CommandChannel | None = None,
                  split: ActionSplit | None = None, termination: Termination | None = None,
-                 steps_per_command: int = 1, positions: bool = False, passes_up: tuple[str, ...] = ()):
+                 steps_per_command: int = 1, positions: bool = False, passes_up: tuple[str, ...] = (),
+                 facts_up: tuple[str, ...] = ()):
         below_spec = below.spec
         if not isinstance(grouping, Grouping):
             check_partition(grouping, below_spec.n_agents)
@@ -119,20 +123,21 @@ class Level:
         self.termination.bind(self)
         self.steps_per_command = steps_per_command
         self.positions = positions or "positions" in grouping.requires
-        self.passes_up = tuple(passes_up)
+        self.passes_up, self.facts_up = tuple(passes_up), tuple(facts_up)
         self.training = True
         self.buffer = RolloutBuffer(0)
         self.io = level_io(below_spec, grouping, channel, self.split, positions)
         self.group = self.io.group
-        capabilities = {k: below_spec.capabilities[k] for k in ("positions", "subtasks") if k in below_spec.capabilities}
+        capabilities = {k: below_spec.capabilities[k] for k in ("positions", *self.facts_up)
+                        if k in below_spec.capabilities}
         self.spec = EnvSpec(n_agents=self.io.n_agents, obs_dim=comm.out_dim,
                             action_space=None if channel is None else channel.space,
                             max_steps=math.ceil(below_spec.max_steps / steps_per_command),
                             num_envs=below_spec.num_envs, device=below_spec.device, capabilities=capabilities,
                             name=f"level over {below_spec.name}")
         #: the current assignment (a fixed grouping's from the start, one that varies from each reset)
-        self.assignment: Assignment | None = (None if grouping.varies else
-                                              grouping.assignment(below_spec.num_envs, below_spec.device))
+        self.assignment: Assignment | None = (grouping.assignment(below_spec.num_envs, below_spec.device)
+                                              if isinstance(grouping, Fixed) else None)
         self._below_ts: TimeStep | None = None
         self._observed_of: tuple[TimeStep, Tensor] | None = None
         self._command_features: Tensor | None = None
@@ -153,8 +158,8 @@ class Level:
 
         ``[N_below]`` each for fixed children; ``[B, N_below]`` (the current grouping) for one that varies.
         """
-        if self.assignment is None:  # before any reset: only a fixed grouping knows
-            return self.grouping.parents(self.spec.device)
+        if self.assignment is None:
+            raise RuntimeError("this level's children are assigned at reset: reset it first")
         return self.assignment.parent, self.assignment.slot
 
     # -- moving data between the level below and this level's agents -------------------
