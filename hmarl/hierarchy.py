@@ -307,13 +307,12 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
         raise ValueError("level 0: relative_goals belongs to the level above it, whose commands are the goals")
     if specs[0].period != 1:
         raise ValueError("level 0 acts at every env step; its period must be 1")
-    # What these rules read reaches level 0 only: Levels pass up neither the env's info nor its goal dims.
-    env_rewards = {"subtask": "the env's subtask rewards", "goal_distance": "the env's goal dims"}
     for index, spec in enumerate(specs):
         if spec.period < 1:
             raise ValueError(f"level {index}: period must be >= 1, got {spec.period}")
-        if index and spec.reward in env_rewards:
-            raise ValueError(f"level {index}: reward {spec.reward} reads {env_rewards[spec.reward]}, which only "
+        reads_env = getattr(REWARD_RULES.get(spec.reward), "reads_env", None)
+        if index and reads_env:
+            raise ValueError(f"level {index}: reward {spec.reward} reads {reads_env}, which only "
                              f"level 0 receives; use it on level 0 only (here e.g. reward: sum_up)")
         if index > 1 and spec.relative_goals:
             raise ValueError(f"level {index}: relative goals are targets on the env's goal dims, which only level 0 "

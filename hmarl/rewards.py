@@ -45,6 +45,9 @@ class RewardRule:
     """
 
     needs: frozenset[str] = frozenset()
+    #: what of the env itself the rule reads (its info or observation layout), which Levels do not pass
+    #: up: such a rule works on level 0 only (the build says so); None for rules that read the level's data
+    reads_env: str | None = None
 
     def __init__(self, below: EnvSpec, group_size: int):
         self.below = below
@@ -73,6 +76,8 @@ class SumUp(RewardRule):
 
 class GoalDistance(RewardRule):
     """HRL-CG: a worker learns from ``-||s + g - s'||`` on the env's goal dims (Eq. 5)."""
+
+    reads_env = "the env's goal dims"
 
     def __init__(self, below: EnvSpec, group_size: int):
         super().__init__(below, group_size)
@@ -140,6 +145,8 @@ class SubtaskReward(RewardRule):
     the best of its assigned agents' rewards (simple spread: minus the distance of the
     landmark's nearest assigned agent), and every agent on ``k`` gets that.
     """
+
+    reads_env = "the env's subtask rewards"
 
     def __init__(self, below: EnvSpec, group_size: int):
         super().__init__(below, group_size)
