@@ -218,3 +218,8 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     manager_learner.connect(worker_learner, goal_index)
     worker_learner.carry_goals(goal_index)
     return hierarchy
+
+
+def requires(levels: list[dict[str, Any]], **options: Any) -> tuple[str, ...]:
+    """What HRL-CG needs of an env: the observation dims its relative goals live in."""
+    return ("goal_indices",)
