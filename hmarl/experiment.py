@@ -56,6 +56,7 @@ from hmarl.observer import WHAT_TO_DO, RecordsLost, describe
 if TYPE_CHECKING:
     from hmarl.hierarchy import Hierarchy
     from hmarl.monitor import EpisodeMonitor
+    from hmarl.spec import EnvSpec
 
 PACKAGE_DIR = Path(str(importlib.resources.files("hmarl")))
 """The installed (or checked-out) ``hmarl`` package; its code is recorded with every run."""
@@ -381,17 +382,61 @@ def _unused_learner_options(run: RunConfig, hierarchy: Hierarchy) -> list[Unused
             if name not in used and not any(block == system.get(name) for system in shipped)]
 
 
+def run_requires(run: RunConfig) -> dict[str, str]:
+    """The facts of an env the run's system needs -> who needs each (the system's name for its
+    family's needs, ``level i (learner)`` for a learner's): ``algorithms.system_requires``."""
+    from hmarl.algorithms import system_requires
+
+    needs = system_requires(run.family, run.levels, run.family_options)
+    return {fact: run.algorithm if who == run.family else who for fact, who in needs.items()}
+
+
+_SWITCHED_SAID: set[str] = set()
+"""Switch messages already logged by this process (the run's env is built up to three times)."""
+
+
+def switched_on(run: RunConfig, spec: EnvSpec) -> dict[str, bool]:
+    """The env options (``EnvSpec.switches``) the run's system turns on because it needs a fact the
+    env has only behind them, e.g. ALMA's ``subtasks`` on simple spread; each is logged once."""
+    options = {}
+    for fact, who in run_requires(run).items():
+        if fact not in spec.facts and fact in spec.switches:
+            option = spec.switches[fact]
+            options[option] = True
+            message = f"{who} needs {fact.replace('_', ' ')}: turning on {spec.name}'s option {option}"
+            if message not in _SWITCHED_SAID:
+                _SWITCHED_SAID.add(message)
+                logger.info(message)
+    return options
+
+
+def unmet_requirement(run: RunConfig, spec: EnvSpec) -> str | None:
+    """One line naming the first fact the run's system needs that the env lacks; None if none."""
+    for fact, who in run_requires(run).items():
+        message = spec.lacks(fact, who)
+        if message is not None:
+            return message
+    return None
+
+
 def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation: bool = False) -> EpisodeMonitor:
-    """The run's env with ``num_envs`` copies, wrapped to measure episode returns."""
+    """The run's env with ``num_envs`` copies, wrapped to measure episode returns; the options its
+    system needs switched on (:func:`switched_on`)."""
     from hmarl.envs import ENVS, make_env
     from hmarl.monitor import EpisodeMonitor
+    from hmarl.spec import EnvSpec
 
     if run.env not in ENVS:
         raise ValueError(f"unknown env {run.env!r}; available: {', '.join(sorted(ENVS))}")
-    return EpisodeMonitor(make_env(
-        run.env, num_envs=num_envs, device=run.device, seed=run.seed + seed_offset,
-        n_agents=run.n_agents, max_steps=run.max_steps, continuous_actions=run.continuous_actions,
-        **{**run.env_options, **(run.eval_env_options if evaluation else {})}))
+    keys = dict(num_envs=num_envs, device=run.device, seed=run.seed + seed_offset, n_agents=run.n_agents,
+                max_steps=run.max_steps, continuous_actions=run.continuous_actions,
+                **{**run.env_options, **(run.eval_env_options if evaluation else {})})
+    env = make_env(run.env, **keys)
+    switches = switched_on(run, env.spec)
+    if switches:
+        getattr(env, "close", lambda: None)()
+        env = make_env(run.env, **{**keys, **switches})
+    return EpisodeMonitor(env)
 
 
 def build(run: RunConfig) -> Hierarchy:
@@ -406,6 +451,9 @@ def build(run: RunConfig) -> Hierarchy:
     if run.family not in FAMILIES:
         raise ValueError(f"unknown family {run.family!r}; available: {', '.join(FAMILIES)}")
     env = make_checked_env(run, run.num_envs)
+    refusal = unmet_requirement(run, env.spec)
+    if refusal is not None:
+        raise ValueError(refusal)
     try:
         hierarchy = FAMILIES[run.family].build(env, run.levels, run.learner_options, **run.family_options)
     except ValueError as error:

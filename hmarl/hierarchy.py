@@ -86,7 +86,10 @@ class LevelSpec:
 
     def resolve_children(self, n_below: int, where: str) -> list[list[int]] | Regrouping:
         """The children of this level's agents over ``n_below`` units: lists, or a Regrouping for
-        ``dynamic``/``episode`` grouping; ``where`` prefixes error messages."""
+        ``dynamic``/``episode`` grouping; ``where`` prefixes error messages.
+
+        ``group_size: k`` gives ``ceil(n_below / k)`` agents over consecutive blocks of at most
+        ``k`` units, as equal as can be (2 over 3 units: ``[[0, 1], [2]]``; 3 over 4: ``[[0, 1], [2, 3]]``)."""
         given = [k for k in ("group_size", "children", "groups") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"{where}: give one of group_size, children and groups, not {' and '.join(given)}")
@@ -105,10 +108,15 @@ class LevelSpec:
         size = n_below if self.group_size == "all" else self.group_size or 1
         if isinstance(size, str):
             raise ValueError(f"{where}: group_size must be an integer or 'all', got {size!r}")
-        if size < 1 or n_below % size:
-            raise ValueError(f"{where}: group_size {size} does not divide the {n_below} units below; "
-                             f"pick a divisor of {n_below} or list children explicitly")
-        return [list(range(i, i + size)) for i in range(0, n_below, size)]
+        if size < 1:
+            raise ValueError(f"{where}: group_size must be >= 1, got {size}")
+        # ceil(n / size) agents over consecutive blocks as equal as can be, the larger first: a
+        # size that does not divide n gives unequal groups (2 over 3 units: [[0, 1], [2]]), whose
+        # agents see presence flags for their empty child slots
+        agents = -(-n_below // size)
+        sizes = [n_below // agents + (i < n_below % agents) for i in range(agents)]
+        starts = [sum(sizes[:i]) for i in range(agents)]
+        return [list(range(start, start + length)) for start, length in zip(starts, sizes)]
 
 
 #: ``make_learner(spec, io, level_index)`` -> the level's learner

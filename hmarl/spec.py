@@ -44,6 +44,14 @@ Tensor = torch.Tensor
 CAPABILITIES = ("positions", "goal_indices", "subtasks", "landmarks", "eval_groups", "episode_metrics",
                 "context_indices")
 
+#: Facts a system may require of an env besides its capabilities (``EnvSpec.facts``): the kind of
+#: its actions, and having two agents or more (hierarchies that group agents).
+NON_CAPABILITY_FACTS = ("discrete_actions", "continuous_actions", "several_agents")
+FACTS = CAPABILITIES + NON_CAPABILITY_FACTS
+
+#: Switches (``EnvSpec.switches``) that are run keys of their own rather than ``env_options``.
+TOP_LEVEL_SWITCHES = ("continuous_actions",)
+
 
 def agents_then_subtasks(n_agents: int, n_subtasks: int, feature_names: Sequence[str],
                          finished: str | None = None) -> dict[str, Any]:
@@ -84,7 +92,9 @@ class EnvSpec:
     """Capability name -> its description (e.g. ``{"goal_indices": [0, 1]}``)."""
     name: str = "env"
     switches: dict[str, str] = field(default_factory=dict)
-    """Capabilities this env has behind an option: capability -> the env option that turns it on."""
+    """Facts (:data:`FACTS`: capabilities, ``continuous_actions``) this env has behind an option:
+    fact -> the constructor keyword that turns it on when true (an ``env_options`` key, or a run
+    key of :data:`TOP_LEVEL_SWITCHES`). A system that needs one turns it on (``hmarl.experiment``)."""
 
     @property
     def discrete(self) -> bool:
@@ -98,15 +108,39 @@ class EnvSpec:
             return int(self.action_space.n)
         return int(self.action_space.shape[0])
 
+    @property
+    def facts(self) -> frozenset[str]:
+        """What this env provides that a system may require (:data:`FACTS`): its capabilities,
+        its kind of actions (``discrete_actions`` or ``continuous_actions``) and, with two agents
+        or more, ``several_agents``."""
+        kind = "discrete_actions" if self.discrete else "continuous_actions"
+        return frozenset({*self.capabilities, kind, *(["several_agents"] if self.n_agents >= 2 else [])})
+
+    def lacks(self, fact: str, needed_by: str) -> str | None:
+        """None if the env provides ``fact``, else one line saying who needs it, what the env has
+        instead and what to change (the option that turns it on, where the env has one)."""
+        if fact in self.facts:
+            return None
+        what = fact.replace("_", " ")
+        if fact in CAPABILITIES or fact not in NON_CAPABILITY_FACTS:
+            what = f"an env with {fact}"
+        if fact in self.switches:
+            option = self.switches[fact]
+            where = f"{option}: true" if option in TOP_LEVEL_SWITCHES else f"env_options: {{{option}: true}}"
+            return f"{needed_by} needs {what}; {self.name} has it behind an option: set {where}"
+        if fact in ("discrete_actions", "continuous_actions"):
+            return f"{needed_by} needs {what}; {self.name} has {self.action_space} actions only"
+        if fact == "several_agents":
+            return f"{needed_by} needs several agents; {self.name} has {self.n_agents}"
+        have = ", ".join(sorted(self.capabilities)) or "none"
+        return (f"{needed_by} needs {what}; {self.name} has {have}. "
+                f"Pick an env that provides {fact}, or another algorithm.")
+
     def require(self, capability: str, needed_by: str) -> Any:
         """Return a capability's description, or fail with what to change."""
-        if capability not in self.capabilities:
-            if capability in self.switches:
-                raise ValueError(f"{needed_by} needs an env with {capability}; {self.name} has it behind an "
-                                 f"option: set env_options: {{{self.switches[capability]}: true}}")
-            have = ", ".join(sorted(self.capabilities)) or "none"
-            raise ValueError(f"{needed_by} needs an env with {capability}; {self.name} has "
-                             f"{have}. Pick an env that provides {capability}, or another algorithm.")
+        message = self.lacks(capability, needed_by)
+        if message is not None:
+            raise ValueError(message)
         return self.capabilities[capability]
 
 

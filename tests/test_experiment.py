@@ -110,7 +110,7 @@ def test_cli_refuses_an_allocator_over_coded_messages_in_one_line(tmp_path):
 
 
 def test_missing_env_capability_says_what_to_change(tmp_path):
-    with pytest.raises(ValueError, match="the heuristic needs an env with landmarks; vmas_balance has goal_indices, positions"):
+    with pytest.raises(ValueError, match=r"level 0 \(heuristic\) needs an env with landmarks; vmas_balance has goal_indices, positions"):
         Trainer(run_config("heuristic", "vmas_balance", tmp_path), lambda *entry: None)
 
 

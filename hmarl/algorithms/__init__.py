@@ -31,6 +31,9 @@ class Family:
 
     build: Callable[..., Hierarchy]
     options: type | None = None
+    requires: Callable[..., tuple[str, ...]] | None = None
+    """``requires(levels, **options)``: the facts (``hmarl.spec.FACTS``) the family needs of an env
+    whatever its learners; None: none."""
 
 
 #: ``levels[*].learner`` name -> (module of hmarl.algorithms, class): the learners' one table
@@ -55,6 +58,40 @@ def _deferred_build(module: str) -> Callable[..., Hierarchy]:
     return build
 
 
+def _deferred_requires(module: str) -> Callable[..., tuple[str, ...]]:
+    """``module``'s ``requires`` (none if it has no such function), imported when it is called."""
+    def requires(*args: Any, **kwargs: Any) -> tuple[str, ...]:
+        found = getattr(importlib.import_module(module), "requires", None)
+        return tuple(found(*args, **kwargs)) if found is not None else ()
+
+    return requires
+
+
+def system_requires(family: str, levels: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, str]:
+    """The facts of an env (``hmarl.spec.FACTS``) a system needs -> who needs each, derived from
+    what its family and its levels' learners declare: the family's ``requires(levels, **options)``,
+    each learner class's ``requires`` (facts about the env at any level) and, for the learner of
+    level 0, which acts on the env itself, its ``acts_on`` (``discrete_actions`` or
+    ``continuous_actions``; None: either). Learners the registry does not know (HRL-CG's ``auto``)
+    declare nothing."""
+    needs: dict[str, str] = {}
+    found = FAMILIES.get(family)
+    if found is not None and found.requires is not None:
+        for fact in found.requires(levels, **options):
+            needs.setdefault(fact, f"{family}")
+    for index, entry in enumerate(levels if isinstance(levels, list) else []):
+        name = entry.get("learner") if isinstance(entry, dict) else None
+        cls = LEARNERS.get(name) if isinstance(name, str) else None
+        if cls is None:
+            continue
+        declared = list(getattr(cls, "requires", ()))
+        if index == 0 and getattr(cls, "acts_on", None):
+            declared.append(cls.acts_on)
+        for fact in declared:
+            needs.setdefault(fact, f"level {index} ({name})")
+    return needs
+
+
 def _family(name: str, options: bool) -> Callable[[], Family]:
     """The loader of the family ``hmarl.algorithms.<name>``: its ``build``, and its ``Options``
     dataclass if ``options`` (the config keys are checked against its fields, so it is imported)."""
@@ -62,9 +99,9 @@ def _family(name: str, options: bool) -> Callable[[], Family]:
 
     def load() -> Family:
         if not options:
-            return Family(_deferred_build(module))
+            return Family(_deferred_build(module), requires=_deferred_requires(module))
         imported = importlib.import_module(module)
-        return Family(imported.build, imported.Options)
+        return Family(imported.build, imported.Options, getattr(imported, "requires", None))
 
     return load
 

@@ -333,6 +333,7 @@ class Allocator(EpisodeTargetLearner):
     """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
 
     config_class = AllocatorConfig
+    requires = ("subtasks",)  # what it needs of the env (algorithms.system_requires)
     reads_env_observations = True  # its entities are rows of the first child's env observation
 
     def __init__(self, io: AgentIO, config: AllocatorConfig, env: EnvSpec):
@@ -482,20 +483,26 @@ class HeuristicAllocatorConfig:
 class HeuristicAllocator(Learner):
     """ALMA's heuristic baseline on SaveTheCity: every agent goes to the nearest active building
     where its ability is useful (firefighters and generalists: a burning one; builders: any),
-    or to the nearest active one if none is. Reads the env's ``feature_names``; learns nothing."""
+    or to the nearest active one if none is. On envs whose entities have positions but no
+    abilities (simple spread's landmarks, LBF's foods) every agent goes to the nearest active
+    subtask. Reads the env's ``feature_names``; learns nothing."""
 
     config_class = HeuristicAllocatorConfig
-    NEEDED = ("row", "col", "is_firefighter", "is_builder", "is_generalist", "fire")
+    requires = ("subtasks",)  # what it needs of the env (algorithms.system_requires)
+    POSITIONS = (("row", "col"), ("x", "y"))
+    ABILITIES = ("is_firefighter", "is_builder", "is_generalist", "fire")
 
     def __init__(self, io: AgentIO, config: HeuristicAllocatorConfig, env: EnvSpec):
         super().__init__(io)
         self.view = EntityView(io, env)
         names = env.capabilities["subtasks"].get("feature_names", [])
-        missing = [n for n in self.NEEDED if n not in names]
-        if missing:
-            raise ValueError(f"the heuristic allocator reads SaveTheCity's entity features; {env.name} lacks "
-                             f"{', '.join(missing)}. Use the learned allocator")
-        self.index = {n: names.index(n) for n in self.NEEDED}
+        where = next((pair for pair in self.POSITIONS if set(pair) <= set(names)), None)
+        if where is None:
+            raise ValueError(f"the heuristic allocator reads entity positions (features row, col or x, y); "
+                             f"{env.name} has {', '.join(names) or 'no feature names'}. Use the learned allocator")
+        self.where = [names.index(n) for n in where]
+        #: SaveTheCity's abilities, where the env has them (None: nearest active subtask)
+        self.index = {n: names.index(n) for n in self.ABILITIES} if set(self.ABILITIES) <= set(names) else None
 
     @classmethod
     def build(cls, io: AgentIO, config: HeuristicAllocatorConfig, env: EnvSpec) -> "HeuristicAllocator":
@@ -504,16 +511,17 @@ class HeuristicAllocator(Learner):
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         entities, active = self.view(obs)
-        i, member = self.index, self.view.membership
+        i, member, where = self.index, self.view.membership, self.where
         count = member.sum(0).clamp(min=1)  # entities per subtask
         per_subtask = torch.einsum("...ef,es->...sf", entities, member) / count.unsqueeze(-1)  # [..., S, F]
         agents = entities[..., :self.view.n_agents, :]  # [..., N, F]
-        where = [i["row"], i["col"]]
         distance = (agents[..., :, None, where] - per_subtask[..., None, :, where]).abs().sum(-1)  # [..., N, S]
-        burning = per_subtask[..., i["fire"]] > 0  # [..., S]
-        builder = agents[..., i["is_builder"]] > 0.5  # [..., N]
-        useful = builder.unsqueeze(-1) | burning.unsqueeze(-2)
-        score = distance + 1e3 * (~useful) + 1e6 * (~active).unsqueeze(-2)
+        score = distance + 1e6 * (~active).unsqueeze(-2)
+        if i is not None:
+            burning = per_subtask[..., i["fire"]] > 0  # [..., S]
+            builder = agents[..., i["is_builder"]] > 0.5  # [..., N]
+            useful = builder.unsqueeze(-1) | burning.unsqueeze(-2)
+            score = score + 1e3 * (~useful)
         return score.argmin(-1).unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
 
     def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:

@@ -43,3 +43,9 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     allocator.update(group_size="all", joint=False, command=f"discrete({subtasks['n_subtasks']})", period=1,
                      decide_every=action_length)
     return build_levels(env, [agents, allocator], learner_options)
+
+
+def requires(levels: list[dict[str, Any]], **options: Any) -> tuple[str, ...]:
+    """What ALMA needs of an env: subtasks to allocate agents to (on where an env has them behind
+    an option: the runner turns it on and logs it)."""
+    return ("subtasks",)

@@ -408,6 +408,8 @@ class AQMIX(EpisodeTargetLearner):
     """A-QMIX for all agents of a level: entity-attention utilities, per-subtask monotonic mixing."""
 
     config_class = AQMIXConfig
+    requires = ("subtasks",)  # what it needs of the env (algorithms.system_requires)
+    acts_on = "discrete_actions"
 
     @classmethod
     def build(cls, io: AgentIO, config: AQMIXConfig, env: EnvSpec) -> AQMIX:

@@ -81,6 +81,7 @@ class DQN(ReplayLearner):
     """Double DQN with epsilon-greedy exploration for all agents of a level at once."""
 
     config_class = DQNConfig
+    acts_on = "discrete_actions"  # an argmax over actions: at level 0, the env's (algorithms.system_requires)
 
     def __init__(self, io: AgentIO, config: DQNConfig):
         super().__init__(io, config.buffer_size, config.ignore_obs_dims)

@@ -32,6 +32,7 @@ class SpreadHeuristic(Learner):
     """Fixed policy over all agents of a flat level on a simple-spread env; learns nothing."""
 
     config_class = HeuristicConfig
+    requires = ("landmarks",)  # what it needs of the env (algorithms.system_requires)
 
     @classmethod
     def build(cls, io: AgentIO, config: HeuristicConfig, env: EnvSpec) -> "SpreadHeuristic":

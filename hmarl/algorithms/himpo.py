@@ -86,3 +86,11 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
                          joint=False, reward="upper_advantage",
                          reward_options={"env_reward_coef": o.local_reward_coef})
     return build_levels(env, [workers, *middle, manager], learner_options)
+
+
+def requires(levels: list[dict[str, Any]], grouping: str = "dynamic", **options: Any) -> tuple[str, ...]:
+    """What HiMPo needs of an env: with sub-managers, several agents to cluster, and positions to
+    cluster them by unless ``grouping: static``."""
+    if len(levels) != 3:
+        return ()
+    return ("several_agents",) + (("positions",) if grouping != "static" else ())

@@ -22,8 +22,12 @@ period with goals produced by ``pi_m`` and carried by ``h``,
 ``sg`` stops the gradient: the goal the worker's critic reads is held fixed (Eq. 14 has no
 ``dQ_w/dg`` term), and the worker's networks are frozen for this step. A discrete worker's
 value is ``sum_a softmax(Q_w(s, g, .) / T)(a) Q_w(s, sg(g), a)``: its softmax policy carries
-the gradient. ``cg_lambda = 0`` is plain HRL. On multi-agent envs every env agent gets its
-own manager/worker pair (parameters shared across agents unless ``share_params: false``).
+the gradient (the DQN worker has no deterministic actor for Eq. 14's ``grad_a Q_w``; its
+softmax over ``Q_w(s, g, .)`` is the differentiable policy; see the HRL-CG spec's decisions).
+``cg_lambda = 0`` is plain HRL. On multi-agent envs every env agent gets its own manager/worker
+pair (parameters shared across agents unless ``share_params: false``). The goal dims are the
+env's ``goal_indices``, the agent's own position in its observation (VMAS, MPE, the point maze,
+LBF's and SaveTheCity's ``(row, col)``); ``goal_range`` is in their units.
 
 Shapes: manager obs ``[B, N, obs_dim]`` (the worker's env observation); goals ``[B, N, goal_dim]``.
 """
@@ -236,3 +240,8 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
         raise ValueError(f"the connected gradient needs a td3 or dqn worker, got {type(worker_learner).__name__}")
     worker_learner.carry_goals(goal_index)
     return hierarchy
+
+
+def requires(levels: list[dict[str, Any]], **options: Any) -> tuple[str, ...]:
+    """What HRL-CG needs of an env: the observation dims its relative goals live in."""
+    return ("goal_indices",)

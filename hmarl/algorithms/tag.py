@@ -20,3 +20,8 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]],
     if len(levels) < 2:
         raise ValueError("a TAG hierarchy has at least two levels; use family: flat for one")
     return build_levels(env, levels, learner_options)
+
+
+def requires(levels: list[dict[str, Any]], **options: Any) -> tuple[str, ...]:
+    """What TAG needs of an env: its upper levels group env agents into teams, so two or more."""
+    return ("several_agents",)

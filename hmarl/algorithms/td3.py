@@ -157,6 +157,7 @@ class TD3(ReplayLearner):
     """Twin-delayed DDPG for all agents of a level at once, learning from a replay."""
 
     config_class = TD3Config
+    acts_on = "continuous_actions"  # a deterministic actor: at level 0, the env's (algorithms.system_requires)
 
     def __init__(self, io: AgentIO, config: TD3Config):
         super().__init__(io, config.buffer_size, config.ignore_obs_dims)

@@ -43,7 +43,8 @@ class LandmarkSubtasks:
         self._n, self._s = n, s
         capabilities = {k: v for k, v in spec.capabilities.items() if k != "landmarks"}  # layout changed
         subtasks = agents_then_subtasks(n, s, FEATURES)
-        self.spec = dataclasses.replace(spec, obs_dim=f * (1 + n + s), switches={},
+        switches = {fact: option for fact, option in spec.switches.items() if fact != "subtasks"}
+        self.spec = dataclasses.replace(spec, obs_dim=f * (1 + n + s), switches=switches,
                                         capabilities={**capabilities, "goal_indices": [0, 1], "subtasks": subtasks})
         self._membership = subtask_membership(subtasks["subtask_of_entity"], s, spec.device)
         kind = torch.zeros(n + s, 2, device=spec.device)

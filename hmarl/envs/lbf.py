@@ -91,6 +91,11 @@ received (0 at reset). Without the option the env declares it in ``EnvSpec.switc
 the foods (grid coordinates, row-major, ``(-1, -1, 0)`` for empty slots), then every
 player's ``(row, col, level)`` in index order, then (survival) the energies.
 
+``goal_indices`` (HRL-CG's goals) are the observer's own ``(row, col)``: dims ``3 F, 3 F + 1``
+of the vector observation (declared only with the whole grid in sight: with a smaller
+``sight`` they are relative to a view corner that moves with the agent) and dims ``0, 1`` of
+the subtasks observation (scaled by ``1 / (max(rows, cols) - 1)``).
+
 Not matched: the package's ``grid_observation`` (3-layer grid observation) and rendering;
 the order in which the package resolves a LOAD player adjacent to two foods (it pops a set
 of players in hash order; its spawner never makes such a cell, here it can only arise from
@@ -242,6 +247,12 @@ class LevelBasedForaging:
         player_dims = 3 if self._levels_seen else 2
         extra = n_agents if self._survival else 0
         capabilities: dict = {"positions": 2}
+        # The observer's own (row, col): first of the entity rows, or the first player slot of the
+        # vector observation, which holds grid coordinates only when the whole grid is in sight.
+        if self._subtasks:
+            capabilities["goal_indices"] = [0, 1]
+        elif sight >= max(rows, cols):
+            capabilities["goal_indices"] = [3 * max_num_food, 3 * max_num_food + 1]
         subtasks = agents_then_subtasks(n_agents, max_num_food, ENTITY_FEATURES, finished="gone")
         self._entity_subtask = subtask_membership(subtasks["subtask_of_entity"], max_num_food, device)
         if self._subtasks:

@@ -111,7 +111,7 @@ class SimpleSpread:
             # observations are [vel, pos, landmarks relative to the agent, ...], a landmark per agent
             capabilities={"positions": 2, "goal_indices": [2, 3],
                           "landmarks": {"first": 4, "count": n_agents, "velocity": 0}},
-            name=name)
+            name=name, switches={} if continuous_actions else {"continuous_actions": "continuous_actions"})
         self.set_state(*self._spawn())
 
     # ----------------------------------------------------------------------------- protocol

@@ -1,6 +1,8 @@
 """Batches copies of any PettingZoo ``ParallelEnv`` behind the ``MultiAgentEnv`` protocol."""
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable
 
 import numpy as np
@@ -229,4 +231,7 @@ def mpe2_simple_spread(
     env = ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe2_simple_spread",
                              capabilities={"goal_indices": [2, 3],
                                            "landmarks": {"first": 4, "count": n_agents, "velocity": 0}})
+    if not continuous_actions:  # mpe2 has continuous actions behind its own option
+        env.spec = dataclasses.replace(env.spec, switches={**env.spec.switches,
+                                                           "continuous_actions": "continuous_actions"})
     return with_subtasks(env, subtasks, position=2, velocity=0)

@@ -224,7 +224,8 @@ class SaveTheCity:
             n_agents=n, obs_dim=N_FEATURES + entities * N_FEATURES, action_space=spaces.Discrete(N_ACTIONS),
             max_steps=max_steps, num_envs=num_envs, device=device, state_dim=entities * N_FEATURES,
             capabilities={"positions": 2, "subtasks": agents_then_subtasks(n, s, FEATURES, finished="finished"),
-                          "episode_metrics": ["completed"]},
+                          "episode_metrics": ["completed"],
+                          "goal_indices": [0, 1]},  # the agent's own (row, col) / 15, first in its row
             name=name)
         self._entity_subtask = subtask_membership(self.spec.capabilities["subtasks"]["subtask_of_entity"], s, device)
         self._spawn(None)

@@ -51,7 +51,8 @@ class VmasEnv:
         self.spec = EnvSpec(
             n_agents=len(self._env.agents), obs_dim=obs.shape[-1], action_space=action_space,
             max_steps=max_steps, num_envs=num_envs, device=torch.device(device),
-            capabilities={"positions": 2, **(capabilities or {})}, name=name or f"vmas_{scenario}")
+            capabilities={"positions": 2, **(capabilities or {})}, name=name or f"vmas_{scenario}",
+            switches={} if continuous_actions else {"continuous_actions": "continuous_actions"})
 
     def _direct_forces(self, action_space, device) -> Tensor | None:
         """Per-agent force scale ``[N, 2]`` if actions can be applied directly, else None."""

@@ -241,8 +241,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="reads agent i from entity i, but toy subtasks lists 2 agent entities "
                                          "for 3 agents"):
         Allocator(io, AllocatorConfig(), env_spec(subtask_of_entity=[-1, -1] + list(range(S)) + [0]))
-    with pytest.raises(ValueError, match="heuristic allocator reads SaveTheCity's entity features; toy subtasks "
-                                         "lacks row, col, is_firefighter"):
+    with pytest.raises(ValueError, match="heuristic allocator reads entity positions \\(features row, col or x, y\\); "
+                                         "toy subtasks has"):
         HeuristicAllocator(io, HeuristicAllocatorConfig(), env_spec())
     with pytest.raises(ValueError, match="must divide into 3 heads"):
         AllocatorConfig(embedding=16, heads=3)

@@ -172,7 +172,7 @@ def test_four_level_hierarchy_of_ppo_agents_trains():
     ([LevelSpec("x", children=[[0, 1], [1, 2, 3]])], "unit 1 has several parents"),
     ([LevelSpec("x", children=[[0, 1], [2]])], "units [3] have no parent"),
     ([LevelSpec("x", children=[[0, 1], [2, 7]])], "lists unit 7"),
-    ([LevelSpec("x", group_size=3)], "does not divide the 4 units"),
+    ([LevelSpec("x", group_size=-1)], "group_size must be >= 1, got -1"),
     ([LevelSpec("x", group_size=2, children=[[0, 1], [2, 3]])], "give one of group_size, children and groups"),
     ([LevelSpec("x", command="discrete(2)")], "'command' belongs to the levels above"),
     ([LevelSpec("x"), LevelSpec("x", group_size=2)], "gives it no command"),
@@ -546,3 +546,13 @@ def test_decide_every_holds_actions_and_redecides_when_subtasks_change():
         build(ToyEnv(num_envs=1, n_agents=2), [LevelSpec("x"), LevelSpec("x", group_size="all", joint=False,
                                                                          command="discrete(3)", decide_every=3)],
               [None, None])
+
+
+@pytest.mark.parametrize("n_below, size, children", [
+    (3, 2, [[0, 1], [2]]), (4, 2, [[0, 1], [2, 3]]), (5, 2, [[0, 1], [2, 3], [4]]),
+    (7, 3, [[0, 1, 2], [3, 4], [5, 6]]), (4, 3, [[0, 1], [2, 3]]), (1, 2, [[0]]),
+])
+def test_group_size_that_does_not_divide_gives_balanced_groups(n_below, size, children):
+    """Pins TAG's grouping on any number of agents: ceil(n / size) consecutive blocks of at most
+    ``size`` units, as equal as can be, the larger first."""
+    assert LevelSpec("x", group_size=size).resolve_children(n_below, "level 1") == children

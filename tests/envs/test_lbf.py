@@ -309,7 +309,7 @@ def test_shapes_spec_and_registry():
     assert "lbf" in ENVS and spec.name == "lbf" and spec.discrete
     assert isinstance(spec.action_space, spaces.Discrete) and spec.action_space.n == 6
     assert (spec.n_agents, spec.obs_dim, spec.state_dim, spec.num_envs) == (3, 15, 15, 3)
-    assert spec.capabilities == {"positions": 2}
+    assert spec.capabilities == {"positions": 2, "goal_indices": [6, 7]}
     ts = env.reset(seed=0)
     assert ts.obs.shape == (3, 3, 15) and ts.reward.shape == (3, 3) and ts.state.shape == (3, 15)
     assert ts.info["positions"].shape == (3, 3, 2)
@@ -410,3 +410,22 @@ def test_cuda_matches_cpu():
         cpu, gpu = (env.step(a.to(env.spec.device)) for env in envs)
         assert torch.equal(cpu.obs, gpu.obs.cpu()) and torch.equal(cpu.done, gpu.done.cpu())
         assert torch.allclose(cpu.reward, gpu.reward.cpu())
+
+
+@pytest.mark.parametrize("options", [{}, {"subtasks": True}, {"survival": True}])
+def test_goal_indices_hold_the_observers_own_position(options):
+    """Pins HRL-CG's goal dims on LBF: the observer's own (row, col), which move with it step by
+    step (grid units in the vector observation, scaled by 1 / (size - 1) in the subtasks one)."""
+    env = make_env("lbf", num_envs=4, n_agents=3, max_steps=50, seed=1, **options)
+    goal = env.spec.capabilities["goal_indices"]
+    scale = 1 / env._span if options.get("subtasks") else 1.0
+    ts = env.reset(seed=1)
+    for _ in range(5):
+        assert torch.allclose(ts.obs[..., goal], ts.info["positions"] * scale)
+        ts = env.step(torch.randint(0, 6, (4, 3)))
+
+
+def test_no_goal_indices_when_part_of_the_grid_is_out_of_sight():
+    """With a smaller sight the observer's coordinates are relative to its view corner: no goals."""
+    env = make_env("lbf", num_envs=1, n_agents=2, max_steps=50, seed=1, sight=2)
+    assert "goal_indices" not in env.spec.capabilities

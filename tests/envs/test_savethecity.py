@@ -280,7 +280,7 @@ def test_shapes_spec_capabilities_and_observation_layout():
     assert spec.capabilities == {"positions": 2, "subtasks": {
         "n_subtasks": 4, "n_entities": 7, "entity_dim": 12, "obs_entities": [12, 7],
         "subtask_of_entity": [-1, -1, -1, 0, 1, 2, 3], "finished_feature": 11, "feature_names": list(FEATURES)},
-        "episode_metrics": ["completed"]}
+        "episode_metrics": ["completed"], "goal_indices": [0, 1]}
     ts = env.reset()
     assert ts.obs.shape == (3, 3, 96) and ts.state.shape == (3, 84) and ts.reward.shape == (3, 3)
     info = ts.info
@@ -507,3 +507,13 @@ def test_cuda_matches_cpu():
         assert torch.allclose(cpu.obs, gpu.obs.cpu(), atol=1e-6) and torch.equal(cpu.done, gpu.done.cpu())
         assert torch.allclose(cpu.reward, gpu.reward.cpu())
         assert torch.allclose(cpu.info["subtask_rewards"], gpu.info["subtask_rewards"].cpu())
+
+
+def test_goal_indices_hold_the_agents_own_position():
+    """Pins HRL-CG's goal dims on SaveTheCity: the agent's own (row, col) / 15, first in its row."""
+    env = make_env("savethecity", num_envs=4, n_agents=3, max_steps=50, seed=1)
+    goal = env.spec.capabilities["goal_indices"]
+    ts = env.reset(seed=1)
+    for _ in range(5):
+        assert torch.allclose(ts.obs[..., goal], ts.info["positions"] / 15)
+        ts = env.step(torch.randint(0, 12, (4, 3)))
