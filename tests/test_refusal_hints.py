@@ -17,7 +17,7 @@ import pytest
 
 from hmarl.algorithms import FAMILIES, LEARNERS
 from hmarl.experiment import CONFIG_DIR, check_config, load_yaml, named_configs
-from tests.test_systems import SINGLE_AGENT_ENVS, supported
+from tests.test_systems import supported
 
 SYSTEMS = sorted(named_configs("algorithms"))
 ENVS = sorted(named_configs("envs"))
@@ -37,7 +37,7 @@ def refusals(system: str) -> dict[str, str]:
             continue
         config = {**load_yaml(CONFIG_DIR / "default.yaml"), **load_yaml(named_configs()[system]),
                   **load_yaml(named_configs()[env])}
-        config.update(n_agents=1 if env in SINGLE_AGENT_ENVS else 4, num_envs=2, rollout_steps=40,
+        config.update(num_envs=2, rollout_steps=40,  # each env at its own configured number of agents
                       total_steps=80, eval_envs=2, eval_interval=0, max_steps=40, progress=False,
                       checkpoint_interval=0)
         try:
@@ -75,7 +75,8 @@ def test_refusals_name_real_systems(system):
         assert not as_family, f"{system}'s refusals speak of {family}, not {system}: {as_family}"
 
 
-def test_hrl_refusals_say_hrl():
-    """Pins what started this: ``hrl`` on an env without goal dims said ``hrl_cg needs ...``."""
-    message = refusals("hrl")["lbf"]
-    assert message.startswith("hrl (family hrl_cg) needs an env with goal_indices; lbf has")
+def test_a_system_refusal_names_the_system():
+    """Pins what started this: ``hrl`` on an env without goal dims said ``hrl_cg needs ...``, naming its
+    family, not the system the user chose (``hrl`` now runs on every env: ``alma_nomask`` stands in)."""
+    message = refusals("alma_nomask")["vmas_balance"]
+    assert message.startswith("alma_nomask needs an env with subtasks; vmas_balance has")
