@@ -48,7 +48,8 @@ from hmarl.callbacks import Callback, LevelRollouts
 from hmarl.config import bool_problem, from_dict, writable_folder
 from hmarl.files import remove_stray_temps, write_atomically
 from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
-from hmarl.observer import WHAT_TO_DO, RecordsLost, describe
+from hmarl.observer import WHAT_TO_DO, RecordsLost
+from hmarl.observer import describe as describe_write_error  # (describe is the command below)
 
 # torch and everything built on it are imported inside the functions that train, check or
 # build a run, not here: ``python -m hmarl --help`` and ``print_config`` import this module
@@ -926,4 +927,4 @@ def main(_config: dict[str, Any], _run) -> float:
 
 def write_failure(error: OSError) -> str:
     """The line of a write that failed outside the observers (checkpoints, loggers, the model)."""
-    return f"could not write {describe(error)}; {WHAT_TO_DO}"
+    return f"could not write {describe_write_error(error)}; {WHAT_TO_DO}"
