@@ -377,10 +377,16 @@ class Allocator(EpisodeTargetLearner):
     def best_proposal(self, entities: Tensor, active: Tensor, critic: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
         """The best of ``n_proposals`` samples under ``critic``: alloc ``[..., N]``, its value, all samples."""
         proposals, _, _ = self.proposal(entities, active, self.config.n_proposals)
+        alloc, value = self.best_of(entities, proposals, critic)
+        return alloc, value, proposals
+
+    @staticmethod
+    def best_of(entities: Tensor, proposals: Tensor, critic: nn.Module) -> tuple[Tensor, Tensor]:
+        """The proposal ``[..., n, N]`` that ``critic`` values most, ``[..., N]``, and its value."""
         values = critic(entities, proposals)  # [..., n]
         best = values.argmax(-1, keepdim=True)
         alloc = proposals.gather(-2, best.unsqueeze(-1).expand(*best.shape, proposals.shape[-1])).squeeze(-2)
-        return alloc, values.gather(-1, best).squeeze(-1), proposals
+        return alloc, values.gather(-1, best).squeeze(-1)
 
     def exploration(self, progress: float | None = None) -> tuple[float, float]:
         """(prop_alloc_eps, alloc_eps) at ``progress`` (the latest by default), each linear over
@@ -392,14 +398,24 @@ class Allocator(EpisodeTargetLearner):
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         entities, active = self.view(obs)
-        alloc, _, proposals = self.best_proposal(entities, active, self.critic)
-        if not deterministic:
-            prop_eps, alloc_eps = self.exploration()
-            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < prop_eps
-            alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
-            uniform = uniform_active(active, alloc.shape)
-            random = torch.rand(alloc.shape, device=obs.device) < alloc_eps
-            alloc = torch.where(random, uniform, alloc)
+        if deterministic:
+            alloc, _, _ = self.best_proposal(entities, active, self.critic)
+            return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
+        proposals, _, _ = self.proposal(entities, active, self.config.n_proposals)
+        prop_eps, alloc_eps = self.exploration()
+        shape = (*proposals.shape[:-2], proposals.shape[-1])  # [..., N]
+        # every random draw first, in the order the allocation uses them; the critic draws none
+        unscored = torch.rand(shape[:-1], device=obs.device) < prop_eps
+        uniform = uniform_active(active, torch.Size(shape))
+        random = torch.rand(shape, device=obs.device) < alloc_eps
+        alloc = proposals[..., 0, :]
+        # Scoring the proposals (most of acting's cost) only matters to an agent that neither
+        # exploration replaces; early in training (both epsilons near 1) often none does, and
+        # one host read skips the critic: the same allocation either way.
+        if bool((~unscored.unsqueeze(-1) & ~random).any()):
+            best, _ = self.best_of(entities, proposals, self.critic)
+            alloc = torch.where(unscored.unsqueeze(-1), alloc, best)
+        alloc = torch.where(random, uniform, alloc)
         return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
 
     # -- learning ---------------------------------------------------------------------------

@@ -76,6 +76,42 @@ def test_uniform_active_draws_what_the_categorical_it_replaces_draws():
     assert bool(active.gather(-1, got).all())
 
 
+@pytest.mark.parametrize("progress", [0.0, 0.01, 0.04, 0.1, 0.5])
+def test_act_allocates_as_scoring_every_proposal_first_did(progress):
+    """act skips the critic where exploration replaces its pick; the allocations and the RNG
+    stream are those of the act that scored every proposal before drawing."""
+    from hmarl.algorithms.allocator import uniform_active
+
+    def scoring_act(learner, obs):  # the act before
+        entities, active = learner.view(obs)
+        alloc, _, proposals = learner.best_proposal(entities, active, learner.critic)
+        prop_eps, alloc_eps = learner.exploration()
+        unscored = torch.rand(alloc.shape[:-1]) < prop_eps
+        alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
+        uniform = uniform_active(active, alloc.shape)
+        random = torch.rand(alloc.shape) < alloc_eps
+        return torch.where(random, uniform, alloc).unsqueeze(-2)
+
+    torch.manual_seed(0)
+    learner = allocator()
+    learner.progress = progress
+    calls, scored = [], 0
+    learner.critic.register_forward_hook(lambda *args: calls.append(1))
+    for batch in (1, 3, 40):
+        obs = observation(batch, finished=(1,))
+        torch.manual_seed(batch)
+        expected, after = scoring_act(learner, obs), torch.rand(3)
+        torch.manual_seed(batch)
+        calls.clear()
+        got, _ = learner.act(obs)
+        scored += len(calls)
+        assert torch.equal(got, expected) and torch.equal(torch.rand(3), after)
+    if progress == 0.0:  # both epsilons 1 at the start: nothing to score
+        assert scored == 0
+    if progress >= 0.1:  # prop_alloc_eps 0.53 or less, alloc_eps 0: the critic picks for most
+        assert scored > 0
+
+
 def test_proposals_sample_and_score_as_with_one_hot_updates():
     """The earlier agents' updates enter the logits as ``one_hot(chosen) * dot`` did, bit for bit."""
     from torch import nn
