@@ -209,6 +209,9 @@ def measure(system: str, env: str, n_agents: int, num_envs: int, frames: int, th
     policy, and the process's peak memory."""
     import torch
 
+    from hmarl.experiment import flush_denormals
+
+    flush_denormals()  # as a training process does, before torch's worker threads start
     torch.set_num_threads(threads)
     if system == "limit" and of is None:
         raise ValueError("the limit pseudo-system needs the system it bounds (--of)")

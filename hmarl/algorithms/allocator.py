@@ -159,12 +159,15 @@ class ProposalNetwork(nn.Module):
         agent_part = nn.functional.linear(agents, first.weight[:, half:], first.bias).unsqueeze(-2)  # [..., N, 1, d]
         inactive = ~active.unsqueeze(-2)  # [..., 1, S]
         lead = (*base.shape[:-3], n_samples)
+        # chosen == k as a one-hot: the values of F.one_hot(chosen, S) * dot, without one_hot's
+        # two reductions and host reads (its range checks) per earlier agent
+        subtasks = torch.arange(base.shape[-1], device=base.device)
         choices, updates, log_probs, entropy = [], [], [], 0.0
         for i in range(n_agents):  # autoregressive over agents (N is small), batched otherwise
             logits = base[..., i, :].expand(*lead, base.shape[-1])  # [..., n, S]
             for chosen, delta in zip(choices, updates):
                 dot = (delta * agents[..., i, :].unsqueeze(-2)).sum(-1, keepdim=True) * self.scale  # [..., n, 1]
-                logits = logits + nn.functional.one_hot(chosen, logits.shape[-1]) * dot
+                logits = logits + (chosen.unsqueeze(-1) == subtasks) * dot
             log_p = logits.masked_fill(inactive, -1e9).log_softmax(-1)
             if given is None:  # Categorical(logits=log_p).sample(), without building the distribution
                 choice = torch.multinomial(log_p.exp().reshape(-1, log_p.shape[-1]), 1).view(lead)
@@ -329,6 +332,16 @@ class AllocationCritic(nn.Module):
         return torch.relu(tokens).view(*lead, e, d)
 
 
+def uniform_active(active: Tensor, shape: torch.Size) -> Tensor:
+    """A uniformly random active subtask for every agent, ``[..., N]`` from ``active [..., S]``:
+    ``Categorical(logits=where(active, 0, -1e9)).sample()`` op for op (the same draws from the
+    same RNG state), without the distribution's argument validation (a host read per call)."""
+    logits = torch.where(active, 0.0, -1e9).unsqueeze(-2).expand(*shape, -1)
+    logits = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True).T.reshape(shape)
+
+
 class Allocator(EpisodeTargetLearner):
     """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
 
@@ -365,10 +378,16 @@ class Allocator(EpisodeTargetLearner):
     def best_proposal(self, entities: Tensor, active: Tensor, critic: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
         """The best of ``n_proposals`` samples under ``critic``: alloc ``[..., N]``, its value, all samples."""
         proposals, _, _ = self.proposal(entities, active, self.config.n_proposals)
+        alloc, value = self.best_of(entities, proposals, critic)
+        return alloc, value, proposals
+
+    @staticmethod
+    def best_of(entities: Tensor, proposals: Tensor, critic: nn.Module) -> tuple[Tensor, Tensor]:
+        """The proposal ``[..., n, N]`` that ``critic`` values most, ``[..., N]``, and its value."""
         values = critic(entities, proposals)  # [..., n]
         best = values.argmax(-1, keepdim=True)
         alloc = proposals.gather(-2, best.unsqueeze(-1).expand(*best.shape, proposals.shape[-1])).squeeze(-2)
-        return alloc, values.gather(-1, best).squeeze(-1), proposals
+        return alloc, values.gather(-1, best).squeeze(-1)
 
     def exploration(self, progress: float | None = None) -> tuple[float, float]:
         """(prop_alloc_eps, alloc_eps) at ``progress`` (the latest by default), each linear over
@@ -380,15 +399,24 @@ class Allocator(EpisodeTargetLearner):
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         entities, active = self.view(obs)
-        alloc, _, proposals = self.best_proposal(entities, active, self.critic)
-        if not deterministic:
-            prop_eps, alloc_eps = self.exploration()
-            unscored = torch.rand(alloc.shape[:-1], device=obs.device) < prop_eps
-            alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
-            uniform = torch.distributions.Categorical(logits=torch.where(active, 0.0, -1e9).unsqueeze(-2)
-                                                      .expand(*alloc.shape, -1)).sample()
-            random = torch.rand(alloc.shape, device=obs.device) < alloc_eps
-            alloc = torch.where(random, uniform, alloc)
+        if deterministic:
+            alloc, _, _ = self.best_proposal(entities, active, self.critic)
+            return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
+        proposals, _, _ = self.proposal(entities, active, self.config.n_proposals)
+        prop_eps, alloc_eps = self.exploration()
+        shape = (*proposals.shape[:-2], proposals.shape[-1])  # [..., N]
+        # every random draw first, in the order the allocation uses them; the critic draws none
+        unscored = torch.rand(shape[:-1], device=obs.device) < prop_eps
+        uniform = uniform_active(active, torch.Size(shape))
+        random = torch.rand(shape, device=obs.device) < alloc_eps
+        alloc = proposals[..., 0, :]
+        # Scoring the proposals (most of acting's cost) only matters to an agent that neither
+        # exploration replaces; early in training (both epsilons near 1) often none does, and
+        # one host read skips the critic: the same allocation either way.
+        if bool((~unscored.unsqueeze(-1) & ~random).any()):
+            best, _ = self.best_of(entities, proposals, self.critic)
+            alloc = torch.where(unscored.unsqueeze(-1), alloc, best)
+        alloc = torch.where(random, uniform, alloc)
         return alloc.unsqueeze(-2), torch.zeros(obs.shape[:2], device=obs.device)
 
     # -- learning ---------------------------------------------------------------------------

@@ -62,6 +62,104 @@ def test_later_agents_see_earlier_choices():
     torch.testing.assert_close(again[..., 0], log_probs[..., 0])
 
 
+def test_uniform_active_draws_what_the_categorical_it_replaces_draws():
+    from hmarl.algorithms.allocator import uniform_active
+
+    active = torch.rand(64, S) < 0.6
+    active[:, 0] = True
+    shape = torch.Size((64, N))
+    torch.manual_seed(5)
+    expected = torch.distributions.Categorical(logits=torch.where(active, 0.0, -1e9).unsqueeze(-2)
+                                               .expand(*shape, -1)).sample()
+    torch.manual_seed(5)
+    got = uniform_active(active, shape)
+    assert got.shape == shape and torch.equal(got, expected)
+    assert bool(active.gather(-1, got).all())
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.01, 0.04, 0.1, 0.5])
+def test_act_allocates_as_scoring_every_proposal_first_did(progress):
+    """act skips the critic where exploration replaces its pick; the allocations and the RNG
+    stream are those of the act that scored every proposal before drawing."""
+    from hmarl.algorithms.allocator import uniform_active
+
+    def scoring_act(learner, obs):  # the act before
+        entities, active = learner.view(obs)
+        alloc, _, proposals = learner.best_proposal(entities, active, learner.critic)
+        prop_eps, alloc_eps = learner.exploration()
+        unscored = torch.rand(alloc.shape[:-1]) < prop_eps
+        alloc = torch.where(unscored.unsqueeze(-1), proposals[..., 0, :], alloc)
+        uniform = uniform_active(active, alloc.shape)
+        random = torch.rand(alloc.shape) < alloc_eps
+        return torch.where(random, uniform, alloc).unsqueeze(-2)
+
+    torch.manual_seed(0)
+    learner = allocator()
+    learner.progress = progress
+    calls, scored = [], 0
+    learner.critic.register_forward_hook(lambda *args: calls.append(1))
+    for batch in (1, 3, 40):
+        obs = observation(batch, finished=(1,))
+        torch.manual_seed(batch)
+        expected, after = scoring_act(learner, obs), torch.rand(3)
+        torch.manual_seed(batch)
+        calls.clear()
+        got, _ = learner.act(obs)
+        scored += len(calls)
+        assert torch.equal(got, expected) and torch.equal(torch.rand(3), after)
+    if progress == 0.0:  # both epsilons 1 at the start: nothing to score
+        assert scored == 0
+    if progress >= 0.1:  # prop_alloc_eps 0.53 or less, alloc_eps 0: the critic picks for most
+        assert scored > 0
+
+
+def test_proposals_sample_and_score_as_with_one_hot_updates():
+    """The earlier agents' updates enter the logits as ``one_hot(chosen) * dot`` did, bit for bit."""
+    from torch import nn
+
+    def one_hot_forward(self, entities, active, n_samples, given=None):  # the forward before, one_hot and all
+        n_agents = self.view.n_agents
+        embedded = self.encode(entities)
+        agents = embedded[..., :n_agents, :]
+        subtask = torch.einsum("...ed,es->...sd", embedded, self.view.membership)
+        base = (agents @ subtask.transpose(-1, -2) * self.scale).unsqueeze(-3)
+        first, last = self.residual[0], self.residual[2]
+        half = first.weight.shape[1] // 2
+        agent_part = nn.functional.linear(agents, first.weight[:, half:], first.bias).unsqueeze(-2)
+        inactive = ~active.unsqueeze(-2)
+        lead = (*base.shape[:-3], n_samples)
+        choices, updates, log_probs, entropy = [], [], [], 0.0
+        for i in range(n_agents):
+            logits = base[..., i, :].expand(*lead, base.shape[-1])
+            for chosen, delta in zip(choices, updates):
+                dot = (delta * agents[..., i, :].unsqueeze(-2)).sum(-1, keepdim=True) * self.scale
+                logits = logits + nn.functional.one_hot(chosen, logits.shape[-1]) * dot
+            log_p = logits.masked_fill(inactive, -1e9).log_softmax(-1)
+            if given is None:
+                choice = torch.multinomial(log_p.exp().reshape(-1, log_p.shape[-1]), 1).view(lead)
+            else:
+                choice = given[..., i]
+            log_probs.append(log_p.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
+            entropy = entropy - (log_p.exp() * log_p).sum(-1)
+            picked = subtask.gather(-2, choice.unsqueeze(-1).expand(*lead, subtask.shape[-1]))
+            for chosen, delta in zip(choices, updates):
+                picked = picked + (chosen == choice).unsqueeze(-1) * delta
+            hidden = torch.relu(nn.functional.linear(picked, first.weight[:, :half]) + agent_part[..., i, :, :])
+            updates.append(last(hidden))
+            choices.append(choice)
+        return torch.stack(choices, -1), torch.stack(log_probs, -1), entropy
+
+    torch.manual_seed(0)
+    learner = allocator()
+    entities, active = learner.view(observation(16, finished=(2,)))
+    for given in (None, torch.randint(0, S, (16, 5, N))):
+        torch.manual_seed(1)
+        expected = one_hot_forward(learner.proposal, entities, active, 5, given)
+        torch.manual_seed(1)
+        got = learner.proposal(entities, active, 5, given)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_exploration_schedules_by_hand():
     """Sec. 4.3 / spec (ALMA's code): prop_alloc_eps 1.0 -> 0.05 over the first 20% of
     training, alloc_eps 1.0 -> 0 over the first 5%: at progress 0.1, 1 - 0.95 / 2 = 0.525 and
