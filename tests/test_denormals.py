@@ -62,7 +62,7 @@ def train_td3(flush: bool) -> tuple[dict[str, torch.Tensor], int]:
             hierarchy.rollout(trainer.run.rollout_steps)
             hierarchy.update(progress=iteration / 3)
         learner = hierarchy.levels[0].learner
-        states = [s for o in learner.optimizers for state in o.state.values() for s in state.values()
+        states = [s for o in learner.optimizers() for state in o.state.values() for s in state.values()
                   if s.is_floating_point() and s.dim()]
         return {k: v.clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}, subnormals(states)
     finally:
