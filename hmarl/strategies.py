@@ -173,6 +173,9 @@ class Fixed(Grouping):
         parent, slot = self.parents(device)
         return Assignment.of(parent, slot, self.n_agents, self.group, num_envs, blocks)
 
+    def __repr__(self) -> str:
+        return f"Fixed({self.children})"
+
 
 class Regroup(Grouping):
     """HiMPo: balanced clusters of the units below by position, per copy (:class:`~hmarl.graphs.Regrouping`):
@@ -192,6 +195,10 @@ class Regroup(Grouping):
     def assign(self, ts: TimeStep, fresh: Tensor, previous: Assignment | None) -> Assignment:
         parent = self.regrouping.assign(ts.info["positions"], fresh, None if previous is None else previous.parent)
         return Assignment.of(parent, self.regrouping.slots(parent), self.n_agents, self.group, parent.shape[0])
+
+    def __repr__(self) -> str:
+        r = self.regrouping
+        return f"Regroup({r.n_groups} groups of <= {r.capacity}, {r.mode})"
 
 
 # -- CommandChannel ---------------------------------------------------------------------------
@@ -218,6 +225,9 @@ class CommandChannel:
     def carry(self, features: Tensor, child_obs: Tensor, next_child_obs: Tensor) -> Tensor:
         """The features after a step from ``child_obs`` to ``next_child_obs`` (unchanged by default)."""
         return features
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dim})"
 
 
 class OneHot(CommandChannel):
@@ -263,6 +273,9 @@ class RelativeGoal(Raw):
             self._index = torch.as_tensor(self.index, device=features.device)
         return goal_transition(child_obs, features, next_child_obs, self._index)
 
+    def __repr__(self) -> str:
+        return f"RelativeGoal(dims {self.index})"
+
 
 def channel_for(space: spaces.Discrete | spaces.Box | None, relative_goals: list[int] | None = None
                 ) -> CommandChannel | None:
@@ -293,6 +306,9 @@ class ActionSplit:
     def split(self, action: Tensor) -> Tensor:
         """``[B, N, ...]`` agents' actions -> ``[B, N * group, ...]`` one per child slot."""
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.space})"
 
 
 class Joint(ActionSplit):
@@ -394,6 +410,9 @@ class Termination:
         """``[B]`` bool: the copies whose agents act anew now."""
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        return type(self).__name__
+
 
 class Holding:
     """The per-copy state of a level under a holding termination: each copy's last action, the
@@ -435,6 +454,9 @@ class Every(Termination):
     def decide(self, now: Moment) -> Tensor:
         return (now.age % self.stride == 0) | now.fresh
 
+    def __repr__(self) -> str:
+        return f"Every({self.stride})"
+
 
 class OnSubtaskChange(Termination):
     """ALMA: a new allocation every ``k`` steps, at each episode's start, and at once when the
@@ -458,29 +480,14 @@ class OnSubtaskChange(Termination):
         now.memory["active"] = active
         return (now.age % self.k == 0) | now.fresh | changed
 
+    def __repr__(self) -> str:
+        return f"OnSubtaskChange({self.k})"
+
 
 #: Terminations by the name a level's ``termination`` key gives; register new ones here.
 TERMINATIONS = Registry("termination", {"every": Every, "on_subtask_change": OnSubtaskChange})
 
 
 def describe(strategy: Any) -> str:
-    """A strategy in one short phrase (``python -m hmarl describe``)."""
-    if strategy is None:
-        return "none"
-    name = type(strategy).__name__
-    if isinstance(strategy, Every):
-        return f"Every({strategy.stride})"
-    if isinstance(strategy, OnSubtaskChange):
-        return f"OnSubtaskChange({strategy.k})"
-    if isinstance(strategy, Fixed):
-        return f"Fixed({strategy.children})"
-    if isinstance(strategy, Regroup):
-        r = strategy.regrouping
-        return f"Regroup({r.n_groups} groups of <= {r.capacity}, {r.mode})"
-    if isinstance(strategy, RelativeGoal):
-        return f"RelativeGoal(dims {strategy.index})"
-    if isinstance(strategy, CommandChannel):
-        return f"{name}({strategy.dim})"
-    if isinstance(strategy, ActionSplit):
-        return f"{name}({strategy.space})"
-    return name
+    """A strategy in one short phrase (``python -m hmarl describe``): its ``repr``, or ``none``."""
+    return "none" if strategy is None else repr(strategy)
