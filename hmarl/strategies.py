@@ -59,6 +59,8 @@ class Assignment:
     group: int
     blocks: bool
     """The children are consecutive equal blocks of the units: every move is a reshape."""
+    rows: Tensor
+    """``[B, 1]``: each copy's index, for the gathers (made once, not per move)."""
 
     @property
     def n_units(self) -> int:
@@ -71,8 +73,7 @@ class Assignment:
         if self.blocks:
             return x.reshape(b, self.n_agents, self.group, *x.shape[2:])
         padded = torch.cat([x, x.new_zeros(b, 1, *x.shape[2:])], dim=1)
-        rows = torch.arange(b, device=x.device).unsqueeze(1)
-        return padded[rows, self.index].reshape(b, self.n_agents, self.group, *x.shape[2:])
+        return padded[self.rows, self.index].reshape(b, self.n_agents, self.group, *x.shape[2:])
 
     def present(self) -> Tensor:
         """``[B, N, G]`` bool: which child slots hold a unit."""
@@ -100,8 +101,7 @@ class Assignment:
         """``[B, N * G, ...]`` (one entry per child slot) -> ``[B, U, ...]`` (each unit's)."""
         if self.blocks:
             return per_slot
-        rows = torch.arange(per_slot.shape[0], device=per_slot.device).unsqueeze(1)
-        return per_slot[rows, self.unit_slot]
+        return per_slot[self.rows, self.unit_slot]
 
     @classmethod
     def of(cls, parent: Tensor, slot: Tensor, n_agents: int, group: int, num_envs: int,
@@ -111,7 +111,8 @@ class Assignment:
         unit_slot = (parent * group + slot).expand(num_envs, n_units)
         units = torch.arange(n_units, device=parent.device).expand(num_envs, n_units)
         index = torch.full((num_envs, n_agents * group), n_units, dtype=torch.long, device=parent.device)
-        return cls(parent, slot, index.scatter(1, unit_slot, units), unit_slot, n_agents, group, blocks)
+        rows = torch.arange(num_envs, device=parent.device).unsqueeze(1)
+        return cls(parent, slot, index.scatter(1, unit_slot, units), unit_slot, n_agents, group, blocks, rows)
 
 
 class Grouping:
