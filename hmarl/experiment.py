@@ -443,10 +443,10 @@ def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation
 def build(run: RunConfig) -> Hierarchy:
     """The run's hierarchy over its training env (:func:`make_checked_env`, ``num_envs`` copies).
 
-    Every configuration error surfaces here as a one-line ValueError: the env's refusals, the
-    family's (named after the system when the system has a name of its own, see
-    :func:`name_the_system`), a rollout length the levels cannot divide, and a ``reward`` or
-    ``reward_options`` set on a level that the family replaced with its own."""
+    Every configuration error surfaces here as a one-line ValueError: the env's refusals, an env
+    fact the system needs and the env lacks (:func:`unmet_requirement`, said of the system the
+    user named), the family's own refusals, a rollout length the levels cannot divide, and a
+    ``reward`` or ``reward_options`` set on a level that the family replaced with its own."""
     from hmarl.algorithms import FAMILIES
 
     if run.family not in FAMILIES:
@@ -455,25 +455,10 @@ def build(run: RunConfig) -> Hierarchy:
     refusal = unmet_requirement(run, env.spec)
     if refusal is not None:
         raise ValueError(refusal)
-    try:
-        hierarchy = FAMILIES[run.family].build(env, run.levels, run.learner_options, **run.family_options)
-    except ValueError as error:
-        raise ValueError(name_the_system(run, str(error))) from None
+    hierarchy = FAMILIES[run.family].build(env, run.levels, run.learner_options, **run.family_options)
     hierarchy.check_rollout_length(run.rollout_steps)
     _check_family_levels(run, hierarchy)
     return hierarchy.to(run.device)
-
-
-def name_the_system(run: RunConfig, message: str) -> str:
-    """A family's refusal, said of the system the user named.
-
-    A family does not know which named system it builds, so its refusals start with its own
-    name (``hrl_cg needs an env with goal_indices; ...``); for a system of another name (``hrl``,
-    ``alma_nomask``) that is a name the user never typed: it becomes ``hrl (family hrl_cg) needs
-    ...``. Other messages are returned unchanged."""
-    if run.algorithm != run.family and re.match(rf"{re.escape(run.family)}\b", message):
-        return f"{run.algorithm} (family {run.family}){message[len(run.family):]}"
-    return message
 
 
 def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
