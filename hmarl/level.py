@@ -127,7 +127,6 @@ class Level:
         self.training = True
         self.buffer = RolloutBuffer(0)
         self.io = level_io(below_spec, grouping, channel, self.split, positions)
-        self.group = self.io.group
         capabilities = {k: below_spec.capabilities[k] for k in ("positions", *self.facts_up)
                         if k in below_spec.capabilities}
         self.spec = EnvSpec(n_agents=self.io.n_agents, obs_dim=comm.out_dim,
