@@ -83,10 +83,11 @@ class OptionCritic(Learner):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         greedy = self.q(obs).argmax(-1)
+        no_log_prob = obs.new_zeros(obs.shape[:2])
         if deterministic:
-            return greedy, torch.zeros(obs.shape[:2])
-        explore = torch.rand(greedy.shape) < self.config.epsilon
-        return torch.where(explore, torch.randint_like(greedy, self.n_options), greedy), torch.zeros(obs.shape[:2])
+            return greedy, no_log_prob
+        explore = torch.rand(greedy.shape, device=obs.device) < self.config.epsilon
+        return torch.where(explore, torch.randint_like(greedy, self.n_options), greedy), no_log_prob
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
