@@ -8,7 +8,7 @@ from hmarl.lazy import module_dir, module_getattr
 
 _NAMES = {
     **dict.fromkeys(["Rollout", "RolloutBuffer"], "hmarl.buffers"),
-    "Callback": "hmarl.callbacks",
+    "Callback": "hmarl.run.callbacks",
     **dict.fromkeys(["COMMUNICATION", "Autoencoder", "Communication", "Concat"], "hmarl.comm"),
     **dict.fromkeys(["Hierarchy", "LevelSpec", "build_hierarchy", "parse_command"], "hmarl.hierarchy"),
     **dict.fromkeys(["AgentIO", "Learner", "Published", "UpdateContext", "UpdateResult"], "hmarl.learner"),

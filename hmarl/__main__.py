@@ -9,9 +9,9 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 from pathlib import Path  # noqa: E402
 
-from hmarl.config import writable_folder  # noqa: E402
-from hmarl.experiment import CONFIG_SUFFIXES, KINDS, ex, load_yaml, named_configs  # noqa: E402
-from hmarl.observer import AtomicFileStorageObserver, RecordsLost, check_records  # noqa: E402
+from hmarl.run.config import writable_folder  # noqa: E402
+from hmarl.run.experiment import CONFIG_SUFFIXES, KINDS, ex, load_yaml, named_configs  # noqa: E402
+from hmarl.run.observer import AtomicFileStorageObserver, RecordsLost, check_records  # noqa: E402
 
 OBSERVER_FLAGS = ("-F", "--file_storage", "-m", "--mongo_db", "-s", "--sql", "-u", "--unobserved")
 

@@ -94,7 +94,7 @@ class EnvSpec:
     switches: dict[str, str] = field(default_factory=dict)
     """Facts (:data:`FACTS`: capabilities, ``continuous_actions``) this env has behind an option:
     fact -> the constructor keyword that turns it on when true (an ``env_options`` key, or a run
-    key of :data:`TOP_LEVEL_SWITCHES`). A system that needs one turns it on (``hmarl.experiment``)."""
+    key of :data:`TOP_LEVEL_SWITCHES`). A system that needs one turns it on (``hmarl.run.experiment``)."""
 
     @property
     def discrete(self) -> bool:

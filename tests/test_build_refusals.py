@@ -127,7 +127,7 @@ def test_goal_manager_over_coded_messages_is_refused():
 def test_q_learning_systems_on_continuous_actions_are_refused(system, learner):
     """Pins the refusal of the flat Q-learning baselines on an env with Box actions (they take an
     argmax over a finite action set), at build time, naming the level and what to change."""
-    from hmarl.experiment import CONFIG_DIR, load_yaml
+    from hmarl.run.experiment import CONFIG_DIR, load_yaml
 
     config = load_yaml(CONFIG_DIR / "algorithms" / f"{system}.yaml")
     env = make_env("point_maze", num_envs=2, n_agents=1, max_steps=20, seed=0)

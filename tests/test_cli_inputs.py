@@ -1,7 +1,7 @@
 """Every bad input gets one line before training: through the real command lines, in subprocesses.
 
-Each case runs ``python -m hmarl`` (``-F`` to a temporary folder), ``python -m hmarl.sweep`` or
-``python -m hmarl.report`` and is classified: *clear* (exit code != 0, exactly one line on
+Each case runs ``python -m hmarl`` (``-F`` to a temporary folder), ``python -m hmarl.studies.sweep`` or
+``python -m hmarl.studies.report`` and is classified: *clear* (exit code != 0, exactly one line on
 stderr that names what to change, no traceback, nothing left behind: not even an empty
 results folder; for the cases
 marked as warnings: the run goes on and one warning line names the problem), *traceback*,
@@ -35,7 +35,7 @@ class Case:
     """One bad input: the command, the files it needs, and what its one line must name."""
 
     name: str
-    tool: str  # hmarl, hmarl.sweep or hmarl.report
+    tool: str  # hmarl, hmarl.studies.sweep or hmarl.studies.report
     args: list[str]
     names: str
     """A regex the error (or warning) line must match: what to change."""
@@ -79,18 +79,18 @@ CASES = [
     Case("unwritable checkpoint_dir", "hmarl", ["with", "ippo", "vmas_balance", *TINY, "checkpoint_interval=20",
                                                 "checkpoint_dir=a_file/checkpoints"], r"checkpoint_dir.*a_file",
          files={"a_file": ""}),
-    Case("empty sweep file", "hmarl.sweep", ["sweep.yaml", "--results", "sweeps"], r"sweep\.yaml.*empty",
+    Case("empty sweep file", "hmarl.studies.sweep", ["sweep.yaml", "--results", "sweeps"], r"sweep\.yaml.*empty",
          files={"sweep.yaml": ""}),
-    Case("sweep file without name", "hmarl.sweep", ["sweep.yaml", "--results", "sweeps"], r"sweep\.yaml.*name",
+    Case("sweep file without name", "hmarl.studies.sweep", ["sweep.yaml", "--results", "sweeps"], r"sweep\.yaml.*name",
          files={"sweep.yaml": json.dumps(SWEEP)}),
-    Case("sweep name escaping --results", "hmarl.sweep", ["sweep.yaml", "--results", "sweeps"],
+    Case("sweep name escaping --results", "hmarl.studies.sweep", ["sweep.yaml", "--results", "sweeps"],
          r"sweep\.yaml.*name.*\.\./x", files={"sweep.yaml": sweep_file(name="../x")}),
-    Case("sweep with unknown env_options", "hmarl.sweep", ["sweep.yaml", "--results", "sweeps"], r"env_options.*wind",
+    Case("sweep with unknown env_options", "hmarl.studies.sweep", ["sweep.yaml", "--results", "sweeps"], r"env_options.*wind",
          files={"sweep.yaml": sweep_file(config={**SWEEP["config"], "env_options": {"wind": 3}})}),
-    Case("sweep with unknown eval_env_options", "hmarl.sweep", ["sweep.yaml", "--results", "sweeps"],
+    Case("sweep with unknown eval_env_options", "hmarl.studies.sweep", ["sweep.yaml", "--results", "sweeps"],
          r"eval_env_options.*wind",
          files={"sweep.yaml": sweep_file(config={**SWEEP["config"], "eval_env_options": {"wind": 3}})}),
-    Case("unwritable report --out", "hmarl.report", ["results", "--out", "a_file/report"], r"--out.*a_file",
+    Case("unwritable report --out", "hmarl.studies.report", ["results", "--out", "a_file/report"], r"--out.*a_file",
          files={"a_file": "", "results/1/run.json": "{}"}),
 ]
 

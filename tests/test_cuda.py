@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from hmarl.experiment import Trainer
+from hmarl.run.experiment import Trainer
 from tests.test_systems import run_config
 
 pytestmark = [pytest.mark.cuda,

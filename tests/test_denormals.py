@@ -1,4 +1,4 @@
-"""Training processes flush subnormal floats to zero (``hmarl.experiment.flush_denormals``),
+"""Training processes flush subnormal floats to zero (``hmarl.run.experiment.flush_denormals``),
 in every torch thread, and that changes what a run learns by nothing measurable."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
+from hmarl.run.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = torch.finfo(torch.float32).tiny
@@ -26,7 +26,7 @@ def td3_point_maze(threads: int, total_steps: int = 1200) -> RunConfig:
 
 FLUSHES_IN_EVERY_THREAD = """
 import torch
-from hmarl.experiment import Trainer
+from hmarl.run.experiment import Trainer
 from tests.test_denormals import td3_point_maze
 Trainer(td3_point_maze(threads=2, total_steps=400))
 smallest = torch.tensor([1], dtype=torch.int32).view(torch.float32)  # 1.4e-45, made without arithmetic

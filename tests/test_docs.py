@@ -98,7 +98,7 @@ def isolated(tmp_path, monkeypatch):
     from hmarl.algorithms import FAMILIES, LEARNERS
     from hmarl.envs import ENVS
     from hmarl.comm import COMMUNICATION
-    from hmarl.experiment import ex
+    from hmarl.run.experiment import ex
     from hmarl.rewards import REWARD_RULES
 
     registries = [LEARNERS, FAMILIES, ENVS, COMMUNICATION, REWARD_RULES]
@@ -230,9 +230,9 @@ def test_example_runs_with_a_tiny_budget(example, isolated, monkeypatch, capsys)
 # -- the API reference ---------------------------------------------------------------------
 #: the framework's modules whose public classes, functions and methods must say what they do
 CORE_MODULES = ["hmarl.spec", "hmarl.strategies", "hmarl.level", "hmarl.hierarchy", "hmarl.comm", "hmarl.rewards", "hmarl.learner",
-                "hmarl.experiment", "hmarl.buffers", "hmarl.graphs", "hmarl.monitor", "hmarl.goals", "hmarl.config",
-                "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.observer", "hmarl.action_trace", "hmarl.bench",
-                "hmarl.callbacks"]
+                "hmarl.run.experiment", "hmarl.buffers", "hmarl.graphs", "hmarl.run.monitor", "hmarl.goals", "hmarl.run.config",
+                "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.run.observer", "hmarl.algorithms.tag.action_trace", "hmarl.studies.bench",
+                "hmarl.run.callbacks"]
 
 
 def undocumented(module) -> list[str]:

@@ -1,4 +1,4 @@
-"""python -m hmarl.evaluate: a run's model rebuilt from its config, greedy episodes, renderings."""
+"""python -m hmarl.run.evaluate: a run's model rebuilt from its config, greedy episodes, renderings."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import pytest
 import torch
 from sacred.initialize import create_run
 
-from hmarl import evaluate as evaluation
-from hmarl.experiment import RunConfig, Trainer, build, ex, make_run_env
-from hmarl.render import HierarchyWatch, Recorder, play, render_episode
+from hmarl.run import evaluate as evaluation
+from hmarl.run.experiment import RunConfig, Trainer, build, ex, make_run_env
+from hmarl.run.render import HierarchyWatch, Recorder, play, render_episode
 
 iio = pytest.importorskip("imageio.v3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def tag_run(tmp_path_factory) -> tuple[Path, float]:
 
 def evaluate_cli(*args, cwd):
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "hmarl.evaluate", *map(str, args)], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hmarl.run.evaluate", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})
 
 
@@ -64,7 +64,7 @@ def test_the_rebuilt_model_reproduces_the_runs_final_evaluation(tag_run):
 
 
 def test_a_run_of_the_command_line_evaluates_to_its_result(tmp_path):
-    """Pins the whole user path: python -m hmarl saves model.pt, python -m hmarl.evaluate reads it back."""
+    """Pins the whole user path: python -m hmarl saves model.pt, python -m hmarl.run.evaluate reads it back."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     train = subprocess.run([sys.executable, "-m", "hmarl", "with", "hrl_cg", "point_maze", "-F", "runs",
                             *(f"{k}={v}" for k, v in {**TINY, "max_steps": 40, "total_steps": 320}.items())],
@@ -119,7 +119,7 @@ def test_bad_arguments_are_one_line(tag_run, tmp_path, args, message):
     out = evaluate_cli(*[tag_run[0] if a == "RUN" else a for a in args], cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("hmarl.evaluate: ") and message in line
+    assert line.startswith("hmarl.run.evaluate: ") and message in line
 
 
 def test_a_run_folder_without_a_model_or_checkpoint_says_so(tag_run, tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hmarl.experiment import evaluate
+from hmarl.run.experiment import evaluate
 from hmarl.hierarchy import LevelSpec, build_hierarchy
-from hmarl.monitor import EpisodeMonitor
+from hmarl.run.monitor import EpisodeMonitor
 from tests.toys import EpisodesEnv, Scripted
 
 

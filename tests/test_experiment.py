@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmarl.experiment import Trainer, ex
+from hmarl.run.experiment import Trainer, ex
 from tests.test_systems import run_config
 
 TINY = ["num_envs=4", "rollout_steps=20", "total_steps=160", "eval_envs=2", "max_steps=20", "progress=False"]
@@ -172,7 +172,7 @@ def test_the_embedded_default_leaks_no_option_into_other_systems():
     """sacred merges a named config over the embedded default (tag_3ppo on vmas_balance), so an
     option block of another system must list every key the default's block of that name
     sets, or the default's value (e.g. TAG's 2,048-transition buffer) silently applies there."""
-    from hmarl.experiment import CONFIG_DIR, load_yaml, named_configs
+    from hmarl.run.experiment import CONFIG_DIR, load_yaml, named_configs
 
     default = load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml")
     blocks = {k: set(v) for k, v in default.items() if isinstance(v, dict)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hmarl.experiment import Trainer
+from hmarl.run.experiment import Trainer
 from tests.test_systems import run_config
 
 

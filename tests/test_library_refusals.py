@@ -15,7 +15,7 @@ import pytest
 from sacred.arg_parser import _convert_value
 from sacred.utils import set_by_dotted_path
 
-from hmarl.experiment import RunConfig, Trainer, UnusedOptions, check_config, ex
+from hmarl.run.experiment import RunConfig, Trainer, UnusedOptions, check_config, ex
 from tests.test_cli_inputs import CASES, Case
 
 #: cases about the command line itself (config files, -F), which the library has no counterpart of

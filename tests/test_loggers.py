@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-import hmarl.loggers
-from hmarl.loggers import WandbLogger, logger_names
+import hmarl.run.loggers
+from hmarl.run.loggers import WandbLogger, logger_names
 from tests.test_run_integrity import results, run_json, run_sacred  # noqa: F401 - results is a fixture
 
 
@@ -85,7 +85,7 @@ def test_wandb_offline_gets_the_metrics_of_metrics_json(results, tmp_path, monke
             summaries.append(dict(self.run.summary))  # what wandb holds before it finishes
             super().close(ok)
 
-    monkeypatch.setitem(hmarl.loggers.LOGGERS, "wandb", Spy)
+    monkeypatch.setitem(hmarl.run.loggers.LOGGERS, "wandb", Spy)
     run_sacred(tmp_path, logger="wandb", eval_interval=80)
     folder = results / "1"
     assert run_json(results)["status"] == "COMPLETED"

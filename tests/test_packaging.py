@@ -34,7 +34,7 @@ def test_the_wheel_ships_every_config_under_one_import_name_and_runs_from_outsid
                    check=True, capture_output=True, timeout=300)
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # ahead of any editable install of the checkout
-    check = ("import hmarl, hmarl.algorithms, hmarl.envs; from hmarl.experiment import CONFIG_DIR, named_configs; "
+    check = ("import hmarl, hmarl.algorithms, hmarl.envs; from hmarl.run.experiment import CONFIG_DIR, named_configs; "
              "print(hmarl.__file__); print(CONFIG_DIR); print(len(named_configs('algorithms')))")
     out = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env, capture_output=True, text=True,
                          timeout=300, check=True).stdout.split()

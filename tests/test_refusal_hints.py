@@ -16,7 +16,7 @@ import re
 import pytest
 
 from hmarl.algorithms import FAMILIES, LEARNERS
-from hmarl.experiment import CONFIG_DIR, check_config, load_yaml, named_configs
+from hmarl.run.experiment import CONFIG_DIR, check_config, load_yaml, named_configs
 from tests.test_systems import supported
 
 SYSTEMS = sorted(named_configs("algorithms"))

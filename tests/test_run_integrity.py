@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import hmarl.experiment
-import hmarl.observer
-from hmarl.experiment import (RECORDED_PACKAGES, RunConfig, Trainer, TrainingDiverged, build, ex, git_state,
+import hmarl.run.experiment
+import hmarl.run.observer
+from hmarl.run.experiment import (RECORDED_PACKAGES, RunConfig, Trainer, TrainingDiverged, build, ex, git_state,
                               resume_command)
 from hmarl.hierarchy import Hierarchy
-from hmarl.observer import AtomicFileStorageObserver
+from hmarl.run.observer import AtomicFileStorageObserver
 from tests.test_systems import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def run_json(results: Path) -> dict:
     return json.loads((results / "1" / "run.json").read_text())
 
 
-def disk_full_for(name: str, monkeypatch, module=hmarl.observer):
+def disk_full_for(name: str, monkeypatch, module=hmarl.run.observer):
     """Make ``module``'s atomic writer fail with ENOSPC for files called ``name``."""
     write = module.write_atomically
 
@@ -71,7 +71,7 @@ def test_a_record_that_cannot_be_written_fails_the_run_in_one_line(name, results
 
 
 def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(results, tmp_path, monkeypatch):
-    disk_full_for("checkpoint.pt", monkeypatch, module=hmarl.experiment)
+    disk_full_for("checkpoint.pt", monkeypatch, module=hmarl.run.experiment)
     with pytest.raises(SystemExit) as stop:
         run_sacred(tmp_path, checkpoint_interval=80)
     checkpoint = RunConfig.from_config(ex.current_run.config).checkpoint_path() / "checkpoint.pt"
@@ -132,7 +132,7 @@ def test_a_non_finite_loss_fails_the_sacred_run(results, tmp_path, monkeypatch):
 def test_stray_checkpoint_temp_files_are_removed_on_the_next_start(tmp_path, caplog):
     trainer = Trainer(run_config("ippo", "vmas_balance", tmp_path, checkpoint_interval=80, **TINY))
     trainer.path.mkdir(parents=True)
-    stray = trainer.path / ".checkpoint.pt.k2j4x.tmp"  # as hmarl.files.write_atomically names them
+    stray = trainer.path / ".checkpoint.pt.k2j4x.tmp"  # as hmarl.run.files.write_atomically names them
     stray.write_bytes(b"half a checkpoint")
     with caplog.at_level(logging.INFO, logger="hmarl"):
         trainer.fit()
@@ -226,7 +226,7 @@ def test_every_run_saves_its_model_and_records_its_code_and_versions(results, tm
     assert "model.pt" in record["artifacts"]
     saved = torch.load(folder / "model.pt", weights_only=True)
     assert saved["hmarl_version"] == record["host"]["hmarl"]["version"] and saved["env_steps"] == 160
-    # what python -m hmarl.evaluate does: the hierarchy rebuilt from config.json takes the modules
+    # what python -m hmarl.run.evaluate does: the hierarchy rebuilt from config.json takes the modules
     config = json.loads((folder / "config.json").read_text())
     hierarchy = build(RunConfig.from_config(config))
     hierarchy.load_state_dict(saved["modules"])
@@ -235,7 +235,7 @@ def test_every_run_saves_its_model_and_records_its_code_and_versions(results, tm
     dependencies = dict(d.split("==") for d in record["experiment"]["dependencies"])
     assert set(RECORDED_PACKAGES) <= set(dependencies) and "<unknown>" not in dependencies.values()
     sources = dict(record["experiment"]["sources"])
-    for code in ("hmarl/algorithms/ppo.py", "hmarl/envs/vmas.py", "hmarl/level.py", "hmarl/experiment.py"):
+    for code in ("hmarl/algorithms/ppo.py", "hmarl/envs/vmas.py", "hmarl/level.py", "hmarl/run/experiment.py"):
         relative = next(name for name in sources if (ROOT / "hmarl" / name).resolve() == (ROOT / code).resolve())
         assert (results / sources[relative]).read_bytes() == (ROOT / code).read_bytes()
     git = record["host"]["hmarl"]

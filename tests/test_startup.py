@@ -5,7 +5,7 @@ torch (about 1.2 s on a small machine), torch-geometric (1.4 s more) or any env 
 the package ``__init__`` files, the learner, family and env registries and the experiment
 module import those where they are used (:mod:`hmarl.lazy`). What each command imported
 is read from ``python -X importtime`` in a subprocess; nothing here measures time (the
-start-up table of ``python -m hmarl.bench --only startup`` does).
+start-up table of ``python -m hmarl.studies.bench --only startup`` does).
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hmarl import sweep as sweeps
-from hmarl.experiment import RunConfig
-from hmarl.observer import AtomicFileStorageObserver
+from hmarl.studies import sweep as sweeps
+from hmarl.run.experiment import RunConfig
+from hmarl.run.observer import AtomicFileStorageObserver
 
 TINY = {"num_envs": 2, "rollout_steps": 10, "total_steps": 40, "eval_envs": 2, "eval_interval": 0,
         "max_steps": 10, "n_agents": 2}
@@ -120,18 +120,18 @@ def test_finished_runs_are_skipped_and_a_failed_run_does_not_stop_the_others(tmp
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    import hmarl.experiment
+    import hmarl.run.experiment
 
     sweep = sweeps.load_sweep(write_sweep(tmp_path, config={**TINY, "total_steps": 80, "checkpoint_interval": 20}))
     (run,) = sweeps.prepare(sweeps.expand(sweep, tmp_path / "results"))
-    save = hmarl.experiment.Trainer.save
+    save = hmarl.run.experiment.Trainer.save
 
     def save_then_die(self, iteration):
         save(self, iteration)
         if iteration == 2:
             raise KeyboardInterrupt  # killed after the checkpoint at 40 env steps
 
-    monkeypatch.setattr(hmarl.experiment.Trainer, "save", save_then_die)
+    monkeypatch.setattr(hmarl.run.experiment.Trainer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         sweeps.execute(run)
     assert sweeps.completed_config(run.directory) is None and Path(run.checkpoint).exists()
@@ -156,7 +156,7 @@ def test_the_observer_never_leaves_a_half_written_file(tmp_path, monkeypatch):
         f.write('{"status": "COMPL')
         raise OSError("disk full")
 
-    monkeypatch.setattr("hmarl.observer.json.dump", dump_half)
+    monkeypatch.setattr("hmarl.run.observer.json.dump", dump_half)
     with pytest.raises(OSError, match="disk full"):
         observer.save_json({"status": "COMPLETED"}, "run.json")
     assert json.loads((tmp_path / "run.json").read_text()) == {"status": "RUNNING"}
@@ -166,7 +166,7 @@ def test_the_observer_never_leaves_a_half_written_file(tmp_path, monkeypatch):
 def test_the_command_line_lists_runs_and_rejects_a_bad_file(tmp_path, capsys):
     sweeps.main([str(write_sweep(tmp_path, seeds=2)), "--list", "--results", str(tmp_path)])
     assert capsys.readouterr().out.split() == ["vmas_balance/ippo/seed0", "vmas_balance/ippo/seed1"]
-    with pytest.raises(SystemExit, match="hmarl.sweep: .*unknown option"):
+    with pytest.raises(SystemExit, match="hmarl.studies.sweep: .*unknown option"):
         sweeps.main([str(write_sweep(tmp_path, colour="red"))])
 
 
@@ -251,7 +251,7 @@ def test_two_sweeps_on_one_folder_split_the_runs_and_both_record_them(tmp_path):
 
     path = write_sweep(tmp_path, seeds=4)
     root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "hmarl.sweep", str(path), "--results", str(tmp_path / "results"),
+    command = [sys.executable, "-m", "hmarl.studies.sweep", str(path), "--results", str(tmp_path / "results"),
                "--workers", "1"]
     env = {**__import__("os").environ, "PYTHONPATH": str(root)}
     first, second = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

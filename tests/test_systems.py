@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from hmarl import experiment
+from hmarl.run import experiment
 from hmarl.envs import make_env
-from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, build, load_yaml, named_configs, run_requires
+from hmarl.run.experiment import CONFIG_DIR, RunConfig, Trainer, build, load_yaml, named_configs, run_requires
 
 OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn", "qmix", "aqmix", "allocator")
 # mpe2 itself behind the PettingZoo adapter (one copy at a time): the task of mpe_simple_spread (its

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hmarl import experiment
-from hmarl import sweep as sweeps
+from hmarl.run import experiment
+from hmarl.studies import sweep as sweeps
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["num_envs=2", "rollout_steps=10", "total_steps=40", "eval_envs=2", "max_steps=10", "progress=False",

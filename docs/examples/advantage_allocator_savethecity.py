@@ -27,8 +27,8 @@ import torch
 
 from hmarl.algorithms.common import build_levels
 from hmarl.envs import make_env
-from hmarl.experiment import CONFIG_DIR, evaluate, load_yaml
-from hmarl.monitor import EpisodeMonitor
+from hmarl.run.experiment import CONFIG_DIR, evaluate, load_yaml
+from hmarl.run.monitor import EpisodeMonitor
 
 
 def parse_args() -> argparse.Namespace:

@@ -23,8 +23,8 @@ import torch
 
 from hmarl.algorithms.common import build_levels
 from hmarl.envs import make_env
-from hmarl.experiment import CONFIG_DIR, evaluate, load_yaml
-from hmarl.monitor import EpisodeMonitor
+from hmarl.run.experiment import CONFIG_DIR, evaluate, load_yaml
+from hmarl.run.monitor import EpisodeMonitor
 
 N_AGENTS = 8
 LEVELS = [

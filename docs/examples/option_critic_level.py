@@ -35,9 +35,9 @@ from hmarl import AgentIO, Learner, Rollout, UpdateContext, UpdateResult
 from hmarl.algorithms import LEARNERS
 from hmarl.algorithms.common import build_levels
 from hmarl.envs import make_env
-from hmarl.experiment import evaluate
+from hmarl.run.experiment import evaluate
 from hmarl.hierarchy import describe_hierarchy
-from hmarl.monitor import EpisodeMonitor
+from hmarl.run.monitor import EpisodeMonitor
 from hmarl.nn import AgentMLP
 from hmarl.strategies import TERMINATIONS, Moment, Termination
 

@@ -4,7 +4,7 @@
 
 Each family trains through the command line a user would type (``python -m hmarl with
 SYSTEM ENV ...``, a few minutes on two CPU cores: tiny runs, so the agents have learned a
-little, not much) and ``python -m hmarl.evaluate RUN --render OUT.gif`` draws one greedy
+little, not much) and ``python -m hmarl.run.evaluate RUN --render OUT.gif`` draws one greedy
 episode with the hierarchy over the env (every family, or those named). The runs' folders go to
 ``--scratch/<family>`` (emptied first).
 """
@@ -43,7 +43,7 @@ def main() -> None:
         shutil.rmtree(runs, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "hmarl", "with", system, env, *keys, "eval_interval=0", "eval_envs=8",
                         "progress=False", "-F", str(runs)], check=True)
-        subprocess.run([sys.executable, "-m", "hmarl.evaluate", str(runs / "1"), "--episodes", "8",
+        subprocess.run([sys.executable, "-m", "hmarl.run.evaluate", str(runs / "1"), "--episodes", "8",
                         "--render", str(args.out / f"{family}.gif")], check=True)
 
 

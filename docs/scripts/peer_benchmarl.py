@@ -1,10 +1,10 @@
-"""The speed peer: BenchMARL's MAPPO on VMAS balance, timed the way ``python -m hmarl.bench`` times ours.
+"""The speed peer: BenchMARL's MAPPO on VMAS balance, timed the way ``python -m hmarl.studies.bench`` times ours.
 
 BenchMARL is not a dependency of hmarl; install it in a virtual environment of its own,
 outside this repository, and point the bench at that interpreter::
 
     python -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.13.0 && /tmp/peer/bin/pip install benchmarl vmas
-    python -m hmarl.bench --only vmas_balance --peer-python /tmp/peer/bin/python
+    python -m hmarl.studies.bench --only vmas_balance --peer-python /tmp/peer/bin/python
 
 The script can also run alone (``/tmp/peer/bin/python docs/scripts/peer_benchmarl.py --n-envs 64``).
 Settings mirror the bench's: ``n_envs`` copies x 100 steps per batch (one 100-step episode

@@ -39,9 +39,9 @@ class Family:
 #: ``levels[*].learner`` name -> (module of hmarl.algorithms, class): the learners' one table
 _LEARNER_TABLE = {
     "ppo": ("ppo", "PPO"), "mappo": ("ppo", "MAPPO"), "td3": ("td3", "TD3"), "dqn": ("dqn", "DQN"),
-    "goal_manager": ("hrl_cg", "GoalManager"), "heuristic": ("heuristic", "SpreadHeuristic"),
-    "graph_ppo": ("graph_ppo", "GraphPPO"), "aqmix": ("aqmix", "AQMIX"), "allocator": ("allocator", "Allocator"),
-    "heuristic_allocator": ("allocator", "HeuristicAllocator"), "qmix": ("qmix", "QMIX"),
+    "goal_manager": ("hrl_cg.family", "GoalManager"), "heuristic": ("heuristic", "SpreadHeuristic"),
+    "graph_ppo": ("graph_ppo", "GraphPPO"), "aqmix": ("alma.aqmix", "AQMIX"), "allocator": ("alma.allocator", "Allocator"),
+    "heuristic_allocator": ("alma.allocator", "HeuristicAllocator"), "qmix": ("qmix", "QMIX"),
 }
 LEARNERS: Registry[type[Learner]] = Registry("learner")
 for _name, (_module, _class) in _LEARNER_TABLE.items():
@@ -93,9 +93,9 @@ def system_requires(family: str, levels: list[dict[str, Any]], options: dict[str
 
 
 def _family(name: str, options: bool) -> Callable[[], Family]:
-    """The loader of the family ``hmarl.algorithms.<name>``: its ``build``, and its ``Options``
+    """The loader of the family ``hmarl.algorithms.<name>`` (its ``family`` module for a package): its ``build``, and its ``Options``
     dataclass if ``options`` (the config keys are checked against its fields, so it is imported)."""
-    module = f"hmarl.algorithms.{name}"
+    module = f"hmarl.algorithms.{name}" + (".family" if name in _PACKAGED else "")
 
     def load() -> Family:
         if not options:
@@ -106,6 +106,8 @@ def _family(name: str, options: bool) -> Callable[[], Family]:
     return load
 
 
+#: the families that are packages (``hmarl.algorithms.<name>.family`` builds them); ``flat`` is a module
+_PACKAGED = ("tag", "hrl_cg", "himpo", "alma")
 FAMILIES: Registry[Family] = Registry("family")
 for _name, _options in [("tag", False), ("flat", False), ("hrl_cg", True), ("himpo", True), ("alma", True)]:
     FAMILIES.add_lazy(_name, _family(_name, _options))

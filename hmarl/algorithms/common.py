@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from hmarl.algorithms import Family  # noqa: F401  (defined there, importable from here as before)
-from hmarl.config import from_dict
+from hmarl.run.config import from_dict
 from hmarl.buffers import ReplayBuffer, Rollout
 from hmarl.goals import goal_transition
 from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy

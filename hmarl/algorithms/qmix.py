@@ -38,7 +38,7 @@ Decisions where our setting differs from the paper, or where it leaves a choice:
   the envs here little is lost: LBF (full sight) and SaveTheCity observe the whole grid, and
   MPE's own state is exactly this concatenation.
 * **The team reward r** is the mean of the agents' rewards (those whose transition counts):
-  the return hmarl logs (:class:`~hmarl.monitor.EpisodeMonitor` averages over agents) and what
+  the return hmarl logs (:class:`~hmarl.run.monitor.EpisodeMonitor` averages over agents) and what
   flat A-QMIX trains on, equal to the shared reward where every agent receives it. EPyMARL's
   gym wrapper sums them, N times this: a rescaling of Q_tot, which ``reward_scale`` gives.
 * A time limit is not terminal: the target bootstraps from the final observation of a

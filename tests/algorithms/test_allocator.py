@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from hmarl.algorithms.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
+from hmarl.algorithms.alma.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
 from hmarl.learner import UpdateContext
 from hmarl import AgentIO, EnvSpec, Rollout
 
@@ -63,7 +63,7 @@ def test_later_agents_see_earlier_choices():
 
 
 def test_uniform_active_draws_what_the_categorical_it_replaces_draws():
-    from hmarl.algorithms.allocator import uniform_active
+    from hmarl.algorithms.alma.allocator import uniform_active
 
     active = torch.rand(64, S) < 0.6
     active[:, 0] = True
@@ -81,7 +81,7 @@ def test_uniform_active_draws_what_the_categorical_it_replaces_draws():
 def test_act_allocates_as_scoring_every_proposal_first_did(progress):
     """act skips the critic where exploration replaces its pick; the allocations and the RNG
     stream are those of the act that scored every proposal before drawing."""
-    from hmarl.algorithms.allocator import uniform_active
+    from hmarl.algorithms.alma.allocator import uniform_active
 
     def scoring_act(learner, obs):  # the act before
         entities, active = learner.view(obs)

@@ -6,10 +6,10 @@ import torch
 
 from hmarl.strategies import OnSubtaskChange
 from hmarl.algorithms import FAMILIES
-from hmarl.algorithms.allocator import HeuristicAllocator
-from hmarl.algorithms.alma import build
+from hmarl.algorithms.alma.allocator import HeuristicAllocator
+from hmarl.algorithms.alma.family import build
 from hmarl.envs import make_env
-from hmarl.experiment import CONFIG_DIR, load_yaml
+from hmarl.run.experiment import CONFIG_DIR, load_yaml
 from hmarl.rewards import SubtaskReward
 
 

@@ -7,7 +7,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from hmarl.algorithms.aqmix import AQMIX, AQMIXConfig
+from hmarl.algorithms.alma.aqmix import AQMIX, AQMIXConfig
 from hmarl.learner import UpdateContext
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO

@@ -8,10 +8,10 @@ from gymnasium import spaces
 from hmarl.algorithms.common import build_levels
 from hmarl.learner import UpdateContext
 from hmarl.algorithms.graph_ppo import EdgeNetwork, GraphPPO, GraphPPOConfig
-from hmarl.algorithms.himpo import build
+from hmarl.algorithms.himpo.family import build
 from hmarl.envs import make_env
 from hmarl import AgentIO
-from hmarl.experiment import CONFIG_DIR, load_yaml
+from hmarl.run.experiment import CONFIG_DIR, load_yaml
 from tests.toys import ToyEnv, bandit_rollout
 
 ALPHA, K, GOAL = 5, 2, 4

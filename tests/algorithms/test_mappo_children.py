@@ -13,7 +13,7 @@ from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, standardize
 from hmarl.envs import make_env
 from hmarl import AgentIO
 from hmarl.buffers import Rollout
-from hmarl.experiment import CONFIG_DIR, load_yaml
+from hmarl.run.experiment import CONFIG_DIR, load_yaml
 
 
 def linear_sizes(net) -> list[tuple[int, int]]:

@@ -5,7 +5,7 @@ import pytest
 from gymnasium import spaces
 
 from hmarl.algorithms.ppo import PPO, PPOConfig
-from hmarl.experiment import CONFIG_DIR, load_yaml
+from hmarl.run.experiment import CONFIG_DIR, load_yaml
 from tests.toys import _io
 
 COMMON = dict(learning_rate=0.001, anneal_lr=True, max_grad_norm=0.5, update_epochs=4, gamma=0.99,

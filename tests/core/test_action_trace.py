@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hmarl.action_trace import LevelActionTrace
+from hmarl.algorithms.tag.action_trace import LevelActionTrace
 from hmarl.buffers import Rollout
 
 
@@ -50,7 +50,7 @@ def test_episodes_are_split_at_done_and_continue_across_rollouts():
 
 def test_only_hierarchies_with_discrete_commands_over_discrete_actions_are_traced(tmp_path):
     from tests.test_systems import run_config
-    from hmarl.experiment import Trainer
+    from hmarl.run.experiment import Trainer
 
     run = run_config("tag_2ppo", "vmas_simple_spread", tmp_path)
     trainer = Trainer(run, lambda *entry: None)

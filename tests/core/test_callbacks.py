@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from hmarl.callbacks import Callback
-from hmarl.experiment import Trainer, evaluate
+from hmarl.run.callbacks import Callback
+from hmarl.run.experiment import Trainer, evaluate
 from tests.test_systems import run_config
 
 

@@ -9,7 +9,7 @@ import torch
 
 from hmarl.envs import make_env
 from hmarl.envs.lbf import ENTITY_FEATURES, LOAD, NONE
-from hmarl.experiment import Trainer
+from hmarl.run.experiment import Trainer
 from tests.test_systems import run_config
 
 

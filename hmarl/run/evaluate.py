@@ -1,17 +1,17 @@
 """Evaluate (and render) what a run trained.
 
-    python -m hmarl.evaluate RUN_DIR [--episodes N] [--render out.gif|out.mp4] [--device cpu]
+    python -m hmarl.run.evaluate RUN_DIR [--episodes N] [--render out.gif|out.mp4] [--device cpu]
 
 ``RUN_DIR`` is a sacred run folder (``results/<id>/``, or a sweep's ``.../seed<k>/<id>/``):
 its ``config.json`` rebuilds the hierarchy exactly as training built it
-(``hmarl.experiment.build``) and its ``model.pt`` (``{"modules": hierarchy.state_dict(), ...}``)
+(``hmarl.run.experiment.build``) and its ``model.pt`` (``{"modules": hierarchy.state_dict(), ...}``)
 fills in the weights; a run folder without one falls back to the run's last checkpoint, if it
 is still where the config put it. The agents then play ``N`` greedy episodes (one per env
 copy, each counted once as in training's evaluations; by default as many, and with the same
 seed, as the run's own evaluations, so the result matches its final ``eval/return``), and the
 mean return is printed with a 95% confidence interval (Student's t over episodes), with any
 success rate and episode metrics the env reports. ``--render`` plays one more episode and
-writes it with the hierarchy drawn over the env (``hmarl.render``).
+writes it with the hierarchy drawn over the env (``hmarl.run.render``).
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ from scipy import stats
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from hmarl.config import writable_folder  # noqa: E402
-from hmarl.experiment import RunConfig, build, evaluate, make_run_env  # noqa: E402
+from hmarl.run.config import writable_folder  # noqa: E402
+from hmarl.run.experiment import RunConfig, build, evaluate, make_run_env  # noqa: E402
 from hmarl.hierarchy import Hierarchy  # noqa: E402
-from hmarl.render import VIDEO_SUFFIXES, render_episode  # noqa: E402
+from hmarl.run.render import VIDEO_SUFFIXES, render_episode  # noqa: E402
 
 MODEL = "model.pt"
 """The file a run keeps its final model in (a sacred artifact in the run folder)."""
@@ -98,7 +98,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[RunConfig,
         saved = torch.load(checkpoint, map_location=run.device, weights_only=False)
         state, source = saved["hierarchy"]["modules"], checkpoint
         if saved["iteration"] < run.iterations:
-            print(f"hmarl.evaluate: warning: {checkpoint} is from iteration {saved['iteration']} of "
+            print(f"hmarl.run.evaluate: warning: {checkpoint} is from iteration {saved['iteration']} of "
                   f"{run.iterations}, not the end of training", file=sys.stderr)
     # The weights do not depend on the number of env copies; one is enough to build them on.
     hierarchy = build(run.replace(num_envs=1))
@@ -123,7 +123,7 @@ def evaluate_run(run: RunConfig, hierarchy: Hierarchy, episodes: int, seed: int)
 
 def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m hmarl.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hmarl.run.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a sacred run folder (config.json, model.pt)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="greedy episodes (default: the run's eval_envs, as its own evaluations)")
@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for name in ("episodes", "fps", "every", "size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"hmarl.evaluate: --{name} must be >= 1, got {getattr(args, name)}")
+            raise SystemExit(f"hmarl.run.evaluate: --{name} must be >= 1, got {getattr(args, name)}")
     if args.render is not None and args.render.suffix not in VIDEO_SUFFIXES:
-        raise SystemExit(f"hmarl.evaluate: --render {args.render}: write a .gif or an .mp4")
+        raise SystemExit(f"hmarl.run.evaluate: --render {args.render}: write a .gif or an .mp4")
     try:
         if args.render is not None:
             writable_folder(args.render.resolve().parent, "--render folder")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  rendered {drawn['frames']} frames of a {drawn['steps']}-step episode with the "
                   f"{drawn['renderer']} renderer to {drawn['path']}")
     except (ValueError, KeyError, OSError) as error:
-        raise SystemExit(f"hmarl.evaluate: {error.args[0] if isinstance(error, KeyError) else error}") from None
+        raise SystemExit(f"hmarl.run.evaluate: {error.args[0] if isinstance(error, KeyError) else error}") from None
 
 
 if __name__ == "__main__":

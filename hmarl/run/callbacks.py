@@ -1,4 +1,4 @@
-"""Watching training: what :class:`hmarl.experiment.Trainer` tells its callbacks.
+"""Watching training: what :class:`hmarl.run.experiment.Trainer` tells its callbacks.
 
 ``Trainer(run, callbacks=[...])`` calls, for each :class:`Callback`, in the order given:
 
@@ -26,21 +26,21 @@
 
 ``step`` is the number of env steps (all copies) trained once this iteration is done. The
 callbacks' state is not part of checkpoints (the built-in action trace's is): a resumed run
-starts them afresh. :mod:`hmarl.action_trace` is a callback of its own.
+starts them afresh. :mod:`hmarl.algorithms.tag.action_trace` is a callback of its own.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch only where the trainer runs: hmarl.experiment imports this module
+if TYPE_CHECKING:  # torch only where the trainer runs: hmarl.run.experiment imports this module
     from hmarl.buffers import Rollout
-    from hmarl.experiment import Trainer
+    from hmarl.run.experiment import Trainer
     from hmarl.hierarchy import Hierarchy
 
 
 class Callback:
-    """Watches a :class:`hmarl.experiment.Trainer`; override the hooks you need (each does
+    """Watches a :class:`hmarl.run.experiment.Trainer`; override the hooks you need (each does
     nothing here). See the module docstring for what each receives."""
 
     def on_reset(self, trainer: Trainer) -> None:

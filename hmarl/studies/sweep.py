@@ -1,8 +1,8 @@
 """Sweeps: algorithms x envs x seeds x override grids, run locally or on a Ray cluster.
 
-    python -m hmarl.sweep tag_paper                  # a shipped sweep by name; local pool, 2 workers
-    python -m hmarl.sweep tag_paper --quick --workers 4
-    python -m hmarl.sweep my_sweep.yaml --backend ray --address auto
+    python -m hmarl.studies.sweep tag_paper                  # a shipped sweep by name; local pool, 2 workers
+    python -m hmarl.studies.sweep tag_paper --quick --workers 4
+    python -m hmarl.studies.sweep my_sweep.yaml --backend ray --address auto
 
 A sweep file (YAML, validated into ``SweepFile``) names sacred named configs and
 overrides; each combination is one sacred run of the same experiment as ``python -m
@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from hmarl.config import from_dict
-from hmarl.files import write_atomically
+from hmarl.run.config import from_dict
+from hmarl.run.files import write_atomically
 
 
 @dataclass
@@ -72,7 +72,7 @@ class SweepFile:
     quick: QuickBudget = field(default_factory=QuickBudget)
     description: str = ""
     claims: list = field(default_factory=list)
-    """The papers' claims, checked by ``python -m hmarl.report --claims``."""
+    """The papers' claims, checked by ``python -m hmarl.studies.report --claims``."""
     thresholds: dict = field(default_factory=dict)
     """env -> return threshold for the report's steps-to-threshold."""
 
@@ -104,14 +104,14 @@ class RunSpec:
 
 def shipped_sweeps() -> list[str]:
     """The names of the sweeps shipped in ``hmarl/configs/sweeps/``."""
-    from hmarl.experiment import CONFIG_DIR
+    from hmarl.run.experiment import CONFIG_DIR
 
     return sorted(path.stem for path in (CONFIG_DIR / "sweeps").glob("*.yaml"))
 
 
 def load_sweep(path: str | Path) -> SweepFile:
     """Read and validate a sweep file; every problem is a ValueError naming the file."""
-    from hmarl.experiment import CONFIG_DIR, load_yaml, named_configs
+    from hmarl.run.experiment import CONFIG_DIR, load_yaml, named_configs
 
     shipped = CONFIG_DIR / "sweeps" / f"{path}.yaml"
     if not Path(path).exists() and shipped.exists():  # a shipped sweep by name: tag_paper
@@ -160,7 +160,7 @@ def load_sweep(path: str | Path) -> SweepFile:
 
 def check_claims(sweep: SweepFile, path: str | Path) -> None:
     """Claims must parse and name labels the sweep produces (else the report would say "not run")."""
-    from hmarl.report import parse_claim
+    from hmarl.studies.report import parse_claim
 
     labels = {(run.env, run.label) for run in expand(sweep, "results")}
     for entry in sweep.claims:
@@ -207,7 +207,7 @@ def sacred_config(run: RunSpec) -> dict[str, Any]:
     the config it completes, and sacred checks only the runs of its ``main`` command)."""
     from sacred.initialize import create_run
 
-    from hmarl.experiment import ex
+    from hmarl.run.experiment import ex
 
     return dict(create_run(ex, "print_config", run.updates, [run.algorithm, run.env], log_level="ERROR").config)
 
@@ -219,21 +219,21 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
 
 def warn(message: str) -> None:
     """A problem that does not stop the sweep, as one line on stderr."""
-    print(f"hmarl.sweep: warning: {message}", file=sys.stderr)
+    print(f"hmarl.studies.sweep: warning: {message}", file=sys.stderr)
 
 
 def prepare(runs: list[RunSpec], warn: Callable[[str], None] = warn) -> list[RunSpec]:
     """Check every run before anything trains and fill in what a run needs to resume.
 
     Checks each distinct config once as a run of ``python -m hmarl`` is checked
-    (``hmarl.experiment.check_config``: keys, env options, the hierarchy; bad input fails here,
+    (``hmarl.run.experiment.check_config``: keys, env options, the hierarchy; bad input fails here,
     naming the run), warns of learner options that no run uses (a sweep's shared ``config``
     may well set options that only some of its systems use), sets the default checkpoint interval (a
     fifth of the budget, at least one episode of every copy, since checkpoints restart
     episodes) and refuses a results folder that holds a completed run of a different config
     (an edited sweep file, or two sweeps of one name).
     """
-    from hmarl.experiment import RunConfig, check_config
+    from hmarl.run.experiment import RunConfig, check_config
 
     configs: dict[tuple[str, str, str], dict[str, Any]] = {}
     unused: dict[str, list[str]] = {}  # learner -> the runs whose system does not use its options
@@ -292,8 +292,8 @@ def execute(run: RunSpec, wait: bool = False) -> None:
     checked for completion again (another sweep may have finished it since this sweep
     looked): then the process exits with ``DONE_ELSEWHERE`` and trains nothing.
     """
-    from hmarl.experiment import ex
-    from hmarl.observer import AtomicFileStorageObserver
+    from hmarl.run.experiment import ex
+    from hmarl.run.observer import AtomicFileStorageObserver
 
     Path(run.directory).mkdir(parents=True, exist_ok=True)
     with open(Path(run.directory) / ".lock", "w") as lock:
@@ -352,7 +352,7 @@ def run_isolated(run: RunSpec, wait: bool = False) -> dict[str, Any]:
     outcome = {"run": run.name, "resumed": bool(run.checkpoint) and Path(run.checkpoint).exists()}
     if completed_config(run.directory) is not None:
         return {**outcome, "status": "SKIPPED", "seconds": 0.0, "error": None}
-    command = [sys.executable, "-m", "hmarl.sweep", "--execute", json.dumps(asdict(run)), *(["--wait"] if wait else [])]
+    command = [sys.executable, "-m", "hmarl.studies.sweep", "--execute", json.dumps(asdict(run)), *(["--wait"] if wait else [])]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
         with _children_lock:
             _children.add(child)
@@ -476,7 +476,7 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring); exits with 1 if a run failed."""
-    parser = argparse.ArgumentParser(prog="python -m hmarl.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hmarl.studies.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", nargs="?", help="a sweep file, or the name of a shipped one (tag_paper: hmarl/configs/sweeps/tag_paper.yaml)")
     parser.add_argument("--quick", action="store_true", help="the sweep's reduced budget (its quick: block)")
     parser.add_argument("--results", default="results/sweeps", help="results root (default: results/sweeps)")
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
         outcomes = run_prepared(sweep, runs, args.results, args.quick, args.backend, args.workers, args.address,
                                 progress)
     except (ValueError, OSError) as error:
-        raise SystemExit(f"hmarl.sweep: {error}") from None
+        raise SystemExit(f"hmarl.studies.sweep: {error}") from None
     bar.close()
     counts = {s: sum(o["status"] == s for o in outcomes) for s in ("COMPLETED", "SKIPPED", "FAILED")}
     print(f"{sweep.name}: {len(outcomes)} runs in {time.perf_counter() - tic:.0f} s: {counts['COMPLETED']} completed, "

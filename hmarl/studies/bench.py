@@ -1,11 +1,11 @@
 """Throughput of full training loops next to raw env stepping (the limit) and a peer; how it
 grows with the number of copies; how long the command line takes to answer.
 
-    python -m hmarl.bench                                  # every group; writes docs/benchmarks.md
-    python -m hmarl.bench --only vmas_balance startup      # some groups (env names, startup, scaling)
-    python -m hmarl.bench --quick                          # a quarter of the frames, scaling to 256 copies
-    python -m hmarl.bench --only vmas_balance --peer-python /tmp/peer/bin/python   # with the peer
-    python -m hmarl.bench --only scaling --device cuda --out docs/benchmarks_cuda.md
+    python -m hmarl.studies.bench                                  # every group; writes docs/benchmarks.md
+    python -m hmarl.studies.bench --only vmas_balance startup      # some groups (env names, startup, scaling)
+    python -m hmarl.studies.bench --quick                          # a quarter of the frames, scaling to 256 copies
+    python -m hmarl.studies.bench --only vmas_balance --peer-python /tmp/peer/bin/python   # with the peer
+    python -m hmarl.studies.bench --only scaling --device cuda --out docs/benchmarks_cuda.md
 
 Throughput groups run named configs on one env for ``frames`` env steps with 100-step
 rollouts; the on-policy systems use 4 epochs of 4 minibatches, as the peer does. The figure
@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = REPO / "docs" / "scripts" / "peer_benchmarl.py"
 
 
@@ -79,7 +79,7 @@ STARTUP = (("--help", ["--help"]),
 def system_config(algorithm: str, env: str, n_agents: int, num_envs: int, frames: int, threads: int,
                   device: str):
     """The run of named config ``algorithm`` on ``env`` with the benchmark's budget."""
-    from hmarl.experiment import CONFIG_DIR, RunConfig, load_yaml
+    from hmarl.run.experiment import CONFIG_DIR, RunConfig, load_yaml
 
     config = {**load_yaml(CONFIG_DIR / "default.yaml"), **load_yaml(CONFIG_DIR / "algorithms" / f"{algorithm}.yaml"),
               **load_yaml(CONFIG_DIR / "envs" / f"{env}.yaml")}
@@ -94,7 +94,7 @@ def system_config(algorithm: str, env: str, n_agents: int, num_envs: int, frames
 def training_throughput(run) -> dict:
     """Env steps per second over all training iterations (see the module docstring), and the
     off-policy learners' gradient steps per second over the same time."""
-    from hmarl.experiment import Trainer
+    from hmarl.run.experiment import Trainer
 
     seconds = []
 
@@ -130,7 +130,7 @@ def limit_throughput(run) -> dict:
     system's), run on random minibatches drawn in advance, shaped like its replay rows (floats
     uniform in [0, 1), integers uniform up to the largest stored, booleans fair coins).
     """
-    from hmarl.experiment import Trainer
+    from hmarl.run.experiment import Trainer
 
     hierarchy = Trainer(run).hierarchy
     hierarchy.train(True)
@@ -209,7 +209,7 @@ def measure(system: str, env: str, n_agents: int, num_envs: int, frames: int, th
     policy, and the process's peak memory."""
     import torch
 
-    from hmarl.experiment import flush_denormals
+    from hmarl.run.experiment import flush_denormals
 
     flush_denormals()  # as a training process does, before torch's worker threads start
     torch.set_num_threads(threads)
@@ -228,8 +228,8 @@ def measure(system: str, env: str, n_agents: int, num_envs: int, frames: int, th
 
 
 def measured(system: str, env: str, n_agents: int, num_envs: int, frames: int, args, of: str | None = None) -> dict:
-    """:func:`measure` in a fresh interpreter (``python -m hmarl.bench measure ...``)."""
-    command = [sys.executable, "-m", "hmarl.bench", "measure", system, env, str(n_agents), str(num_envs),
+    """:func:`measure` in a fresh interpreter (``python -m hmarl.studies.bench measure ...``)."""
+    command = [sys.executable, "-m", "hmarl.studies.bench", "measure", system, env, str(n_agents), str(num_envs),
                str(frames), "--threads", str(args.threads), "--device", args.device] + (["--of", of] if of else [])
     out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if out.returncode:
@@ -352,10 +352,10 @@ def machine_line(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m hmarl.bench``: print the tables and write them to ``--out``."""
+    """``python -m hmarl.studies.bench``: print the tables and write them to ``--out``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["measure"]:
-        parser = argparse.ArgumentParser(prog="python -m hmarl.bench measure")
+        parser = argparse.ArgumentParser(prog="python -m hmarl.studies.bench measure")
         for name in ("system", "env"):
             parser.add_argument(name)
         for name in ("n_agents", "num_envs", "frames"):
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n\n".join(tables))
     # this machine's paths stay out of the page: the peer's interpreter and the page itself
     shown = [{"--peer-python": "PEER_PYTHON", "--out": "OUT"}.get(before, a) for before, a in zip(["", *argv], argv)]
-    command = "python -m hmarl.bench " + " ".join(shown)
+    command = "python -m hmarl.studies.bench " + " ".join(shown)
     header = (f"# Benchmarks\n\nGenerated by `{command.strip()}` on {datetime.date.today()}. {machine_line(args)}\n\n"
               "Figures are env steps per second of the training iterations (rollouts and updates, "
               "warm-up included; no evaluation, as in the peer's run), 100-step rollouts, on-policy "

@@ -6,9 +6,9 @@ pairs the top's action for agent i with agent j's actions).
 The bottom level's observation ends with its one-hot command, so the rollout of the bottom
 level holds everything; copy 0 is traced, agent 0 against agent 1. Saved as
 ``level_actions.npz`` (``bottom``, ``connected``, ``unconnected`` ``[episodes, T]`` padded
-with -1, ``n_actions``, ``n_upper_actions``), which ``hmarl.report`` turns into the figure.
+with -1, ``n_actions``, ``n_upper_actions``), which ``hmarl.studies.report`` turns into the figure.
 
-The trace is a :class:`hmarl.callbacks.Callback`: the trainer makes it its first callback for
+The trace is a :class:`hmarl.run.callbacks.Callback`: the trainer makes it its first callback for
 every hierarchy it applies to (:meth:`LevelActionTrace.for_hierarchy`), and keeps its state in
 checkpoints.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hmarl.buffers import Rollout
-from hmarl.callbacks import Callback, LevelRollouts
+from hmarl.run.callbacks import Callback, LevelRollouts
 from hmarl.hierarchy import Hierarchy
 
 

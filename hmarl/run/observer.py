@@ -23,7 +23,7 @@ from sacred.dependencies import get_digest
 from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
 
-from hmarl.files import write_atomically
+from hmarl.run.files import write_atomically
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Tables, learning curves and a paper check from the sacred runs under a results folder.
 
-    python -m hmarl.report RESULTS_DIR --out OUT_DIR [--claims FILE ...] [--metric NAME ...] [--threshold ENV=VALUE ...]
+    python -m hmarl.studies.report RESULTS_DIR --out OUT_DIR [--claims FILE ...] [--metric NAME ...] [--threshold ENV=VALUE ...]
                            [--export-marl-eval FILE]
 
 Reads every COMPLETED FileStorageObserver run below RESULTS_DIR (the latest of duplicates of one
@@ -8,7 +8,7 @@ env, label and seed), groups them by (env, label) with the seeds as samples, and
 OUT_DIR/README.md, ``curves_<env>.png``, with several envs the aggregate across them and
 ``aggregate_profiles.png``, and, for runs with a ``level_actions.npz`` artifact,
 ``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). ``--export-marl-eval`` also writes the
-runs in marl-eval's JSON layout (``marl_eval_data``). Statistics live in ``hmarl.analysis``.
+runs in marl-eval's JSON layout (``marl_eval_data``). Statistics live in ``hmarl.studies.analysis``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import yaml
 # Figure objects render PNGs through Agg without pyplot, so importing this module leaves the user's backend alone.
 from matplotlib.figure import Figure
 
-from hmarl.analysis import (
+from hmarl.studies.analysis import (
     BOOTSTRAP_METHOD,
     BOOTSTRAP_RESAMPLES,
     PROFILE_TAUS,
@@ -48,8 +48,8 @@ from hmarl.analysis import (
     mode_stability,
     normalized_scores,
 )
-from hmarl.config import writable_folder
-from hmarl.files import write_atomically
+from hmarl.run.config import writable_folder
+from hmarl.run.files import write_atomically
 
 PRIMARY_METRIC = "eval/return"
 MIN_SEEDS = 3  # per side, for a claim's verdict
@@ -585,7 +585,7 @@ def env_threshold(text: str) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m hmarl.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hmarl.studies.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="folders searched recursively for sacred runs")
     parser.add_argument("--out", type=Path, required=True, help="folder for README.md and the figures")
     parser.add_argument("--page", type=Path, default=None,
@@ -610,12 +610,12 @@ def main(argv: list[str] | None = None) -> None:
         claims, thresholds = load_claims(args.claims)
         collection = load_runs(*args.results)
     except ValueError as error:
-        raise SystemExit(f"hmarl.report: {error}") from None
+        raise SystemExit(f"hmarl.studies.report: {error}") from None
     if not collection.runs:
         raise SystemExit(f"no COMPLETED sacred runs under {where} "
                          f"({collection.skipped} run folders skipped); nothing to report")
     metrics = list(dict.fromkeys([PRIMARY_METRIC, *args.metric]))
-    command = "python -m hmarl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m hmarl.studies.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(write_report(collection, where, args.out, metrics, thresholds | dict(args.threshold), claims, args.page,
                        command))
     if args.export_marl_eval is not None:

@@ -1,6 +1,6 @@
 """Statistics over seeds, their aggregate across envs, and TAG's inter-level action correlation (Sec. 5.3).
 
-Used by ``hmarl.report``; every function takes and returns plain arrays or numbers. Resampling is
+Used by ``hmarl.studies.report``; every function takes and returns plain arrays or numbers. Resampling is
 ``scipy.stats.bootstrap``'s (percentile method); the interquartile mean, the probability of improvement
 and performance profiles follow rliable's definitions (Agarwal et al. 2021, *Deep RL at the Edge of the
 Statistical Precipice*), and ``tests/test_report.py`` checks them against rliable where it is installed

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
-from hmarl.observer import check_records
+from hmarl.run.observer import check_records
 
 
 class MetricLogger(Protocol):

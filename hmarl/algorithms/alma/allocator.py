@@ -33,7 +33,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from hmarl.algorithms.aqmix import EpisodeTargetLearner
+from hmarl.algorithms.alma.aqmix import EpisodeTargetLearner
 from hmarl.algorithms.common import OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult

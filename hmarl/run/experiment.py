@@ -44,19 +44,19 @@ from sacred.host_info import host_info_gatherer  # noqa: E402
 from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
 from sacred.utils import iterate_flattened  # noqa: E402
 
-from hmarl.callbacks import Callback, LevelRollouts
-from hmarl.config import bool_problem, from_dict, writable_folder
-from hmarl.files import remove_stray_temps, write_atomically
-from hmarl.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
-from hmarl.observer import WHAT_TO_DO, RecordsLost
-from hmarl.observer import describe as describe_write_error  # (describe is the command below)
+from hmarl.run.callbacks import Callback, LevelRollouts
+from hmarl.run.config import bool_problem, from_dict, writable_folder
+from hmarl.run.files import remove_stray_temps, write_atomically
+from hmarl.run.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
+from hmarl.run.observer import WHAT_TO_DO, RecordsLost
+from hmarl.run.observer import describe as describe_write_error  # (describe is the command below)
 
 # torch and everything built on it are imported inside the functions that train, check or
 # build a run, not here: ``python -m hmarl --help`` and ``print_config`` import this module
 # (sacred's command line lives here) and must answer without torch's second of imports.
 if TYPE_CHECKING:
     from hmarl.hierarchy import Hierarchy
-    from hmarl.monitor import EpisodeMonitor
+    from hmarl.run.monitor import EpisodeMonitor
     from hmarl.spec import EnvSpec
 
 PACKAGE_DIR = Path(str(importlib.resources.files("hmarl")))
@@ -179,7 +179,7 @@ class RunConfig:
     eval_env_options: dict = field(default_factory=dict)
     """Env options of the evaluation env only, over ``env_options`` (e.g. fixed targets)."""
     logger: str | list = ""
-    """Metric loggers beside sacred's observers (``hmarl.loggers``): csv, tensorboard, wandb."""
+    """Metric loggers beside sacred's observers (``hmarl.run.loggers``): csv, tensorboard, wandb."""
     log_dir: str = ""
     """Where the loggers write; empty: the run's folder."""
     wandb_project: str = "hmarl"
@@ -424,7 +424,7 @@ def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation
     """The run's env with ``num_envs`` copies, wrapped to measure episode returns; the options its
     system needs switched on (:func:`switched_on`)."""
     from hmarl.envs import ENVS, make_env
-    from hmarl.monitor import EpisodeMonitor
+    from hmarl.run.monitor import EpisodeMonitor
     from hmarl.spec import EnvSpec
 
     if run.env not in ENVS:
@@ -578,8 +578,8 @@ class Trainer:
     replays exactly what the uninterrupted run would have done.
 
     Metrics go to ``log`` (a function of name, value, step) and to every logger of
-    ``loggers`` (:mod:`hmarl.loggers`), flushed after each iteration. ``callbacks``
-    (:class:`hmarl.callbacks.Callback`) watch each iteration: what every level observed, was
+    ``loggers`` (:mod:`hmarl.run.loggers`), flushed after each iteration. ``callbacks``
+    (:class:`hmarl.run.callbacks.Callback`) watch each iteration: what every level observed, was
     commanded and was rewarded in the rollout, and the update's metrics.
     """
 
@@ -587,7 +587,7 @@ class Trainer:
                  callbacks: Sequence[Callback] = (), warn: Callable[[Warning], None] | None = warnings.warn):
         import torch
 
-        from hmarl.action_trace import LevelActionTrace
+        from hmarl.algorithms.tag.action_trace import LevelActionTrace
 
         flush_denormals()  # first: before torch's worker threads start (see flush_denormals)
         self.run, self.log, self.loggers = run, log, list(loggers)
@@ -596,7 +596,7 @@ class Trainer:
         torch.manual_seed(run.seed)
         self.hierarchy = build(run)
         """The trained stack over the training env (``num_envs`` copies): ``hierarchy.levels``
-        bottom-up, ``hierarchy.env`` the env (an :class:`hmarl.monitor.EpisodeMonitor`)."""
+        bottom-up, ``hierarchy.env`` the env (an :class:`hmarl.run.monitor.EpisodeMonitor`)."""
         self.evaluator = self.hierarchy.attach(make_checked_env(run, run.eval_envs, seed_offset=10_000,
                                                                 evaluation=True))
         """The same agents (shared modules) over the evaluation env (``eval_envs`` copies, with
