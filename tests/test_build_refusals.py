@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hmarl.algorithms import FAMILIES
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.envs import make_env
 
 ALLOCATOR = {"learner": "allocator", "group_size": "all", "joint": False, "command": "discrete(4)", "decide_every": 5}

@@ -95,10 +95,8 @@ def test_a_second_registration_of_a_shipped_name_is_refused():
 
 def test_learners_and_families_load_on_lookup():
     from hmarl.algorithms import FAMILIES, LEARNERS, Family
-    from hmarl.algorithms.common import Family as FromCommon
     from hmarl.learner import Learner
 
-    assert FromCommon is Family
     for name in LEARNERS:
         assert issubclass(LEARNERS[name], Learner), name
     for name in FAMILIES:

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.envs import make_env
 from hmarl.run.experiment import CONFIG_DIR, evaluate, load_yaml
 from hmarl.run.monitor import EpisodeMonitor

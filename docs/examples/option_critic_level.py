@@ -33,7 +33,7 @@ import torch
 
 from hmarl import AgentIO, Learner, Rollout, UpdateContext, UpdateResult
 from hmarl.algorithms import LEARNERS
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.envs import make_env
 from hmarl.run.experiment import evaluate
 from hmarl.hierarchy import describe_hierarchy

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, adam, epsilon_greedy, linear_schedule, weighted_mean
-from hmarl.algorithms.td3 import flatten_steps, soft_update
+from hmarl.algorithms.offpolicy import (OffPolicyConfig, ReplayLearner, adam, epsilon_greedy, flatten_steps,
+                                       linear_schedule, soft_update, weighted_mean)
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO, UpdateContext, UpdateResult
+from hmarl.learner import AgentIO, UpdateContext
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
@@ -159,17 +159,11 @@ class DQN(ReplayLearner):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
 
-    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
-        """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
-        gradient steps once ``learning_starts`` env steps are stored."""
-        c = self.config
-        self.progress = ctx.progress
-        mask = None if rollout.mask is None else flatten_steps(rollout.mask)
-        self.store(self.transitions(rollout, ctx), mask)
-        if len(self.replay) < c.batch_size or self.env_steps < c.learning_starts:
-            return UpdateResult()
-        t, b = rollout.obs.shape[:2]
-        stats = self.learn(c.gradient_steps(t * b), c.batch_size)
+    def warmed_up(self) -> bool:
+        """Once ``learning_starts`` env steps are stored (and a minibatch)."""
+        return super().warmed_up() and self.env_steps >= self.config.learning_starts
+
+    def after_learning(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         if stats:
             stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
-        return UpdateResult(stats)
+        return stats

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.hierarchy import Hierarchy
 from hmarl.spec import MultiAgentEnv
 

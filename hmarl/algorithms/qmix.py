@@ -73,9 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hmarl.algorithms.common import adam, weighted_mean
+from hmarl.algorithms.offpolicy import adam, soft_update, weighted_mean
 from hmarl.algorithms.dqn import DQN, DQNConfig
-from hmarl.algorithms.td3 import soft_update
 from hmarl.learner import AgentIO
 
 Tensor = torch.Tensor

@@ -38,28 +38,13 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, adam, weighted_mean
+from hmarl.algorithms.offpolicy import OffPolicyConfig, ReplayLearner, adam, flatten_steps, soft_update, weighted_mean
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO, UpdateContext, UpdateResult
+from hmarl.learner import AgentIO, UpdateContext
 from hmarl.nn import AgentMLP
 
 Tensor = torch.Tensor
 """Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
-
-
-def flatten_steps(x: Tensor) -> Tensor:
-    """``[T, B, ...]`` -> ``[T*B, ...]``: the rows a replay stores."""
-    return x.reshape(-1, *x.shape[2:])
-
-
-def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    """``target <- tau * source + (1 - tau) * target``, parameter by parameter."""
-    with torch.no_grad():
-        target_params, source_params = list(target.parameters()), list(source.parameters())
-        if tau == 1.0:
-            torch._foreach_copy_(target_params, source_params)
-        else:
-            torch._foreach_lerp_(target_params, source_params, tau)
 
 
 class StackedMLP(nn.Module):
@@ -299,14 +284,3 @@ class TD3(ReplayLearner):
         actor_loss = self._actor_loss if self._actor_loss is not None else q_loss.new_zeros(())
         return {"q_loss": q_loss.detach(), "actor_loss": actor_loss, "q1": q1_mean}
 
-    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
-        """Store the rollout (its masked transitions left out), then ``gradient_steps(T * B)``
-        critic steps once the replay holds a batch; the actor and targets every ``policy_delay``."""
-        c = self.config
-        self.progress = ctx.progress
-        mask = None if rollout.mask is None else flatten_steps(rollout.mask)
-        self.store(self.transitions(rollout, ctx), mask)
-        if len(self.replay) < c.batch_size:
-            return UpdateResult()
-        t, b = rollout.obs.shape[:2]
-        return UpdateResult(self.learn(c.gradient_steps(t * b), c.batch_size))

@@ -24,14 +24,21 @@
 - ``on_update(trainer, metrics, step)`` after the coordinated update: the update's metrics as
   floats (``level{l}/{learner}/{loss}``), before they are logged.
 
-``step`` is the number of env steps (all copies) trained once this iteration is done. The
-callbacks' state is not part of checkpoints (the built-in action trace's is): a resumed run
-starts them afresh. :mod:`hmarl.algorithms.tag.action_trace` is a callback of its own.
+``step`` is the number of env steps (all copies) trained once this iteration is done.
+
+A config names callbacks too: ``callbacks: [action_trace]`` (TAG's configs do) builds each
+from :data:`CALLBACKS` with ``from_trainer(trainer)``. A named callback's :meth:`Callback.state`
+travels with the run's checkpoints and its :meth:`Callback.artifacts` become the run's sacred
+artifacts; callbacks given to ``Trainer(callbacks=...)`` start afresh on a resume.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hmarl.lazy import attribute
+from hmarl.registry import Registry
 
 if TYPE_CHECKING:  # torch only where the trainer runs: hmarl.run.experiment imports this module
     from hmarl.buffers import Rollout
@@ -51,6 +58,23 @@ class Callback:
 
     def on_update(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
         """The coordinated update of the levels ran; ``metrics`` are its results."""
+
+    @classmethod
+    def from_trainer(cls, trainer: Trainer) -> Callback | None:
+        """The callback a config names (``callbacks: [name]``) for ``trainer``; None where it has
+        nothing to watch in this hierarchy. Default: ``cls()``."""
+        return cls()
+
+    def state(self) -> Any:
+        """What a checkpoint keeps of a named callback (None: nothing)."""
+        return None
+
+    def load_state(self, state: Any) -> None:
+        """Continue from what :meth:`state` returned."""
+
+    def artifacts(self, folder: Path) -> list[Path]:
+        """Files written into ``folder`` at the run's end, kept as its sacred artifacts (none here)."""
+        return []
 
 
 class LevelRollouts(Sequence):
@@ -73,3 +97,8 @@ class LevelRollouts(Sequence):
             steps = self.env_steps // self.hierarchy.strides[index]
             self._read[index] = self.hierarchy.levels[index].rollout(steps=steps)
         return self._read[index]
+
+
+CALLBACKS: Registry[type[Callback]] = Registry("callback")
+"""Callbacks a config names in ``callbacks``; register your own here (``CALLBACKS["mine"] = Mine``)."""
+CALLBACKS.add_lazy("action_trace", attribute("hmarl.algorithms.tag.action_trace", "LevelActionTrace"))

@@ -44,7 +44,7 @@ from sacred.host_info import host_info_gatherer  # noqa: E402
 from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
 from sacred.utils import iterate_flattened  # noqa: E402
 
-from hmarl.run.callbacks import Callback, LevelRollouts
+from hmarl.run.callbacks import CALLBACKS, Callback, LevelRollouts
 from hmarl.run.config import bool_problem, from_dict, writable_folder
 from hmarl.run.files import remove_stray_temps, write_atomically
 from hmarl.run.loggers import MetricLogger, SacredLogger, logger_names, open_loggers
@@ -178,6 +178,8 @@ class RunConfig:
     env_options: dict = field(default_factory=dict)
     eval_env_options: dict = field(default_factory=dict)
     """Env options of the evaluation env only, over ``env_options`` (e.g. fixed targets)."""
+    callbacks: list = field(default_factory=list)
+    """Trainer callbacks by name (:data:`hmarl.run.callbacks.CALLBACKS`), e.g. TAG's ``action_trace``."""
     logger: str | list = ""
     """Metric loggers beside sacred's observers (``hmarl.run.loggers``): csv, tensorboard, wandb."""
     log_dir: str = ""
@@ -211,6 +213,12 @@ class RunConfig:
         for key in ("total_steps", "num_envs", "rollout_steps", "eval_envs", "n_agents", "max_steps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        from hmarl.run.callbacks import CALLBACKS
+
+        if not isinstance(self.callbacks, list):
+            raise ValueError(f"callbacks must be a list of names, got {self.callbacks!r}")
+        for name in self.callbacks:
+            CALLBACKS.lookup(name, "callbacks")
         for key in ("eval_interval", "checkpoint_interval", "threads"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -587,8 +595,6 @@ class Trainer:
                  callbacks: Sequence[Callback] = (), warn: Callable[[Warning], None] | None = warnings.warn):
         import torch
 
-        from hmarl.algorithms.tag.action_trace import LevelActionTrace
-
         flush_denormals()  # first: before torch's worker threads start (see flush_denormals)
         self.run, self.log, self.loggers = run, log, list(loggers)
         if run.threads:
@@ -606,11 +612,15 @@ class Trainer:
             for warning in _unused_learner_options(run, self.hierarchy):
                 warn(warning)
         self.history: list[tuple[str, float, int]] = []
-        self.trace = LevelActionTrace.for_hierarchy(self.hierarchy)
-        """Inter-level action streams (TAG Sec. 5.3), for hierarchies with discrete commands: the
-        first of :attr:`callbacks` (None for other hierarchies)."""
-        self.callbacks: list[Callback] = [*([self.trace] if self.trace is not None else []), *callbacks]
-        """What :meth:`fit` calls at every reset, rollout and update, in order."""
+        self.named_callbacks: dict[str, Callback] = {}
+        """The callbacks the config names (``callbacks``), built for this hierarchy (those with
+        nothing to watch in it left out): their state travels with checkpoints."""
+        for name in run.callbacks:
+            made = CALLBACKS[name].from_trainer(self)
+            if made is not None:
+                self.named_callbacks[name] = made
+        self.callbacks: list[Callback] = [*self.named_callbacks.values(), *callbacks]
+        """What :meth:`fit` calls at every reset, rollout and update, in order: the named ones first."""
         self.start = 0
         self.step = 0
         """Env steps trained so far (all copies together)."""
@@ -637,7 +647,7 @@ class Trainer:
 
         save_checkpoint(self.path, {"iteration": iteration, "history": self.history,
                                     "hierarchy": self.hierarchy.checkpoint_state(),
-                                    "trace": self.trace and self.trace.state(), "rng": torch.get_rng_state()})
+                                    "callbacks": {name: c.state() for name, c in self.named_callbacks.items()}, "rng": torch.get_rng_state()})
         self.saved = iteration * self.run.steps_per_iteration
 
     def restore(self) -> None:
@@ -647,8 +657,8 @@ class Trainer:
         state = torch.load(self.path / "checkpoint.pt", weights_only=False)
         self.hierarchy.load_checkpoint_state(state["hierarchy"])
         torch.set_rng_state(state["rng"])
-        if self.trace is not None:
-            self.trace.load_state(state["trace"])
+        for name, callback in self.named_callbacks.items():
+            callback.load_state(state["callbacks"][name])
         self.start = state["iteration"]
         self.step = self.saved = self.start * self.run.steps_per_iteration
         for name, value, step in state["history"]:  # the resumed run's metrics are complete
@@ -876,17 +886,16 @@ def close_loggers(loggers: Sequence[MetricLogger], ok: bool) -> None:
 
 
 def save_artifacts(trainer: Trainer, _run) -> None:
-    """The run's final model (``model.pt``) and, for hierarchies with discrete commands, its
-    inter-level action trace (``level_actions.npz``), as sacred artifacts."""
+    """The run's final model (``model.pt``) and its named callbacks' files (TAG's inter-level action
+    trace, ``level_actions.npz``), as sacred artifacts."""
     git = _run.host_info.get("hmarl") or {}
     with tempfile.TemporaryDirectory() as folder:
         model = Path(folder) / "model.pt"
         trainer.save_model(model, git_commit=git.get("git_commit"), git_dirty=git.get("git_dirty"))
         _run.add_artifact(str(model), "model.pt")
-        if trainer.trace is not None:
-            trace = Path(folder) / "level_actions.npz"
-            trainer.trace.save(trace)
-            _run.add_artifact(str(trace), "level_actions.npz")
+        for callback in trainer.named_callbacks.values():
+            for path in callback.artifacts(Path(folder)):
+                _run.add_artifact(str(path), path.name)
 
 
 @ex.main

@@ -110,7 +110,7 @@ def training_throughput(run) -> dict:
 
 
 def off_policy(learner) -> bool:
-    """Whether ``learner`` learns from a replay by ``gradient_step`` (algorithms.common's
+    """Whether ``learner`` learns from a replay by ``gradient_step`` (algorithms.offpolicy's
     ReplayLearner; recognised by its interface, as hmarl does not import algorithms)."""
     return hasattr(learner, "replay") and hasattr(learner, "gradient_step")
 

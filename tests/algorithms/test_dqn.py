@@ -215,14 +215,14 @@ def test_fractional_updates_per_step():
 
 
 def test_linear_schedule():
-    from hmarl.algorithms.common import linear_schedule
+    from hmarl.algorithms.offpolicy import linear_schedule
 
     assert [linear_schedule(1.0, 0.05, 0.2, p) for p in (0.0, 0.1, 0.2, 0.9)] == pytest.approx([1.0, 0.525, 0.05, 0.05])
     assert linear_schedule(1.0, 0.0, 0.0, 0.0) == 0.0  # no anneal: the end value from the start
 
 
 def test_epsilon_greedy_takes_the_greedy_action_or_a_uniform_one():
-    from hmarl.algorithms.common import epsilon_greedy
+    from hmarl.algorithms.offpolicy import epsilon_greedy
 
     torch.manual_seed(0)
     q = torch.tensor([0.0, 3.0, 1.0]).expand(2000, 3)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.learner import UpdateContext
 from hmarl.algorithms.graph_ppo import EdgeNetwork, GraphPPO, GraphPPOConfig
 from hmarl.algorithms.himpo.family import build

@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.learner import UpdateContext
 from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, standardize
 from hmarl.envs import make_env

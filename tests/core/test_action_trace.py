@@ -56,7 +56,35 @@ def test_only_hierarchies_with_discrete_commands_over_discrete_actions_are_trace
     trainer = Trainer(run, lambda *entry: None)
     trainer.fit()
     episodes = run.total_steps // run.num_envs // run.max_steps  # copy 0's finished episodes
-    assert trainer.trace.arrays()["bottom"].shape == (episodes, run.max_steps)
-    assert Trainer(run_config("mappo", "vmas_simple_spread", tmp_path), lambda *e: None).trace is None
+    assert trainer.named_callbacks["action_trace"].arrays()["bottom"].shape == (episodes, run.max_steps)
+    # a config without it has none; TAG's config on continuous actions names it, but it has nothing to trace
+    assert Trainer(run_config("mappo", "vmas_simple_spread", tmp_path), lambda *e: None).named_callbacks == {}
     assert Trainer(run_config("tag_mappo_ppo", "vmas_balance", tmp_path, continuous_actions=True),
-                   lambda *e: None).trace is None
+                   lambda *e: None).named_callbacks == {}
+
+
+def test_a_named_callback_keeps_its_state_through_a_checkpoint_and_unknown_names_are_refused(tmp_path):
+    """``callbacks: [action_trace]`` builds the trace; a resumed run continues its episodes."""
+    import pytest
+
+    from tests.test_systems import run_config
+    from hmarl.run.experiment import RunConfig, Trainer
+
+    run = run_config("tag_2ppo", "vmas_simple_spread", tmp_path, checkpoint_interval=1)
+    first = Trainer(run, lambda *entry: None)
+    first.fit()
+    resumed = Trainer(run_config("tag_2ppo", "vmas_simple_spread", tmp_path, checkpoint_interval=1, resume=True),
+                      lambda *entry: None)
+    resumed.restore()
+    saved, loaded = first.named_callbacks["action_trace"], resumed.named_callbacks["action_trace"]
+    assert len(loaded.episodes) == len(saved.episodes) and np.array_equal(loaded.current, saved.current)
+    with pytest.raises(ValueError, match="callbacks: unknown callback 'nope'; available: action_trace"):
+        RunConfig.from_config({**vars_of(run), "callbacks": ["nope"]})
+
+
+def vars_of(run) -> dict:
+    """A RunConfig back as the flat config it was validated from."""
+    import dataclasses
+
+    flat = {f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.init}
+    return {**flat, **run.learner_options, **run.family_options}

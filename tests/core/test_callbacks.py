@@ -37,7 +37,7 @@ def test_callbacks_see_every_level_observe_be_commanded_and_rewarded(tmp_path):
     run = run_config("tag_3ppo", "vmas_balance", tmp_path)
     recorder = Recorder()
     trainer = Trainer(run, log=lambda *entry: None, callbacks=[recorder])
-    assert trainer.callbacks == [trainer.trace, recorder]  # the action trace is a callback too, and first
+    assert trainer.callbacks == [trainer.named_callbacks["action_trace"], recorder]  # TAG's config names the trace: first
     trainer.fit()
 
     steps = [run.steps_per_iteration * (i + 1) for i in range(run.iterations)]
@@ -72,7 +72,7 @@ def test_a_callback_that_reads_no_rollout_costs_none(tmp_path, monkeypatch):
             assert len(rollouts) == 2 and rollouts[-1] is rollouts[1]
 
     trainer = Trainer(run, log=lambda *entry: None, callbacks=[TopOnly()])
-    trainer.callbacks.remove(trainer.trace)
+    trainer.callbacks.remove(trainer.named_callbacks["action_trace"])
     reads = []  # the last rollout's part of a level (the update reads whole buffers, without steps)
 
     def counted(index, read):

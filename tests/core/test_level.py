@@ -152,7 +152,7 @@ def test_truncation_reaches_every_level_and_final_obs_is_stored():
 
 
 def test_four_level_hierarchy_of_ppo_agents_trains():
-    from hmarl.algorithms.common import build_levels
+    from hmarl.algorithms.build import build_levels
 
     env = ToyEnv(num_envs=4, n_agents=8, n_actions=3)
     levels = [{"learner": "ppo"}] + [
@@ -323,7 +323,7 @@ def test_unknown_reward_options_list_the_valid_ones():
 
 def test_tag_3ppo_with_upper_advantage_rewards_trains():
     """A hybrid no paper has: TAG's 3PPO whose lower levels learn from HiMPo's advantage rewards."""
-    from hmarl.algorithms.common import build_levels
+    from hmarl.algorithms.build import build_levels
     from hmarl.envs import make_env
 
     env = make_env("vmas_balance", num_envs=4, n_agents=4, max_steps=40, seed=0)

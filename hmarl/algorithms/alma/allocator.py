@@ -33,8 +33,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from hmarl.algorithms.alma.aqmix import EpisodeTargetLearner
-from hmarl.algorithms.common import OffPolicyConfig, linear_schedule
+from hmarl.algorithms.offpolicy import EpisodeTargetLearner, OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
 from hmarl.spec import EnvSpec, subtask_membership
@@ -488,19 +487,25 @@ class Allocator(EpisodeTargetLearner):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
 
-    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
-        c = self.config
-        self.progress = ctx.progress
+    def store_rollout(self, rollout: Rollout, ctx: UpdateContext) -> None:
+        """One replay row per allocation decision (:meth:`meta_transitions`); counts finished episodes."""
         if rollout.decision is None:
             raise ValueError("the allocator's level must re-decide by events: set decide_every on it")
         self.count_episodes(rollout)
         self.replay.add(**self.meta_transitions(rollout))
-        if len(self.replay) < max(c.batch_size, c.learning_starts):
-            return UpdateResult()
-        stats = self.learn(c.gradient_steps(rollout.obs.shape[0]), c.batch_size)
-        if self.target_update_due(c.target_update_episodes):
+
+    def warmed_up(self) -> bool:
+        return len(self.replay) >= max(self.config.batch_size, self.config.learning_starts)
+
+    def new_transitions(self, rollout: Rollout) -> int:
+        """``T``, as A-QMIX: the allocator's schedule follows its agents'."""
+        return rollout.obs.shape[0]
+
+    def after_learning(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The critic's target is copied every ``target_update_episodes`` finished episodes."""
+        if self.target_update_due(self.config.target_update_episodes):
             self.critic_target.load_state_dict(self.critic.state_dict())
-        return UpdateResult(stats)
+        return stats
 
 
 @dataclass

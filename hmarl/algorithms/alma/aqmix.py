@@ -68,10 +68,10 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from hmarl.algorithms.common import OffPolicyConfig, ReplayLearner, epsilon_greedy, linear_schedule
-from hmarl.algorithms.td3 import flatten_steps, soft_update
+from hmarl.algorithms.offpolicy import (EpisodeTargetLearner, OffPolicyConfig, epsilon_greedy, flatten_steps,
+                                       linear_schedule, soft_update)
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO, UpdateContext, UpdateResult
+from hmarl.learner import AgentIO, UpdateContext
 from hmarl.spec import EnvSpec, subtask_membership
 
 Tensor = torch.Tensor
@@ -369,41 +369,6 @@ class EntityLayout:
         return cls(s, e, f, first, of_entity, command_dim, min(leading, io.n_agents))
 
 
-class EpisodeTargetLearner(ReplayLearner):
-    """A replay learner whose target networks follow the online ones every so many finished
-    episodes, the paper's unit (ALMA's appendix D: "copy live params to target params every
-    _ episodes"). Episodes are counted over all B copies: every copy whose episode ends in a
-    rollout counts one (``rollout.done``), so B copies that end together count B, as
-    pymarl's parallel runner adds its ``batch_size_run`` episodes. The counts travel with
-    ``state_dict``."""
-
-    def __init__(self, io: AgentIO, buffer_size: int):
-        super().__init__(io, buffer_size)
-        #: finished episodes in the rollouts given to ``update`` so far, all copies together
-        self.episodes = 0
-        #: ``episodes`` at the last target update
-        self.target_episodes = 0
-
-    def count_episodes(self, rollout: Rollout) -> None:
-        """Add the rollout's finished episodes (one sync per update, not per step)."""
-        self.episodes += int(rollout.done.sum())
-
-    def target_update_due(self, interval: int) -> bool:
-        """Whether ``interval`` episodes have finished since the last target update; if so the
-        caller updates its targets now and the count restarts from here."""
-        if self.episodes - self.target_episodes < interval:
-            return False
-        self.target_episodes = self.episodes
-        return True
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "episodes": self.episodes, "target_episodes": self.target_episodes}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        super().set_extra_state(state)
-        self.episodes, self.target_episodes = int(state["episodes"]), int(state["target_episodes"])
-
-
 class AQMIX(EpisodeTargetLearner):
     """A-QMIX for all agents of a level: entity-attention utilities, per-subtask monotonic mixing."""
 
@@ -525,19 +490,24 @@ class AQMIX(EpisodeTargetLearner):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
 
-    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
-        """Store the rollout, then ``gradient_steps(T)`` gradient steps once past ``learning_starts``."""
-        c = self.config
-        self.progress = ctx.progress
+    def store_rollout(self, rollout: Rollout, ctx: UpdateContext) -> None:
+        """Count its finished episodes and steps; one replay row per env copy's step (none masked)."""
         self.count_episodes(rollout)
         self.env_steps += rollout.obs.shape[0] * rollout.obs.shape[1]  # T steps of B copies
         self.replay.add(**self.transitions(rollout))
-        if len(self.replay) < max(c.batch_size, c.learning_starts):
-            return UpdateResult()
-        stats = self.learn(c.gradient_steps(rollout.obs.shape[0]), c.batch_size)
-        if stats and self.target_update_due(c.target_update_episodes):
-            soft_update(self.target_agent, self.agent, c.tau)
-            soft_update(self.target_mixer, self.mixer, c.tau)
+
+    def warmed_up(self) -> bool:
+        return len(self.replay) >= max(self.config.batch_size, self.config.learning_starts)
+
+    def new_transitions(self, rollout: Rollout) -> int:
+        """``T``: ``gradient_steps(T)`` per rollout, pymarl's one step per batch of episodes' steps."""
+        return rollout.obs.shape[0]
+
+    def after_learning(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The targets follow every ``target_update_episodes`` finished episodes; epsilon is logged."""
+        if stats and self.target_update_due(self.config.target_update_episodes):
+            soft_update(self.target_agent, self.agent, self.config.tau)
+            soft_update(self.target_mixer, self.mixer, self.config.tau)
         if stats:
             stats["epsilon"] = torch.tensor(self.epsilon(), device=stats["q_loss"].device)
-        return UpdateResult(stats)
+        return stats

@@ -25,7 +25,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.graphs import GROUPINGS
 from hmarl.hierarchy import Hierarchy
 from hmarl.spec import MultiAgentEnv

@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from hmarl.algorithms.common import build_levels, weighted_mean
+from hmarl.algorithms.build import build_levels
+from hmarl.algorithms.offpolicy import flatten_steps, weighted_mean
 from hmarl.algorithms.dqn import DQN
-from hmarl.algorithms.td3 import TD3, TD3Config, flatten_steps
+from hmarl.algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
 from hmarl.hierarchy import Hierarchy
 from hmarl.learner import Learner, UpdateContext, UpdateResult

@@ -8,9 +8,9 @@ level holds everything; copy 0 is traced, agent 0 against agent 1. Saved as
 ``level_actions.npz`` (``bottom``, ``connected``, ``unconnected`` ``[episodes, T]`` padded
 with -1, ``n_actions``, ``n_upper_actions``), which ``hmarl.studies.report`` turns into the figure.
 
-The trace is a :class:`hmarl.run.callbacks.Callback`: the trainer makes it its first callback for
-every hierarchy it applies to (:meth:`LevelActionTrace.for_hierarchy`), and keeps its state in
-checkpoints.
+The trace is a :class:`hmarl.run.callbacks.Callback` that TAG's configs name
+(``callbacks: [action_trace]``): the trainer builds it for every hierarchy it applies to
+(:meth:`LevelActionTrace.for_hierarchy`), keeps its state in checkpoints and saves it as an artifact.
 """
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ class LevelActionTrace(Callback):
         if not isinstance(command, spaces.Discrete) or not env.discrete or bottom.io.group != 1 or env.n_agents < 2:
             return None
         return cls(env.action_dim, int(command.n))
+
+    @classmethod
+    def from_trainer(cls, trainer) -> LevelActionTrace | None:
+        return cls.for_hierarchy(trainer.hierarchy)
 
     def restart(self) -> None:
         """Drop the episode in progress: the env copies were reset (a checkpoint restarts episodes)."""
@@ -79,6 +83,12 @@ class LevelActionTrace(Callback):
         """Write :meth:`arrays` to ``path`` as a compressed ``.npz``."""
         with open(path, "wb") as f:
             np.savez_compressed(f, **self.arrays())
+
+    def artifacts(self, folder: Path) -> list[Path]:
+        """``level_actions.npz``, which ``hmarl.studies.report`` turns into the Sec. 5.3 figure."""
+        path = Path(folder) / "level_actions.npz"
+        self.save(path)
+        return [path]
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps: the finished episodes and the one in progress."""

@@ -1,4 +1,12 @@
-"""Building a hierarchy from YAML level entries and the registry of learners."""
+"""The off-policy template: one replay learner that TD3, DQN (and QMIX), A-QMIX and ALMA's
+allocator share, their common options and exploration schedules.
+
+:class:`ReplayLearner` runs the schedule (``update``: store the rollout, then
+``updates_per_step`` gradient steps per transition once warmed up); a learner fills in
+``gradient_step`` and, where it differs, the hooks ``store_rollout``, ``transitions``,
+``warmed_up``, ``new_transitions`` and ``after_learning``. :class:`EpisodeTargetLearner`
+adds target updates counted in finished episodes (ALMA's unit).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,13 +14,10 @@ from typing import Any, Sequence
 
 import torch
 
-from hmarl.algorithms import Family  # noqa: F401  (defined there, importable from here as before)
-from hmarl.run.config import from_dict
 from hmarl.buffers import ReplayBuffer, Rollout
 from hmarl.goals import goal_transition
-from hmarl.hierarchy import Hierarchy, LevelSpec, build_hierarchy
-from hmarl.learner import AgentIO, Learner
-from hmarl.spec import MultiAgentEnv, Tensor
+from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
+from hmarl.spec import Tensor
 
 
 @dataclass
@@ -182,6 +187,43 @@ class ReplayLearner(Learner):
             metrics = self.gradient_step(batch)
         return metrics
 
+    # -- the template: ``update`` stores the rollout, then learns once warmed up -------------
+    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
+        """One schedule for every replay learner: record ``progress`` (exploration), store the
+        rollout (:meth:`store_rollout`), and once :meth:`warmed_up` take
+        ``config.gradient_steps(n)`` steps on minibatches of ``config.batch_size`` rows, ``n``
+        the rollout's :meth:`new_transitions`; :meth:`after_learning` then sees their metrics
+        (target updates by episodes, logged exploration rates)."""
+        c = self.config
+        self.progress = ctx.progress
+        self.store_rollout(rollout, ctx)
+        if not self.warmed_up():
+            return UpdateResult()
+        stats = self.learn(c.gradient_steps(self.new_transitions(rollout)), c.batch_size)
+        return UpdateResult(self.after_learning(stats))
+
+    def store_rollout(self, rollout: Rollout, ctx: UpdateContext) -> None:
+        """Add the rollout's transitions to the replay; default: :meth:`transitions`, one row per
+        env copy's step, the rollout's masked transitions left out."""
+        mask = None if rollout.mask is None else flatten_steps(rollout.mask)
+        self.store(self.transitions(rollout, ctx), mask)
+
+    def transitions(self, rollout: Rollout, ctx: UpdateContext | None = None) -> dict[str, Tensor]:
+        """The replay rows ``[T*B, N, ...]`` of a rollout."""
+        raise NotImplementedError
+
+    def warmed_up(self) -> bool:
+        """Whether the replay is ready to learn from (default: it holds a minibatch)."""
+        return len(self.replay) >= self.config.batch_size
+
+    def new_transitions(self, rollout: Rollout) -> int:
+        """The transitions a rollout counts for the schedule (default ``T * B``: one per step of each copy)."""
+        return rollout.obs.shape[0] * rollout.obs.shape[1]
+
+    def after_learning(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What follows the gradient steps of an update; returns the metrics (default: as they are)."""
+        return stats
+
     def get_extra_state(self) -> dict[str, Any]:
         """Progress, counters and replay, saved with ``state_dict`` so a resume is exact."""
         return {"progress": self.progress, "gradient_steps": self.gradient_steps, "env_steps": self.env_steps,
@@ -201,27 +243,51 @@ def weighted_mean(x: Tensor, weight: Tensor) -> Tensor:
     return (x * weight).sum() / weight.expand_as(x).sum().clamp(min=1.0)
 
 
-def learner_factory(shared_options: dict[str, dict[str, Any]], env: MultiAgentEnv):
-    """Resolve ``spec.learner``; its options are ``shared_options[name]`` updated by the level's own."""
-    from hmarl.algorithms import LEARNERS
-
-    def make(spec: LevelSpec, io: AgentIO, index: int) -> Learner:
-        cls = LEARNERS.lookup(spec.learner, f"level {index}")
-        options = {**shared_options.get(spec.learner, {}), **spec.options}
-        config = from_dict(cls.config_class, options, f"level {index} {spec.learner} options")
-        try:
-            return cls.build(io, config, env.spec)
-        except ValueError as error:  # a learner refusing its level (e.g. DQN on a Box): name the level
-            where = f"level {index}"
-            raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
-
-    return make
+def flatten_steps(x: Tensor) -> Tensor:
+    """``[T, B, ...]`` -> ``[T*B, ...]``: the rows a replay stores."""
+    return x.reshape(-1, *x.shape[2:])
 
 
-def build_levels(env: MultiAgentEnv, levels: list[dict[str, Any]],
-                 learner_options: dict[str, dict[str, Any]]) -> Hierarchy:
-    """A hierarchy from YAML level entries (bottom-up) and the shared learner options."""
-    if not isinstance(levels, list) or not all(isinstance(e, dict) for e in levels):
-        raise ValueError("levels must be a list of level entries (mappings), bottom-up")
-    specs = [from_dict(LevelSpec, entry, f"level {i}") for i, entry in enumerate(levels)]
-    return build_hierarchy(env, specs, learner_factory(learner_options, env))
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """``target <- tau * source + (1 - tau) * target``, parameter by parameter."""
+    with torch.no_grad():
+        target_params, source_params = list(target.parameters()), list(source.parameters())
+        if tau == 1.0:
+            torch._foreach_copy_(target_params, source_params)
+        else:
+            torch._foreach_lerp_(target_params, source_params, tau)
+
+
+class EpisodeTargetLearner(ReplayLearner):
+    """A replay learner whose target networks follow the online ones every so many finished
+    episodes, the paper's unit (ALMA's appendix D: "copy live params to target params every
+    _ episodes"). Episodes are counted over all B copies: every copy whose episode ends in a
+    rollout counts one (``rollout.done``), so B copies that end together count B, as
+    pymarl's parallel runner adds its ``batch_size_run`` episodes. The counts travel with
+    ``state_dict``."""
+
+    def __init__(self, io: AgentIO, buffer_size: int):
+        super().__init__(io, buffer_size)
+        #: finished episodes in the rollouts given to ``update`` so far, all copies together
+        self.episodes = 0
+        #: ``episodes`` at the last target update
+        self.target_episodes = 0
+
+    def count_episodes(self, rollout: Rollout) -> None:
+        """Add the rollout's finished episodes (one sync per update, not per step)."""
+        self.episodes += int(rollout.done.sum())
+
+    def target_update_due(self, interval: int) -> bool:
+        """Whether ``interval`` episodes have finished since the last target update; if so the
+        caller updates its targets now and the count restarts from here."""
+        if self.episodes - self.target_episodes < interval:
+            return False
+        self.target_episodes = self.episodes
+        return True
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "episodes": self.episodes, "target_episodes": self.target_episodes}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.episodes, self.target_episodes = int(state["episodes"]), int(state["target_episodes"])
