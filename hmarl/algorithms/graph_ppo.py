@@ -32,10 +32,12 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from hmarl.algorithms.ppo import PPOConfig, RunningNorm, clipped_losses, gae, log_softmax, normal_log_prob
+from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBatch, clipped_losses, gae, log_softmax,
+                                       normal_log_prob)
+from hmarl.algorithms.ppo import PPOConfig
 from hmarl.buffers import Rollout
 from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
-from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
+from hmarl.learner import AgentIO
 from hmarl.nn import AgentMLP
 from hmarl.nn.gnn import DENSE_LAYER_TYPES, GNN_LAYERS, GraphEncoder, edges_to_adjacency
 
@@ -164,12 +166,15 @@ class EdgeNetwork(nn.Module):
         return self.head(pair)
 
 
-class GraphPPO(Learner):
-    """PPO on the (agent, child) edges of a level whose agents pass messages (HiMPo's levels)."""
+class GraphPPO(OnPolicyLearner):
+    """PPO on the (agent, child) edges of a level whose agents pass messages (HiMPo's levels).
+
+    The update is :class:`~hmarl.algorithms.onpolicy.OnPolicyLearner`'s; what differs from PPO
+    is the network (:class:`EdgeNetwork`), the edges' sample mask, their advantages (ending
+    where an edge's next step is left out) and one gradient clip and target-KL stop for the
+    whole level (its parameters are shared)."""
 
     config_class = GraphPPOConfig
-    on_policy = True
-    publishes = frozenset({"advantages"})
 
     def __init__(self, io: AgentIO, config: GraphPPOConfig):
         super().__init__(io)
@@ -294,15 +299,12 @@ class GraphPPO(Learner):
                          columns(flags(rollout.terminated) | ends), columns(done | ends), c.gamma, c.gae_lambda)
         return torch.where(valid, advantages.view_as(valid), 0.0)
 
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
-    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
-        """PPO on the edges; publishes the per-edge ``advantages`` ``[T, B, N, G]`` for the level below."""
+    def training_batch(self, rollout: Rollout) -> TrainingBatch:
+        """The rollout flattened over steps and copies (a row: one copy's agents at one step), with
+        the edge mask ``valid``, the same-level ``graph`` of each row when it depends on the row
+        (kNN), and the per-edge ``advantages`` ``[T, B, N, G]`` published for the level below
+        (zero on left-out edges: they train nothing below). Updates the return statistics."""
         c = self.config
-        if c.anneal_lr:
-            for group in self.optimizer.param_groups:
-                group["lr"] = (1.0 - ctx.progress) * c.learning_rate
         valid = self.edge_mask(rollout)  # [T, B, N, G]
         with torch.no_grad():
             old_output, next_output = self.rollout_outputs(rollout)  # on the critic's (standardised) scale
@@ -320,41 +322,34 @@ class GraphPPO(Learner):
             returns = self.return_norm.normalize(returns)
         values = old_output
         returns = torch.where(valid, returns, values)  # left out: no value error, whatever they held
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
-        b_obs, b_actions, b_log_probs = flat(rollout.obs), flat(rollout.action), flat(rollout.log_prob)
-        b_advantages, b_returns, b_values, b_valid = flat(advantages), flat(returns), flat(values), flat(valid)
-        batch_size = b_obs.shape[0]
-        minibatch_size = max(1, batch_size // c.num_minibatches)
-        # the same-level graph depends on the observations alone: built once for the rollout and
-        # gathered per minibatch (a kNN graph per row; the complete graph and none as they are)
-        graphs = self.actor.same_level_graph(b_obs)
-        per_row = self.actor.graph == "knn"
-        for _ in range(c.update_epochs):
-            order = torch.randperm(batch_size, device=b_obs.device)
-            for start in range(0, batch_size, minibatch_size):
-                mb = order[start:start + minibatch_size]
-                rows = lambda x: x.index_select(0, mb)  # noqa: E731  (2-5x faster than x[mb] on the CPU)
-                mask = rows(b_valid).reshape(-1)
-                obs = rows(b_obs)
-                graph = rows(graphs) if per_row else graphs  # the actor's and the critic's
-                new_log_prob, entropy = self.evaluate(obs, rows(b_actions), graph)
-                new_value = self.critic_output(obs, graph)
-                # every edge that counts is one sample: advantages are standardised over them
-                terms = clipped_losses(*(x.reshape(-1) for x in (
-                    new_log_prob, rows(b_log_probs), rows(b_advantages), new_value, rows(b_values), rows(b_returns))),
-                    c.clip_coef, c.clip_vloss, c.norm_adv, mask)
-                pg_loss, v_loss, approx_kl, clipfrac = (_masked_mean(x, mask) for x in terms)
-                entropy_loss = _masked_mean(entropy.reshape(-1), mask)
-                loss = pg_loss - c.ent_coef * entropy_loss + c.vf_coef * v_loss
-                self.optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.parameters(), c.max_grad_norm)
-                self.optimizer.step()
-            if c.target_kl is not None and bool(approx_kl > c.target_kl):
-                break
-        metrics = {"pg_loss": pg_loss.detach(), "v_loss": v_loss.detach(), "entropy": entropy_loss.detach(),
-                   "approx_kl": approx_kl, "clipfrac": clipfrac}
-        return UpdateResult(metrics, {"advantages": advantages})  # zero on left-out edges: they train nothing below
+        rows = dict(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob, advantages=advantages,
+                    returns=returns, values=values, valid=valid)
+        rows = {key: value.flatten(0, 1) for key, value in rows.items()}
+        if self.actor.graph == "knn":
+            # the same-level graph depends on the observations alone: built once for the rollout
+            # and gathered per minibatch (the complete graph and none are the same for every row)
+            rows["graph"] = self.actor.same_level_graph(rows["obs"])
+        return TrainingBatch(rows, {}, {"advantages": advantages})
+
+    def losses(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """PPO's terms over the edges of a minibatch, scalars: every edge that counts is one sample
+        (advantages are standardised over them)."""
+        c = self.config
+        mask = mb["valid"].reshape(-1)
+        obs = mb["obs"]
+        graph = mb["graph"] if "graph" in mb else self.actor.same_level_graph(obs)  # the actor's and the critic's
+        new_log_prob, entropy = self.evaluate(obs, mb["action"], graph)
+        new_value = self.critic_output(obs, graph)
+        terms = clipped_losses(*(x.reshape(-1) for x in (
+            new_log_prob, mb["log_prob"], mb["advantages"], new_value, mb["values"], mb["returns"])),
+            c.clip_coef, c.clip_vloss, c.norm_adv, mask)
+        pg_loss, v_loss, approx_kl, clipfrac = (_masked_mean(x, mask) for x in terms)
+        return {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": _masked_mean(entropy.reshape(-1), mask),
+                "approx_kl": approx_kl, "clipfrac": clipfrac}
+
+    def clip_gradients(self) -> None:
+        """One norm over all parameters: they are shared by every node and edge of the level."""
+        nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

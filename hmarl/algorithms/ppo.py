@@ -25,9 +25,12 @@ from dataclasses import dataclass
 import torch
 from gymnasium import spaces
 
+from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBatch, clipped_surrogate,
+                                       clipped_value_loss, explained_variance, gae, log_softmax, normal_log_prob,
+                                       standardize, weighted_mean)
 from hmarl.buffers import Rollout
-from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
-from hmarl.nn import AgentMLP, clip_grad_norm_per_agent
+from hmarl.learner import AgentIO
+from hmarl.nn import AgentMLP
 
 
 @dataclass
@@ -106,12 +109,12 @@ class MAPPOConfig(PPOConfig):
     centralized_critic: bool = True
 
 
-class PPO(Learner):
-    """Clipped-surrogate PPO with GAE for all agents of a level at once."""
+class PPO(OnPolicyLearner):
+    """Clipped-surrogate PPO with GAE for all agents of a level at once (the update:
+    :class:`~hmarl.algorithms.onpolicy.OnPolicyLearner`; per agent: its terms, gradient clip
+    and target-KL stop)."""
 
     config_class = PPOConfig
-    on_policy = True
-    publishes = frozenset({"advantages"})
 
     def __init__(self, io: AgentIO, config: PPOConfig):
         super().__init__(io)
@@ -231,15 +234,16 @@ class PPO(Learner):
                              rollout.done, self.config.gamma, self.config.gae_lambda)
         return advantages, values
 
-    def training_batch(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The rollout flattened over steps and copies, with what the losses need, and the
-        critic's ``explained_variance`` on it (in return units, before any update).
+    def training_batch(self, rollout: Rollout) -> TrainingBatch:
+        """The rollout flattened over steps and copies, with what the losses need; the critic's
+        ``explained_variance`` on it (in return units, before any update); the GAE ``advantages``
+        ``[T, B, N]`` (``[T, B, N, children]`` with one value per child) published for the level below.
 
         ``values`` is the critic's old output (standardised if ``normalize_value``): the
         centre of the value clip window. ``returns`` are the value targets on the same scale,
         ``weight`` the transitions that count (``Rollout.weights``). Updates the return statistics.
 
-        Shapes: ``[T * B, N, ...]`` each (``M = T * B`` samples); the metric a scalar.
+        Shapes: rows ``[T * B, N, ...]`` each (``M = T * B`` samples); the metric a scalar.
         """
         advantages, values = self.advantages(rollout)
         returns = advantages + values
@@ -254,7 +258,8 @@ class PPO(Learner):
             returns = self.return_norm.normalize(returns)
         batch = dict(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob, advantages=advantages,
                      returns=returns, values=values, weight=weight)
-        return {key: value.flatten(0, 1) for key, value in batch.items()}, stats
+        return TrainingBatch({key: value.flatten(0, 1) for key, value in batch.items()}, stats,
+                             {"advantages": advantages})
 
     def losses(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """PPO's terms on a minibatch of :meth:`training_batch`, each a weighted mean per agent ``[N]``
@@ -290,238 +295,12 @@ class PPO(Learner):
         present = obs[..., :io.child_obs_dim].unflatten(-1, (io.group, io.child_dim))[..., -1]
         return weight.unsqueeze(-1) * present
 
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
-    def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
-        """PPO's epochs of minibatch steps on the rollout; publishes its GAE ``advantages`` ``[T, B, N]``
-        (``[T, B, N, children]`` with one value per child) for the level below."""
-        c = self.config
-        if c.anneal_lr:
-            for group in self.optimizer.param_groups:
-                group["lr"] = (1.0 - ctx.progress) * c.learning_rate
-        batch, stats = self.training_batch(rollout)
-        batch_size = batch["obs"].shape[0]
-        minibatch_size = max(1, batch_size // c.num_minibatches)
-        active = torch.ones(self.io.n_agents, device=batch["obs"].device)
-        for _ in range(c.update_epochs):
-            order = torch.randperm(batch_size, device=active.device)
-            for start in range(0, batch_size, minibatch_size):
-                mb = order[start:start + minibatch_size]
-                # index_select: 2-5x faster on the CPU than indexing with a tensor, the same rows
-                terms = self.losses({key: value.index_select(0, mb) for key, value in batch.items()})
-                loss = ((terms["pg_loss"] - c.ent_coef * terms["entropy"] + c.vf_coef * terms["v_loss"])
-                        * active).sum()
-                self.optimizer.zero_grad()
-                loss.backward()
-                clip_grad_norm_per_agent(self.parameters(), c.max_grad_norm)
-                self.optimizer.step()
-            if c.target_kl is not None:
-                active = active * (terms["approx_kl"] <= c.target_kl)
-                self._freeze_momentum(active)
-                if not bool(active.any()):
-                    break
-        metrics = {**{key: value.mean().detach() for key, value in terms.items()}, **stats}
-        return UpdateResult(metrics, {"advantages": batch["advantages"].unflatten(0, rollout.obs.shape[:2])})
-
-    def _freeze_momentum(self, active: torch.Tensor) -> None:
+    def stopped(self, active: torch.Tensor) -> None:
         """Agents stopped by target_kl: zero their Adam momentum so masked steps move nothing."""
         for p in self.parameters():
             state = self.optimizer.state.get(p)
             if state and p.shape[0] == active.shape[0]:
                 state["exp_avg"].mul_(active.view(-1, *([1] * (p.dim() - 1))))
-
-
-#: below this many classes torch's CPU log_softmax over the last dim runs a scalar loop per row
-#: (about 140 ns a row of 9 with torch 2.13's AVX-512 kernels); over the first dim of the transposed
-#: rows it vectorises across rows instead, with the same values (bitwise, forward and backward:
-#: tests/algorithms/test_ppo.py checks it on the machine it runs on)
-_SHORT_ROWS = 16
-#: below this many rows the transposition costs more than it saves
-_FEW_ROWS = 512
-
-
-class _ShortRowLogSoftmax(torch.autograd.Function):
-    """log_softmax over the last dim computed on the transposed rows ``[k, R]``. Its output and its
-    input's gradient are handed over contiguous, so that what reads them (an entropy's sum over
-    the classes, a bias gradient's sum over the rows) adds in the order it would after torch's."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor) -> torch.Tensor:
-        out = logits.reshape(-1, logits.shape[-1]).t().log_softmax(0)  # [k, R]
-        ctx.save_for_backward(out)
-        ctx.shape = logits.shape
-        return out.t().contiguous().view(logits.shape)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out, = ctx.saved_tensors
-        grad = torch._log_softmax_backward_data(grad.reshape(-1, out.shape[0]).t(), out, 0, out.dtype)
-        return grad.t().contiguous().view(ctx.shape)
-
-
-def log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.log_softmax(-1)``; on the CPU, many short rows go through the transposed rows (see
-    ``_SHORT_ROWS``), 3-8x faster from a few hundred rows on.
-
-    Shapes: ``[..., k]`` -> ``[..., k]``.
-    """
-    k = logits.shape[-1]
-    if logits.device.type != "cpu" or k >= _SHORT_ROWS or logits.numel() < _FEW_ROWS * k:
-        return logits.log_softmax(-1)
-    if not (torch.is_grad_enabled() and logits.requires_grad):  # acting: no graph to record
-        return logits.reshape(-1, k).t().log_softmax(0).t().contiguous().view(logits.shape)
-    return _ShortRowLogSoftmax.apply(logits)
-
-
-def normal_log_prob(mean: torch.Tensor, std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Log-density of a diagonal Gaussian, summed over the last dim."""
-    return (-((action - mean) / std).pow(2) / 2 - std.log() - math.log(math.sqrt(2 * math.pi))).sum(-1)
-
-
-def gae(reward: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
-        done: torch.Tensor, gamma: float, gae_lambda: float) -> torch.Tensor:
-    """Generalised advantage estimates (Schulman et al. 2016) over a rollout.
-
-    ``next_values`` are the values of the observation after each step before any
-    reset, so truncated episodes bootstrap and terminated ones do not.
-
-    Shapes: reward, values, next_values ``[T, B, ...]``; terminated, done ``[T, B]`` -> ``[T, B, ...]``.
-    """
-    extra = (1,) * (reward.dim() - 2)
-    not_terminated = (~terminated).view(*terminated.shape, *extra).float()
-    not_done = (~done).view(*done.shape, *extra).float()
-    deltas = reward + gamma * next_values * not_terminated - values
-    advantages = torch.zeros_like(deltas)
-    last = torch.zeros_like(deltas[0])
-    for t in reversed(range(deltas.shape[0])):
-        last = deltas[t] + gamma * gae_lambda * not_done[t] * last
-        advantages[t] = last
-    return advantages
-
-
-def weighted_sum(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``sum_m w_m x_m`` over dim 0; samples with ``w = 0`` add exactly 0, whatever their value
-    (a masked sample's huge or infinite term cannot turn the sum into inf or NaN).
-
-    Shapes: x, weight ``[M, ...]`` -> ``[...]``.
-    """
-    return torch.where(weight > 0, x, 0.0).mul(weight).sum(0)
-
-
-def weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``sum_m w_m x_m / sum_m w_m`` over dim 0; 0 for a column without weight.
-
-    Shapes: x, weight ``[M, ...]`` -> ``[...]``.
-    """
-    return weighted_sum(x, weight) / weight.sum(0).clamp(min=1)
-
-
-def explained_variance(returns: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``1 - Var(R - V) / Var(R)`` pooled over every sample with ``weight > 0`` (CleanRL's metric):
-    1 for a perfect critic, 0 for one that predicts the mean, negative for worse; 0 when the
-    returns do not vary (undefined there).
-
-    Shapes: returns, values, weight ``[...]`` -> a scalar.
-    """
-    weight, count = weight.flatten(), weight.sum().clamp(min=1)
-
-    def variance(x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten()
-        mean = weighted_sum(x, weight) / count
-        return weighted_sum((x - mean).pow(2), weight) / count
-
-    var_returns = variance(returns)
-    return torch.where(var_returns > 0, 1 - variance(returns - values) / var_returns, 0.0)
-
-
-def standardize(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``(x - mean) / (std + 1e-8)`` per column, mean and (unbiased) std over the samples with
-    ``weight > 0`` (all when None), as CleanRL standardises advantages per minibatch.
-
-    Shapes: x, weight ``[M, ...]`` -> ``[M, ...]``.
-    """
-    weight = torch.ones_like(x) if weight is None else weight
-    count = weight.sum(0)
-    mean = weighted_sum(x, weight) / count.clamp(min=1)
-    var = weighted_sum((x - mean).pow(2), weight) / (count - 1).clamp(min=1)
-    return (x - mean) / (var.sqrt() + 1e-8)
-
-
-def clipped_surrogate(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                      clip_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per sample: the negated clipped surrogate ``max(-A rho, -A clip(rho, 1-eps, 1+eps))``, the
-    approximate KL ``(rho - 1) - log rho`` and whether ``rho`` was clipped.
-
-    Shapes: every input ``[M, ...]``; outputs alike.
-    """
-    log_ratio = new_log_prob - old_log_prob
-    ratio = log_ratio.exp()
-    with torch.no_grad():
-        approx_kl = (ratio - 1) - log_ratio
-        clipfrac = ((ratio - 1.0).abs() > clip_coef).float()
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
-    return pg_loss, approx_kl, clipfrac
-
-
-def clipped_value_loss(new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
-                       clip_coef: float, clip_vloss: bool) -> torch.Tensor:
-    """Per sample: ``1/2 max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)`` (``1/2 (v - R)^2``
-    without ``clip_vloss``), all on the critic's output scale.
-
-    Shapes: every input ``[M, ...]``; output alike.
-    """
-    if not clip_vloss:
-        return 0.5 * (new_value - returns).pow(2)
-    v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
-    return 0.5 * torch.max((new_value - returns).pow(2), (v_clipped - returns).pow(2))
-
-
-def clipped_losses(new_log_prob, old_log_prob, advantages, new_value, old_value, returns,
-                   clip_coef: float, clip_vloss: bool, norm_adv: bool, mask: torch.Tensor | None = None):
-    """PPO's per-sample terms: clipped surrogate, (clipped) value loss, approximate KL, clip indicator.
-
-    Advantages are standardised per column over the minibatch when ``norm_adv`` (over
-    the samples where ``mask`` is true, if given). Shapes: every input ``[M, ...]``; outputs alike.
-    """
-    if norm_adv:
-        advantages = standardize(advantages, None if mask is None else mask.to(advantages.dtype))
-    pg_loss, approx_kl, clipfrac = clipped_surrogate(new_log_prob, old_log_prob, advantages, clip_coef)
-    return pg_loss, clipped_value_loss(new_value, old_value, returns, clip_coef, clip_vloss), approx_kl, clipfrac
-
-
-class RunningNorm(torch.nn.Module):
-    """Running per-agent mean and variance of returns (parallel-variance updates, Chan et al.),
-    with a count per agent: masked samples are left out of an agent's statistics."""
-
-    def __init__(self, n_agents: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_agents))
-        self.register_buffer("var", torch.ones(n_agents))
-        self.register_buffer("count", torch.zeros(n_agents))
-
-    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> None:
-        """``x``: ``[M, N]`` samples; ``weight`` ``[M, N]`` 0/1, the samples that count (None: all)."""
-        weight = torch.ones_like(x) if weight is None else weight
-        m = weight.sum(0)
-        batch_mean = weighted_sum(x, weight) / m.clamp(min=1)
-        batch_var = weighted_sum((x - batch_mean).pow(2), weight) / m.clamp(min=1)
-        total = self.count + m
-        delta = batch_mean - self.mean
-        seen = total > 0  # an agent that never had a valid sample keeps mean 0, var 1
-        share = torch.where(seen, m / total.clamp(min=1), 0.0)
-        var = (self.var * self.count + batch_var * m + delta.pow(2) * self.count * share) / total.clamp(min=1)
-        self.mean += delta * share
-        self.var.copy_(torch.where(seen, var, self.var))
-        self.count.copy_(total)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - mean) / std``."""
-        return (x - self.mean) / (self.var.sqrt() + 1e-8)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``x * std + mean``."""
-        return x * (self.var.sqrt() + 1e-8) + self.mean
 
 
 class MAPPO(PPO):

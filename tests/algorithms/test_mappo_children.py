@@ -9,7 +9,8 @@ from gymnasium import spaces
 
 from hmarl.algorithms.build import build_levels
 from hmarl.learner import UpdateContext
-from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, standardize
+from hmarl.algorithms.onpolicy import standardize
+from hmarl.algorithms.ppo import MAPPO, MAPPOConfig
 from hmarl.envs import make_env
 from hmarl import AgentIO
 from hmarl.buffers import Rollout

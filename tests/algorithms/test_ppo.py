@@ -5,7 +5,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig, log_softmax
+from hmarl.algorithms.onpolicy import log_softmax
+from hmarl.algorithms.ppo import MAPPO, MAPPOConfig, PPO, PPOConfig
 from hmarl.learner import UpdateContext
 from hmarl.buffers import Rollout
 from tests.toys import _io, bandit_rollout
