@@ -17,7 +17,7 @@ from hmarl.graphs import GROUPINGS, Regrouping, static_clusters
 from hmarl.learner import AgentIO, Learner, Published, UpdateContext
 from hmarl.level import Level, check_partition, level_io
 from hmarl.rewards import REWARD_RULES
-from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
+from hmarl.spec import MultiAgentEnv, Tensor, TimeStep, slice_dims
 from hmarl.strategies import (TERMINATIONS, Every, Fixed, OnSubtaskChange, Regroup, Termination, channel_for,
                               describe, split_for)
 
@@ -353,7 +353,7 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
         goal_index = None
         if upper is not None and upper.relative_goals:  # checked here to name the manager, not its workers
             manager = f"level {index + 1}"
-            goal_index = list(env.spec.require("goal_indices", f"{manager}: relative_goals"))
+            goal_index = slice_dims(env.spec.require("obs_slices.position", f"{manager}: relative_goals"))
             if not isinstance(command, spaces.Box) or command.shape[0] != len(goal_index):
                 raise ValueError(f"{manager}: relative goals live on the {len(goal_index)} goal dims "
                                  f"{goal_index} of {env.spec.name}; set its command to "

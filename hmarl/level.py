@@ -29,7 +29,7 @@ from hmarl.buffers import Rollout, RolloutBuffer
 from hmarl.comm import Communication
 from hmarl.learner import AgentIO, Learner
 from hmarl.rewards import LevelStep, RewardRule
-from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep
+from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep, facts_passed_up
 from hmarl.strategies import (ActionSplit, Assignment, CommandChannel, Every, Fixed, Grouping, Holding,
                               Termination, split_for)
 
@@ -90,9 +90,10 @@ class Level:
             from positions); implied by a grouping that reads positions.
         passes_up: ``info`` keys of the level below handed on to the level above unchanged
             (what terminations higher up read, e.g. ``active_subtasks``).
-        facts_up: env facts (capabilities) of the level below that this level declares as its own
-            (what terminations higher up require, e.g. ``subtasks``); ``positions`` always is,
-            since the level passes its agents' positions up.
+        facts_up: facts of the level below (``EnvSpec.facts``) that this level declares as its own
+            (what terminations higher up require, e.g. ``entities``); ``positions`` always is,
+            since the level passes its agents' positions up. Nothing else is: the level's
+            observation is its agents' messages, so the observation slices below do not apply.
 
     Each child slot of an agent's observation holds ``[message, position?, present?]``
     (``present`` when agents may have fewer children than slots: 1 for a child, 0 for an empty slot).
@@ -127,13 +128,11 @@ class Level:
         self.training = True
         self.buffer = RolloutBuffer(0)
         self.io = level_io(below_spec, grouping, channel, self.split, positions)
-        capabilities = {k: below_spec.capabilities[k] for k in ("positions", *self.facts_up)
-                        if k in below_spec.capabilities}
         self.spec = EnvSpec(n_agents=self.io.n_agents, obs_dim=comm.out_dim,
                             action_space=None if channel is None else channel.space,
                             max_steps=math.ceil(below_spec.max_steps / steps_per_command),
-                            num_envs=below_spec.num_envs, device=below_spec.device, capabilities=capabilities,
-                            name=f"level over {below_spec.name}")
+                            num_envs=below_spec.num_envs, device=below_spec.device,
+                            name=f"level over {below_spec.name}", **facts_passed_up(below_spec, self.facts_up))
         #: the current assignment (a fixed grouping's from the start, one that varies from each reset)
         self.assignment: Assignment | None = (grouping.assignment(below_spec.num_envs, below_spec.device)
                                               if isinstance(grouping, Fixed) else None)
@@ -298,6 +297,14 @@ class Level:
             info["final_positions"] = final_positions
         return TimeStep(obs=self.comm(self._observed(ts)), reward=reward_up,
                         terminated=terminated, truncated=truncated, info=info)
+
+    def close(self) -> None:
+        """Close the env below (and through it the real env)."""
+        self.below.close()
+
+    def render(self):
+        """The real env's frame (``uint8 [H, W, 3]``, copy 0): a level draws nothing of its own."""
+        return self.below.render()
 
     def eval(self) -> "Level":
         """Step without storing transitions (and act deterministically), e.g. to watch a level by hand."""

@@ -16,7 +16,7 @@ from hmarl.buffers import Rollout
 from hmarl.goals import goal_distance
 from hmarl.learner import UpdateContext
 from hmarl.registry import Registry
-from hmarl.spec import EnvSpec, Tensor
+from hmarl.spec import EnvSpec, Tensor, slice_dims
 
 
 @dataclass
@@ -75,7 +75,8 @@ class SumUp(RewardRule):
 
 
 class GoalDistance(RewardRule):
-    """HRL-CG: a worker learns from ``-||s + g - s'||`` on the env's goal dims (Eq. 5)."""
+    """HRL-CG: a worker learns from ``-||s + g - s'||`` on the env's goal dims (Eq. 5), its
+    ``obs_slices["position"]``."""
 
     reads_env = "the env's goal dims"
 
@@ -83,7 +84,7 @@ class GoalDistance(RewardRule):
         super().__init__(below, group_size)
         if group_size != 1:
             raise ValueError("goal_distance needs one child per agent (group_size 1)")
-        self.index = torch.as_tensor(below.require("goal_indices", "the goal_distance reward"),
+        self.index = torch.as_tensor(slice_dims(below.require("obs_slices.position", "the goal_distance reward")),
                                      device=below.device)
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
@@ -140,7 +141,7 @@ class SubtaskReward(RewardRule):
     """ALMA: a unit assigned to subtask ``k`` learns from subtask ``k``'s reward.
 
     The assignment is the level above's command, a one-hot over the env's ``S`` subtasks;
-    the rewards are the env's ``info["subtask_rewards"]`` (capability ``subtasks``): ``[B, S]``,
+    the rewards are the env's ``info["subtask_rewards"]`` (``EnvSpec.entities``): ``[B, S]``,
     or ``[B, N, S]`` when they depend on who works on a subtask; then subtask ``k`` is worth
     the best of its assigned agents' rewards (simple spread: minus the distance of the
     landmark's nearest assigned agent), and every agent on ``k`` gets that.
@@ -152,7 +153,7 @@ class SubtaskReward(RewardRule):
         super().__init__(below, group_size)
         if group_size != 1:
             raise ValueError("the subtask reward needs one env agent per unit (group_size 1)")
-        self.n_subtasks = int(below.require("subtasks", "the subtask reward")["n_subtasks"])
+        self.n_subtasks = below.require("entities", "the subtask reward").n_subtasks
 
     def check_command(self, command) -> None:
         if command is None or getattr(command, "n", None) != self.n_subtasks:

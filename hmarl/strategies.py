@@ -254,11 +254,12 @@ class Raw(CommandChannel):
 
 
 class RelativeGoal(Raw):
-    """HRL-CG / HIRO: the command is a goal relative to the children's goal dims ``index``; between
+    """HRL-CG / HIRO: the command is a goal relative to the children's goal dims ``index`` (the env's
+    ``obs_slices["position"]``); between
     two commands it follows ``h(s, g, s') = s + g - s'`` (Kreidieh et al. 2020, Eq. 6), so the
     absolute target stays fixed. One child per agent."""
 
-    requires = ("goal_indices",)
+    requires = ("obs_slices.position",)
     carries = True
 
     def __init__(self, space: spaces.Box, index: list[int]):
@@ -464,7 +465,7 @@ class OnSubtaskChange(Termination):
     copy's active subtasks change (a subtask finished)."""
 
     holds = True
-    requires = ("subtasks",)
+    requires = ("entities",)
     reads = ("active_subtasks",)
 
     def __init__(self, k: int):

@@ -103,7 +103,7 @@ def test_relative_goals_without_goal_dims_name_the_manager():
     # LBF with part of the grid in sight: the observer's coordinates are relative to its view
     env = make_env("lbf", num_envs=2, n_agents=3, max_steps=20, seed=0, sight=2)
     message = refusal([{"learner": "ppo"}, {"learner": "td3", "relative_goals": True, "command": "box(2)"}], env=env)
-    assert message.startswith("level 1: relative_goals needs an env with goal_indices; lbf has")
+    assert message.startswith("level 1: relative_goals needs an env with obs_slices.position; lbf has")
 
 
 def test_relative_goals_on_level_0_are_refused():

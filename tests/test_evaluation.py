@@ -48,7 +48,7 @@ def test_eval_success_per_group_uses_each_copy_first_episode():
     of each copy of the group: the short copy succeeds in its first of five episodes only."""
     env = EpisodesEnv(lengths=[2, 10], returns=[1.0, 5.0], max_steps=10,
                       success=lambda copy, episode: float(episode == 0),
-                      capabilities={"eval_groups": ["short", "long"]})
+                      eval_groups=("short", "long"))
     metrics = evaluation_of(env)
     assert metrics["eval/success/short"] == pytest.approx(1.0)
     assert metrics["eval/success/long"] == pytest.approx(1.0)

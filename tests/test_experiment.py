@@ -109,8 +109,9 @@ def test_cli_refuses_an_allocator_over_coded_messages_in_one_line(tmp_path):
             "but level 0 sends autoencoder messages" in out.stderr)
 
 
-def test_missing_env_capability_says_what_to_change(tmp_path):
-    with pytest.raises(ValueError, match=r"level 0 \(heuristic\) needs an env with landmarks; vmas_balance has goal_indices, positions"):
+def test_missing_env_fact_says_what_to_change(tmp_path):
+    with pytest.raises(ValueError, match=r"level 0 \(heuristic\) needs an env with obs_slices.landmarks; "
+                                         r"vmas_balance has obs_slices.position, positions"):
         Trainer(run_config("heuristic", "vmas_balance", tmp_path), lambda *entry: None)
 
 

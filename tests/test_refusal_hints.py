@@ -79,4 +79,4 @@ def test_a_system_refusal_names_the_system():
     """Pins what started this: ``hrl`` on an env without goal dims said ``hrl_cg needs ...``, naming its
     family, not the system the user chose (``hrl`` now runs on every env: ``alma_nomask`` stands in)."""
     message = refusals("alma_nomask")["vmas_balance"]
-    assert message.startswith("alma_nomask needs an env with subtasks; vmas_balance has")
+    assert message.startswith("alma_nomask needs an env with entities; vmas_balance has")

@@ -35,7 +35,7 @@ def env_provides(env_name: str) -> frozenset[str]:
     config = load_yaml(CONFIG_DIR / "envs" / f"{env_name}.yaml")
     spec = make_env(env_name, num_envs=1, seed=0, n_agents=config["n_agents"], max_steps=config["max_steps"],
                     continuous_actions=config["continuous_actions"], **config["env_options"]).spec
-    return spec.facts | frozenset(spec.switches)
+    return spec.facts | frozenset(spec.optional)
 
 
 @functools.cache
@@ -110,8 +110,8 @@ def test_flagship_systems_run_on_seven_envs_or_more(algorithm):
 
 def test_matrix_is_derived_from_declared_facts():
     """Spot checks of what the declarations give (a wrong declaration would show up here first)."""
-    assert system_needs("alma") == {"subtasks", "discrete_actions"}
-    assert system_needs("td3") == {"continuous_actions"} and system_needs("hrl_cg") == {"goal_indices"}
+    assert system_needs("alma") == {"entities", "discrete_actions"}
+    assert system_needs("td3") == {"continuous_actions"} and system_needs("hrl_cg") == {"obs_slices.position"}
     assert supported("alma", "lbf") and supported("alma", "vmas_simple_spread") and not supported("alma", "vmas_balance")
     assert supported("td3", "vmas_balance") and not supported("td3", "lbf")
     assert supported("tag_3ppo", "savethecity") and not supported("tag_3ppo", "point_maze")
@@ -135,9 +135,9 @@ def test_families_switch_on_what_they_need_and_say_so(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="hmarl"):
         alma = Trainer(run_config("alma", "vmas_simple_spread", tmp_path), lambda *entry: None)
         td3 = Trainer(run_config("td3", "vmas_balance", tmp_path), lambda *entry: None)
-    assert "subtasks" in alma.hierarchy.env.spec.capabilities and not td3.hierarchy.env.spec.discrete
+    assert alma.hierarchy.env.spec.entities is not None and not td3.hierarchy.env.spec.discrete
     said = [r.getMessage() for r in caplog.records if "turning on" in r.getMessage()]
-    assert "alma needs subtasks: turning on vmas_simple_spread's option subtasks" in said
+    assert "alma needs entities: turning on vmas_simple_spread's option subtasks" in said
     assert "level 0 (td3) needs continuous actions: turning on vmas_balance's option continuous_actions" in said
     assert len(said) == len(set(said)) == 2  # once each, though the training and evaluation envs are both built
 

@@ -13,16 +13,16 @@ class ToyEnv:
 
     Copy b terminates when any agent plays ``terminal_action``; every copy is
     truncated at ``max_steps``. Records every action batch it receives. With
-    ``positions(t) -> [B, N, 2]`` (t ``[B]``, the copies' step counters) it has positions.
+    ``positions(t) -> [B, N, 2]`` (t ``[B]``, the copies' step counters) it has positions;
+    ``facts`` are more ``EnvSpec`` keywords (``obs_slices``, ``entities``).
     """
 
     def __init__(self, num_envs=2, n_agents=4, n_actions=5, max_steps=100, terminal_action=None,
-                 continuous=False, capabilities=None, positions=None):
+                 continuous=False, facts=None, positions=None):
         space = spaces.Box(-1.0, 1.0, (2,)) if continuous else spaces.Discrete(n_actions)
-        capabilities = {**(capabilities or {}), **({"positions": 2} if positions else {})}
         self.positions = positions
         self.spec = EnvSpec(n_agents=n_agents, obs_dim=3, action_space=space, max_steps=max_steps,
-                            num_envs=num_envs, name="toy", capabilities=capabilities)
+                            num_envs=num_envs, name="toy", positions=2 if positions else None, **(facts or {}))
         self.terminal_action = terminal_action
         self.t = torch.zeros(num_envs)
         self.last = torch.zeros(num_envs, n_agents)
@@ -125,13 +125,13 @@ class EpisodesEnv:
     """
 
     def __init__(self, lengths, returns, max_steps, success=lambda b, k: 0.0, completed=lambda b, k: 0.0,
-                 n_agents=2, capabilities=None):
+                 n_agents=2, eval_groups=()):
         self.lengths = torch.tensor(lengths)
         self.per_step = torch.tensor(returns, dtype=torch.float) / self.lengths
         self.success, self.completed = success, completed
         self.spec = EnvSpec(n_agents=n_agents, obs_dim=1, action_space=spaces.Discrete(2), max_steps=max_steps,
                             num_envs=len(lengths), name="episodes",
-                            capabilities={"episode_metrics": ["completed"], **(capabilities or {})})
+                            episode_metrics=("success", "completed"), eval_groups=eval_groups)
         self.t = torch.zeros(len(lengths), dtype=torch.long)
         self.episode = torch.zeros(len(lengths), dtype=torch.long)
 

@@ -59,7 +59,7 @@ def main() -> None:
                                        device=args.device))
 
     train_env = env(args.num_envs, args.seed)
-    n_buildings = train_env.spec.capabilities["subtasks"]["n_subtasks"]
+    n_buildings = train_env.spec.entities.n_subtasks
     agents = {"learner": "ppo", "reward": args.agent_reward}
     if args.agent_reward == "upper_advantage":
         agents["reward_options"] = {"env_reward_coef": args.env_reward_coef}

@@ -32,7 +32,7 @@ class SpreadHeuristic(Learner):
     """Fixed policy over all agents of a flat level on a simple-spread env; learns nothing."""
 
     config_class = HeuristicConfig
-    requires = ("landmarks",)  # what it needs of the env (algorithms.system_requires)
+    requires = ("obs_slices.landmarks", "obs_slices.velocity")  # of the env (algorithms.system_requires)
 
     @classmethod
     def build(cls, io: AgentIO, config: HeuristicConfig, env: EnvSpec) -> "SpreadHeuristic":
@@ -40,14 +40,15 @@ class SpreadHeuristic(Learner):
 
     def __init__(self, io: AgentIO, config: HeuristicConfig, env: EnvSpec):
         super().__init__(io)
-        layout = env.require("landmarks", "the heuristic")
-        n = layout["count"]
+        landmarks = env.require("obs_slices.landmarks", "the heuristic")
+        velocity = env.require("obs_slices.velocity", "the heuristic")
+        n = (landmarks.stop - landmarks.start) // 2
         if io.n_agents != n or io.obs_dim != env.obs_dim:
             raise ValueError("the heuristic is a flat policy: one agent per env agent, no commands")
         if n > 7:
             raise ValueError(f"the heuristic enumerates assignments; {n} agents is too many (max 7)")
         self.config = config
-        self.first, self.count, self.velocity = layout["first"], n, layout["velocity"]
+        self.first, self.count, self.velocity = landmarks.start, n, velocity.start
         self.register_buffer("permutations", torch.tensor(list(itertools.permutations(range(n)))))
         self.space = io.action_space
 

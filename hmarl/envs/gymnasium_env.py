@@ -2,10 +2,11 @@
 
 Ant tasks (need ``pip install "gymnasium[mujoco]"``): gymnasium's ``Ant-v5`` is the
 paper's robot, but leaves the torso's x, y out of its observation by default, so ask
-for them and name them as the goal dims::
+for them and name them as the position (HRL-CG's goal dims; ``obs_slices`` takes lists of
+consecutive dims)::
 
     python -m hmarl with <algorithm> env=gymnasium n_agents=1 max_steps=500 \\
-        continuous_actions=True 'env_options={"env_id": "Ant-v5", "goal_indices": [0, 1],
+        continuous_actions=True 'env_options={"env_id": "Ant-v5", "obs_slices": {"position": [0, 1]},
         "exclude_current_positions_from_observation": False}'
 
 (obs then starts with the torso's x, y). AntGather is not in gymnasium; maze versions live in
@@ -24,10 +25,10 @@ import torch
 from gymnasium import spaces
 
 from hmarl.envs.registry import register
-from hmarl.spec import EnvSpec, TimeStep
+from hmarl.spec import EnvSpec, MultiAgentEnv, TimeStep, dims_slice
 
 
-class GymnasiumAdapter:
+class GymnasiumAdapter(MultiAgentEnv):
     """``num_envs`` copies of one gymnasium env as a one-agent ``MultiAgentEnv``.
 
     Observations must be a ``Box`` (flattened to float32); actions a ``Discrete``
@@ -43,7 +44,7 @@ class GymnasiumAdapter:
 
     def __init__(self, make_env: Callable[[], gymnasium.Env], num_envs: int,
                  device: str | torch.device = "cpu", *, max_steps: int, seed: int | None = None,
-                 name: str = "gymnasium", goal_indices: Sequence[int] | None = None) -> None:
+                 name: str = "gymnasium", obs_slices: dict[str, slice | Sequence[int]] | None = None) -> None:
         self._envs = [make_env() for _ in range(num_envs)]
         first = self._envs[0]
         obs_space, space = first.observation_space, first.action_space
@@ -62,10 +63,10 @@ class GymnasiumAdapter:
         self._device = torch.device(device)
         # The first reset without a seed of its own uses this one.
         self._seed = seed
-        capabilities = {} if goal_indices is None else {"goal_indices": list(goal_indices)}
+        slices = {key: dims_slice(dims, f"{name}: obs_slices[{key!r}]") for key, dims in (obs_slices or {}).items()}
         self.spec = EnvSpec(n_agents=1, obs_dim=int(np.prod(obs_space.shape)),
                             action_space=action_space, max_steps=max_steps, num_envs=num_envs,
-                            device=self._device, capabilities=capabilities, name=name)
+                            device=self._device, name=name, obs_slices=slices)
         self._obs = np.zeros((num_envs, self.spec.obs_dim), dtype=np.float32)
         self._reward = np.zeros(num_envs, dtype=np.float32)
 
@@ -120,7 +121,7 @@ class GymnasiumAdapter:
 @register("gymnasium")
 def gymnasium_env(num_envs: int, device: str | torch.device = "cpu", seed: int | None = None,
                   n_agents: int = 1, max_steps: int = 1000, continuous_actions: bool = True,
-                  env_id: str = "Pendulum-v1", goal_indices: Sequence[int] | None = None,
+                  env_id: str = "Pendulum-v1", obs_slices: dict[str, Sequence[int]] | None = None,
                   **options: Any) -> GymnasiumAdapter:
     """Any registered gymnasium env by ``env_id``; ``options`` go to ``gymnasium.make``.
 
@@ -134,4 +135,4 @@ def gymnasium_env(num_envs: int, device: str | torch.device = "cpu", seed: int |
         return gymnasium.make(env_id, max_episode_steps=max_steps, **options)
 
     return GymnasiumAdapter(make, num_envs, device, max_steps=max_steps, seed=seed, name=env_id,
-                            goal_indices=goal_indices)
+                            obs_slices=obs_slices)

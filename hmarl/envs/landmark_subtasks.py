@@ -1,7 +1,7 @@
 """Simple spread seen as ALMA subtasks: every landmark is a subtask (env option ``subtasks``).
 
 Wraps a simple-spread env (VMAS's or MPE's; they differ only in where the agent's own
-position and velocity sit in its observation) and replaces each agent's observation with
+position and velocity sit in its observation: its ``obs_slices`` say) and replaces each agent's observation with
 entity rows, as ALMA's attention agents read them (Iqbal et al. 2022, Sec. 5):
 
     own row                       (x, y, vx, vy, agent=1, landmark=0)       absolute
@@ -22,31 +22,34 @@ import dataclasses
 
 import torch
 
-from hmarl.spec import MultiAgentEnv, Tensor, TimeStep, agents_then_subtasks, subtask_membership
+import numpy as np
+
+from hmarl.spec import MultiAgentEnv, Tensor, TimeStep, agents_then_subtasks
 
 FEATURES = ("x", "y", "vx", "vy", "agent", "landmark")
 
 
-class LandmarkSubtasks:
-    """A simple-spread env with the ``subtasks`` capability (see the module docstring).
+class LandmarkSubtasks(MultiAgentEnv):
+    """A simple-spread env with ``entities`` (see the module docstring).
 
-    ``position`` and ``velocity`` are where the agent's own position and velocity start in the
-    wrapped env's observation; its ``landmarks`` capability says where the landmarks are.
+    Where the agent's own position and velocity and the landmarks sit in the wrapped env's
+    observation is read off its ``obs_slices`` (``position``, ``velocity``, ``landmarks``).
     """
 
-    def __init__(self, env: MultiAgentEnv, position: int, velocity: int):
+    def __init__(self, env: MultiAgentEnv):
         spec = env.spec
-        landmarks = spec.require("landmarks", "landmark subtasks")
-        n, s, f = spec.n_agents, int(landmarks["count"]), len(FEATURES)
+        position, velocity, landmarks = (spec.require(f"obs_slices.{name}", "landmark subtasks")
+                                         for name in ("position", "velocity", "landmarks"))
+        n, s, f = spec.n_agents, (landmarks.stop - landmarks.start) // 2, len(FEATURES)
         self.env = env
-        self._position, self._velocity, self._landmarks = position, velocity, int(landmarks["first"])
+        self._position, self._velocity, self._landmarks = position.start, velocity.start, landmarks.start
         self._n, self._s = n, s
-        capabilities = {k: v for k, v in spec.capabilities.items() if k != "landmarks"}  # layout changed
-        subtasks = agents_then_subtasks(n, s, FEATURES)
-        switches = {fact: option for fact, option in spec.switches.items() if fact != "subtasks"}
-        self.spec = dataclasses.replace(spec, obs_dim=f * (1 + n + s), switches=switches,
-                                        capabilities={**capabilities, "goal_indices": [0, 1], "subtasks": subtasks})
-        self._membership = subtask_membership(subtasks["subtask_of_entity"], s, spec.device)
+        entities = agents_then_subtasks(n, s, FEATURES)
+        optional = {fact: option for fact, option in spec.optional.items() if fact != "entities"}
+        # the layout changed: the own row starts with the position, then the velocity
+        self.spec = dataclasses.replace(spec, obs_dim=f * (1 + n + s), optional=optional, entities=entities,
+                                        obs_slices={"position": slice(0, 2)})
+        self._membership = entities.membership(spec.device)
         kind = torch.zeros(n + s, 2, device=spec.device)
         kind[:n, 0], kind[n:, 1] = 1.0, 1.0
         self._kind = kind  # [E, 2]: agent, landmark
@@ -67,7 +70,11 @@ class LandmarkSubtasks:
         return dataclasses.replace(ts, obs=self._observe(entities), info=info)
 
     def close(self) -> None:
-        getattr(self.env, "close", lambda: None)()
+        self.env.close()
+
+    def render(self) -> np.ndarray:
+        """The wrapped env's frame."""
+        return self.env.render()
 
     def _entities(self, obs: Tensor) -> Tensor:
         """Absolute entity rows ``[B, N + S, 6]`` from the wrapped observation ``[B, N, D]``."""
@@ -93,10 +100,10 @@ class LandmarkSubtasks:
                 "subtask_rewards": subtask_rewards}
 
 
-def with_subtasks(env: MultiAgentEnv, subtasks: bool, position: int, velocity: int) -> MultiAgentEnv:
+def with_subtasks(env: MultiAgentEnv, subtasks: bool) -> MultiAgentEnv:
     """``env`` with landmark subtasks if asked for, else ``env`` saying which option turns them on."""
     if subtasks:
-        return LandmarkSubtasks(env, position, velocity)
-    env.spec = dataclasses.replace(env.spec, switches={**env.spec.switches, "subtasks": "subtasks"})
+        return LandmarkSubtasks(env)
+    env.spec = dataclasses.replace(env.spec, optional={**env.spec.optional, "entities": "subtasks"})
     return env
 

@@ -82,16 +82,16 @@ food slot or a dead player; an empty slot has level and row/col 0. Agent ``i``'s
 is its own row, with ``(row, col) / (max(rows, cols) - 1)``, followed by every entity's row
 with ``(entity - agent i) / (max(rows, cols) - 1)`` as row/col: ``obs_dim = 6 + 6 (N + F)``.
 It needs the whole grid in sight (``sight`` unset or >= the field size). ``info`` then
-carries the capability's ``entities`` ``[B, N + F, 6]`` (rows as the own row),
+carries the ``entities`` ``[B, N + F, 6]`` (rows as the own row),
 ``entity_subtask``, ``active_subtasks`` ``[B, F]`` (the slot holds food) and
 ``subtask_rewards`` ``[B, F]``: the rewards this step's successful loaders of the slot's food
-received (0 at reset). Without the option the env declares it in ``EnvSpec.switches``.
+received (0 at reset). Without the option the env declares ``{"entities": "subtasks"}`` in ``EnvSpec.optional``.
 
 ``info["positions"]`` is ``[B, N, 2]`` float ``(row, col)``. ``state`` is the global view:
 the foods (grid coordinates, row-major, ``(-1, -1, 0)`` for empty slots), then every
 player's ``(row, col, level)`` in index order, then (survival) the energies.
 
-``goal_indices`` (HRL-CG's goals) are the observer's own ``(row, col)``: dims ``3 F, 3 F + 1``
+``obs_slices["position"]`` (HRL-CG's goal dims) is the observer's own ``(row, col)``: dims ``3 F, 3 F + 1``
 of the vector observation (declared only with the whole grid in sight: with a smaller
 ``sight`` they are relative to a view corner that moves with the agent) and dims ``0, 1`` of
 the subtasks observation (scaled by ``1 / (max(rows, cols) - 1)``).
@@ -112,7 +112,7 @@ from gymnasium import spaces
 
 from hmarl.envs.registry import register
 from hmarl.envs.seeding import cpu_generator
-from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
+from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep, agents_then_subtasks
 
 NONE, NORTH, SOUTH, WEST, EAST, LOAD = range(6)
 ACTION_NAMES = ("NONE", "NORTH", "SOUTH", "WEST", "EAST", "LOAD")
@@ -151,7 +151,7 @@ def _levels(name: str, value, count: int, what: str) -> list[int]:
     return values
 
 
-class LevelBasedForaging:
+class LevelBasedForaging(MultiAgentEnv):
     """``num_envs`` copies of Level-Based Foraging (optionally with Survival) stepping together.
 
     Shapes:
@@ -246,26 +246,24 @@ class LevelBasedForaging:
         self._t = torch.zeros(b, dtype=torch.long, device=device)
         player_dims = 3 if self._levels_seen else 2
         extra = n_agents if self._survival else 0
-        capabilities: dict = {"positions": 2}
         # The observer's own (row, col): first of the entity rows, or the first player slot of the
         # vector observation, which holds grid coordinates only when the whole grid is in sight.
+        obs_slices = {}
         if self._subtasks:
-            capabilities["goal_indices"] = [0, 1]
+            obs_slices["position"] = slice(0, 2)
         elif sight >= max(rows, cols):
-            capabilities["goal_indices"] = [3 * max_num_food, 3 * max_num_food + 1]
-        subtasks = agents_then_subtasks(n_agents, max_num_food, ENTITY_FEATURES, finished="gone")
-        self._entity_subtask = subtask_membership(subtasks["subtask_of_entity"], max_num_food, device)
+            obs_slices["position"] = slice(3 * max_num_food, 3 * max_num_food + 2)
+        entities = agents_then_subtasks(n_agents, max_num_food, ENTITY_FEATURES, finished="gone")
+        self._entity_subtask = entities.membership(device)
         if self._subtasks:
-            capabilities["subtasks"] = subtasks
             obs_dim = len(ENTITY_FEATURES) * (1 + n_agents + max_num_food)
-            switches = {}
         else:
             obs_dim = 3 * max_num_food + player_dims * n_agents + extra
-            switches = {"subtasks": "subtasks"}
         self.spec = EnvSpec(
             n_agents=n_agents, obs_dim=obs_dim, action_space=spaces.Discrete(6), max_steps=max_steps,
             num_envs=num_envs, device=device, state_dim=3 * max_num_food + 3 * n_agents + extra,
-            capabilities=capabilities, name=name, switches=switches)
+            name=name, positions=2, obs_slices=obs_slices, entities=entities if self._subtasks else None,
+            optional={} if self._subtasks else {"entities": "subtasks"})
         self._spawn(None)
 
     # ----------------------------------------------------------------------------- protocol

@@ -49,7 +49,7 @@ from gymnasium import spaces
 from hmarl.envs.landmark_subtasks import with_subtasks
 from hmarl.envs.registry import register
 from hmarl.envs.seeding import cpu_generator
-from hmarl.spec import EnvSpec, Tensor, TimeStep
+from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep
 
 # mpe2's World and simple_spread constants
 DT = 0.1
@@ -67,7 +67,7 @@ ACTION_DIM = 5
 COMM_DIM = 2
 
 
-class SimpleSpread:
+class SimpleSpread(MultiAgentEnv):
     """``num_envs`` copies of MPE simple spread stepping together (see the module docstring).
 
     ``dtype`` is the precision of the physics, observations and rewards (mpe2 computes in
@@ -109,9 +109,9 @@ class SimpleSpread:
             n_agents=n_agents, obs_dim=obs_dim, action_space=action_space, max_steps=max_steps,
             num_envs=num_envs, device=device, state_dim=n_agents * obs_dim,
             # observations are [vel, pos, landmarks relative to the agent, ...], a landmark per agent
-            capabilities={"positions": 2, "goal_indices": [2, 3],
-                          "landmarks": {"first": 4, "count": n_agents, "velocity": 0}},
-            name=name, switches={} if continuous_actions else {"continuous_actions": "continuous_actions"})
+            name=name, positions=2,
+            obs_slices={"velocity": slice(0, 2), "position": slice(2, 4), "landmarks": slice(4, 4 + 2 * n_agents)},
+            optional={} if continuous_actions else {"continuous_actions": "continuous_actions"})
         self.set_state(*self._spawn())
 
     # ----------------------------------------------------------------------------- protocol
@@ -247,4 +247,4 @@ def mpe_simple_spread(num_envs: int, device: str | torch.device = "cpu", seed: i
                          "local_ratio, terminate_on_success, dtype, subtasks")
     env = SimpleSpread(num_envs, device=device, seed=seed, n_agents=n_agents, max_steps=max_steps,
                        continuous_actions=continuous_actions, **options)
-    return with_subtasks(env, subtasks, position=2, velocity=0)
+    return with_subtasks(env, subtasks)

@@ -1,7 +1,6 @@
 """Batches copies of any PettingZoo ``ParallelEnv`` behind the ``MultiAgentEnv`` protocol."""
 from __future__ import annotations
 
-import dataclasses
 
 from typing import Any, Callable
 
@@ -13,10 +12,10 @@ from pettingzoo import ParallelEnv
 
 from hmarl.envs.landmark_subtasks import with_subtasks
 from hmarl.envs.registry import register
-from hmarl.spec import EnvSpec, TimeStep
+from hmarl.spec import EnvSpec, MultiAgentEnv, TimeStep
 
 
-class ParallelEnvAdapter:
+class ParallelEnvAdapter(MultiAgentEnv):
     """``num_envs`` copies of one PettingZoo ``ParallelEnv`` stepping together.
 
     Agents are ordered as ``possible_agents`` and may observe different spaces: each
@@ -49,7 +48,9 @@ class ParallelEnvAdapter:
         *,
         max_steps: int,
         name: str = "pettingzoo",
-        capabilities: dict[str, Any] | None = None,
+        positions: int | None = None,
+        obs_slices: dict[str, slice] | None = None,
+        optional: dict[str, str] | None = None,
     ) -> None:
         self._envs = [make_env() for _ in range(num_envs)]
         first = self._envs[0]
@@ -77,8 +78,10 @@ class ParallelEnvAdapter:
             num_envs=num_envs,
             device=self._device,
             state_dim=state_dim,
-            capabilities=dict(capabilities or {}),
             name=name,
+            positions=positions,
+            obs_slices=dict(obs_slices or {}),
+            optional=dict(optional or {}),
         )
         n = self.spec.n_agents
         self._widths = widths
@@ -229,9 +232,8 @@ def mpe2_simple_spread(
 
     # mpe2 observes [vel, pos, landmarks relative to the agent, ...]
     env = ParallelEnvAdapter(make, num_envs, device, max_steps=max_steps, name="mpe2_simple_spread",
-                             capabilities={"goal_indices": [2, 3],
-                                           "landmarks": {"first": 4, "count": n_agents, "velocity": 0}})
-    if not continuous_actions:  # mpe2 has continuous actions behind its own option
-        env.spec = dataclasses.replace(env.spec, switches={**env.spec.switches,
-                                                           "continuous_actions": "continuous_actions"})
-    return with_subtasks(env, subtasks, position=2, velocity=0)
+                             obs_slices={"velocity": slice(0, 2), "position": slice(2, 4),
+                                         "landmarks": slice(4, 4 + 2 * n_agents)},
+                             # mpe2 has continuous actions behind its own option
+                             optional={} if continuous_actions else {"continuous_actions": "continuous_actions"})
+    return with_subtasks(env, subtasks)

@@ -18,7 +18,7 @@ from gymnasium import spaces
 
 from hmarl.envs.registry import register
 from hmarl.envs.seeding import cpu_generator
-from hmarl.spec import EnvSpec, Tensor, TimeStep
+from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep
 
 CELL = 8.0
 #: 1 = wall; row index grows with y, column index with x.
@@ -35,7 +35,7 @@ TARGET_LOW, TARGET_HIGH = -4.0, 20.0
 EVAL_TARGETS = ((16.0, 0.0), (16.0, 16.0), (0.0, 16.0))
 
 
-class PointMaze:
+class PointMaze(MultiAgentEnv):
     """``num_envs`` point U-mazes stepping together (one agent each).
 
     All copies start and end their episodes together (no early termination), so the
@@ -43,7 +43,7 @@ class PointMaze:
 
     Shapes:
         obs ``[B, 1, 4]`` = (x, y, target_x, target_y), the target being the task's context
-        (capability ``context_indices``); actions ``[B, 1, 2]`` in [-1, 1];
+        (``obs_slices["context"]``); actions ``[B, 1, 2]`` in [-1, 1];
         reward ``[B, 1]``; ``info["positions"]`` ``[B, 1, 2]``; ``info["success"]`` ``[B]``
         bool (True only on the step that ends a successful episode); ``info["final_obs"]``.
     """
@@ -67,9 +67,9 @@ class PointMaze:
         self.spec = EnvSpec(
             n_agents=1, obs_dim=4, action_space=spaces.Box(-1.0, 1.0, (2,)), max_steps=max_steps,
             num_envs=num_envs, device=self._device,
-            capabilities={"goal_indices": [0, 1], "context_indices": [2, 3], "positions": 2,
-                          **({"eval_groups": [f"{x:g},{y:g}" for x, y in EVAL_TARGETS]} if eval_targets else {})},
-            name="point_maze")
+            name="point_maze", positions=2, obs_slices={"position": slice(0, 2), "context": slice(2, 4)},
+            episode_metrics=("success",),
+            eval_groups=tuple(f"{x:g},{y:g}" for x, y in EVAL_TARGETS) if eval_targets else ())
 
     def reset(self, seed: int | None = None) -> TimeStep:
         """Start every copy at (0, 0) with a new target; ``seed`` re-seeds the targets."""

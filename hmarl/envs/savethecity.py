@@ -100,7 +100,7 @@ from gymnasium import spaces
 
 from hmarl.envs.registry import register
 from hmarl.envs.seeding import cpu_generator
-from hmarl.spec import EnvSpec, Tensor, TimeStep, agents_then_subtasks, subtask_membership
+from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep, agents_then_subtasks
 
 GRID = 16
 #: Rows/cols of the building lattice (spacing 3).
@@ -175,7 +175,7 @@ def _type_ids(types: Sequence, n_agents: int, what: str) -> list[int]:
     return ids
 
 
-class SaveTheCity:
+class SaveTheCity(MultiAgentEnv):
     """``num_envs`` copies of SaveTheCity stepping together (see the module docstring).
 
     Shapes (``F = 12``, ``S = N + 1``):
@@ -223,11 +223,10 @@ class SaveTheCity:
         self.spec = EnvSpec(
             n_agents=n, obs_dim=N_FEATURES + entities * N_FEATURES, action_space=spaces.Discrete(N_ACTIONS),
             max_steps=max_steps, num_envs=num_envs, device=device, state_dim=entities * N_FEATURES,
-            capabilities={"positions": 2, "subtasks": agents_then_subtasks(n, s, FEATURES, finished="finished"),
-                          "episode_metrics": ["completed"],
-                          "goal_indices": [0, 1]},  # the agent's own (row, col) / 15, first in its row
-            name=name)
-        self._entity_subtask = subtask_membership(self.spec.capabilities["subtasks"]["subtask_of_entity"], s, device)
+            name=name, positions=2, entities=agents_then_subtasks(n, s, FEATURES, finished="finished"),
+            obs_slices={"position": slice(0, 2)},  # the agent's own (row, col) / 15, first in its row
+            episode_metrics=("success", "completed"))
+        self._entity_subtask = self.spec.entities.membership(device)
         self._spawn(None)
 
     # ----------------------------------------------------------------------------- protocol

@@ -8,7 +8,7 @@ from vmas.simulator.environment.environment import local_seed
 
 from hmarl.envs.landmark_subtasks import with_subtasks
 from hmarl.envs.registry import register
-from hmarl.spec import EnvSpec, Tensor, TimeStep
+from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep
 
 
 #: VMAS's Discrete(9): flat index over (x, y) digits, digit 0 stays, 1 pushes -u, 2 pushes +u
@@ -16,7 +16,7 @@ _NINE_MOVES = torch.tensor([[0, 0], [0, -1], [0, 1], [-1, 0], [-1, -1], [-1, 1],
                            dtype=torch.float32)
 
 
-class VmasEnv:
+class VmasEnv(MultiAgentEnv):
     """A VMAS scenario with ``[B, N, ...]`` tensors and auto-reset.
 
     When every agent is silent, noiseless and (if discrete) has VMAS's 9 moves, actions
@@ -32,7 +32,7 @@ class VmasEnv:
     def __init__(self, scenario: str, num_envs: int, device: str | torch.device = "cpu",
                  seed: int | None = None, n_agents: int | None = None, max_steps: int = 100,
                  continuous_actions: bool = False, name: str | None = None,
-                 capabilities: dict | None = None, **options):
+                 obs_slices: dict[str, slice] | None = None, **options):
         if n_agents is not None:
             options["n_agents"] = n_agents
         self._env = vmas.make_env(
@@ -51,8 +51,8 @@ class VmasEnv:
         self.spec = EnvSpec(
             n_agents=len(self._env.agents), obs_dim=obs.shape[-1], action_space=action_space,
             max_steps=max_steps, num_envs=num_envs, device=torch.device(device),
-            capabilities={"positions": 2, **(capabilities or {})}, name=name or f"vmas_{scenario}",
-            switches={} if continuous_actions else {"continuous_actions": "continuous_actions"})
+            name=name or f"vmas_{scenario}", positions=2, obs_slices=dict(obs_slices or {}),
+            optional={} if continuous_actions else {"continuous_actions": "continuous_actions"})
 
     def _direct_forces(self, action_space, device) -> Tensor | None:
         """Per-agent force scale ``[N, 2]`` if actions can be applied directly, else None."""
@@ -139,14 +139,14 @@ def _scenario(name: str, scenario: str, landmarks: bool = False) -> None:
                 max_steps: int = 100, continuous_actions: bool = False, **options):
         # every scenario observes the agent's own position first; simple_spread then
         # [vel, landmarks relative to the agent, ...], a landmark per agent
-        capabilities: dict = {"goal_indices": [0, 1]}
+        obs_slices = {"position": slice(0, 2)}
         if landmarks:
-            capabilities["landmarks"] = {"first": 4, "count": n_agents, "velocity": 2}
+            obs_slices.update(velocity=slice(2, 4), landmarks=slice(4, 4 + 2 * n_agents))
             subtasks = options.pop("subtasks", False)
         env = VmasEnv(scenario, num_envs=num_envs, device=device, seed=seed, n_agents=n_agents,
                       max_steps=max_steps, continuous_actions=continuous_actions, name=name,
-                      capabilities=capabilities, **options)
-        return with_subtasks(env, subtasks, position=0, velocity=2) if landmarks else env
+                      obs_slices=obs_slices, **options)
+        return with_subtasks(env, subtasks) if landmarks else env
 
     factory.__doc__ = f"VMAS {scenario!r} scenario." + (
         " ``subtasks=True``: landmarks as ALMA subtasks (``envs.landmark_subtasks``)." if landmarks else "")

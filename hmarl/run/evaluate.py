@@ -110,7 +110,10 @@ def evaluate_run(run: RunConfig, hierarchy: Hierarchy, episodes: int, seed: int)
     """``episodes`` greedy episodes on the run's evaluation env (``eval_env_options``), seeded as
     the run's own evaluations are: ``eval/return`` and what else the env reports, per episode."""
     evaluator = hierarchy.attach(make_run_env(run, episodes, seed_offset=seed - run.seed, evaluation=True))
-    evaluate(evaluator, seed)
+    try:
+        evaluate(evaluator, seed)
+    finally:
+        evaluator.env.close()
     first = evaluator.env.first_episodes()
     done = first.finished.cpu().numpy()
     results = {"eval/return": Estimate.of(first.returns.cpu().numpy()[done])}
@@ -149,13 +152,20 @@ def main(argv: list[str] | None = None) -> None:
         episodes = args.episodes or run.eval_envs
         seed = run.seed + 10_000 if args.seed is None else args.seed
         print(f"{args.run_dir}: {run.algorithm} on {run.env} from {source}; {episodes} greedy episodes, seed {seed}")
-        for name, estimate in evaluate_run(run, hierarchy, episodes, seed).items():
+        try:
+            results = evaluate_run(run, hierarchy, episodes, seed)
+        finally:
+            hierarchy.env.close()  # the env it was built on; evaluation plays on envs of its own
+        for name, estimate in results.items():
             print(f"  {name}: {estimate}")
         if args.render is not None:
             every = args.every or max(1, run.max_steps // 100)
             env = make_run_env(run, 1, seed_offset=seed - run.seed, evaluation=True)
-            drawn = render_episode(hierarchy, env, run.env, {**run.env_options, **run.eval_env_options}, seed,
-                                   args.render, f"{run.algorithm} on {run.env}", args.fps, every, args.size)
+            try:
+                drawn = render_episode(hierarchy, env, run.env, {**run.env_options, **run.eval_env_options}, seed,
+                                       args.render, f"{run.algorithm} on {run.env}", args.fps, every, args.size)
+            finally:
+                env.close()
             print(f"  rendered {drawn['frames']} frames of a {drawn['steps']}-step episode with the "
                   f"{drawn['renderer']} renderer to {drawn['path']}")
     except (ValueError, KeyError, OSError) as error:

@@ -273,7 +273,7 @@ class RunConfig:
 
 
 SWITCH_OPTIONS = ("subtasks",)
-"""Env options that turn a capability on (``EnvSpec.switches``): they must be true or false."""
+"""Env options that turn a fact on (values of ``EnvSpec.optional``): they must be true or false."""
 
 
 class ConfigError(SystemExit):
@@ -405,12 +405,13 @@ _SWITCHED_SAID: set[str] = set()
 
 
 def switched_on(run: RunConfig, spec: EnvSpec) -> dict[str, bool]:
-    """The env options (``EnvSpec.switches``) the run's system turns on because it needs a fact the
-    env has only behind them, e.g. ALMA's ``subtasks`` on simple spread; each is logged once."""
+    """The env options (``EnvSpec.optional``) the run's system turns on because it needs a fact the
+    env has only behind them, e.g. ALMA's ``entities`` (option ``subtasks``) on simple spread; each
+    is logged once."""
     options = {}
     for fact, who in run_requires(run).items():
-        if fact not in spec.facts and fact in spec.switches:
-            option = spec.switches[fact]
+        if fact not in spec.facts and fact in spec.optional:
+            option = spec.optional[fact]
             options[option] = True
             message = f"{who} needs {fact.replace('_', ' ')}: turning on {spec.name}'s option {option}"
             if message not in _SWITCHED_SAID:
@@ -443,7 +444,7 @@ def make_run_env(run: RunConfig, num_envs: int, seed_offset: int = 0, evaluation
     env = make_env(run.env, **keys)
     switches = switched_on(run, env.spec)
     if switches:
-        getattr(env, "close", lambda: None)()
+        env.close()
         env = make_env(run.env, **{**keys, **switches})
     return EpisodeMonitor(env)
 
@@ -492,7 +493,7 @@ def evaluate(hierarchy: Hierarchy, seed: int) -> dict[str, float]:
     metrics["eval/return"] = first.mean(first.returns)
     if first.success is not None:
         metrics["eval/success"] = first.mean(first.success)
-        groups = monitor.spec.capabilities.get("eval_groups", [])
+        groups = monitor.spec.eval_groups
         copy = torch.arange(monitor.spec.num_envs, device=first.finished.device)
         for index, group in enumerate(groups):  # copies are assigned to the groups in turn
             metrics[f"eval/success/{group}"] = first.mean(first.success, among=copy % len(groups) == index)
@@ -627,6 +628,18 @@ class Trainer:
         self.saved: int | None = None
         """Env step of the last checkpoint written or resumed from."""
         self.path = run.checkpoint_path()
+
+    def close(self) -> None:
+        """Close the training and the evaluation env (``MultiAgentEnv.close``): the run's ``main``
+        does when it ends; a ``with Trainer(...) as trainer:`` block does on leaving it."""
+        self.hierarchy.env.close()
+        self.evaluator.env.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     @property
     def total_steps(self) -> int:
@@ -931,6 +944,8 @@ def main(_config: dict[str, Any], _run) -> float:
         except BaseException:
             close_loggers(trainer.loggers, ok=False)
             raise
+        finally:
+            trainer.close()
         close_loggers(trainer.loggers, ok=True)
     except KeyboardInterrupt:
         logger.warning(trainer.interrupted(resume_command(_run.meta_info)))

@@ -32,10 +32,10 @@ class EpisodeMonitor:
     """Wraps an env; sums each copy's reward (mean over agents) until its episode ends.
 
     ``pop()`` returns the mean return of the episodes finished since the last call
-    (NaN if none) and their count. Envs that report ``info["success"]`` on the step
-    that ends an episode also get per-copy success counts (``pop_success``), and the
-    per-episode scalars an env names in its ``episode_metrics`` capability (reported in
-    ``info`` on the step that ends an episode) are averaged by ``pop_episode_metrics``.
+    (NaN if none) and their count. Envs whose ``EnvSpec.episode_metrics`` name ``success``
+    (``info["success"]`` on the step that ends an episode) also get per-copy success counts
+    (``pop_success``), and the other per-episode scalars they name (reported in ``info`` on
+    the step that ends an episode) are averaged by ``pop_episode_metrics``.
 
     It also keeps each copy's *first* episode since the last ``reset`` (``first_episodes``):
     evaluation counts every copy once, so copies whose episodes end early do not weigh more.
@@ -50,13 +50,13 @@ class EpisodeMonitor:
         self._count = torch.zeros((), device=device)
         self._successes = torch.zeros(env.spec.num_envs, device=device)
         self._episodes = torch.zeros(env.spec.num_envs, device=device)
-        self._metric_names = list(env.spec.capabilities.get("episode_metrics", []))
+        self._metric_names = [name for name in env.spec.episode_metrics if name != "success"]
         self._metrics = torch.zeros(len(self._metric_names), device=device)
         self._first_finished = torch.zeros(env.spec.num_envs, dtype=torch.bool, device=device)
         self._first_return = torch.full((env.spec.num_envs,), float("nan"), device=device)
         self._first_success = torch.full_like(self._first_return, float("nan"))
         self._first_metrics = torch.full((len(self._metric_names), env.spec.num_envs), float("nan"), device=device)
-        self._reports_success = False
+        self._reports_success = "success" in env.spec.episode_metrics
 
     def reset(self, seed: int | None = None) -> TimeStep:
         """Reset the env; returns in progress and the first episodes recorded are dropped."""
@@ -77,8 +77,7 @@ class EpisodeMonitor:
         self._total += (self._running * done).sum()
         self._count += done.sum()
         self._running.masked_fill_(done, 0.0)
-        if "success" in ts.info:
-            self._reports_success = True
+        if self._reports_success:
             self._successes += ts.info["success"]
             self._episodes += done
             self._first_success = torch.where(first, ts.info["success"].float(), self._first_success)
@@ -86,6 +85,14 @@ class EpisodeMonitor:
             self._metrics[index] += (ts.info[name] * done).sum()
             self._first_metrics[index] = torch.where(first, ts.info[name].float(), self._first_metrics[index])
         return ts
+
+    def close(self) -> None:
+        """Close the env."""
+        self.env.close()
+
+    def render(self):
+        """The env's frame (``uint8 [H, W, 3]``, copy 0)."""
+        return self.env.render()
 
     def first_episodes(self) -> FirstEpisodes:
         """Each copy's first episode since the last ``reset``: return, success, episode metrics."""

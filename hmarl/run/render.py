@@ -123,7 +123,7 @@ class HierarchyWatch:
         self.hierarchy, self.recorder = hierarchy, recorder
         self.commands: list[Tensor | None] = [None] * len(hierarchy.levels)
         self.targets: Tensor | None = None
-        self._goal_index = recorder.spec.capabilities.get("goal_indices")
+        self._goal_index = recorder.spec.obs_slices.get("position")
         for index, level in enumerate(hierarchy.levels):
             level.step = self._watch(index, level.step)
 
@@ -259,17 +259,16 @@ class MatplotlibScene:
         """Continuous worlds (VMAS, MPE): agents where the env says they are, landmarks if it has them."""
         obs = ts.obs[0].cpu().numpy()
         info = {k: v[0].cpu().numpy() for k, v in ts.info.items() if torch.is_tensor(v) and v.dim() > 1}
-        capabilities = self.spec.capabilities
+        slices = self.spec.obs_slices
         if "positions" in info:
             positions = info["positions"]
         else:
-            positions = obs[:, capabilities["goal_indices"]]
+            positions = obs[:, slices["position"]]
         subtasks = None
-        if "entities" in info and "subtasks" in capabilities:  # landmark subtasks: absolute entity rows
+        if "entities" in info and self.spec.entities is not None:  # landmark subtasks: absolute entity rows
             subtasks = info["entities"][self.spec.n_agents:, :2]
-        elif "landmarks" in capabilities:
-            first, count = capabilities["landmarks"]["first"], capabilities["landmarks"]["count"]
-            subtasks = positions[0] + obs[0, first:first + 2 * count].reshape(count, 2)
+        elif "landmarks" in slices:
+            subtasks = positions[0] + obs[0, slices["landmarks"]].reshape(-1, 2)
         if subtasks is not None:
             ax.scatter(subtasks[:, 0], subtasks[:, 1], s=self.marker, marker="s", color="0.8", zorder=1)
         extent = np.abs(np.concatenate([positions, subtasks if subtasks is not None else positions])).max()

@@ -102,8 +102,8 @@ def training_throughput(run) -> dict:
         if name == "perf/env_steps_per_s":
             seconds.append(run.steps_per_iteration / value)
 
-    trainer = Trainer(run, log)
-    trainer.fit()
+    with Trainer(run, log) as trainer:
+        trainer.fit()
     steps = sum(replay_learner_steps(trainer.hierarchy))
     return {"steps_per_s": run.iterations * run.steps_per_iteration / sum(seconds),
             "gradient_steps_per_s": steps / sum(seconds)}

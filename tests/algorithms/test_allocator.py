@@ -8,16 +8,16 @@ from gymnasium import spaces
 from hmarl.algorithms.alma.allocator import Allocator, AllocatorConfig, HeuristicAllocator, HeuristicAllocatorConfig, PopArt
 from hmarl.learner import UpdateContext
 from hmarl import AgentIO, EnvSpec, Rollout
+from hmarl.spec import Entities
 
 N, S, F = 3, 4, 3  # agents, subtasks, entity features: [x, is_agent, finished]
 E = N + S
 
 
-def env_spec(**subtasks):
-    description = {"n_subtasks": S, "n_entities": E, "entity_dim": F, "obs_entities": [0, E],
-                   "subtask_of_entity": [-1] * N + list(range(S)), "finished_feature": 2, **subtasks}
-    return EnvSpec(n_agents=N, obs_dim=E * F, action_space=spaces.Discrete(5), max_steps=50, num_envs=2,
-                   capabilities={"subtasks": description}, name="toy subtasks")
+def env_spec(subtask_of_entity=(-1,) * N + tuple(range(S))):
+    entities = Entities(n_subtasks=S, subtask_of_entity=subtask_of_entity, entity_dim=F, first=0, finished_feature=2)
+    return EnvSpec(n_agents=N, obs_dim=len(subtask_of_entity) * F, action_space=spaces.Discrete(5), max_steps=50,
+                   num_envs=2, entities=entities, name="toy subtasks")
 
 
 def allocator(**options):
@@ -331,7 +331,7 @@ def test_critic_target_follows_every_50_episodes_counted_over_copies():
 def test_bad_input():
     io = AgentIO(n_agents=1, obs_dim=10, child_obs_dim=10, action_space=spaces.MultiDiscrete([S] * N), group=N)
     no_subtasks = EnvSpec(n_agents=N, obs_dim=10, action_space=spaces.Discrete(5), max_steps=5, num_envs=1)
-    with pytest.raises(ValueError, match="the allocator needs an env with subtasks"):
+    with pytest.raises(ValueError, match="the allocator needs an env with entities"):
         Allocator(io, AllocatorConfig(), no_subtasks)
     joint = AgentIO(n_agents=1, obs_dim=10, child_obs_dim=10, action_space=spaces.Discrete(S ** N), group=N)
     with pytest.raises(ValueError, match="group_size: all, joint: false"):

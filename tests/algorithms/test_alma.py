@@ -115,7 +115,7 @@ def test_heuristic_allocation_on_a_hand_made_city():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="alma needs an env with subtasks; vmas_balance has goal_indices, positions"):
+    with pytest.raises(ValueError, match="alma needs an env with entities; vmas_balance has obs_slices.position, positions"):
         alma(make_env("vmas_balance", num_envs=1, n_agents=3, max_steps=10, seed=0))
     with pytest.raises(ValueError, match="action_length must be >= 1"):
         alma(city(), action_length=0)

@@ -11,7 +11,7 @@ from hmarl.algorithms.alma.aqmix import AQMIX, AQMIXConfig
 from hmarl.learner import UpdateContext
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
-from hmarl.spec import EnvSpec
+from hmarl.spec import Entities, EnvSpec
 from tests.toys import Fn, bandit_rollout
 
 F_DIM = 3  # features per entity
@@ -19,13 +19,13 @@ SUFFIX = 2  # a position suffix after the entities, which the learner must ignor
 SMALL = {"attention_dim": 16, "heads": 2, "hidden_sizes": [32], "mixing_embed_dim": 8, "hypernet_embed": 16}
 
 
-def subtask_spec(n: int, s: int, k: int, **overrides) -> EnvSpec:
+def subtask_spec(n: int, s: int, k: int, subtask_of_entity=None, first: int = F_DIM) -> EnvSpec:
     """Entities: the n agents (no subtask), then one entity per subtask; obs = own row, entities, suffix."""
     e = n + s
-    layout = {"n_subtasks": s, "n_entities": e, "entity_dim": F_DIM, "obs_entities": [F_DIM, e],
-              "subtask_of_entity": [-1] * n + list(range(s)), **overrides}
+    of_entity = [-1] * n + list(range(s)) if subtask_of_entity is None else subtask_of_entity
+    entities = Entities(n_subtasks=s, subtask_of_entity=of_entity, entity_dim=F_DIM, first=first)
     return EnvSpec(n_agents=n, obs_dim=F_DIM + e * F_DIM + SUFFIX, action_space=spaces.Discrete(k),
-                   max_steps=10, num_envs=1, name="city", capabilities={"subtasks": layout})
+                   max_steps=10, num_envs=1, name="city", entities=entities)
 
 
 def make(n=2, s=2, k=2, command=True, space=None, spec=None, **options) -> AQMIX:
@@ -87,7 +87,7 @@ def test_agents_attend_only_to_their_subtask_and_its_team():
 def test_an_agent_that_may_see_nothing_gets_no_nans():
     torch.manual_seed(0)
     n, s = 2, 2
-    spec = subtask_spec(n, s, 3, n_entities=s, obs_entities=[F_DIM, s], subtask_of_entity=[0, 1])
+    spec = subtask_spec(n, s, 3, subtask_of_entity=[0, 1])
     learner = make(n, s, 3, spec=spec)
     obs = with_command(torch.randn(4, n, learner.io.obs_dim), torch.tensor([-1, 1]), s)  # agent 0 unassigned
     obs.requires_grad_(True)
@@ -381,9 +381,9 @@ def test_foreach_rmsprop_steps_as_the_per_tensor_loop():
 
 def test_env_without_subtasks_is_refused():
     spec = EnvSpec(n_agents=2, obs_dim=10, action_space=spaces.Discrete(3), max_steps=5, num_envs=1,
-                   name="plain", capabilities={"positions": 2})
+                   name="plain", positions=2)
     io = AgentIO(n_agents=2, obs_dim=10, child_obs_dim=10, action_space=spaces.Discrete(3))
-    with pytest.raises(ValueError, match="aqmix needs an env with subtasks; plain has positions"):
+    with pytest.raises(ValueError, match="aqmix needs an env with entities; plain has positions"):
         AQMIX.build(io, AQMIXConfig(), spec)
 
 
@@ -394,21 +394,15 @@ def test_non_discrete_actions_are_refused():
         make(space=spaces.MultiDiscrete([2, 2]))
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"obs_entities": None}, "missing: obs_entities"),
-    ({"obs_entities": [3, 9]}, "lists 9 entities"),
-    ({"subtask_of_entity": [-1, -1, 0, 2]}, "subtask_of_entity"),
-    ({"obs_entities": [30, 4]}, "exceed the observation"),
-    ({"obs_entities": [1, 4]}, "inside the own row"),
+@pytest.mark.parametrize("bad, match", [
+    # what the env's spec refuses when it is made, and what aqmix refuses of a layout that fits the env
+    (lambda: subtask_spec(2, 2, 2, subtask_of_entity=[-1, -1, 0, 2]), r"Entities: subtask_of_entity holds subtasks -1\.\.1"),
+    (lambda: subtask_spec(2, 2, 2, first=30), r"city's spec: the 4 entity rows .* beyond obs_dim \(17\)"),
+    (lambda: make(spec=subtask_spec(2, 2, 2, first=1)), "inside the own row"),
 ])
-def test_bad_layout(overrides, match):
-    spec = subtask_spec(2, 2, 2)
-    layout = {**spec.capabilities["subtasks"], **overrides}
-    layout = {key: value for key, value in layout.items() if value is not None}
-    spec = EnvSpec(n_agents=2, obs_dim=spec.obs_dim, action_space=spec.action_space, max_steps=10, num_envs=1,
-                   name="city", capabilities={"subtasks": layout})
+def test_bad_layout(bad, match):
     with pytest.raises(ValueError, match=match):
-        make(spec=spec)
+        bad()
 
 
 def test_command_must_be_a_subtask_one_hot():

@@ -236,7 +236,7 @@ def test_bad_input_is_reported_before_training():
 def test_himppo_scales_over_sampling_agents(n_agents):
     """VMAS sampling with 3, 5 and 7 agents: 2 sub-managers own up to ceil(N / 2) workers each."""
     env = make_env("vmas_sampling", num_envs=2, n_agents=n_agents, max_steps=20, seed=0)
-    assert env.spec.n_agents == n_agents and env.spec.capabilities["positions"] == 2
+    assert env.spec.n_agents == n_agents and env.spec.positions == 2
     hierarchy = himppo(env)
     assert hierarchy.levels[1].io.group == -(-n_agents // 2)
     hierarchy.reset(0)

@@ -232,19 +232,20 @@ def test_lambda_zero_is_exactly_plain_hrl():
 
 
 LEVELS = [{"learner": "auto"}, {"learner": "goal_manager", "period": 10}]
+GOAL_DIM_1 = {"obs_slices": {"position": slice(1, 2)}}  # the toy's obs dim 1 as its goal dim
 
 
 @pytest.mark.parametrize("env, levels, options, message", [
-    (ToyEnv(n_agents=1, continuous=True), LEVELS, {}, "hrl_cg needs an env with goal_indices; toy has none"),
-    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}), LEVELS, {"cg_lambda": -0.1},
+    (ToyEnv(n_agents=1, continuous=True), LEVELS, {}, "hrl_cg needs an env with obs_slices.position; toy has none"),
+    (ToyEnv(n_agents=1, continuous=True, facts=GOAL_DIM_1), LEVELS, {"cg_lambda": -0.1},
      "cg_lambda must be >= 0"),
-    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}),
+    (ToyEnv(n_agents=1, continuous=True, facts=GOAL_DIM_1),
      [{"learner": "auto"}, {"learner": "goal_manager", "period": 0}], {}, "period must be >= 1"),
-    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}), LEVELS[:1], {}, "has two levels"),
-    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1]}), LEVELS, {"worker_sees_context": False},
+    (ToyEnv(n_agents=1, continuous=True, facts=GOAL_DIM_1), LEVELS[:1], {}, "has two levels"),
+    (ToyEnv(n_agents=1, continuous=True, facts=GOAL_DIM_1), LEVELS, {"worker_sees_context": False},
      "worker_sees_context: false, but toy does not declare which observation dims hold its context"),
-    (ToyEnv(n_agents=1, continuous=True, capabilities={"goal_indices": [1], "context_indices": [1, 2]}), LEVELS, {},
-     r"context dims \[1\] are also goal dims"),
+    (ToyEnv(n_agents=1, continuous=True, facts={"obs_slices": {"position": slice(1, 2), "context": slice(1, 3)}}),
+     LEVELS, {}, r"context dims \[1\] are also goal dims"),
 ])
 def test_bad_input(env, levels, options, message):
     with pytest.raises(ValueError, match=message):
@@ -252,7 +253,7 @@ def test_bad_input(env, levels, options, message):
 
 
 def test_discrete_envs_get_a_dqn_worker():
-    env = ToyEnv(n_agents=2, n_actions=3, capabilities={"goal_indices": [1, 2]})
+    env = ToyEnv(n_agents=2, n_actions=3, facts={"obs_slices": {"position": slice(1, 3)}})
     hierarchy = hrl_cg.build(env, LEVELS, {"dqn": {"hidden_sizes": [8]}, "goal_manager": {"hidden_sizes": [8]}})
     worker, manager = (level.learner for level in hierarchy.levels)
     assert isinstance(worker, DQN) and manager.goal_index.tolist() == [1, 2]
@@ -261,11 +262,11 @@ def test_discrete_envs_get_a_dqn_worker():
 
 # -- the hierarchy on a toy env: schedules in env steps, the carried goal, the worker's view ---------
 
-def toy_hierarchy(num_envs=4, period=10, n_agents=1, capabilities=None, **family):
+def toy_hierarchy(num_envs=4, period=10, n_agents=1, obs_slices=None, **family):
     """HRL-CG on the toy env (obs [id, t, last action]; goals on dims t, last action) with tiny TD3s."""
     torch.manual_seed(0)
     env = ToyEnv(num_envs=num_envs, n_agents=n_agents, continuous=True,
-                 capabilities={"goal_indices": [1, 2], **(capabilities or {})})
+                 facts={"obs_slices": {"position": slice(1, 3), **(obs_slices or {})}})
     small = {"hidden_sizes": [8], "batch_size": 4, "buffer_size": 1000, "random_steps": 0}
     levels = [{"learner": "auto"}, {"learner": "goal_manager", "period": period}]
     hierarchy = hrl_cg.build(env, levels, {"td3": small, "goal_manager": small}, **family)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hmarl import LevelSpec, UpdateResult, build_hierarchy
+from hmarl.spec import Entities
 from tests.toys import Scripted, ToyEnv
 
 
@@ -214,7 +215,7 @@ def test_autoencoder_messages_are_8d_codes_and_learn():
 
 
 def test_relative_goals_keep_the_absolute_target_and_reward_the_distance():
-    env = ToyEnv(num_envs=1, n_agents=1, continuous=True, capabilities={"goal_indices": [1, 2]})
+    env = ToyEnv(num_envs=1, n_agents=1, continuous=True, facts={"obs_slices": {"position": slice(1, 3)}})
     specs = [LevelSpec("x", reward="goal_distance"),
              LevelSpec("x", period=3, command="box(2, 10)", relative_goals=True)]
     hierarchy, (worker, manager) = build(env, specs, [
@@ -234,7 +235,7 @@ def test_relative_goals_keep_the_absolute_target_and_reward_the_distance():
 
 @pytest.mark.parametrize("specs, message", [
     ([LevelSpec("x", reward="goal_distance"), LevelSpec("x", command="box(2)", relative_goals=True)],
-     "needs an env with goal_indices; toy has none"),
+     "needs an env with obs_slices.position; toy has none"),
 ])
 def test_goals_need_goal_dims(specs, message):
     env = ToyEnv(num_envs=1, n_agents=1, continuous=True)
@@ -243,7 +244,7 @@ def test_goals_need_goal_dims(specs, message):
 
 
 def test_goal_commands_must_match_the_goal_dims():
-    env = ToyEnv(num_envs=1, n_agents=1, continuous=True, capabilities={"goal_indices": [1, 2]})
+    env = ToyEnv(num_envs=1, n_agents=1, continuous=True, facts={"obs_slices": {"position": slice(1, 3)}})
     specs = [LevelSpec("x"), LevelSpec("x", command="box(3)", relative_goals=True)]
     with pytest.raises(ValueError, match=r"level 1: relative goals live on the 2 goal dims \[1, 2\]"):
         build(env, specs, [None, None])
@@ -452,7 +453,8 @@ class SubtaskToy(ToyEnv):
     """ToyEnv with 3 subtasks whose rewards at the t-th step (from 1) are (10 t, 20 t, 30 t) + copy index."""
 
     def __init__(self, **kwargs):
-        super().__init__(capabilities={"subtasks": {"n_subtasks": 3}}, **kwargs)
+        super().__init__(facts={"entities": Entities(n_subtasks=3, subtask_of_entity=(0, 1, 2), entity_dim=1, first=0)},
+                         **kwargs)
 
     def _active(self):
         """In copy 0, subtask 0 is finished from the 4th step of an episode on."""
@@ -511,7 +513,7 @@ def test_per_agent_subtask_rewards_pay_every_assignee_the_best_assignee_reward()
 
 
 def test_subtask_reward_needs_subtasks_and_an_assigning_level():
-    with pytest.raises(ValueError, match="the subtask reward needs an env with subtasks"):
+    with pytest.raises(ValueError, match="the subtask reward needs an env with entities"):
         build(ToyEnv(num_envs=1, n_agents=2), [LevelSpec("x", reward="subtask"),
                                                LevelSpec("x", group_size="all", command="discrete(3)")], [None, None])
     with pytest.raises(ValueError, match=r"level 0: the subtask reward needs a level above that assigns one of "
@@ -542,7 +544,7 @@ def test_decide_every_holds_actions_and_redecides_when_subtasks_change():
     for b in range(2):
         held = [calls.index(max(d for d in decisions[b] if d <= t)) % 3 for t in range(10)]
         assert commands[:, b].tolist() == [[h] * 3 for h in held]
-    with pytest.raises(ValueError, match=r"decide_every\) needs an env with subtasks"):
+    with pytest.raises(ValueError, match=r"decide_every\) needs an env with entities"):
         build(ToyEnv(num_envs=1, n_agents=2), [LevelSpec("x"), LevelSpec("x", group_size="all", joint=False,
                                                                          command="discrete(3)", decide_every=3)],
               [None, None])

@@ -82,7 +82,7 @@ def test_relative_goal_is_carried_by_h():
     dims, so the absolute target s + g stays put: from s = (1, 5) with g = (2, 0) to s' = (2, 5)
     the goal becomes (1, 0)."""
     channel = RelativeGoal(spaces.Box(-10.0, 10.0, (2,)), index=[0, 1])
-    assert channel.carries and channel.requires == ("goal_indices",)
+    assert channel.carries and channel.requires == ("obs_slices.position",)
     s, s_next, g = torch.tensor([[[1.0, 5.0, 9.0]]]), torch.tensor([[[2.0, 5.0, 9.0]]]), torch.tensor([[[2.0, 0.0]]])
     carried = channel.carry(g, s, s_next)
     assert carried.tolist() == [[[1.0, 0.0]]]

@@ -19,14 +19,16 @@ def random_actions(steps, seed=0):
     return [torch.rand(3, 1, 1, generator=g) * 4 - 2 for _ in range(steps)]
 
 
-def test_shapes_spec_and_goal_indices():
-    env = pendulum(goal_indices=[0, 1])
+def test_shapes_spec_and_obs_slices():
+    env = pendulum(obs_slices={"position": [0, 1]})
     spec = env.spec
     assert "gymnasium" in ENVS and spec.name == "Pendulum-v1"
     assert (spec.n_agents, spec.obs_dim, spec.num_envs, spec.max_steps) == (1, 3, 3, 5)
     assert isinstance(spec.action_space, spaces.Box) and spec.action_dim == 1
-    assert spec.capabilities == {"goal_indices": [0, 1]}
-    assert pendulum().spec.capabilities == {}
+    assert spec.obs_slices == {"position": slice(0, 2)}
+    assert pendulum().spec.obs_slices == {}
+    with pytest.raises(ValueError, match=r"Pendulum-v1: obs_slices\['position'\] must be consecutive observation dims"):
+        pendulum(obs_slices={"position": [0, 2]})
     ts = env.reset(seed=0)
     assert ts.obs.shape == (3, 1, 3) and ts.obs.dtype == torch.float32
     ts = env.step(random_actions(1)[0])

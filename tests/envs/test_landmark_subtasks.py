@@ -18,7 +18,7 @@ class FixedSpread:
         self.positions, self.velocities = torch.tensor(positions), torch.tensor(velocities)
         self.landmarks = torch.tensor(landmarks)
         self.spec = EnvSpec(n_agents=2, obs_dim=8, action_space=spaces.Discrete(5), max_steps=5, num_envs=1,
-                            capabilities={"landmarks": {"first": 4, "count": 2, "velocity": 2}})
+                            obs_slices={"position": slice(0, 2), "velocity": slice(2, 4), "landmarks": slice(4, 8)})
 
     def _obs(self):
         relative = (self.landmarks[None] - self.positions[:, None]).flatten(1)
@@ -37,7 +37,7 @@ class FixedSpread:
 def test_entity_rows_and_rewards_on_a_hand_made_state():
     inner = FixedSpread(positions=[[0.0, 0.0], [1.0, 2.0]], velocities=[[0.5, 0.0], [0.0, -1.0]],
                         landmarks=[[3.0, 4.0], [1.0, 0.0]])
-    env = LandmarkSubtasks(inner, position=0, velocity=2)
+    env = LandmarkSubtasks(inner)
     ts = env.step(torch.zeros(1, 2, dtype=torch.long))
     agent0 = [0, 0, 0.5, 0, 1, 0,                                         # own row (absolute)
               0, 0, 0.5, 0, 1, 0,  1, 2, 0, -1, 1, 0,                     # agents relative to agent 0
@@ -50,9 +50,9 @@ def test_entity_rows_and_rewards_on_a_hand_made_state():
     assert torch.allclose(ts.info["subtask_rewards"], -torch.tensor([[[5.0, 1.0], [8 ** 0.5, 2.0]]]))
     assert torch.equal(ts.info["entity_subtask"][0], torch.tensor([[0, 0], [0, 0], [1, 0], [0, 1]]).bool())
     assert ts.info["active_subtasks"].all()
-    subtasks = env.spec.capabilities["subtasks"]
-    assert subtasks["obs_entities"] == [6, 4] and subtasks["subtask_of_entity"] == [-1, -1, 0, 1]
-    assert env.spec.obs_dim == 30 and "landmarks" not in env.spec.capabilities
+    entities = env.spec.entities
+    assert (entities.first, entities.n_entities) == (6, 4) and entities.subtask_of_entity == (-1, -1, 0, 1)
+    assert env.spec.obs_dim == 30 and env.spec.obs_slices == {"position": slice(0, 2)}  # the layout changed
 
 
 def _vmas_world(env):
@@ -110,6 +110,6 @@ def test_subtask_rewards_at_an_episode_end_are_the_final_positions():
 @pytest.mark.parametrize("name", ["vmas_simple_spread", "mpe_simple_spread", "mpe2_simple_spread"])
 def test_without_the_option_an_algorithm_is_told_to_turn_it_on(name):
     env = make_env(name, num_envs=1, n_agents=2, max_steps=5)
-    assert "subtasks" not in env.spec.capabilities
-    with pytest.raises(ValueError, match=r"alma needs an env with subtasks; .* set env_options: \{subtasks: true\}"):
-        env.spec.require("subtasks", "alma")
+    assert env.spec.entities is None and env.spec.optional["entities"] == "subtasks"
+    with pytest.raises(ValueError, match=r"alma needs an env with entities; .* set env_options: \{subtasks: true\}"):
+        env.spec.require("entities", "alma")

@@ -309,7 +309,7 @@ def test_shapes_spec_and_registry():
     assert "lbf" in ENVS and spec.name == "lbf" and spec.discrete
     assert isinstance(spec.action_space, spaces.Discrete) and spec.action_space.n == 6
     assert (spec.n_agents, spec.obs_dim, spec.state_dim, spec.num_envs) == (3, 15, 15, 3)
-    assert spec.capabilities == {"positions": 2, "goal_indices": [6, 7]}
+    assert spec.positions == 2 and spec.obs_slices == {"position": slice(6, 8)} and spec.entities is None
     ts = env.reset(seed=0)
     assert ts.obs.shape == (3, 3, 15) and ts.reward.shape == (3, 3) and ts.state.shape == (3, 15)
     assert ts.info["positions"].shape == (3, 3, 2)
@@ -413,11 +413,11 @@ def test_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("options", [{}, {"subtasks": True}, {"survival": True}])
-def test_goal_indices_hold_the_observers_own_position(options):
+def test_the_position_slice_holds_the_observers_own_position(options):
     """Pins HRL-CG's goal dims on LBF: the observer's own (row, col), which move with it step by
     step (grid units in the vector observation, scaled by 1 / (size - 1) in the subtasks one)."""
     env = make_env("lbf", num_envs=4, n_agents=3, max_steps=50, seed=1, **options)
-    goal = env.spec.capabilities["goal_indices"]
+    goal = env.spec.obs_slices["position"]
     scale = 1 / env._span if options.get("subtasks") else 1.0
     ts = env.reset(seed=1)
     for _ in range(5):
@@ -425,7 +425,7 @@ def test_goal_indices_hold_the_observers_own_position(options):
         ts = env.step(torch.randint(0, 6, (4, 3)))
 
 
-def test_no_goal_indices_when_part_of_the_grid_is_out_of_sight():
+def test_no_position_slice_when_part_of_the_grid_is_out_of_sight():
     """With a smaller sight the observer's coordinates are relative to its view corner: no goals."""
     env = make_env("lbf", num_envs=1, n_agents=2, max_steps=50, seed=1, sight=2)
-    assert "goal_indices" not in env.spec.capabilities
+    assert "position" not in env.spec.obs_slices

@@ -10,6 +10,7 @@ import torch
 from hmarl.envs import make_env
 from hmarl.envs.lbf import ENTITY_FEATURES, LOAD, NONE
 from hmarl.run.experiment import Trainer
+from hmarl.spec import Entities
 from tests.test_systems import run_config
 
 
@@ -166,25 +167,24 @@ def test_dead_agent_is_gone_with_zero_energy():
 
 # ------------------------------------------------------------------------ spec and options
 @pytest.mark.parametrize("name", ["lbf", "lbfws_easy", "lbfws_hard"])
-def test_every_factory_takes_the_option_and_declares_the_capability(name):
+def test_every_factory_takes_the_option_and_declares_the_entities(name):
     env = make_env(name, num_envs=2, seed=0, n_agents=3, max_num_food=4, subtasks=True)
     spec = env.spec
-    assert spec.obs_dim == 6 + 7 * 6 and spec.switches == {}
-    assert spec.capabilities["subtasks"] == {
-        "n_subtasks": 4, "n_entities": 7, "entity_dim": 6, "obs_entities": [6, 7],
-        "subtask_of_entity": [-1, -1, -1, 0, 1, 2, 3], "finished_feature": 5,
-        "feature_names": ["row", "col", "level", "agent", "energy", "gone"]}
-    assert list(ENTITY_FEATURES) == spec.capabilities["subtasks"]["feature_names"]
-    assert spec.require("subtasks", "x")["n_subtasks"] == 4
+    assert spec.obs_dim == 6 + 7 * 6 and spec.optional == {}
+    assert spec.entities == Entities(n_subtasks=4, subtask_of_entity=(-1, -1, -1, 0, 1, 2, 3), entity_dim=6, first=6,
+                                     finished_feature=5,
+                                     feature_names=("row", "col", "level", "agent", "energy", "gone"))
+    assert ENTITY_FEATURES == spec.entities.feature_names and spec.entities.n_entities == 7
+    assert spec.require("entities", "x").n_subtasks == 4
     assert env.reset().obs.shape == (2, 3, spec.obs_dim)
 
 
 @pytest.mark.parametrize("name", ["lbf", "lbfws_easy", "lbfws_hard"])
 def test_without_the_option_require_names_it(name):
     spec = make_env(name, num_envs=1).spec
-    assert "subtasks" not in spec.capabilities and spec.switches == {"subtasks": "subtasks"}
-    with pytest.raises(ValueError, match=r"x needs an env with subtasks; .*set env_options: \{subtasks: true\}"):
-        spec.require("subtasks", "x")
+    assert spec.entities is None and spec.optional == {"entities": "subtasks"}
+    with pytest.raises(ValueError, match=r"x needs an env with entities; .*set env_options: \{subtasks: true\}"):
+        spec.require("entities", "x")
 
 
 @pytest.mark.parametrize("options, match", [

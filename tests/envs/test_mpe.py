@@ -134,9 +134,10 @@ def test_spec_matches_the_mpe2_adapter_plus_positions():
     for continuous in (False, True):
         port = make_env("mpe_simple_spread", num_envs=3, n_agents=4, max_steps=25, continuous_actions=continuous)
         adapter = make_env("mpe2_simple_spread", num_envs=1, n_agents=4, max_steps=25, continuous_actions=continuous)
-        for field in ("n_agents", "obs_dim", "action_space", "max_steps", "state_dim", "switches"):
+        for field in ("n_agents", "obs_dim", "action_space", "max_steps", "state_dim", "optional", "obs_slices",
+                      "entities"):
             assert getattr(port.spec, field) == getattr(adapter.spec, field), field
-        assert port.spec.capabilities == {**adapter.spec.capabilities, "positions": 2}
+        assert port.spec.positions == 2 and adapter.spec.positions is None
         assert port.spec.name == "mpe_simple_spread" and port.spec.num_envs == 3
     assert port.spec.action_space == spaces.Box(0.0, 1.0, (5,), np.float32)
     assert make_env("mpe_simple_spread", num_envs=1, n_agents=3).spec.obs_dim == 18  # mpe2's documented N=3 shape
@@ -174,7 +175,7 @@ def test_float32_stays_close_to_float64():
 
 def test_subtasks_option_wraps_the_port():
     env = make_env("mpe_simple_spread", num_envs=2, n_agents=3, max_steps=5, subtasks=True)
-    assert "subtasks" in env.spec.capabilities and "positions" in env.spec.capabilities
+    assert env.spec.entities is not None and env.spec.positions == 2
     ts = env.step(torch.zeros(2, 3, dtype=torch.long))
     assert torch.equal(ts.info["positions"], env.env.world["positions"])
     assert torch.allclose(ts.info["entities"][:, 3:, :2], env.env.world["landmarks"], atol=1e-6)

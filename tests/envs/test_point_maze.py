@@ -28,7 +28,8 @@ def test_shapes_spec_and_registry():
     assert "point_maze" in ENVS and spec.name == "point_maze"
     assert (spec.n_agents, spec.obs_dim, spec.num_envs, spec.max_steps) == (1, 4, 3, 4)
     assert isinstance(spec.action_space, spaces.Box) and spec.action_space.shape == (2,)
-    assert spec.capabilities == {"goal_indices": [0, 1], "context_indices": [2, 3], "positions": 2}
+    assert spec.obs_slices == {"position": slice(0, 2), "context": slice(2, 4)} and spec.positions == 2
+    assert spec.episode_metrics == ("success",) and spec.eval_groups == () and spec.entities is None
     ts = env.reset(seed=0)
     assert ts.obs.shape == (3, 1, 4) and ts.reward.shape == (3, 1)
     assert torch.equal(ts.obs[:, 0, :2], torch.zeros(3, 2))

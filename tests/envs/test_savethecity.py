@@ -11,6 +11,7 @@ from gymnasium import spaces
 from hmarl.envs import ENVS, make_env
 from hmarl.envs.savethecity import (FEATURES, BUILD, EAST, EAST2, EXTINGUISH, FREEZE, LATTICE, NORTH, NORTH2, SOUTH, SOUTH2, STAY,
                               WEST, WEST2, SaveTheCity)
+from hmarl.spec import Entities
 
 F = 12                                      # entity features
 FIRE, HEALTH, FAST, FROZEN, FINISHED = 7, 8, 9, 10, 11
@@ -270,17 +271,17 @@ def test_rewards_are_scaled_by_the_number_of_buildings(n_agents):
     assert env.spec.obs_dim == F + (2 * n_agents + 1) * F
 
 
-def test_shapes_spec_capabilities_and_observation_layout():
+def test_shapes_spec_facts_and_observation_layout():
     env = city(num_envs=3, seed=1)
     spec = env.spec
     assert "savethecity" in ENVS and spec.name == "savethecity" and spec.discrete
     assert isinstance(spec.action_space, spaces.Discrete) and spec.action_space.n == 12
     assert (spec.n_agents, spec.max_steps, spec.num_envs) == (3, 150, 3)
     assert (spec.obs_dim, spec.state_dim) == (12 + 7 * 12, 7 * 12)
-    assert spec.capabilities == {"positions": 2, "subtasks": {
-        "n_subtasks": 4, "n_entities": 7, "entity_dim": 12, "obs_entities": [12, 7],
-        "subtask_of_entity": [-1, -1, -1, 0, 1, 2, 3], "finished_feature": 11, "feature_names": list(FEATURES)},
-        "episode_metrics": ["completed"], "goal_indices": [0, 1]}
+    assert spec.entities == Entities(n_subtasks=4, subtask_of_entity=(-1, -1, -1, 0, 1, 2, 3), entity_dim=12,
+                                     first=12, finished_feature=11, feature_names=FEATURES)
+    assert spec.positions == 2 and spec.obs_slices == {"position": slice(0, 2)}
+    assert spec.episode_metrics == ("success", "completed") and spec.optional == {}
     ts = env.reset()
     assert ts.obs.shape == (3, 3, 96) and ts.state.shape == (3, 84) and ts.reward.shape == (3, 3)
     info = ts.info
@@ -509,10 +510,10 @@ def test_cuda_matches_cpu():
         assert torch.allclose(cpu.info["subtask_rewards"], gpu.info["subtask_rewards"].cpu())
 
 
-def test_goal_indices_hold_the_agents_own_position():
+def test_the_position_slice_holds_the_agents_own_position():
     """Pins HRL-CG's goal dims on SaveTheCity: the agent's own (row, col) / 15, first in its row."""
     env = make_env("savethecity", num_envs=4, n_agents=3, max_steps=50, seed=1)
-    goal = env.spec.capabilities["goal_indices"]
+    goal = env.spec.obs_slices["position"]
     ts = env.reset(seed=1)
     for _ in range(5):
         assert torch.allclose(ts.obs[..., goal], ts.info["positions"] / 15)

@@ -121,10 +121,10 @@ def test_registry_lists_names_on_unknown_env():
             "mpe_simple_spread"} <= set(ENVS)
 
 
-def test_goal_indices_are_the_agents_positions():
+def test_the_position_slice_is_the_agents_positions():
     for name in ("vmas_balance", "vmas_simple_spread", "vmas_sampling", "vmas_navigation"):
         env = make_env(name, num_envs=2, n_agents=4, max_steps=10)
-        goal = env.spec.capabilities["goal_indices"]
+        goal = env.spec.obs_slices["position"]
         ts = env.reset(seed=0)
         for actions in random_actions(env, 3, 0):
             ts = env.step(actions)

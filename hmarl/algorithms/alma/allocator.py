@@ -16,8 +16,8 @@ with ``alloc*`` picked by the online networks and valued by the target critic, t
 critic trained on Pop-Art-normalised targets (:class:`PopArt`); the proposal network
 imitates the best of its own samples: ``L_prop = -log p(alloc*(s)) - c_H H``.
 
-The allocator sees the world through the first agent's observation (``obs_entities``
-of the env's ``subtasks`` capability; full observability). Its level sits over all
+The allocator sees the world through the first agent's observation (the entity rows
+of the env's ``EnvSpec.entities``; full observability). Its level sits over all
 agents (``group_size: all``, ``joint: false``) and re-decides with ``decide_every``
 (``action_length``), at episode starts and when a subtask finishes.
 
@@ -36,7 +36,7 @@ from torch import nn
 from hmarl.algorithms.offpolicy import EpisodeTargetLearner, OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
-from hmarl.spec import EnvSpec, subtask_membership
+from hmarl.spec import EnvSpec
 
 Tensor = torch.Tensor
 """Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
@@ -99,13 +99,12 @@ class EntityView(nn.Module):
 
     def __init__(self, io: AgentIO, env: EnvSpec):
         super().__init__()
-        subtasks = env.require("subtasks", "the allocator")
-        self.n_agents, self.n_subtasks = io.group, int(subtasks["n_subtasks"])
-        self.entity_dim = int(subtasks["entity_dim"])
-        self.first, self.n_entities = (int(v) for v in subtasks["obs_entities"])
-        finished = subtasks.get("finished_feature")  # None: subtasks never finish (simple spread)
-        self.finished = None if finished is None else int(finished)
-        member = subtask_membership(subtasks["subtask_of_entity"], self.n_subtasks).float()
+        entities = env.require("entities", "the allocator")
+        self.n_agents, self.n_subtasks = io.group, entities.n_subtasks
+        self.entity_dim = entities.entity_dim
+        self.first, self.n_entities = entities.first, entities.n_entities
+        self.finished = entities.finished_feature  # None: subtasks never finish (simple spread)
+        member = entities.membership().float()
         self.register_buffer("membership", member, persistent=False)  # [E, S]
         self.child_dim = io.child_dim
 
@@ -345,7 +344,7 @@ class Allocator(EpisodeTargetLearner):
     """Best-of-N amortized Q-learning over allocations, for a level of one allocator."""
 
     config_class = AllocatorConfig
-    requires = ("subtasks",)  # what it needs of the env (algorithms.system_requires)
+    requires = ("entities",)  # what it needs of the env (algorithms.system_requires)
     reads_env_observations = True  # its entities are rows of the first child's env observation
 
     def __init__(self, io: AgentIO, config: AllocatorConfig, env: EnvSpec):
@@ -521,14 +520,14 @@ class HeuristicAllocator(Learner):
     subtask. Reads the env's ``feature_names``; learns nothing."""
 
     config_class = HeuristicAllocatorConfig
-    requires = ("subtasks",)  # what it needs of the env (algorithms.system_requires)
+    requires = ("entities",)  # what it needs of the env (algorithms.system_requires)
     POSITIONS = (("row", "col"), ("x", "y"))
     ABILITIES = ("is_firefighter", "is_builder", "is_generalist", "fire")
 
     def __init__(self, io: AgentIO, config: HeuristicAllocatorConfig, env: EnvSpec):
         super().__init__(io)
         self.view = EntityView(io, env)
-        names = env.capabilities["subtasks"].get("feature_names", [])
+        names = list(env.entities.feature_names)
         where = next((pair for pair in self.POSITIONS if set(pair) <= set(names)), None)
         if where is None:
             raise ValueError(f"the heuristic allocator reads entity positions (features row, col or x, y); "

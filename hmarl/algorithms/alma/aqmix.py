@@ -72,7 +72,7 @@ from hmarl.algorithms.offpolicy import (EpisodeTargetLearner, OffPolicyConfig, e
                                        linear_schedule, soft_update)
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, UpdateContext
-from hmarl.spec import EnvSpec, subtask_membership
+from hmarl.spec import Entities, EnvSpec, subtask_membership
 
 Tensor = torch.Tensor
 """Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
@@ -319,7 +319,7 @@ class Mixer(nn.Module):
 
 @dataclass(frozen=True)
 class EntityLayout:
-    """Where the entities sit in an agent's observation (from the env's ``subtasks`` capability)."""
+    """Where the entities sit in an agent's observation (from the env's ``EnvSpec.entities``)."""
 
     n_subtasks: int
     n_entities: int
@@ -340,22 +340,13 @@ class EntityLayout:
                 obs[..., obs.shape[-1] - self.command_dim:])
 
     @classmethod
-    def read(cls, io: AgentIO, subtasks: dict[str, Any], name: str) -> EntityLayout:
-        """The layout from env ``name``'s ``subtasks`` capability; a ValueError says what does not fit."""
-        keys = ("n_subtasks", "n_entities", "entity_dim", "obs_entities", "subtask_of_entity")
-        missing = [k for k in keys if k not in subtasks]
-        if missing:
-            raise ValueError(f"aqmix needs the entity layout in {name}'s subtasks capability; "
-                             f"missing: {', '.join(missing)}")
-        s, e, f = int(subtasks["n_subtasks"]), int(subtasks["n_entities"]), int(subtasks["entity_dim"])
-        first, count = (int(x) for x in subtasks["obs_entities"])
-        of_entity = tuple(int(k) for k in subtasks["subtask_of_entity"])
+    def read(cls, io: AgentIO, entities: Entities, name: str) -> EntityLayout:
+        """The layout from env ``name``'s entities (which the env's spec has checked); a ValueError
+        says what does not fit this level."""
+        s, e, f = entities.n_subtasks, entities.n_entities, entities.entity_dim
+        first, of_entity = entities.first, entities.subtask_of_entity
         command_dim = io.obs_dim - io.child_obs_dim
         problems = [
-            (s >= 1 and e >= 1 and f >= 1, f"n_subtasks, n_entities, entity_dim must be >= 1, got {s}, {e}, {f}"),
-            (count == e, f"obs_entities lists {count} entities, n_entities is {e}"),
-            (len(of_entity) == e and all(-1 <= k < s for k in of_entity),
-             f"subtask_of_entity needs {e} subtasks in -1..{s - 1}, got {list(of_entity)}"),
             (io.group == 1, f"aqmix reads env observations: one env agent per agent (group 1), got {io.group}"),
             (f <= first and first + e * f <= io.child_obs_dim,
              (f"entities at {first}..{first + e * f} (after the own row of {f}) exceed the observation of "
@@ -373,14 +364,14 @@ class AQMIX(EpisodeTargetLearner):
     """A-QMIX for all agents of a level: entity-attention utilities, per-subtask monotonic mixing."""
 
     config_class = AQMIXConfig
-    requires = ("subtasks",)  # what it needs of the env (algorithms.system_requires)
+    requires = ("entities",)  # what it needs of the env (algorithms.system_requires)
     acts_on = "discrete_actions"
 
     @classmethod
     def build(cls, io: AgentIO, config: AQMIXConfig, env: EnvSpec) -> AQMIX:
-        return cls(io, config, env.require("subtasks", "aqmix"), env.name)
+        return cls(io, config, env.require("entities", "aqmix"), env.name)
 
-    def __init__(self, io: AgentIO, config: AQMIXConfig, subtasks: dict[str, Any], env_name: str = "env"):
+    def __init__(self, io: AgentIO, config: AQMIXConfig, entities: Entities, env_name: str = "env"):
         super().__init__(io, config.buffer_size)
         self.config = c = config
         space = io.action_space
@@ -389,7 +380,7 @@ class AQMIX(EpisodeTargetLearner):
                     if isinstance(space, spaces.MultiDiscrete) else "use td3 for a Box one")
             raise ValueError(f"aqmix needs a Discrete action space, got {space}; {hint}")
         self.n_actions = int(space.n)
-        self.layout = EntityLayout.read(io, subtasks, env_name)
+        self.layout = EntityLayout.read(io, entities, env_name)
         self.agent = AgentNetwork(self.layout, self.n_actions, c)
         # the mixer of subtask k sees what k's agents may see; flat and no-mask: everything
         mixer_mask = SubtaskMask(self.layout) if c.mask_subtasks and self.layout.command_dim else None

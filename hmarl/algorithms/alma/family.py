@@ -35,17 +35,17 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
           action_length: int = 5) -> Hierarchy:
     """Agents under an allocator, from ``levels`` (bottom-up) with the structure filled in."""
     Options(action_length)
-    subtasks = env.spec.require("subtasks", "alma")
+    entities = env.spec.require("entities", "alma")
     if len(levels) != 2:
         raise ValueError(f"an ALMA hierarchy has two levels (agents, allocator), got {len(levels)}")
     agents, allocator = (copy.deepcopy(dict(level)) for level in levels)
     agents.update(reward="subtask")
-    allocator.update(group_size="all", joint=False, command=f"discrete({subtasks['n_subtasks']})", period=1,
+    allocator.update(group_size="all", joint=False, command=f"discrete({entities.n_subtasks})", period=1,
                      decide_every=action_length)
     return build_levels(env, [agents, allocator], learner_options)
 
 
 def requires(levels: list[dict[str, Any]], **options: Any) -> tuple[str, ...]:
-    """What ALMA needs of an env: subtasks to allocate agents to (on where an env has them behind
-    an option: the runner turns it on and logs it)."""
-    return ("subtasks",)
+    """What ALMA needs of an env: entities and their subtasks to allocate agents to (where an env
+    has them behind an option: the runner turns it on and logs it)."""
+    return ("entities",)

@@ -70,7 +70,7 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
         raise ValueError(f"a HiMPo hierarchy has 2 levels (workers, manager) or 3 (workers, "
                          f"sub-managers, manager), got {len(levels)}")
     spec = env.spec
-    has_positions = "positions" in spec.capabilities
+    has_positions = spec.positions is not None
     workers, *middle, manager = (copy.deepcopy(dict(level)) for level in levels)
     goal = f"box({o.goal_dim})"
     workers.update(reward="upper_advantage", reward_options={"env_reward_coef": o.worker_env_reward_coef},

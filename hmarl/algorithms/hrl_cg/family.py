@@ -26,7 +26,7 @@ the gradient (the DQN worker has no deterministic actor for Eq. 14's ``grad_a Q_
 softmax over ``Q_w(s, g, .)`` is the differentiable policy; see the HRL-CG spec's decisions).
 ``cg_lambda = 0`` is plain HRL. On multi-agent envs every env agent gets its own manager/worker
 pair (parameters shared across agents unless ``share_params: false``). The goal dims are the
-env's ``goal_indices``, the agent's own position in its observation (VMAS, MPE, the point maze,
+env's ``obs_slices["position"]``, the agent's own position in its observation (VMAS, MPE, the point maze,
 LBF's and SaveTheCity's ``(row, col)``); ``goal_range`` is in their units.
 
 Shapes: manager obs ``[B, N, obs_dim]`` (the worker's env observation); goals ``[B, N, goal_dim]``.
@@ -48,7 +48,7 @@ from hmarl.algorithms.td3 import TD3, TD3Config
 from hmarl.buffers import Rollout
 from hmarl.hierarchy import Hierarchy
 from hmarl.learner import Learner, UpdateContext, UpdateResult
-from hmarl.spec import EnvSpec, MultiAgentEnv
+from hmarl.spec import EnvSpec, MultiAgentEnv, slice_dims
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Options:
     """Goals are relative displacements in ``[-goal_range, goal_range]`` per goal dim."""
     worker_sees_context: bool | None = None
     """Whether the worker reads the env's context ``c`` (the observation dims the env declares
-    as ``context_indices``, the maze's target). None: hidden where the env declares one, as in
+    as ``obs_slices["context"]``, the maze's target). None: hidden where the env declares one, as in
     the paper's ``pi_w(s, g)``; false: hidden, and an error on an env that declares none."""
 
     def __post_init__(self):
@@ -109,8 +109,8 @@ class GoalManager(TD3):
 
     @classmethod
     def build(cls, io, config: GoalManagerConfig, env: EnvSpec) -> "GoalManager":
-        """A manager of goals on the env's goal dims (capability ``goal_indices``)."""
-        return cls(io, config, env.require("goal_indices", "the goal manager"))
+        """A manager of goals on the env's goal dims (``obs_slices["position"]``)."""
+        return cls(io, config, slice_dims(env.require("obs_slices.position", "the goal manager")))
 
     def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         """TD3's update; the connected gradient reads the worker's rollout and learner from ``ctx``."""
@@ -194,19 +194,19 @@ class GoalManager(TD3):
 
 def hidden_context(spec: EnvSpec, goal_index: list[int], worker_sees_context: bool | None) -> list[int]:
     """The observation dims the worker must not read: the env's context unless the worker sees it."""
-    context = spec.capabilities.get("context_indices")
+    context = spec.obs_slices.get("context")
     if worker_sees_context:
         return []
     if context is None:
         if worker_sees_context is False:
             raise ValueError(f"worker_sees_context: false, but {spec.name} does not declare which observation "
-                             "dims hold its context (capability context_indices); set worker_sees_context: true")
+                             "dims hold its context (obs_slices['context']); set worker_sees_context: true")
         return []
-    shared = sorted(set(context) & set(goal_index))
+    shared = sorted(set(slice_dims(context)) & set(goal_index))
     if shared:
         raise ValueError(f"{spec.name}: context dims {shared} are also goal dims; the worker cannot be blind "
                          "to them (set worker_sees_context: true)")
-    return list(context)
+    return slice_dims(context)
 
 
 def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dict[str, dict[str, Any]],
@@ -214,12 +214,12 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     """A worker level (one worker per env agent) under a manager level (one manager per worker).
 
     The worker's learner ``auto`` becomes ``td3`` on continuous-action envs and ``dqn`` on
-    discrete ones; the manager's goals are ``box(len(goal_indices), goal_range)``. The worker's
+    discrete ones; the manager's goals are ``box(len(position dims), goal_range)``. The worker's
     networks skip the env's context (:func:`hidden_context`); both learners count their
     schedules in env steps (the Hierarchy sets the manager's ``stride`` to its period).
     """
     Options(cg_lambda, goal_range, worker_sees_context)
-    goal_index = env.spec.require("goal_indices", "hrl_cg")
+    goal_index = slice_dims(env.spec.require("obs_slices.position", "hrl_cg"))
     if len(levels) != 2:
         raise ValueError(f"an HRL-CG hierarchy has two levels (worker, manager), got {len(levels)}")
     worker, manager = (dict(level) for level in levels)
@@ -244,5 +244,6 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
 
 
 def requires(levels: list[dict[str, Any]], **options: Any) -> tuple[str, ...]:
-    """What HRL-CG needs of an env: the observation dims its relative goals live in."""
-    return ("goal_indices",)
+    """What HRL-CG needs of an env: the observation dims its relative goals live in (the agent's
+    own position)."""
+    return ("obs_slices.position",)
