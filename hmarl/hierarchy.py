@@ -1,6 +1,7 @@
 """A stack of levels over an env: the rollout loop and the coordinated update."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import re
@@ -19,7 +20,7 @@ from hmarl.level import Level, check_partition, level_io
 from hmarl.rewards import REWARD_RULES
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep, slice_dims
 from hmarl.strategies import (TERMINATIONS, Every, Fixed, OnSubtaskChange, Regroup, Termination, channel_for,
-                              describe, split_for)
+                              describe, env_reads, split_for)
 
 _COMMAND = re.compile(r"^\s*(discrete|box)\s*\(\s*(\d+)\s*(?:,\s*([0-9.eE+-]+)\s*)?\)\s*$")
 
@@ -291,7 +292,8 @@ class Hierarchy(nn.Module):
             below = Level(below, level.learner, level.comm, level.reward_rule, grouping=level.grouping,
                           channel=level.channel, split=level.split, termination=level.termination,
                           steps_per_command=level.steps_per_command, positions=level.positions,
-                          passes_up=level.passes_up, facts_up=level.facts_up)
+                          passes_up=level.passes_up, facts_up=level.facts_up, env_up=level.env_up,
+                          env_slots=level.io.env_slots)
             levels.append(below)
         return Hierarchy(env, levels)
 
@@ -301,10 +303,14 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
 
     Every structural problem is reported here, before any env step: a bad
     partition, an impossible group size, a joint action space too large to
-    enumerate, unknown communication or reward names, a command on the bottom level,
-    and what only works directly above the env's agents placed higher: relative goals,
-    the rewards that read the env's own signals (``subtask``, ``goal_distance``) and
-    learners that read the env agents' observations (``reads_env_observations``).
+    enumerate, unknown communication or reward names, a command on the bottom level, and
+    learners that read the env agents' observations from their children's messages
+    (``reads_env_observations``) placed where those messages are not the env's observations.
+
+    What the learners, reward rules and channels of any level read of the env itself (their
+    ``reads_env``) is passed up by every level below them (:meth:`Level.forward_env`); a learner
+    that reads the env agents' observations above a level whose messages are not those
+    observations gets them appended to its own (``AgentIO.env_slots``).
     """
     if not specs:
         raise ValueError("a hierarchy needs at least one level")
@@ -318,13 +324,6 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
     for index, spec in enumerate(specs):
         if spec.period < 1:
             raise ValueError(f"level {index}: period must be >= 1, got {spec.period}")
-        reads_env = getattr(REWARD_RULES.get(spec.reward), "reads_env", None)
-        if index and reads_env:
-            raise ValueError(f"level {index}: reward {spec.reward} reads {reads_env}, which only "
-                             f"level 0 receives; use it on level 0 only (here e.g. reward: sum_up)")
-        if index > 1 and spec.relative_goals:
-            raise ValueError(f"level {index}: relative goals are targets on the env's goal dims, which only level 0 "
-                             f"observes; relative_goals works on level 1 only (directly above level 0)")
     terminations = [_termination(spec, f"level {index}") for index, spec in enumerate(specs)]
     below: MultiAgentEnv = env
     levels: list[Level] = []
@@ -358,45 +357,35 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
                 raise ValueError(f"{manager}: relative goals live on the {len(goal_index)} goal dims "
                                  f"{goal_index} of {env.spec.name}; set its command to "
                                  f"box({len(goal_index)}, bound)")
-            if grouping.group != 1:
-                raise ValueError(f"{manager}: relative goals are carried on each worker's own env agent, so "
-                                 f"level {index} needs one env agent per agent (group_size 1), not {grouping.group}")
         channel = channel_for(command, goal_index)
         try:
             io = level_io(below.spec, grouping, channel, split, spec.positions)
         except ValueError as error:
             raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
+        problem = _messages_not_env_obs(levels, specs)
+        if problem is not None:  # the env agents' observations follow the agents' own for a learner that reads them
+            io = dataclasses.replace(io, env_slots=grouping.group * math.prod(lv.grouping.group for lv in levels))
         comm = COMMUNICATION[spec.comm](io.n_agents, io.child_obs_dim)
         learner = make_learner(spec, io, index)
-        if getattr(learner, "reads_env_observations", False):
-            for lower_index, lower in enumerate(levels):  # each must pass the env agents' observations up as is
-                units = lower.children
-                if isinstance(lower.grouping, Regroup):
-                    problem = "regroups its units by position"
-                elif any(len(group) > 1 for group in units):
-                    problem = "gives an agent several units"
-                elif units != [[unit] for unit in range(lower.below.spec.n_agents)]:
-                    problem = "reorders its units"
-                elif specs[lower_index].comm != "concat":
-                    problem = f"sends {specs[lower_index].comm} messages"
-                else:
-                    continue
-                raise ValueError(f"{where}: {spec.learner} reads the env agents' observations from its children's "
-                                 f"messages, but level {lower_index} {problem}; give every level below it "
-                                 f"group_size 1 and comm: concat")
+        if getattr(learner, "reads_env_observations", False) and problem is not None:
+            raise ValueError(f"{where}: {spec.learner} reads the env agents' observations from its children's "
+                             f"messages, but level {problem}; give every level below it group_size 1 and comm: concat")
         try:
-            rule = _reward_rule(spec, below, io.group)
+            rule = _reward_rule(spec, env if REWARD_RULES[spec.reward].reads_env else below, io.group)
             rule.check_command(command)
             level = Level(below, learner, comm, rule, grouping=grouping, channel=channel, split=split,
                           termination=termination,
                           steps_per_command=terminations[index + 1].stride if upper else 1,
                           positions=spec.positions,
                           passes_up=tuple(sorted({key for t in terminations[index + 1:] for key in t.reads})),
-                          facts_up=tuple(sorted({fact for t in terminations[index + 1:] for fact in t.requires})))
+                          facts_up=tuple(sorted({fact for t in terminations[index + 1:] for fact in t.requires})),
+                          env_slots=io.env_slots)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
         levels.append(level)
         below = level
+    for index, level in enumerate(levels):  # each passes up what the readers above it read of the env
+        level.forward_env(env_reads(*(upper.env_reads for upper in levels[index + 1:])))
     for index, level in enumerate(levels):
         needs = level.reward_rule.needs
         if needs:
@@ -408,6 +397,23 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
                 raise ValueError(f"level {index}: reward {specs[index].reward} needs {', '.join(missing)} from the "
                                  f"level above (an advantage-estimating learner such as ppo or mappo); found {found}")
     return Hierarchy(env, levels)
+
+
+def _messages_not_env_obs(levels: list[Level], specs: list[LevelSpec]) -> str | None:
+    """None if the children's messages of a level over ``levels`` are the env agents' observations (every
+    level has one unit per agent, in order, and sends their observations up as they are), else why not
+    (``"<index> gives an agent several units"``)."""
+    for lower_index, lower in enumerate(levels):
+        units = lower.children
+        if isinstance(lower.grouping, Regroup):
+            return f"{lower_index} regroups its units by position"
+        if any(len(group) > 1 for group in units):
+            return f"{lower_index} gives an agent several units"
+        if units != [[unit] for unit in range(lower.below.spec.n_agents)]:
+            return f"{lower_index} reorders its units"
+        if specs[lower_index].comm != "concat":
+            return f"{lower_index} sends {specs[lower_index].comm} messages"
+    return None
 
 
 def _termination(spec: LevelSpec, where: str) -> Termination:

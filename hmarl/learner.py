@@ -32,6 +32,17 @@ class AgentIO:
     """Size of the position each child slot carries (0: none)."""
     presence: bool = False
     """Each child slot ends with a 1/0 flag: a child is there (children regrouped per copy)."""
+    env_slots: int = 0
+    """Env agents under each agent, as slots (the group sizes of this level and those below multiplied),
+    where the children's messages are not the env agents' observations; 0 where they are (every level
+    below has one unit per agent, in order, and sends its children's observations up as they are). A
+    learner that ``reads_env`` ``obs`` then finds, after the ``obs_dim`` features, for each slot the
+    env agent's observation followed by a one-hot of which env agent it is (zeros: an empty slot):
+    ``env_slots * (env obs_dim + env n_agents)`` features (:meth:`env_dim`)."""
+
+    def env_dim(self, env: EnvSpec) -> int:
+        """Features of the env block that follows ``obs_dim`` for a learner that reads the env's observations."""
+        return self.env_slots * (env.obs_dim + env.n_agents)
 
     @property
     def child_dim(self) -> int:
@@ -104,6 +115,10 @@ class Learner(nn.Module):
     #: env steps per step of this learner's level (set by the Hierarchy), for schedules that
     #: count env steps, such as off-policy warm-ups
     stride: int = 1
+    #: what the learner reads of the env below all levels (:class:`~hmarl.strategies.EnvRead`; only
+    #: ``obs`` for now): where ``io.env_slots`` is set, its level appends the env agents' observations
+    #: to its agents' (see :class:`AgentIO`) and every Level between passes them up
+    reads_env: tuple = ()
 
     def __init__(self, io: AgentIO):
         super().__init__()

@@ -16,6 +16,14 @@ What varies between families is four strategies (:mod:`hmarl.strategies`): the
 the agents' observations), the ``ActionSplit`` (an agent's action into its
 children's) and the ``Termination`` (when the agents act anew). The Level is the
 step loop that calls them.
+
+What the learners, reward rules and channels of any level read of the env below all levels
+(their ``reads_env``: :class:`~hmarl.strategies.EnvRead`) travels up the same way: each Level
+passes those env entries up unchanged in its ``info`` (``env/<key>``, summed over its step where
+they are per-step quantities), and keeps :attr:`Level.env_assignment`, the env agents under each of
+its agents, composed through the levels below. A reader gets them as an
+:class:`~hmarl.strategies.EnvView` (``LevelStep.env``, a channel's ``carry``), and a learner that
+reads the env agents' observations gets them appended to its agents' (``AgentIO.env_slots``).
 """
 from __future__ import annotations
 
@@ -30,8 +38,8 @@ from hmarl.comm import Communication
 from hmarl.learner import AgentIO, Learner
 from hmarl.rewards import LevelStep, RewardRule
 from hmarl.spec import EnvSpec, MultiAgentEnv, Tensor, TimeStep, facts_passed_up
-from hmarl.strategies import (ActionSplit, Assignment, CommandChannel, Every, Fixed, Grouping, Holding,
-                              Termination, split_for)
+from hmarl.strategies import (ActionSplit, Assignment, CommandChannel, EnvRead, EnvView, Every, Fixed, Grouping,
+                              Holding, Termination, env_reads, split_for)
 
 
 def check_partition(children: list[list[int]], n_below: int, where: str = "level") -> None:
@@ -94,6 +102,10 @@ class Level:
             (what terminations higher up require, e.g. ``entities``); ``positions`` always is,
             since the level passes its agents' positions up. Nothing else is: the level's
             observation is its agents' messages, so the observation slices below do not apply.
+        env_up: env entries that readers at the levels above read (their ``reads_env``): passed up
+            in ``info`` as ``env/<key>`` at the env's resolution (see the module docstring).
+        env_slots: env agents under each agent where the children's messages are not the env
+            agents' observations (:attr:`AgentIO.env_slots`; 0 where they are).
 
     Each child slot of an agent's observation holds ``[message, position?, present?]``
     (``present`` when agents may have fewer children than slots: 1 for a child, 0 for an empty slot).
@@ -108,7 +120,7 @@ class Level:
                  grouping: Grouping | list[list[int]], channel: CommandChannel | None = None,
                  split: ActionSplit | None = None, termination: Termination | None = None,
                  steps_per_command: int = 1, positions: bool = False, passes_up: tuple[str, ...] = (),
-                 facts_up: tuple[str, ...] = ()):
+                 facts_up: tuple[str, ...] = (), env_up: tuple[EnvRead, ...] = (), env_slots: int = 0):
         below_spec = below.spec
         if not isinstance(grouping, Grouping):
             check_partition(grouping, below_spec.n_agents)
@@ -127,7 +139,16 @@ class Level:
         self.passes_up, self.facts_up = tuple(passes_up), tuple(facts_up)
         self.training = True
         self.buffer = RolloutBuffer(0)
-        self.io = level_io(below_spec, grouping, channel, self.split, positions)
+        self.io = dataclasses.replace(level_io(below_spec, grouping, channel, self.split, positions),
+                                      env_slots=env_slots)
+        #: the env agents' observations follow each agent's own (the learner reads them; see AgentIO)
+        self.env_block = bool(env_slots) and any(r.key == "obs" for r in env_reads(learner))
+        #: what this level reads of the env itself (its reward rule, channel and learner)
+        self.env_reads = env_reads(reward_rule, channel, learner if self.env_block else None)
+        self.env_up: tuple[EnvRead, ...] = ()
+        self.forward_env(env_up)
+        self._env_cache: tuple | None = None
+        self._who: tuple[Assignment, Tensor] | None = None
         self.spec = EnvSpec(n_agents=self.io.n_agents, obs_dim=comm.out_dim,
                             action_space=None if channel is None else channel.space,
                             max_steps=math.ceil(below_spec.max_steps / steps_per_command),
@@ -140,6 +161,66 @@ class Level:
         self._observed_of: tuple[TimeStep, Tensor] | None = None
         self._command_features: Tensor | None = None
         self._holding: Holding | None = None
+
+    def forward_env(self, reads: tuple[EnvRead, ...]) -> None:
+        """Pass these env entries up (what readers at the levels above read), besides reading this level's own."""
+        self.env_up = env_reads(tuple(reads))
+        self._extracts = env_reads(self.env_reads, self.env_up)
+
+    @property
+    def env_assignment(self) -> Assignment:
+        """The env agents under each of this level's agents (``Assignment.compose`` of the assignments of
+        this level and those below): ``parent``/``slot`` of every env agent, ``group`` slots per agent."""
+        mine = self.assignment
+        below = self.below.env_assignment if isinstance(self.below, Level) else None
+        if self._env_cache is None or self._env_cache[0] is not mine or self._env_cache[1] is not below:
+            self._env_cache = (mine, below, mine if below is None else mine.compose(below))
+        return self._env_cache[2]
+
+    def _env_entries(self, ts: TimeStep) -> dict[str, Tensor]:
+        """The env entries this level reads or passes up, at the env's resolution, from what the level
+        below returned: the env's own (``obs``, ``final_obs``, info keys) or what the Level below passed up."""
+        if isinstance(self.below, Level):
+            return {key[4:]: value for key, value in ts.info.items() if key.startswith("env/")}
+        entries: dict[str, Tensor] = {}
+        for read in self._extracts:
+            if read.key == "obs":
+                entries["obs"], entries["final_obs"] = ts.obs, ts.final_obs
+                continue
+            if read.key not in ts.info:
+                raise KeyError(f"{self.below.spec.name} reports no info[{read.key!r}], which a level reads "
+                               f"(reads_env); it reports {sorted(ts.info)}")
+            entries[read.key] = ts.info[read.key]
+            if f"final_{read.key}" in ts.info:
+                entries[f"final_{read.key}"] = ts.info[f"final_{read.key}"]
+        return entries
+
+    def _env_view_block(self, env_obs: Tensor, assignment: Assignment) -> Tensor:
+        """``[B, N, env_slots * (obs_dim + U)]``: per slot, the env agent's observation and a one-hot of which it is."""
+        if self._who is None or self._who[0] is not assignment:
+            units = assignment.n_units
+            who = torch.nn.functional.one_hot(assignment.index, units + 1)[..., :units]
+            self._who = (assignment, who.view(*assignment.index.shape[:1], assignment.n_agents, assignment.group,
+                                              units).to(env_obs.dtype))
+        return torch.cat([assignment.view(env_obs), self._who[1]], dim=-1).flatten(2)
+
+    @staticmethod
+    def _pass_up(up: dict[str, Tensor], end: dict[str, Tensor], reads: tuple[EnvRead, ...],
+                 alive: Tensor | None) -> None:
+        """Fold one step's env entries ``end`` into those passed up over the period (``alive``: the copies
+        whose episode lasts; None at the first step): summed ones add up, the others keep the last value
+        and the one that ended each copy's episode (``final_obs``, ``final_<key>``)."""
+        def where(keep, x, y):
+            return torch.where(keep.view(-1, *[1] * (x.dim() - 1)), x, y)
+        for read in reads:
+            key = read.key
+            if read.summed:
+                up[key] = end[key] if alive is None else up[key] + where(alive, end[key], torch.zeros_like(end[key]))
+                continue
+            up[key] = end[key]
+            final = "final_obs" if key == "obs" else f"final_{key}"
+            if final in end:
+                up[final] = end[final] if alive is None else where(alive, end[final], up[final])
 
     @property
     def command(self) -> spaces.Discrete | spaces.Box | None:
@@ -182,10 +263,13 @@ class Level:
         self._observed_of = (ts, child_obs)
         return child_obs
 
-    def _upward_info(self, ts: TimeStep) -> dict[str, Tensor]:
+    def _upward_info(self, ts: TimeStep, env_up: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """What the level above may need from below: agents' positions, which agents are alive
-        (an agent is while any of its children is), and the entries named in ``passes_up``."""
+        (an agent is while any of its children is), the entries named in ``passes_up`` and the
+        env entries of ``env_up`` (``env/<key>``)."""
         info = {key: ts.info[key] for key in self.passes_up if key in ts.info}
+        if env_up:
+            info.update({f"env/{key}": value for key, value in env_up.items()})
         if "positions" in ts.info:
             info["positions"] = self.assignment.agent_positions(ts.info["positions"])
         if "alive" in ts.info:  # an agent is alive while any of its children is
@@ -199,10 +283,11 @@ class Level:
         action, log_prob, decision = self._holding.act(self.learner, obs, ts, deterministic=not self.training)
         return action, log_prob, {"decision": decision}
 
-    def _with_command(self, child_obs: Tensor) -> Tensor:
-        if self._command_features is None:
-            return child_obs
-        return torch.cat([child_obs, self._command_features], dim=-1)
+    def _with_command(self, child_obs: Tensor, block: Tensor | None = None) -> Tensor:
+        """The agents' observation: their children's part, the command they hold, and the env block."""
+        parts = [child_obs, *([] if self._command_features is None else [self._command_features]),
+                 *([] if block is None else [block])]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def _encode(self, command: Tensor | None) -> Tensor | None:
         """A command as the features appended to the agents' observations."""
@@ -222,9 +307,12 @@ class Level:
         self.assignment = self.grouping.assign(ts, fresh, None)
         self._holding = Holding(self.termination, ts) if self.termination.holds else None
         b = self.spec.num_envs
+        up: dict[str, Tensor] = {}
+        if self.env_up:
+            self._pass_up(up, self._env_entries(ts), self.env_up, None)
         return TimeStep(obs=self.comm(self._observed(ts)),
                         reward=ts.reward.new_zeros(b, self.spec.n_agents),
-                        terminated=ts.terminated, truncated=ts.truncated, info=self._upward_info(ts))
+                        terminated=ts.terminated, truncated=ts.truncated, info=self._upward_info(ts, up))
 
     @torch.no_grad()
     def step(self, command: Tensor | None = None) -> TimeStep:
@@ -241,9 +329,14 @@ class Level:
         truncated = torch.zeros_like(alive)
         final_message = final_positions = None
         varies = self.grouping.varies
-        for _ in range(self.steps_per_command):
+        up: dict[str, Tensor] = {}
+        reads_env = bool(self._extracts)
+        for step_index in range(self.steps_per_command):
             child_obs = self._observed(ts)
-            obs = self._with_command(child_obs)
+            if reads_env:  # the env agents under each agent as the step begins, and what it read of the env
+                env_assignment, start = self.env_assignment, self._env_entries(ts)
+            block = self._env_view_block(start["obs"], env_assignment) if self.env_block else None
+            obs = self._with_command(child_obs, block)
             # A copy whose episode ended earlier in this period acts on a command decided in
             # that episode: its steps until the level above decides again count in no loss.
             # (The level above acts on a fixed stride for all copies, so it cannot decide
@@ -260,9 +353,16 @@ class Level:
             next_child_obs = self._child_obs(ts.final_obs, ended_positions)
             if not varies and ts.final_obs is ts.obs and ended_positions is ts.info.get("positions"):
                 self._observed_of = (ts, next_child_obs)  # no copy reset: the next step acts on the same
-            step = LevelStep(children_reward, child_obs, next_child_obs, self._command_features, ts.info)
+            env = None
+            if reads_env:
+                end = self._env_entries(ts)
+                env = EnvView(start, end, env_assignment) if self.env_reads else None
+                if self.env_up:
+                    self._pass_up(up, end, self.env_up, alive if step_index else None)
+            step = LevelStep(children_reward, child_obs, next_child_obs, self._command_features, ts.info, env)
             if self.channel is not None and self.channel.carries:
-                self._command_features = self.channel.carry(self._command_features, child_obs, next_child_obs)
+                self._command_features = self.channel.carry(self._command_features, child_obs, next_child_obs,
+                                                            env if self.channel.reads_env else None)
             if self.training:
                 if varies:
                     extra.update(parent=self.assignment.parent, slot=self.assignment.slot)
@@ -272,7 +372,9 @@ class Level:
                 self.buffer.add(obs=obs, action=action, log_prob=log_prob,
                                 reward=self.reward_rule.step_reward(step),
                                 terminated=ts.terminated, done=done,
-                                final_obs=self._with_command(next_child_obs), mask=mask, child_mask=child_mask,
+                                final_obs=self._with_command(next_child_obs, None if block is None else
+                                                             self._env_view_block(end["final_obs"], env_assignment)),
+                                mask=mask, child_mask=child_mask,
                                 **extra)
             # A copy that finished inside the period starts its next episode under the
             # same command; what follows belongs to that episode, not to this transition.
@@ -292,7 +394,7 @@ class Level:
             if self._holding is not None:
                 self._holding.fresh = done
         self._below_ts = ts
-        info = {"final_obs": final_message, **self._upward_info(ts)}
+        info = {"final_obs": final_message, **self._upward_info(ts, up)}
         if final_positions is not None:
             info["final_positions"] = final_positions
         return TimeStep(obs=self.comm(self._observed(ts)), reward=reward_up,
@@ -316,9 +418,11 @@ class Level:
         """The observation after the last stored step, carrying ``next_command`` (the command the
         level above gives for the next step) when given, else the command held now."""
         child_obs = self._observed(self._below_ts)
+        block = (self._env_view_block(self._env_entries(self._below_ts)["obs"], self.env_assignment)
+                 if self.env_block else None)
         if next_command is None:
-            return self._with_command(child_obs)
-        return torch.cat([child_obs, self._encode(next_command)], dim=-1)
+            return self._with_command(child_obs, block)
+        return torch.cat([child_obs, self._encode(next_command), *([] if block is None else [block])], dim=-1)
 
     def split_action(self, action: Tensor) -> Tensor:
         """The agents' action ``[B, N, ...]`` as the commands of the units below ``[B, N_below, ...]``."""

@@ -17,6 +17,7 @@ from hmarl.goals import goal_distance
 from hmarl.learner import UpdateContext
 from hmarl.registry import Registry
 from hmarl.spec import EnvSpec, Tensor, slice_dims
+from hmarl.strategies import EnvRead, EnvView, goal_states
 
 
 @dataclass
@@ -33,6 +34,9 @@ class LevelStep:
     """The command the agents held (one-hot or raw) ``[B, N, k]``; None at the top."""
     info: dict[str, torch.Tensor] = field(default_factory=dict)
     """What the level below reported with this step (the env's ``info`` at the bottom)."""
+    env: EnvView | None = None
+    """What the step read of the env below all levels: the entries the rule's ``reads_env`` names,
+    and which env agents are under each agent (None when the rule reads none)."""
 
 
 class RewardRule:
@@ -45,9 +49,10 @@ class RewardRule:
     """
 
     needs: frozenset[str] = frozenset()
-    #: what of the env itself the rule reads (its info or observation layout), which Levels do not pass
-    #: up: such a rule works on level 0 only (the build says so); None for rules that read the level's data
-    reads_env: str | None = None
+    #: what the rule reads of the env below all levels (``step.env``): the Levels between pass these
+    #: entries up (:class:`~hmarl.strategies.EnvRead`), so the rule works at any depth. Such a rule is
+    #: built with the env's spec as ``below`` (the facts it reads are the env's).
+    reads_env: tuple[EnvRead, ...] = ()
 
     def __init__(self, below: EnvSpec, group_size: int):
         self.below = below
@@ -76,22 +81,34 @@ class SumUp(RewardRule):
 
 class GoalDistance(RewardRule):
     """HRL-CG: a worker learns from ``-||s + g - s'||`` on the env's goal dims (Eq. 5), its
-    ``obs_slices["position"]``."""
+    ``obs_slices["position"]``.
 
-    reads_env = "the env's goal dims"
+    ``s`` is the agent's goal state (:func:`~hmarl.strategies.goal_states`): the mean goal dims of
+    the env agents under it, which directly above the env with one env agent each is its own, and
+    above a level of teams or clusters (a HiMPo level) the team's mean position.
+    """
+
+    reads_env = (EnvRead("obs"),)
 
     def __init__(self, below: EnvSpec, group_size: int):
         super().__init__(below, group_size)
-        if group_size != 1:
-            raise ValueError("goal_distance needs one child per agent (group_size 1)")
         self.index = torch.as_tensor(slice_dims(below.require("obs_slices.position", "the goal_distance reward")),
                                      device=below.device)
+
+    def check_command(self, command) -> None:
+        dims = len(self.index)
+        if command is None or getattr(command, "shape", None) != (dims,) or getattr(command, "n", None) is not None:
+            raise ValueError(f"goal_distance needs a level above that sends goals on the {dims} goal dims "
+                             f"{self.index.tolist()} of {self.below.name}: command box({dims}, bound)")
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
         """The reward ``[B, N]`` the level's agents store for this step."""
         if step.command is None:
             raise ValueError("goal_distance needs a level above that sends goals")
-        return -goal_distance(step.child_obs, step.command, step.next_child_obs, self.index)
+        if step.env is None:
+            return -goal_distance(step.child_obs, step.command, step.next_child_obs, self.index)
+        s, s_next = goal_states(step.env, "obs", self.index), goal_states(step.env, "final_obs", self.index)
+        return -(s + step.command - s_next).norm(dim=-1)
 
 
 class UpperAdvantage(RewardRule):
@@ -138,21 +155,21 @@ class UpperAdvantage(RewardRule):
 
 
 class SubtaskReward(RewardRule):
-    """ALMA: a unit assigned to subtask ``k`` learns from subtask ``k``'s reward.
+    """ALMA: a unit assigned to subtask ``k`` learns from subtask ``k``'s reward, at any level.
 
     The assignment is the level above's command, a one-hot over the env's ``S`` subtasks;
-    the rewards are the env's ``info["subtask_rewards"]`` (``EnvSpec.entities``): ``[B, S]``,
-    or ``[B, N, S]`` when they depend on who works on a subtask; then subtask ``k`` is worth
-    the best of its assigned agents' rewards (simple spread: minus the distance of the
-    landmark's nearest assigned agent), and every agent on ``k`` gets that.
+    the rewards are the env's ``info["subtask_rewards"]`` (``EnvSpec.entities``), summed over
+    the agent's step: ``[B, S]``, or ``[B, U, S]`` (one row per env agent) when they depend on who
+    works on a subtask; then subtask ``k`` is worth the best reward of the env agents under the
+    agents assigned ``k`` (simple spread: minus the distance of the landmark's nearest such env
+    agent), and every agent on ``k`` gets that. An agent of a higher level (a team of env agents,
+    say) is assigned a subtask as a whole: all the env agents under it work on it.
     """
 
-    reads_env = "the env's subtask rewards"
+    reads_env = (EnvRead("subtask_rewards", summed=True),)
 
     def __init__(self, below: EnvSpec, group_size: int):
         super().__init__(below, group_size)
-        if group_size != 1:
-            raise ValueError("the subtask reward needs one env agent per unit (group_size 1)")
         self.n_subtasks = below.require("entities", "the subtask reward").n_subtasks
 
     def check_command(self, command) -> None:
@@ -162,8 +179,9 @@ class SubtaskReward(RewardRule):
 
     def step_reward(self, step: LevelStep) -> torch.Tensor:
         """The reward ``[B, N]`` the level's agents store for this step."""
-        rewards, assigned = step.info["subtask_rewards"], step.command > 0.5  # [B, (N,) S], [B, N, S]
+        rewards, assigned = step.env.end["subtask_rewards"], step.command > 0.5  # [B, (U,) S], [B, N, S]
         if rewards.dim() == 3:
+            assigned = step.env.per_env_agent(assigned)  # [B, U, S]: each env agent its agent's subtask
             best = torch.where(assigned, rewards, float("-inf")).amax(1)  # [B, S]
             rewards = torch.where(assigned.any(1), best, 0.0)  # a subtask nobody works on pays no one
         return (step.command * rewards.unsqueeze(1)).sum(-1)

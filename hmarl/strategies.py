@@ -103,6 +103,29 @@ class Assignment:
             return per_slot
         return per_slot[self.rows, self.unit_slot]
 
+    def spread(self, per_agent: Tensor) -> Tensor:
+        """``[B, N, ...]`` (one entry per agent) -> ``[B, U, ...]``: each unit its agent's entry."""
+        if self.blocks:
+            return per_agent.repeat_interleave(self.group, dim=1) if self.group > 1 else per_agent
+        return per_agent[self.rows, self.parent.expand(per_agent.shape[0], -1)]
+
+    def compose(self, below: "Assignment") -> "Assignment":
+        """The assignment of the units below ``below`` to this level's agents, given ``below``:
+        those units -> this level's units (its children). A unit's slot is its place among all the
+        units under its agent: ``slot * below.group + below's slot`` (``group * below.group`` slots).
+
+        Consecutive equal blocks of consecutive equal blocks are consecutive equal blocks: reshapes still."""
+        if self.parent.dim() == 1 and below.parent.dim() == 1:
+            parent = self.parent[below.parent]
+            slot = self.slot[below.parent] * below.group + below.slot
+        else:
+            b = self.index.shape[0]
+            owner = below.parent.expand(b, -1)
+            parent = self.parent.expand(b, -1).gather(1, owner)
+            slot = self.slot.expand(b, -1).gather(1, owner) * below.group + below.slot.expand(b, -1)
+        return Assignment.of(parent, slot, self.n_agents, self.group * below.group, self.index.shape[0],
+                             self.blocks and below.blocks)
+
     @classmethod
     def of(cls, parent: Tensor, slot: Tensor, n_agents: int, group: int, num_envs: int,
            blocks: bool = False) -> "Assignment":
@@ -113,6 +136,59 @@ class Assignment:
         index = torch.full((num_envs, n_agents * group), n_units, dtype=torch.long, device=parent.device)
         rows = torch.arange(num_envs, device=parent.device).unsqueeze(1)
         return cls(parent, slot, index.scatter(1, unit_slot, units), unit_slot, n_agents, group, blocks, rows)
+
+
+# -- What is read of the env below all levels -------------------------------------------------
+@dataclass(frozen=True)
+class EnvRead:
+    """An entry of the env below all levels that a learner, reward rule or channel at any level reads
+    (its ``reads_env``): every Level between the env and the reader passes it up unchanged, at the env's
+    resolution (one row per env agent, or per copy), in its ``info`` as ``env/<key>``.
+
+    ``key``: ``"obs"`` (the env agents' observations, with ``final_obs``, the ones that ended an
+    episode) or an ``info`` key of the env (with ``final_<key>`` where the env reports one).
+    ``summed``: a per-step quantity (a reward): a level whose step lasts several env steps passes up
+    its sum over them (while the copy's episode lasts); else the value after its last step.
+    """
+
+    key: str
+    summed: bool = False
+
+
+@dataclass(frozen=True)
+class EnvView:
+    """What a level's agents read of the env over one of their steps (``LevelStep.env``).
+
+    ``start``: the env entries the step began from (``obs`` ``[B, U, obs_dim]``, ...); ``end``: the
+    ones it ended with (``obs`` after any reset, ``final_obs`` before it, summed entries over the
+    step); ``assignment``: the env agents (``U``) under each of the level's agents (``N``), composed
+    through the levels between (:meth:`Assignment.compose`; directly above the env, the level's own).
+    A level whose grouping varies reads it as it was when the step began.
+    """
+
+    start: dict[str, Tensor]
+    end: dict[str, Tensor]
+    assignment: Assignment
+
+    def mean(self, per_env_agent: Tensor) -> Tensor:
+        """``[B, U, D]`` -> ``[B, N, D]``: the mean over the env agents under each agent (an env agent's
+        own value, as it is, directly above the env with one each)."""
+        return self.assignment.agent_positions(per_env_agent)
+
+    def per_env_agent(self, per_agent: Tensor) -> Tensor:
+        """``[B, N, ...]`` -> ``[B, U, ...]``: each env agent the entry of the agent it is under."""
+        return self.assignment.spread(per_agent)
+
+
+def env_reads(*sources: Any) -> tuple[EnvRead, ...]:
+    """The env entries ``sources`` read, each key once, in order: a source is a learner, rule or channel
+    (its ``reads_env``; None: nothing) or a sequence of :class:`EnvRead`."""
+    reads: dict[str, EnvRead] = {}
+    for source in sources:
+        for read in (source if isinstance(source, (tuple, list)) else getattr(source, "reads_env", ())):
+            if reads.setdefault(read.key, read) != read:
+                raise ValueError(f"env entry {read.key!r} is read both summed and not: {reads[read.key]}, {read}")
+    return tuple(reads.values())
 
 
 class Grouping:
@@ -210,6 +286,8 @@ class CommandChannel:
     requires: tuple[str, ...] = ()
     carries = False
     """The features change between commands (so a rollout's bootstrap keeps the carried ones)."""
+    reads_env: tuple[EnvRead, ...] = ()
+    """What ``carry`` reads of the env below all levels (:class:`EnvRead`), in its ``env`` argument."""
 
     def __init__(self, space: spaces.Discrete | spaces.Box):
         self.space = space
@@ -223,8 +301,9 @@ class CommandChannel:
         """``[B, N]`` or ``[B, N, d]`` -> features ``[B, N, dim]``."""
         raise NotImplementedError
 
-    def carry(self, features: Tensor, child_obs: Tensor, next_child_obs: Tensor) -> Tensor:
-        """The features after a step from ``child_obs`` to ``next_child_obs`` (unchanged by default)."""
+    def carry(self, features: Tensor, child_obs: Tensor, next_child_obs: Tensor, env: EnvView | None = None) -> Tensor:
+        """The features after a step from ``child_obs`` to ``next_child_obs`` (unchanged by default);
+        ``env``: what the step read of the env (:attr:`reads_env`)."""
         return features
 
     def __repr__(self) -> str:
@@ -254,13 +333,18 @@ class Raw(CommandChannel):
 
 
 class RelativeGoal(Raw):
-    """HRL-CG / HIRO: the command is a goal relative to the children's goal dims ``index`` (the env's
-    ``obs_slices["position"]``); between
-    two commands it follows ``h(s, g, s') = s + g - s'`` (Kreidieh et al. 2020, Eq. 6), so the
-    absolute target stays fixed. One child per agent."""
+    """HRL-CG / HIRO: the command is a goal relative to the agent's goal state ``s`` on the env's goal
+    dims ``index`` (its ``obs_slices["position"]``); between two commands it follows ``h(s, g, s') = s + g - s'`` (Kreidieh et al. 2020,
+    Eq. 6), so the absolute target stays fixed.
+
+    An agent's goal state is the mean of the goal dims of the env agents' observations under it
+    (:meth:`EnvView.mean`): directly above the env with one env agent each, that agent's own goal dims
+    (HRL-CG); above a level of teams or clusters (HiMPo's sub-managers), the team's mean position.
+    Without ``env`` (a bare call) the goal dims are read in the first child's observation."""
 
     requires = ("obs_slices.position",)
     carries = True
+    reads_env = (EnvRead("obs"),)
 
     def __init__(self, space: spaces.Box, index: list[int]):
         super().__init__(space)
@@ -270,13 +354,22 @@ class RelativeGoal(Raw):
         self.index = list(index)
         self._index: Tensor | None = None
 
-    def carry(self, features: Tensor, child_obs: Tensor, next_child_obs: Tensor) -> Tensor:
+    def carry(self, features: Tensor, child_obs: Tensor, next_child_obs: Tensor, env: EnvView | None = None) -> Tensor:
         if self._index is None or self._index.device != features.device:
             self._index = torch.as_tensor(self.index, device=features.device)
-        return goal_transition(child_obs, features, next_child_obs, self._index)
+        if env is None:
+            return goal_transition(child_obs, features, next_child_obs, self._index)
+        return goal_states(env, "obs", self._index) + features - goal_states(env, "final_obs", self._index)
 
     def __repr__(self) -> str:
         return f"RelativeGoal(dims {self.index})"
+
+
+def goal_states(env: EnvView, which: str, index: Tensor) -> Tensor:
+    """``[B, N, goal_dim]``: each agent's goal state, the mean goal dims ``index`` of the env agents
+    under it, in the observations the step began from (``which="obs"``) or ended with (``"final_obs"``)."""
+    entries = env.start if which == "obs" else env.end
+    return env.mean(entries[which][..., index])
 
 
 def channel_for(space: spaces.Discrete | spaces.Box | None, relative_goals: list[int] | None = None

@@ -139,6 +139,9 @@ class ReplayLearner(Learner):
         carried between decisions by ``h(s, g, s') = s + g - s'`` (HRL-CG Eq. 6): a transition's
         next observation holds ``h``, not the command that follows a period's end (:meth:`next_obs`)."""
         goal_dim = self.io.obs_dim - self.io.child_obs_dim
+        if self.io.group != 1:
+            raise ValueError(f"relative goals are relabelled from the goal dims of the worker's own env agent, so "
+                             f"the workers need one env agent each (group_size 1), not {self.io.group}")
         if goal_dim != len(goal_index):
             raise ValueError(f"the commands have {goal_dim} dims but the goals live on {len(goal_index)}")
         self.carried_goal_index = torch.as_tensor(list(goal_index), device=self.carried_goal_index.device)

@@ -21,7 +21,14 @@ of the env's ``EnvSpec.entities``; full observability). Its level sits over all
 agents (``group_size: all``, ``joint: false``) and re-decides with ``decide_every``
 (``action_length``), at episode starts and when a subtask finishes.
 
-Shapes: obs ``[B, 1, N * child_dim]``; action ``[B, 1, N]`` int64 (a subtask per agent).
+At any depth: the allocator's units are its children, whatever level they are. Above a level
+of teams (TAG agents over groups of env agents, say), a unit is a team: its subtask is the one
+its command names (the team works on it as a whole), and its entity is the mean of the entity
+rows of the env agents under it, as the first of them sees them; the subtask entities are the
+env's. It reads those rows in the env agents' observations, which its level appends to its
+own where the children's messages are not them (``reads_env``; ``AgentIO.env_slots``).
+
+Shapes: obs ``[B, 1, N * child_dim (+ env block)]``; action ``[B, 1, N]`` int64 (a subtask per unit).
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ from torch import nn
 from hmarl.algorithms.offpolicy import EpisodeTargetLearner, OffPolicyConfig, linear_schedule
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
-from hmarl.spec import EnvSpec
+from hmarl.spec import EnvSpec, subtask_membership
+from hmarl.strategies import EnvRead
 
 Tensor = torch.Tensor
 """Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
@@ -95,7 +103,13 @@ class AllocatorConfig(OffPolicyConfig):
 
 
 class EntityView(nn.Module):
-    """Reads the entity rows, their subtask membership and the active subtasks from obs."""
+    """Reads the entity rows, their subtask membership and the active subtasks from obs.
+
+    Directly above the env's agents (``io.env_slots == 0``) the units are the env agents and the
+    rows are the first child's observation. Higher up (``env_slots`` env agents under the allocator,
+    appended to its observation), unit ``j``'s entity is the mean of the agent rows of the env agents
+    in its slots, and the other entities follow: ``[G units, E - U other entities]``.
+    """
 
     def __init__(self, io: AgentIO, env: EnvSpec):
         super().__init__()
@@ -104,15 +118,36 @@ class EntityView(nn.Module):
         self.entity_dim = entities.entity_dim
         self.first, self.n_entities = entities.first, entities.n_entities
         self.finished = entities.finished_feature  # None: subtasks never finish (simple spread)
-        member = entities.membership().float()
+        of_entity = list(entities.subtask_of_entity)
+        self.env_slots, self.n_env_agents, self.env_obs_dim = io.env_slots, env.n_agents, env.obs_dim
+        self.obs_dim = io.obs_dim
+        if self.env_slots:  # the units' entities replace the env agents'
+            if any(k != -1 for k in of_entity[:env.n_agents]):
+                raise ValueError(f"the allocator above a level of teams averages the env agents' entities, the first "
+                                 f"{env.n_agents} of {env.name}'s, but some of them belong to subtasks")
+            of_entity = [-1] * io.group + of_entity[env.n_agents:]
+            self.n_entities -= env.n_agents - io.group
+        member = subtask_membership(of_entity, self.n_subtasks).float()
         self.register_buffer("membership", member, persistent=False)  # [E, S]
         self.child_dim = io.child_dim
 
+    def rows(self, obs: Tensor) -> Tensor:
+        """The entity rows ``[..., E, F]`` (see the class docstring)."""
+        if not self.env_slots:
+            first_agent = obs[..., 0, :self.child_dim]
+            rows = first_agent[..., self.first:self.first + self.n_entities * self.entity_dim]
+            return rows.unflatten(-1, (self.n_entities, self.entity_dim))
+        block = obs[..., 0, self.obs_dim:].unflatten(-1, (self.env_slots, self.env_obs_dim + self.n_env_agents))
+        env_entities = self.n_entities - self.n_agents + self.n_env_agents
+        seen = block[..., 0, self.first:self.first + env_entities * self.entity_dim]  # the first env agent's view
+        rows = seen.unflatten(-1, (env_entities, self.entity_dim))
+        who = block[..., self.env_obs_dim:].unflatten(-2, (self.n_agents, -1)).sum(-2)  # [..., G, U]: unit j has u
+        units = who @ rows[..., :self.n_env_agents, :] / who.sum(-1, keepdim=True).clamp(min=1)
+        return torch.cat([units, rows[..., self.n_env_agents:, :]], dim=-2)
+
     def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """obs ``[..., 1, N * child_dim]`` -> entities ``[..., E, F]``, active subtasks ``[..., S]`` bool."""
-        first_agent = obs[..., 0, :self.child_dim]
-        rows = first_agent[..., self.first:self.first + self.n_entities * self.entity_dim]
-        entities = rows.unflatten(-1, (self.n_entities, self.entity_dim))
+        """obs ``[..., 1, N * child_dim (+ env block)]`` -> entities ``[..., E, F]``, active subtasks ``[..., S]`` bool."""
+        entities = self.rows(obs)
         if self.finished is None:
             return entities, torch.ones(*entities.shape[:-2], self.n_subtasks, dtype=torch.bool, device=obs.device)
         unfinished = (entities[..., self.finished] < 0.5).float()  # [..., E]
@@ -345,7 +380,7 @@ class Allocator(EpisodeTargetLearner):
 
     config_class = AllocatorConfig
     requires = ("entities",)  # what it needs of the env (algorithms.system_requires)
-    reads_env_observations = True  # its entities are rows of the first child's env observation
+    reads_env = (EnvRead("obs"),)  # its entities are rows of the env agents' observations
 
     def __init__(self, io: AgentIO, config: AllocatorConfig, env: EnvSpec):
         super().__init__(io, config.buffer_size)
@@ -426,8 +461,8 @@ class Allocator(EpisodeTargetLearner):
         .. math::
             r = \\frac{1}{t_1 - t_0} \\sum_{t=t_0}^{t_1 - 1} \\frac{1}{N} \\sum_{i=1}^{N} r_{t,i},
 
-        the team reward per step: the level's reward is the sum of its N children's rewards,
-        and an env that gives every agent the team reward R (SaveTheCity) would otherwise
+        the team reward per step: the level's reward is the sum of the rewards of the N env agents
+        under it, and an env that gives every agent the team reward R (SaveTheCity) would otherwise
         teach the allocator N R. It ends at the next decision, whose observation (or the
         final one, if the episode ended) is ``s'``.
         """
@@ -440,7 +475,7 @@ class Allocator(EpisodeTargetLearner):
         next_boundary = upcoming.flip(0).cummin(0).values.flip(0)[1:]  # first boundary after t: [T, B]
         valid = decision & (next_boundary <= steps)
         cumulative = torch.cat([torch.zeros_like(rollout.reward[:1]), rollout.reward.cumsum(0)], 0)
-        reward = cumulative.sum(-1) / self.io.group  # [T + 1, B]: the children's mean reward
+        reward = cumulative.sum(-1) / self.view.n_env_agents  # [T + 1, B]: the env agents' mean reward
         t0, b = valid.nonzero(as_tuple=True)
         t1 = next_boundary[t0, b]
         next_obs = rollout.next_obs()
@@ -521,6 +556,7 @@ class HeuristicAllocator(Learner):
 
     config_class = HeuristicAllocatorConfig
     requires = ("entities",)  # what it needs of the env (algorithms.system_requires)
+    reads_env = (EnvRead("obs"),)  # as the allocator's
     POSITIONS = (("row", "col"), ("x", "y"))
     ABILITIES = ("is_firefighter", "is_builder", "is_generalist", "fire")
 

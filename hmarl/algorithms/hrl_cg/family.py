@@ -98,7 +98,14 @@ class GoalManager(TD3):
     """TD3 manager whose actor loss adds the connected gradient through its worker."""
 
     config_class = GoalManagerConfig
-    reads_env_observations = True  # goals are taken on, and carried along, its worker's env observation
+
+    @property
+    def reads_env_observations(self) -> bool:
+        """The connected gradient reads the goal dims in its worker's env observation (its children's
+        messages): only with ``cg_lambda > 0``. Plain HRL (``cg_lambda: 0``) works above any level: the
+        goals' channel and the worker's reward read the env's goal dims through the levels between
+        (:class:`~hmarl.strategies.RelativeGoal`: a goal for a level of teams moves the team's mean)."""
+        return bool(self.config.cg_lambda)
 
     def __init__(self, io, config: GoalManagerConfig, goal_index: list[int] = ()):
         super().__init__(io, config)
@@ -239,7 +246,10 @@ def build(env: MultiAgentEnv, levels: list[dict[str, Any]], learner_options: dic
     worker_learner = hierarchy.levels[0].learner
     if not isinstance(worker_learner, (TD3, DQN)):
         raise ValueError(f"the connected gradient needs a td3 or dqn worker, got {type(worker_learner).__name__}")
-    worker_learner.carry_goals(goal_index)
+    try:
+        worker_learner.carry_goals(goal_index)
+    except ValueError as error:
+        raise ValueError(f"level 0: {error}") from None
     return hierarchy
 
 
