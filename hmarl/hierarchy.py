@@ -459,7 +459,9 @@ def describe_hierarchy(hierarchy: Hierarchy) -> str:
         io = level.io
         lines += [f"level {index}: {io.n_agents} x {type(level.learner).__name__}, acting every {stride} env step(s)",
                   f"  observes     {io.obs_dim} = {io.group} child slot(s) x {io.child_dim}"
-                  + (f" + command {level.channel.dim}" if level.channel else ""),
+                  + (f" + command {level.channel.dim}" if level.channel else "")
+                  + (f", then the env agents' observations ({io.env_slots} slots, {io.env_dim(hierarchy.env.spec)})"
+                     if level.env_block else ""),
                   f"  acts         {io.action_space}",
                   f"  grouping     {describe(level.grouping)}",
                   f"  channel      {describe(level.channel)}",

@@ -187,9 +187,8 @@ class Level:
             if read.key == "obs":
                 entries["obs"], entries["final_obs"] = ts.obs, ts.final_obs
                 continue
-            if read.key not in ts.info:
-                raise KeyError(f"{self.below.spec.name} reports no info[{read.key!r}], which a level reads "
-                               f"(reads_env); it reports {sorted(ts.info)}")
+            if read.key not in ts.info:  # e.g. a per-step quantity at a reset
+                continue
             entries[read.key] = ts.info[read.key]
             if f"final_{read.key}" in ts.info:
                 entries[f"final_{read.key}"] = ts.info[f"final_{read.key}"]
@@ -214,8 +213,11 @@ class Level:
             return torch.where(keep.view(-1, *[1] * (x.dim() - 1)), x, y)
         for read in reads:
             key = read.key
+            if key not in end:
+                continue
             if read.summed:
-                up[key] = end[key] if alive is None else up[key] + where(alive, end[key], torch.zeros_like(end[key]))
+                up[key] = (end[key] if alive is None or key not in up
+                           else up[key] + where(alive, end[key], torch.zeros_like(end[key])))
                 continue
             up[key] = end[key]
             final = "final_obs" if key == "obs" else f"final_{key}"

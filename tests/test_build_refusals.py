@@ -1,5 +1,6 @@
-"""What works only directly above the env's agents is refused higher up, at build time, with
-one line naming the level and what to change (instead of a crash at the first rollout or update)."""
+"""What cannot work is refused at build time, with one line naming the level and what to change (instead
+of a crash at the first rollout or update); what once worked only directly above the env's agents now
+builds at any depth (``reads_env``: see tests/test_any_depth.py)."""
 from __future__ import annotations
 
 import pytest
@@ -28,67 +29,76 @@ def refusal(levels, env=None, family=None, **options) -> str:
     return str(error.value)
 
 
-def test_allocator_over_a_level_of_pairs_is_refused():
-    """Pins the refusal of an allocator whose children are pairs of env agents: it reads agent i
-    as entity i of the env, so its children must be the env agents themselves."""
-    message = refusal([{"learner": "ppo"}, {"learner": "ppo", "group_size": 2, "command": "discrete(9)"}, ALLOCATOR])
-    assert message == ("level 2: allocator reads the env agents' observations from its children's messages, "
-                       "but level 1 gives an agent several units; give every level below it group_size 1 "
-                       "and comm: concat")
+def rolls_out(levels, env=None, family=None, steps=4, **options):
+    """Build ``levels`` (through ``family``'s build if given) and roll out ``steps`` env steps."""
+    torch.manual_seed(0)
+    env = env or landmarks()
+    hierarchy = (build_levels(env, levels, learner_options={}) if family is None
+                 else FAMILIES[family].build(env, levels, {}, **options))
+    hierarchy.reset(seed=0)
+    hierarchy.rollout(steps)
+    return hierarchy
 
 
-def test_alma_allocator_over_coded_messages_is_refused():
-    """Pins the refusal of ALMA's allocator over agents that send autoencoder codes up (it used
-    to build, then crash at the first rollout: ``unflatten: Provided sizes [8, 6] ...``)."""
-    message = refusal([{"learner": "aqmix", "comm": "autoencoder"}, {"learner": "allocator"}], family="alma")
-    assert message.startswith("level 1: allocator reads the env agents' observations")
-    assert "but level 0 sends autoencoder messages; give every level below it group_size 1 and comm: concat" in message
+def test_allocator_over_a_level_of_pairs_works():
+    """Pins that an allocator whose children are pairs of env agents (once refused: it read agent i as
+    entity i of the env) builds and rolls out: its units are the pairs, and it reads the env agents'
+    observations appended to its own (``AgentIO.env_slots``)."""
+    hierarchy = rolls_out([{"learner": "ppo"}, {"learner": "ppo", "group_size": 2, "command": "discrete(9)"},
+                           ALLOCATOR])
+    assert hierarchy.levels[2].io.env_slots == 4 and hierarchy.levels[2].learner.view.n_agents == 2
+
+
+def test_alma_allocator_over_coded_messages_works():
+    """Pins that ALMA's allocator over agents that send autoencoder codes up (once a crash at the first
+    rollout, then a refusal) reads the env agents' observations passed up beside the codes."""
+    hierarchy = rolls_out([{"learner": "aqmix", "comm": "autoencoder"}, {"learner": "allocator"}], family="alma")
+    assert hierarchy.levels[1].env_block
 
 
 def test_allocator_over_levels_of_one_env_agent_each_works():
     """Pins that an allocator above a stack of one-agent-per-unit concat levels (which pass each
-    env agent's observation up unchanged) is accepted and rolls out."""
-    torch.manual_seed(0)
-    hierarchy = build_levels(landmarks(), [{"learner": "ppo"}, {"learner": "ppo", "command": "discrete(9)"},
-                                           ALLOCATOR], learner_options={})
-    hierarchy.reset(seed=0)
-    hierarchy.rollout(4)
-    assert hierarchy.levels[2].buffer.t == 4
+    env agent's observation up unchanged) is accepted and rolls out, reading its children's messages."""
+    hierarchy = rolls_out([{"learner": "ppo"}, {"learner": "ppo", "command": "discrete(9)"}, ALLOCATOR])
+    assert hierarchy.levels[2].buffer.t == 4 and hierarchy.levels[2].io.env_slots == 0
 
 
-def test_subtask_reward_above_level_0_is_refused():
-    """Pins the refusal of ``reward: subtask`` on level 1 (it used to crash at the first step with
-    ``KeyError: 'subtask_rewards'``: levels do not pass the env's info up)."""
-    message = refusal([{"learner": "ppo"}, {"learner": "ppo", "command": "discrete(9)", "reward": "subtask"},
-                       {"learner": "ppo", "group_size": "all", "joint": False, "command": "discrete(4)"}])
-    assert message == ("level 1: reward subtask reads the env's subtask rewards, which only level 0 receives; "
-                       "use it on level 0 only (here e.g. reward: sum_up)")
+def test_subtask_reward_above_level_0_works():
+    """Pins that ``reward: subtask`` on level 1 (once a crash at the first step, ``KeyError:
+    'subtask_rewards'``, then a refusal) reads the env's subtask rewards passed up by level 0."""
+    hierarchy = rolls_out([{"learner": "ppo"}, {"learner": "ppo", "command": "discrete(9)", "reward": "subtask"},
+                           {"learner": "ppo", "group_size": "all", "joint": False, "command": "discrete(4)"}])
+    assert hierarchy.levels[0].env_up == hierarchy.levels[1].reward_rule.reads_env
 
 
-def test_goal_distance_reward_above_level_0_is_refused():
-    """Pins the refusal of ``reward: goal_distance`` on level 1 as the same kind of mistake,
-    not as an env lacking goal dims (this env has them)."""
+def test_goal_distance_reward_without_goals_is_refused():
+    """Pins the refusal of ``reward: goal_distance`` under a level that sends no goals on the goal dims
+    (it works at any level, but not with one-hot commands)."""
     message = refusal([{"learner": "ppo"}, {"learner": "ppo", "command": "discrete(9)", "reward": "goal_distance"},
                        {"learner": "ppo", "command": "discrete(5)"}])
-    assert message.startswith("level 1: reward goal_distance reads the env's goal dims, which only level 0 receives")
+    assert message == ("level 1: goal_distance needs a level above that sends goals on the 2 goal dims [0, 1] of "
+                       "vmas_simple_spread: command box(2, bound)")
 
 
-def test_relative_goals_above_level_1_are_refused_naming_the_manager():
-    """Pins the refusal of a goal manager with relative goals on level 2, naming level 2 (it used
-    to name level 1, the workers, and advise another env)."""
-    message = refusal([{"learner": "ppo"}, {"learner": "td3", "command": "box(2)"},
-                       {"learner": "goal_manager", "period": 2, "relative_goals": True, "command": "box(2, 10)"}])
-    assert message == ("level 2: relative goals are targets on the env's goal dims, which only level 0 observes; "
-                       "relative_goals works on level 1 only (directly above level 0)")
+def test_relative_goals_above_level_1_work():
+    """Pins that a goal manager with relative goals on level 2 (once refused) builds and rolls out: its
+    goals move the goal dims of the env agents under each level-1 agent."""
+    hierarchy = rolls_out([{"learner": "ppo"}, {"learner": "td3", "command": "box(2)"},
+                           {"learner": "goal_manager", "period": 2, "relative_goals": True, "command": "box(2, 10)"}])
+    assert hierarchy.levels[1].env_reads == hierarchy.levels[1].channel.reads_env
 
 
 def test_relative_goals_over_grouped_workers_name_the_manager():
-    """Pins that relative goals over workers of two env agents each are refused naming the manager
-    (level 1) and the workers' group size (HRL-CG used to report level 0's reward instead)."""
-    message = refusal([{"learner": "auto", "group_size": 2}, {"learner": "goal_manager", "period": 10}],
-                      family="hrl_cg")
-    assert message == ("level 1: relative goals are carried on each worker's own env agent, so level 0 needs "
-                       "one env agent per agent (group_size 1), not 2")
+    """Pins that HRL-CG over workers of two env agents each is refused naming what cannot work: the
+    connected gradient reads its worker's env observation, and (without it) the workers' replay
+    relabels the goals from their own env agent's goal dims."""
+    levels = [{"learner": "auto", "group_size": 2}, {"learner": "goal_manager", "period": 10}]
+    assert refusal(levels, family="hrl_cg") == (
+        "level 1: goal_manager reads the env agents' observations from its children's messages, but level 0 "
+        "gives an agent several units; give every level below it group_size 1 and comm: concat")
+    assert refusal(levels, family="hrl_cg", cg_lambda=0.0) == (
+        "level 0: relative goals are relabelled from the goal dims of the worker's own env agent, so the workers "
+        "need one env agent each (group_size 1), not 2")
 
 
 def test_relative_goals_with_the_wrong_command_name_the_manager():

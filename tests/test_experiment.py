@@ -99,13 +99,14 @@ def test_bad_input_fails_before_training(updates, message, tmp_path):
     assert message in str(error.value)
 
 
-def test_cli_refuses_an_allocator_over_coded_messages_in_one_line(tmp_path):
-    """Pins that the CLI reports ALMA's allocator over autoencoder messages as one line, before
-    training (it used to start and crash at the first rollout with a traceback)."""
-    out = cli("with", "alma", "savethecity", *TINY,
-              'levels=[{"learner": "aqmix", "comm": "autoencoder"}, {"learner": "allocator"}]', cwd=tmp_path)
+def test_cli_refuses_a_connected_gradient_over_coded_messages_in_one_line(tmp_path):
+    """Pins that the CLI reports HRL-CG's manager over autoencoder messages (its connected gradient reads
+    its worker's env observation) as one line, before training, with no traceback."""
+    out = cli("with", "hrl_cg", "point_maze", *TINY,
+              'levels=[{"learner": "auto", "comm": "autoencoder"}, {"learner": "goal_manager", "period": 10}]',
+              cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert ("hmarl: level 1: allocator reads the env agents' observations from its children's messages, "
+    assert ("hmarl: level 1: goal_manager reads the env agents' observations from its children's messages, "
             "but level 0 sends autoencoder messages" in out.stderr)
 
 
