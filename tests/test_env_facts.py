@@ -2,6 +2,8 @@
 ``eval_groups``, ``optional``), checked when the spec is made; ``MultiAgentEnv.close`` and ``render``."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -88,7 +90,7 @@ def test_wrong_facts_are_refused_in_one_line(facts, message):
     ({"entity_dim": 0}, "Entities: n_subtasks, entity_dim and the number of entities must be >= 1, got 2, 0, 3"),
     ({"finished_feature": 2}, r"Entities: finished_feature must be a feature 0\.\.1, got 2"),
     ({"feature_names": ("x",)}, "Entities: feature_names names 1 features, entity_dim is 2"),
-    ({"first": -1}, "Entities: first must be >= 0, got -1"),
+    ({"first": -1}, "Entities: first must be >= 0 or None, got -1"),
 ])
 def test_wrong_entities_are_refused_in_one_line(fields, message):
     good = {"n_subtasks": 2, "subtask_of_entity": (-1, 0, 1), "entity_dim": 2, "first": 0}
@@ -128,7 +130,11 @@ def test_a_level_passes_up_positions_and_the_entities_a_termination_above_needs(
     assert bottom.spec.positions == 2 and bottom.spec.obs_slices == {} and bottom.spec.entities is None
     assert bottom.spec.facts == {"positions", "several_agents", "discrete_actions"}  # commands: discrete(3)
     bottom, top = levels(decide_every=2)  # OnSubtaskChange above: level 0 declares the env's entities
-    assert bottom.spec.entities is entities and "entities" in bottom.spec.facts and top.spec.entities is None
+    assert bottom.spec.entities == dataclasses.replace(entities, first=None)  # its agents observe messages
+    assert "entities" in bottom.spec.facts and top.spec.entities is None
+    with pytest.raises(ValueError, match="^the allocator reads the entity rows of the observation, but level over "
+                                         "toy's observation does not hold them$"):
+        bottom.spec.entities.in_observation("the allocator", bottom.spec.name)
 
 
 # -- close and render ----------------------------------------------------------------------------
