@@ -12,6 +12,7 @@ is ``TimeStep.info["final_obs"]`` (equal to ``obs`` for copies that did not end)
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -68,8 +69,9 @@ class Entities:
     """Each entity's subtask (``-1``: none, e.g. the agents); its length is ``E``."""
     entity_dim: int
     """``F``, the features of an entity's row."""
-    first: int
-    """The observation dim where the entity rows start."""
+    first: int | None
+    """The observation dim where the entity rows start; None where they are not in the
+    observation (a ``Level``'s spec: its agents observe their children's messages)."""
     finished_feature: int | None = None
     """The feature that is >= 0.5 once the entity's subtask is done (None: subtasks never finish)."""
     feature_names: tuple[str, ...] = ()
@@ -84,7 +86,7 @@ class Entities:
                                            f"got {s}, {f}, {e}"),
             (all(-1 <= k < s for k in self.subtask_of_entity),
              f"subtask_of_entity holds subtasks -1..{s - 1}, got {list(self.subtask_of_entity)}"),
-            (self.first >= 0, f"first must be >= 0, got {self.first}"),
+            (self.first is None or self.first >= 0, f"first must be >= 0 or None, got {self.first}"),
             (self.finished_feature is None or 0 <= self.finished_feature < f,
              f"finished_feature must be a feature 0..{f - 1}, got {self.finished_feature}"),
             (not self.feature_names or len(self.feature_names) == f,
@@ -99,9 +101,18 @@ class Entities:
         return len(self.subtask_of_entity)
 
     @property
-    def obs_slice(self) -> slice:
-        """The observation dims of all entity rows, ``first .. first + E F``."""
+    def obs_slice(self) -> slice | None:
+        """The observation dims of all entity rows, ``first .. first + E F`` (None without ``first``)."""
+        if self.first is None:
+            return None
         return slice(self.first, self.first + self.n_entities * self.entity_dim)
+
+    def in_observation(self, needed_by: str, name: str) -> Entities:
+        """These entities, or a ValueError if their rows are not in env ``name``'s observation."""
+        if self.first is None:
+            raise ValueError(f"{needed_by} reads the entity rows of the observation, but {name}'s observation "
+                             f"does not hold them")
+        return self
 
     def membership(self, device: str | torch.device | None = None) -> Tensor:
         """``[E, S]`` bool: entity ``e`` belongs to subtask ``k``."""
@@ -198,7 +209,7 @@ class EnvSpec:
             if not isinstance(self.entities, Entities):
                 raise ValueError(f"{where}: entities must be an hmarl.spec.Entities, got {type(self.entities).__name__}")
             rows = self.entities.obs_slice
-            if rows.stop > self.obs_dim:
+            if rows is not None and rows.stop > self.obs_dim:
                 raise ValueError(f"{where}: the {self.entities.n_entities} entity rows of {self.entities.entity_dim} "
                                  f"features take obs dims {rows.start}..{rows.stop}, beyond obs_dim ({self.obs_dim})")
 
@@ -264,9 +275,13 @@ class EnvSpec:
 def facts_passed_up(below: EnvSpec, facts: Sequence[str] = ()) -> dict[str, Any]:
     """The typed facts a ``Level`` over ``below`` declares (``EnvSpec`` keywords): the positions
     always (a level gives its agents' positions, the mean of their children's), the entities
-    where ``facts`` asks for them (terminations higher up read the subtasks). Not the
-    observation slices: a level observes its agents' messages, not the observation below."""
-    return {"positions": below.positions, **({"entities": below.entities} if "entities" in facts else {})}
+    where ``facts`` asks for them (terminations higher up read the subtasks), without their place
+    in the observation. Not the observation slices: a level's agents observe their children's
+    messages, not the observation below."""
+    passed: dict[str, Any] = {"positions": below.positions}
+    if "entities" in facts and below.entities is not None:
+        passed["entities"] = dataclasses.replace(below.entities, first=None)
+    return passed
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hmarl import LevelSpec, build_hierarchy
-from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
+from hmarl.run.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
 from hmarl.rewards import REWARD_RULES, RewardRule
 from hmarl.strategies import Assignment, EnvRead
 from toys import Scripted, ToyEnv

@@ -113,6 +113,14 @@ class GymnasiumAdapter(MultiAgentEnv):
         for env in self._envs:
             env.close()
 
+    def render(self) -> np.ndarray:
+        """Copy 0's frame from the gymnasium env, which must have been made with ``render_mode="rgb_array"``."""
+        env = self._envs[0]
+        if getattr(env, "render_mode", None) != "rgb_array":
+            raise NotImplementedError(f"{self.spec.name} renders only when made with render_mode='rgb_array' "
+                                      f"(env_options: {{render_mode: rgb_array}}), not {env.render_mode!r}")
+        return np.asarray(env.render(), dtype=np.uint8)
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         # Copies, so the buffers can be reused without mutating returned tensors.
         return torch.tensor(array, device=self._device)

@@ -107,6 +107,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from gymnasium import spaces
 
@@ -402,6 +403,17 @@ class LevelBasedForaging(MultiAgentEnv):
     def levels(self) -> Tensor:
         """Player levels ``[B, N]``; a copy."""
         return self._level.clone()
+
+    def render(self) -> np.ndarray:
+        """Copy 0 as it is now, ``uint8 [240, 240, 3]``: foods with their levels, players (matplotlib)."""
+        from hmarl.run.render import LbfScene, still
+
+        b = self.spec.num_envs
+        ts = TimeStep(obs=self._obs(), reward=torch.zeros(b, self._n, device=self._device),
+                      terminated=torch.zeros(b, dtype=torch.bool, device=self._device),
+                      truncated=torch.zeros(b, dtype=torch.bool, device=self._device), state=self._state(),
+                      info=self._info(torch.zeros(b, self._f, device=self._device)))
+        return still(LbfScene, self, ts, {"field_size": (self._rows, self._cols), "survival": self._survival})
 
     # ----------------------------------------------------------------------------- internals
     def _alive(self) -> Tensor:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 
@@ -216,6 +217,16 @@ class SimpleSpread(MultiAgentEnv):
         collisions = ((dist < 2 * AGENT_SIZE) & self._not_self).sum(-1)
         reward = global_reward * (1 - self._local_ratio) - collisions.to(self._dtype) * self._local_ratio
         return reward, (nearest < CAPTURE_RADIUS).all(-1)
+
+    def render(self) -> np.ndarray:
+        """Copy 0 as it is now, ``uint8 [240, 240, 3]``: agents and landmarks (matplotlib)."""
+        from hmarl.run.render import MatplotlibScene, still
+
+        b = self.spec.num_envs
+        no = torch.zeros(b, dtype=torch.bool, device=self._device)
+        ts = TimeStep(obs=self._observe(), reward=torch.zeros(b, self.spec.n_agents, device=self._device),
+                      terminated=no, truncated=no, info={"positions": self._pos})
+        return still(MatplotlibScene, self, ts)
 
     def _observe(self) -> Tensor:
         """Every agent's observation ``[B, N, 6 N]`` (see the module docstring)."""

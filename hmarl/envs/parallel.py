@@ -45,7 +45,8 @@ class HmarlParallelEnv(ParallelEnv):
 
     ``reset(seed=...)`` re-seeds the env's generator, so equal seeds give equal episodes;
     ``reset()`` continues its stream. ``options`` are accepted for the API and ignored: hmarl's envs
-    take their options when built. ``render_mode`` must be None: nothing renders.
+    take their options when built. ``render_mode`` is None or ``"rgb_array"`` (``render()`` then
+    returns the env's ``MultiAgentEnv.render`` frame, ``uint8 [H, W, 3]``). ``close()`` closes the env.
 
     Shapes (``N`` agents): ``obs[agent]`` ``[obs_dim]`` float32; ``actions[agent]`` an int
     (Discrete) or ``[act_dim]`` (Box); rewards floats; ``state()`` ``[state_dim]`` float32.
@@ -56,11 +57,12 @@ class HmarlParallelEnv(ParallelEnv):
         if spec.num_envs != 1:
             raise ValueError(f"HmarlParallelEnv wraps one copy; {spec.name} has num_envs={spec.num_envs} "
                              "(build it with num_envs=1, as to_parallel_env does)")
-        if render_mode is not None:
-            raise ValueError(f"{spec.name} does not render; render_mode must be None, got {render_mode!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"{spec.name} renders rgb_array frames only; render_mode must be None or 'rgb_array', "
+                             f"got {render_mode!r}")
         self.env = env
-        self.render_mode = None
-        self.metadata = {"name": spec.name, "render_modes": [], "is_parallelizable": True}
+        self.render_mode = render_mode
+        self.metadata = {"name": spec.name, "render_modes": ["rgb_array"], "is_parallelizable": True}
         self.possible_agents = [f"agent_{i}" for i in range(spec.n_agents)]
         self.agents: list[str] = []
         self.observation_spaces = {a: spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
@@ -106,9 +108,12 @@ class HmarlParallelEnv(ParallelEnv):
             raise NotImplementedError(f"{self.metadata['name']} has no global state")
         return self._state.copy()
 
-    def render(self) -> None:
-        """Nothing to render: ``render_mode`` is always None."""
-        return None
+    def render(self) -> np.ndarray | None:
+        """The env's frame of its one copy with ``render_mode="rgb_array"``; None without a render mode."""
+        return None if self.render_mode is None else self.env.render()
+
+    def close(self) -> None:
+        self.env.close()
 
     def _observations(self, obs: torch.Tensor, agents: list[str] | None = None) -> dict[str, np.ndarray]:
         rows = obs[0].to(torch.float32).numpy()

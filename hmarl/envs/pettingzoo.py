@@ -154,6 +154,14 @@ class ParallelEnvAdapter(MultiAgentEnv):
         for env in self._envs:
             env.close()
 
+    def render(self) -> np.ndarray:
+        """Copy 0's frame from the ``ParallelEnv``, which must have been made with ``render_mode="rgb_array"``."""
+        env = self._envs[0]
+        if getattr(env, "render_mode", None) != "rgb_array":
+            raise NotImplementedError(f"{self.spec.name} renders only when made with render_mode='rgb_array', "
+                                      f"not {getattr(env, 'render_mode', None)!r}")
+        return np.asarray(env.render(), dtype=np.uint8)
+
     def _reset_copy(self, i: int, seed: int | None) -> None:
         obs, _ = self._envs[i].reset(seed=seed)
         self._obs[i] = 0.0

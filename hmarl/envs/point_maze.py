@@ -13,6 +13,7 @@ succeeds if the point is within ``success_radius`` of it at its final step.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from gymnasium import spaces
 
@@ -125,6 +126,16 @@ class PointMaze(MultiAgentEnv):
 
     def _obs(self) -> Tensor:
         return torch.cat([self._pos, self._target], dim=-1).unsqueeze(1)
+
+    def render(self) -> np.ndarray:
+        """Copy 0 as it is now, ``uint8 [240, 240, 3]``: walls, target, point (matplotlib)."""
+        from hmarl.run.render import PointMazeScene, still
+
+        b = self.spec.num_envs
+        no = torch.zeros(b, dtype=torch.bool, device=self._device)
+        ts = TimeStep(obs=self._obs(), reward=torch.zeros(b, 1, device=self._device), terminated=no, truncated=no,
+                      info={"positions": self._pos.unsqueeze(1)})
+        return still(PointMazeScene, self, ts)
 
 
 @register("point_maze")

@@ -95,6 +95,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from gymnasium import spaces
 
@@ -436,6 +437,17 @@ class SaveTheCity(MultiAgentEnv):
             self._pos, self._type, self._bpos = put(self._pos, pos), put(self._type, kind), put(self._bpos, bpos)
             self._fast, self._health, self._fire = put(self._fast, fast), put(self._health, health), put(self._fire, fire)
             self._timer, self._frozen, self._t = put(self._timer, timer), put(self._frozen, frozen), put(self._t, t)
+
+    def render(self) -> np.ndarray:
+        """Copy 0 as it is now, ``uint8 [240, 240, 3]``: buildings by health and fire, agents by type (matplotlib)."""
+        from hmarl.run.render import CityScene, still
+
+        b, dev = self.spec.num_envs, self._device
+        entities = self._entities()
+        no = torch.zeros(b, dtype=torch.bool, device=dev)
+        ts = TimeStep(obs=self._obs(entities), reward=torch.zeros(b, self._n, device=dev), terminated=no,
+                      truncated=no, info=self._info(entities, torch.zeros(b, self._s, device=dev)))
+        return still(CityScene, self, ts)
 
     def _entities(self) -> Tensor:
         """Absolute entity rows ``[B, N + S, F]``: agents, then buildings."""

@@ -1,6 +1,7 @@
 """VMAS scenarios as batched ``MultiAgentEnv``s (VMAS is natively vectorized in torch)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import vmas
 from gymnasium import spaces
@@ -48,6 +49,7 @@ class VmasEnv(MultiAgentEnv):
             self._low = torch.as_tensor(action_space.low, device=device)
             self._high = torch.as_tensor(action_space.high, device=device)
         self._forces = self._direct_forces(action_space, device)
+        self._native_render: bool | None = None  # whether VMAS's renderer works here (None: not tried)
         self.spec = EnvSpec(
             n_agents=len(self._env.agents), obs_dim=obs.shape[-1], action_space=action_space,
             max_steps=max_steps, num_envs=num_envs, device=torch.device(device),
@@ -125,6 +127,34 @@ class VmasEnv(MultiAgentEnv):
             positions = self._positions()
         info = {"final_obs": final_obs, "positions": positions, "final_positions": final_positions}
         return TimeStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated, info=info)
+
+    def close(self) -> None:
+        """Close VMAS's viewer, if rendering opened one."""
+        viewer = getattr(self._env, "viewer", None)
+        if viewer is not None:
+            viewer.close()
+            self._env.viewer = None
+
+    def render(self) -> np.ndarray:
+        """Copy 0 as it is now, ``uint8 [H, W, 3]``: VMAS's own renderer where it works (it needs
+        OpenGL), else the matplotlib scene of agents and landmarks (``hmarl.run.render``)."""
+        if self._native_render is not False:
+            try:
+                frame = np.asarray(self._env.render(mode="rgb_array", env_index=0), dtype=np.uint8)
+                self._native_render = True
+                return frame
+            except Exception:  # pyglet raises several kinds of errors without GL, scenarios their own
+                if self._native_render:
+                    raise
+                self._native_render = False
+        from hmarl.run.render import MatplotlibScene, still
+
+        obs = self._stack(self._env.get_from_scenario(get_observations=True, get_rewards=False, get_infos=False,
+                                                      get_dones=False)[0])
+        no = torch.zeros(self.spec.num_envs, dtype=torch.bool, device=obs.device)
+        ts = TimeStep(obs=obs, reward=torch.zeros(obs.shape[:2], device=obs.device), terminated=no, truncated=no,
+                      info={"positions": self._positions()})
+        return still(MatplotlibScene, self, ts)
 
 
 def _to_gymnasium(space) -> spaces.Discrete | spaces.Box:

@@ -16,7 +16,12 @@ overlay) when it works: it needs OpenGL (pyglet; headless through EGL), and some
 own drawing fails with newer libraries (``vmas_sampling`` calls ``matplotlib.cm.get_cmap``,
 removed in matplotlib 3.9). Otherwise, and for LBF, SaveTheCity, the point maze and MPE, a
 small matplotlib (Agg) renderer draws the scene: agents where the env puts them, and what the
-env shows of itself (walls and target, foods, buildings, landmarks).
+env shows of itself (walls and target, foods, buildings, landmarks). Any other env (one with
+neither ``positions`` nor ``obs_slices["position"]``) is drawn by its own
+``MultiAgentEnv.render`` (no overlay).
+
+The built-in envs' ``render()`` (one still frame of copy 0, no overlay) is :func:`still`
+with their scene.
 """
 from __future__ import annotations
 
@@ -221,13 +226,17 @@ class MatplotlibScene:
 
     def frame(self, frame: Frame, title: str) -> np.ndarray:
         """The RGB image ``[size, size, 3]`` of one frame."""
+        return self.image(frame.ts, frame.overlay,
+                          f"{title}  t={frame.step}  return {frame.episode_return:.2f}")
+
+    def image(self, ts: TimeStep, overlay: Overlay, caption: str) -> np.ndarray:
+        """The RGB image ``uint8 [size, size, 3]`` of copy 0 of ``ts`` with ``overlay``, captioned."""
         figure = Figure(figsize=(self.size / 80, self.size / 80), dpi=80)
         canvas = FigureCanvasAgg(figure)
         ax = figure.add_axes((0, 0, 1, 0.9))
         ax.set_axis_off()
         ax.set_aspect("equal")
-        positions, subtasks = self.draw_env(ax, frame.ts)
-        overlay = frame.overlay
+        positions, subtasks = self.draw_env(ax, ts)
         if overlay.allocation is not None and subtasks is not None:
             for index, (x, y) in enumerate(subtasks):  # a ring in the colour its agents take
                 ax.scatter([x], [y], s=self.marker * 3.5, marker="s", facecolors="none", linewidths=1.5,
@@ -243,8 +252,7 @@ class MatplotlibScene:
         for agent, (x, y) in enumerate(positions):
             ax.scatter([x], [y], s=self.marker, color=[overlay.fill(agent)], edgecolors=[overlay.edge(agent)],
                        linewidths=2, zorder=4)
-        figure.text(0.5, 0.95, f"{title}  t={frame.step}  return {frame.episode_return:.2f}", ha="center",
-                    va="center", fontsize=7)
+        figure.text(0.5, 0.95, caption, ha="center", va="center", fontsize=7)
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
@@ -364,14 +372,42 @@ class CityScene(GridScene):
         return places[:n], places[n:]
 
 
-def scene_for(env: MultiAgentEnv, name: str, options: dict[str, Any], size: int) -> MatplotlibScene:
-    """The matplotlib scene of env ``name``."""
+NO_OVERLAY = Overlay(None, None, None, None)
+"""An overlay that draws nothing over the env."""
+
+
+def still(scene: type[MatplotlibScene], env: MultiAgentEnv, ts: TimeStep, options: dict[str, Any] | None = None,
+          size: int = 240) -> np.ndarray:
+    """A built-in env's ``render()``: copy 0 of ``ts`` (the env as it is now) drawn by ``scene``,
+    captioned with the env's name; ``uint8 [size, size, 3]``."""
+    return scene(env, env.spec.name, options or {}, size).image(ts, NO_OVERLAY, env.spec.name)
+
+
+class NativeScene:
+    """An env without positions drawn by its own ``MultiAgentEnv.render`` (no overlay), captioned
+    like the other frames; drawn while the episode plays, as the env draws only its present."""
+
+    def __init__(self, env: MultiAgentEnv, size: int):
+        self.env, self.size = env, size
+
+    def frame(self, frame: Frame, title: str) -> np.ndarray:
+        image = Image.fromarray(np.asarray(self.env.render(), dtype=np.uint8)).resize((self.size, self.size))
+        font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 9)  # the matplotlib frames' font
+        ImageDraw.Draw(image).text((4, 2), f"{title}  t={frame.step}  return {frame.episode_return:.2f}",
+                                   fill=(0, 0, 0), font=font)
+        return np.asarray(image)
+
+
+def scene_for(env: MultiAgentEnv, name: str, options: dict[str, Any], size: int) -> MatplotlibScene | NativeScene:
+    """The matplotlib scene of env ``name``; for an env that gives no positions, its own renderer."""
     if name == "point_maze":
         return PointMazeScene(env, name, options, size)
     if name == "savethecity":
         return CityScene(env, name, options, size)
     if name.startswith("lbf"):
         return LbfScene(env, name, options, size)
+    if env.spec.positions is None and "position" not in env.spec.obs_slices:
+        return NativeScene(env, size)
     return MatplotlibScene(env, name, options, size)
 
 
@@ -441,7 +477,7 @@ def render_episode(hierarchy: Hierarchy, env: MultiAgentEnv, name: str, options:
     ``every``-th env step as a ``size`` x ``size`` frame, ``fps`` a second, titled ``title``.
     ``native``: VMAS envs through VMAS's renderer where it works. Returns
     ``{"frames", "steps", "renderer", "path"}``: frames written, the episode's length, the
-    renderer used (``vmas`` or ``matplotlib``) and the file.
+    renderer used (``vmas``, ``matplotlib``, or ``native``: the env's own ``render()``) and the file.
 
     VMAS frames must be drawn while the episode plays (VMAS draws its current state); the
     others are drawn from the recorded steps afterwards.
@@ -463,9 +499,13 @@ def render_episode(hierarchy: Hierarchy, env: MultiAgentEnv, name: str, options:
         renderer = "vmas"
     else:
         scene = scene_for(env, name, options, size)
-        episode = play(hierarchy, env, seed, every)
-        images = [scene.frame(frame, title) for frame in episode.frames]
-        renderer = "matplotlib"
+        if isinstance(scene, NativeScene):
+            episode = play(hierarchy, env, seed, every, lambda frame: images.append(scene.frame(frame, title)))
+            renderer = "native"
+        else:
+            episode = play(hierarchy, env, seed, every)
+            images = [scene.frame(frame, title) for frame in episode.frames]
+            renderer = "matplotlib"
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".gif":
         iio.imwrite(path, images, duration=1000 / fps, loop=0)

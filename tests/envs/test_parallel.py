@@ -113,7 +113,7 @@ def test_bad_actions_are_refused_in_one_line(actions, message):
 
 
 def test_bad_construction_is_refused_in_one_line():
-    with pytest.raises(ValueError, match="lbf does not render; render_mode must be None"):
+    with pytest.raises(ValueError, match="lbf renders rgb_array frames only; render_mode must be None or 'rgb_array'"):
         to_parallel_env("lbf", render_mode="human")
     with pytest.raises(ValueError, match="wraps one copy; lbf has num_envs=2"):
         HmarlParallelEnv(make_env("lbf", num_envs=2))

@@ -113,7 +113,7 @@ class EntityView(nn.Module):
 
     def __init__(self, io: AgentIO, env: EnvSpec):
         super().__init__()
-        entities = env.require("entities", "the allocator")
+        entities = env.require("entities", "the allocator").in_observation("the allocator", env.name)
         self.n_agents, self.n_subtasks = io.group, entities.n_subtasks
         self.entity_dim = entities.entity_dim
         self.first, self.n_entities = entities.first, entities.n_entities

@@ -369,7 +369,7 @@ class AQMIX(EpisodeTargetLearner):
 
     @classmethod
     def build(cls, io: AgentIO, config: AQMIXConfig, env: EnvSpec) -> AQMIX:
-        return cls(io, config, env.require("entities", "aqmix"), env.name)
+        return cls(io, config, env.require("entities", "aqmix").in_observation("aqmix", env.name), env.name)
 
     def __init__(self, io: AgentIO, config: AQMIXConfig, entities: Entities, env_name: str = "env"):
         super().__init__(io, config.buffer_size)
