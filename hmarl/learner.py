@@ -104,6 +104,10 @@ class Learner(nn.Module):
     #: env steps per step of this learner's level (set by the Hierarchy), for schedules that
     #: count env steps, such as off-policy warm-ups
     stride: int = 1
+    #: the policy carries a hidden state through each episode (:meth:`act_recurrent`): the Level
+    #: holds one per env copy, zeroes a copy's where its episode starts, advances it only for the
+    #: copies that act, and stores the state each step started from (``Rollout.state``)
+    recurrent: bool = False
 
     def __init__(self, io: AgentIO):
         super().__init__()
@@ -118,6 +122,17 @@ class Learner(nn.Module):
         """Actions of all agents and their log-probabilities, without gradients; ``deterministic``
         (evaluation) takes the most likely action."""
         raise NotImplementedError
+
+    def initial_state(self, num_envs: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A recurrent policy's state at an episode's start, zeros ``[B, ...]`` (the first dim the
+        copies; the rest the learner's own)."""
+        raise NotImplementedError(f"{type(self).__name__} is not recurrent")
+
+    def act_recurrent(self, obs: torch.Tensor, state: torch.Tensor,
+                      deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`act` of a recurrent policy from ``state`` (:meth:`initial_state`'s shape, zeros
+        where an episode starts): actions, log-probabilities and the next state."""
+        raise NotImplementedError(f"{type(self).__name__} is not recurrent")
 
     def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         """Learn from a full rollout; ``ctx`` holds the training progress and what the levels
