@@ -247,8 +247,8 @@ def tiny_run(algorithm: str, env: str, tmp_path, block: str, options: dict, **up
     """The default config + two named configs, a tiny budget, ``options`` over the ``block`` learner block."""
     config = {**load_yaml(CONFIG_DIR / "default.yaml"), **load_yaml(CONFIG_DIR / "algorithms" / f"{algorithm}.yaml"),
               **load_yaml(CONFIG_DIR / "envs" / f"{env}.yaml")}
-    config.update(num_envs=4, rollout_steps=40, total_steps=160, eval_envs=3, eval_interval=0, max_steps=40,
-                  progress=False, checkpoint_dir=str(tmp_path / "ckpt"), **updates)
+    config.update({"num_envs": 4, "rollout_steps": 40, "total_steps": 160, "eval_envs": 3, "eval_interval": 0,
+                   "max_steps": 40, "progress": False, "checkpoint_dir": str(tmp_path / "ckpt"), **updates})
     config[block] = {**config[block], "transitions_per_update": None, **options}
     return RunConfig.from_config(config)
 
