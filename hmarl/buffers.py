@@ -45,6 +45,9 @@ class Rollout:
     child_mask: Tensor | None = None
     """``[T, B, N, group]`` bool: the child slots that hold a living unit while their agent's
     transition counts (per-child terms, e.g. HiMPo's per-edge advantages; None: all of them)."""
+    state: Tensor | None = None
+    """``[T, B, ...]``: a recurrent learner's state each step started from (zeros where an
+    episode started; :meth:`hmarl.learner.Learner.initial_state`), for truncated BPTT."""
 
     def weights(self) -> Tensor:
         """``mask`` as float ``[T, B, N]`` (ones when every transition counts)."""

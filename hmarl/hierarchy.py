@@ -219,7 +219,7 @@ class Hierarchy(nn.Module):
             if upper.termination.holds or carried or not level.learner.on_policy:
                 upper_obs = level.bootstrap_observation()
                 continue
-            action, _ = upper.learner.act(upper_obs, deterministic=not upper.training)
+            action = upper.policy_action(upper_obs)
             commands[index] = upper.split_action(action)
             upper_obs = level.bootstrap_observation(commands[index])
         return commands

@@ -119,6 +119,10 @@ class Learner(nn.Module):
     #: ``obs`` for now): where ``io.env_slots`` is set, its level appends the env agents' observations
     #: to its agents' (see :class:`AgentIO`) and every Level between passes them up
     reads_env: tuple = ()
+    #: the policy carries a hidden state through each episode (:meth:`act_recurrent`): the Level
+    #: holds one per env copy, zeroes a copy's where its episode starts, advances it only for the
+    #: copies that act, and stores the state each step started from (``Rollout.state``)
+    recurrent: bool = False
 
     def __init__(self, io: AgentIO):
         super().__init__()
@@ -133,6 +137,17 @@ class Learner(nn.Module):
         """Actions of all agents and their log-probabilities, without gradients; ``deterministic``
         (evaluation) takes the most likely action."""
         raise NotImplementedError
+
+    def initial_state(self, num_envs: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A recurrent policy's state at an episode's start, zeros ``[B, ...]`` (the first dim the
+        copies; the rest the learner's own)."""
+        raise NotImplementedError(f"{type(self).__name__} is not recurrent")
+
+    def act_recurrent(self, obs: torch.Tensor, state: torch.Tensor,
+                      deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`act` of a recurrent policy from ``state`` (:meth:`initial_state`'s shape, zeros
+        where an episode starts): actions, log-probabilities and the next state."""
+        raise NotImplementedError(f"{type(self).__name__} is not recurrent")
 
     def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         """Learn from a full rollout; ``ctx`` holds the training progress and what the levels

@@ -161,6 +161,8 @@ class Level:
         self._observed_of: tuple[TimeStep, Tensor] | None = None
         self._command_features: Tensor | None = None
         self._holding: Holding | None = None
+        #: a recurrent learner's state per copy (None otherwise): zeroed where an episode starts
+        self._state: Tensor | None = None
 
     def forward_env(self, reads: tuple[EnvRead, ...]) -> None:
         """Pass these env entries up (what readers at the levels above read), besides reading this level's own."""
@@ -279,11 +281,24 @@ class Level:
         return info
 
     def _act(self, obs: Tensor, ts: TimeStep) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The agents' action; under a holding termination, copies that need no decision hold their last one."""
+        """The agents' action; under a holding termination, copies that need no decision hold their
+        last one. A recurrent learner's state advances (for the copies that act) and the one this
+        step started from is stored with it."""
+        state = self._state
         if self._holding is None:
-            return *self.learner.act(obs, deterministic=not self.training), {}
-        action, log_prob, decision = self._holding.act(self.learner, obs, ts, deterministic=not self.training)
-        return action, log_prob, {"decision": decision}
+            if state is None:
+                return *self.learner.act(obs, deterministic=not self.training), {}
+            action, log_prob, self._state = self.learner.act_recurrent(obs, state, not self.training)
+            return action, log_prob, {"state": state}
+        action, log_prob, decision, self._state = self._holding.act(self.learner, obs, ts, not self.training, state)
+        return action, log_prob, {"decision": decision} if state is None else {"decision": decision, "state": state}
+
+    def policy_action(self, obs: Tensor) -> Tensor:
+        """The action the agents would take on ``obs`` now (a recurrent learner from its current
+        state, which does not advance): the command a rollout's bootstrap carries."""
+        if self._state is None:
+            return self.learner.act(obs, deterministic=not self.training)[0]
+        return self.learner.act_recurrent(obs, self._state, not self.training)[0]
 
     def _with_command(self, child_obs: Tensor, block: Tensor | None = None) -> Tensor:
         """The agents' observation: their children's part, the command they hold, and the env block."""
@@ -308,6 +323,8 @@ class Level:
         fresh = torch.ones_like(ts.terminated)
         self.assignment = self.grouping.assign(ts, fresh, None)
         self._holding = Holding(self.termination, ts) if self.termination.holds else None
+        self._state = self.learner.initial_state(ts.reward.shape[0], ts.reward.device) if self.learner.recurrent \
+            else None
         b = self.spec.num_envs
         up: dict[str, Tensor] = {}
         if self.env_up:
@@ -350,6 +367,8 @@ class Level:
             ts = self.below.step(self._to_below(action))
             self._observed_of = None  # (even if the level below handed back the same TimeStep, refilled)
             done = ts.done
+            if self._state is not None:  # a copy whose episode ended starts the next from zeros
+                self._state = torch.where(done.view(-1, *([1] * (self._state.dim() - 1))), 0.0, self._state)
             children_reward = self.assignment.view(ts.reward).sum(-1)
             ended_positions = ts.info.get("final_positions", ts.info.get("positions"))
             next_child_obs = self._child_obs(ts.final_obs, ended_positions)

@@ -521,21 +521,32 @@ class Holding:
         self.action: Tensor | None = None
         self.log_prob: Tensor | None = None
 
-    def act(self, learner, obs: Tensor, ts: TimeStep, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """The held actions and log-probs with the deciding copies' replaced, and ``decision`` ``[B]``."""
+    def act(self, learner, obs: Tensor, ts: TimeStep, deterministic: bool,
+            state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The held actions and log-probs with the deciding copies' replaced, ``decision`` ``[B]``,
+        and a recurrent learner's ``state`` (``[B, ...]``, None if it has none) advanced for the
+        deciding copies only."""
         decision = self.termination.decide(Moment(self.age, self.fresh, obs, ts, self.action, self.memory))
         self.age = torch.where(decision, 1, self.age + 1)
         if self.action is None:
-            self.action, self.log_prob = learner.act(obs, deterministic=deterministic)
-            return self.action, self.log_prob, decision
+            if state is None:
+                self.action, self.log_prob = learner.act(obs, deterministic=deterministic)
+            else:
+                self.action, self.log_prob, next_state = learner.act_recurrent(obs, state, deterministic)
+                state = torch.where(decision.view(-1, *([1] * (state.dim() - 1))), next_state, state)
+            return self.action, self.log_prob, decision, state
         # Only the deciding copies act: acting (e.g. scoring many proposed allocations) is the
         # expensive part, and most steps few copies decide. One host read per step finds them.
         deciding = decision.nonzero().squeeze(-1)
         if deciding.numel():
-            action, log_prob = learner.act(obs[deciding], deterministic=deterministic)
+            if state is None:
+                action, log_prob = learner.act(obs[deciding], deterministic=deterministic)
+            else:
+                action, log_prob, next_state = learner.act_recurrent(obs[deciding], state[deciding], deterministic)
+                state = state.index_copy(0, deciding, next_state)
             self.action, self.log_prob = self.action.clone(), self.log_prob.clone()
             self.action[deciding], self.log_prob[deciding] = action, log_prob
-        return self.action, self.log_prob, decision
+        return self.action, self.log_prob, decision, state
 
 
 class Every(Termination):

@@ -33,12 +33,12 @@ from gymnasium import spaces
 from torch import nn
 
 from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBatch, clipped_losses, gae, log_softmax,
-                                       normal_log_prob)
+                                       episode_starts, normal_log_prob, sequence_rows, time_major)
 from hmarl.algorithms.ppo import PPOConfig
 from hmarl.buffers import Rollout
 from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
 from hmarl.learner import AgentIO
-from hmarl.nn import AgentMLP
+from hmarl.nn import AgentGRU, AgentMLP
 from hmarl.nn.gnn import DENSE_LAYER_TYPES, GNN_LAYERS, GraphEncoder, edges_to_adjacency
 
 GRAPHS = ("knn", "complete", "none")
@@ -101,8 +101,13 @@ class EdgeNetwork(nn.Module):
         self.agent_encoder = AgentMLP(1, h + self.command_dim, [], h, c.activation, math.sqrt(2),
                                       share_params=True)
         self.activation = self.child_encoder.activation
-        self.gnn = None if self.graph == "none" else GraphEncoder(h, h, c.gnn_layers, c.gnn_layer, c.activation)
-        self.head = AgentMLP(1, 2 * h, c.hidden_sizes, out_dim, c.activation, out_gain, share_params=True)
+        # recurrent: a GRU over each agent's embedding, before the message passing
+        agent_dim = c.rnn_hidden if c.recurrent == "gru" else h
+        self.gnn = None if self.graph == "none" else GraphEncoder(agent_dim, h, c.gnn_layers, c.gnn_layer,
+                                                                  c.activation)
+        self.head = AgentMLP(1, (agent_dim if self.gnn is None else h) + h, c.hidden_sizes, out_dim, c.activation,
+                             out_gain, share_params=True)
+        self.rnn = AgentGRU(1, h, c.rnn_hidden, share_params=True) if c.recurrent == "gru" else None
         if self.graph == "complete":
             self.register_buffer("complete", complete_neighbours(io.n_agents), persistent=False)
             self.register_buffer("complete_adj", edges_to_adjacency(complete_edges(io.n_agents), io.n_agents, 1),
@@ -151,18 +156,26 @@ class EdgeNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs per edge; ``graph`` is :meth:`same_level_graph` of ``obs`` (computed when not given)."""
+        return self.decode(obs, *self.encode(obs), graph)
+
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The child embeddings ``[..., N, G, h]`` and each agent's ``[..., N, h]`` (what a GRU reads)."""
         children, weight, command = self._parts(obs)
         child_in = children[..., :self.message_dim + self.io.position_dim]
         embedded = self.activation(self.child_encoder(child_in))  # [..., N, G, h]
         pooled = self._pool(embedded, weight)  # children -> parent
-        agent = self.activation(self.agent_encoder(torch.cat([pooled, command], dim=-1)))
+        return embedded, self.activation(self.agent_encoder(torch.cat([pooled, command], dim=-1)))
+
+    def decode(self, obs: torch.Tensor, embedded: torch.Tensor, agent: torch.Tensor,
+               graph: torch.Tensor | None = None) -> torch.Tensor:
+        """Message passing among the agents (their embeddings, or GRU states) and the edge head."""
         if self.gnn is not None:
             graph = self.same_level_graph(obs) if graph is None else graph
             lead, (n, d) = agent.shape[:-2], agent.shape[-2:]
             flat = agent.reshape(-1, n, d)
             agent = (self.gnn.forward_dense(flat, graph) if self.dense
                      else self.gnn.forward_neighbours(flat, graph)).reshape(*lead, n, -1)
-        pair = torch.cat([agent.unsqueeze(-2).expand_as(embedded), embedded], dim=-1)
+        pair = torch.cat([agent.unsqueeze(-2).expand(*embedded.shape[:-1], -1), embedded], dim=-1)
         return self.head(pair)
 
 
@@ -195,6 +208,8 @@ class GraphPPO(OnPolicyLearner):
         if c.graph == "knn" and io.n_agents > 1 and io.position_dim == 0:
             raise ValueError("graph knn links agents by position: set positions: true on this level "
                              "(the env must have positions), or use graph: complete")
+        #: a GRU in each network, over its agents' embeddings (``recurrent: gru``)
+        self.recurrent = c.recurrent == "gru"
         self.actor = EdgeNetwork(io, per_child, c, c.actor_out_gain)
         self.critic = EdgeNetwork(io, 1, c, c.critic_out_gain)
         self.return_norm = RunningNorm(1)
@@ -203,34 +218,69 @@ class GraphPPO(OnPolicyLearner):
         self.optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, eps=1e-5, foreach=True)
 
     # -- policy and value ------------------------------------------------------------------
-    def _distribution(self, obs: torch.Tensor, graph: torch.Tensor | None = None):
-        out = self.actor(obs, graph)
-        if self.discrete:
-            return log_softmax(out)
-        return out
+    def _distribution(self, out: torch.Tensor) -> torch.Tensor:
+        """The actor's output as log-probabilities (discrete) or means."""
+        return log_softmax(out) if self.discrete else out
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            if self.discrete:
-                log_p = self._distribution(obs)
-                scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
-                action = scores.argmax(-1)  # [B, N, G]
-                log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-                return (action.squeeze(-1) if isinstance(self.io.action_space, spaces.Discrete) else action), log_prob
-            mean = self._distribution(obs)
-            std = self.log_std.exp()
-            action = mean if deterministic else mean + std * torch.randn_like(mean)
-            return action.flatten(-2), normal_log_prob(mean, std, action)
+            return self._sample(self.actor(obs), deterministic)
+
+    def _sample(self, out: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """An action and its log-probability ``[B, N, G]`` from the actor's output."""
+        if self.discrete:
+            log_p = self._distribution(out)
+            scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
+            action = scores.argmax(-1)  # [B, N, G]
+            log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            return (action.squeeze(-1) if isinstance(self.io.action_space, spaces.Discrete) else action), log_prob
+        mean = self._distribution(out)
+        std = self.log_std.exp()
+        action = mean if deterministic else mean + std * torch.randn_like(mean)
+        return action.flatten(-2), normal_log_prob(mean, std, action)
+
+    # -- recurrent state: [B, 2 N, rnn_hidden], the actor's GRU state per agent, then the critic's
+    def initial_state(self, num_envs: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Zeros ``[B, 2 N, rnn_hidden]``: each agent's actor state, then its critic state."""
+        return torch.zeros(num_envs, 2 * self.io.n_agents, self.config.rnn_hidden, device=device)
+
+    def act_recurrent(self, obs: torch.Tensor, state: torch.Tensor,
+                      deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`act` from the GRUs' ``state`` (:meth:`initial_state`); both GRUs advance one step."""
+        with torch.no_grad():
+            n = self.io.n_agents
+            embedded, agent = self.actor.encode(obs)
+            actor_h = self.actor.rnn(agent, state[:, :n])
+            critic_h = self.critic.rnn(self.critic.encode(obs)[1], state[:, n:])
+            action, log_prob = self._sample(self.actor.decode(obs, embedded, actor_h), deterministic)
+            return action, log_prob, torch.cat([actor_h, critic_h], 1)
+
+    def _sequence_outputs(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's and the critic's outputs on a minibatch of chunks (:func:`sequence_rows`), by
+        BPTT from each chunk's stored state: ``[S * length, N, G, out]`` and ``[S * length, N, G]``."""
+        obs, reset, advance, graph = time_major(mb, "obs", "reset", "advance", "graph")
+        graph = None if graph is None else graph.flatten(0, 1)
+        n = self.io.n_agents
+        outputs = []
+        for net, state in ((self.actor, mb["state"][:, :n]), (self.critic, mb["state"][:, n:])):
+            embedded, agent = net.encode(obs)
+            hidden, _ = net.rnn.sequence(agent, state, reset, advance)
+            outputs.append(net.decode(obs, embedded, hidden, graph).transpose(0, 1).flatten(0, 1))
+        return outputs[0], outputs[1].squeeze(-1)
 
     def evaluate(self, obs: torch.Tensor, action: torch.Tensor,
                  graph: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability and entropy ``[M, N, group]`` of stored actions; ``graph`` as in
-        :meth:`EdgeNetwork.forward`."""
+        """Log-probability and entropy ``[M, N, group]`` of stored actions (feed-forward); ``graph``
+        as in :meth:`EdgeNetwork.forward`."""
+        return self._evaluate_out(self.actor(obs, graph), action)
+
+    def _evaluate_out(self, out: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`evaluate` from the actor's output."""
         if self.discrete:
-            log_p = self._distribution(obs, graph)
+            log_p = self._distribution(out)
             index = action.view(*log_p.shape[:-1], 1)
             return log_p.gather(-1, index).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
-        mean = self._distribution(obs, graph)
+        mean = self._distribution(out)
         std = self.log_std.exp()
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1).expand(mean.shape[:-1])
         return normal_log_prob(mean, std, action.view_as(mean)), entropy
@@ -306,8 +356,9 @@ class GraphPPO(OnPolicyLearner):
         (zero on left-out edges: they train nothing below). Updates the return statistics."""
         c = self.config
         valid = self.edge_mask(rollout)  # [T, B, N, G]
-        with torch.no_grad():
-            old_output, next_output = self.rollout_outputs(rollout)  # on the critic's (standardised) scale
+        with torch.no_grad():  # on the critic's (standardised) scale
+            old_output, next_output = (self._recurrent_outputs(rollout) if self.recurrent
+                                       else self.rollout_outputs(rollout))
             scale = self.return_norm.denormalize if c.normalize_value else (lambda x: x)
             values = scale(old_output)
             reward = rollout.reward.unsqueeze(-1).expand_as(values)  # an agent's edges share its reward
@@ -322,24 +373,48 @@ class GraphPPO(OnPolicyLearner):
             returns = self.return_norm.normalize(returns)
         values = old_output
         returns = torch.where(valid, returns, values)  # left out: no value error, whatever they held
-        rows = dict(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob, advantages=advantages,
-                    returns=returns, values=values, valid=valid)
-        rows = {key: value.flatten(0, 1) for key, value in rows.items()}
+        fields = dict(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob, advantages=advantages,
+                      returns=returns, values=values, valid=valid)
+        if self.recurrent:  # rows: whole chunks of every copy
+            if self.actor.graph == "knn":
+                fields["graph"] = self.actor.same_level_graph(rollout.obs).unflatten(0, rollout.obs.shape[:2])
+            return TrainingBatch(sequence_rows(fields, rollout, min(c.bptt_chunk, rollout.obs.shape[0])), {},
+                                 {"advantages": advantages})
+        rows = {key: value.flatten(0, 1) for key, value in fields.items()}
         if self.actor.graph == "knn":
             # the same-level graph depends on the observations alone: built once for the rollout
             # and gathered per minibatch (the complete graph and none are the same for every row)
             rows["graph"] = self.actor.same_level_graph(rows["obs"])
         return TrainingBatch(rows, {}, {"advantages": advantages})
 
+    def _recurrent_outputs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`rollout_outputs` of a recurrent critic: one pass over the rollout from its first
+        stored state, and one more GRU step from the state carried out of each step for the
+        observation after it. Shapes: ``[T, B, N, group]`` each."""
+        critic, next_obs = self.critic, rollout.next_obs()
+        embedded, agent = critic.encode(rollout.obs)
+        hidden, carried = critic.rnn.sequence(agent, rollout.state[0][:, self.io.n_agents:],
+                                              episode_starts(rollout.done), rollout.decision)
+        next_embedded, next_agent = critic.encode(next_obs)
+        following = critic.rnn(next_agent, carried)
+        return (critic.decode(rollout.obs, embedded, hidden).squeeze(-1),
+                critic.decode(next_obs, next_embedded, following).squeeze(-1))
+
     def losses(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """PPO's terms over the edges of a minibatch, scalars: every edge that counts is one sample
         (advantages are standardised over them)."""
         c = self.config
+        if self.recurrent:  # chunks [S, length, ...]: run the GRUs, then every step's edges are samples
+            actor_out, new_value = self._sequence_outputs(mb)
+            mb = {key: mb[key].flatten(0, 1) for key in ("action", "log_prob", "advantages", "returns", "values",
+                                                         "valid")}
+            new_log_prob, entropy = self._evaluate_out(actor_out, mb["action"])
+        else:
+            obs = mb["obs"]
+            graph = mb["graph"] if "graph" in mb else self.actor.same_level_graph(obs)  # the actor's and the critic's
+            new_log_prob, entropy = self.evaluate(obs, mb["action"], graph)
+            new_value = self.critic_output(obs, graph)
         mask = mb["valid"].reshape(-1)
-        obs = mb["obs"]
-        graph = mb["graph"] if "graph" in mb else self.actor.same_level_graph(obs)  # the actor's and the critic's
-        new_log_prob, entropy = self.evaluate(obs, mb["action"], graph)
-        new_value = self.critic_output(obs, graph)
         terms = clipped_losses(*(x.reshape(-1) for x in (
             new_log_prob, mb["log_prob"], mb["advantages"], new_value, mb["values"], mb["returns"])),
             c.clip_coef, c.clip_vloss, c.norm_adv, mask)

@@ -275,6 +275,49 @@ def clipped_losses(new_log_prob, old_log_prob, advantages, new_value, old_value,
     return pg_loss, clipped_value_loss(new_value, old_value, returns, clip_coef, clip_vloss), approx_kl, clipfrac
 
 
+def episode_starts(done: torch.Tensor) -> torch.Tensor:
+    """Where a recurrent state resets inside a rollout: step ``t`` starts an episode when step
+    ``t - 1`` ended one. False at ``t = 0``: the stored state a sequence starts from is already
+    reset (and zeroing it again where it is would change nothing).
+
+    Shapes: ``[T, B]`` -> ``[T, B]``.
+    """
+    return torch.cat([torch.zeros_like(done[:1]), done[:-1]])
+
+
+def chunked(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Each copy's steps cut into chunks of ``length`` (the last padded with zeros, or False, past
+    ``T``), one row per chunk and copy, chunk-major.
+
+    Shapes: ``[T, B, ...]`` -> ``[C * B, length, ...]`` with ``C = ceil(T / length)``.
+    """
+    steps = x.shape[0]
+    chunks = -(-steps // length)
+    if chunks * length != steps:
+        x = torch.cat([x, x.new_zeros(chunks * length - steps, *x.shape[1:])])
+    return x.unflatten(0, (chunks, length)).transpose(1, 2).flatten(0, 1)
+
+
+def sequence_rows(fields: dict[str, torch.Tensor], rollout: Rollout, length: int) -> dict[str, torch.Tensor]:
+    """A recurrent learner's training rows: ``fields`` ``[T, B, ...]`` cut into :func:`chunked`
+    sequences ``[S, length, ...]`` (padded steps must carry weight 0 in ``fields``), with the
+    ``state`` each chunk starts from ``[S, ...]`` (``Rollout.state``), where the state resets
+    (``reset`` ``[S, length]``, :func:`episode_starts`) and, under a holding termination, where it
+    advances (``advance``, ``Rollout.decision``). Minibatches are then whole chunks: truncated
+    BPTT over ``length`` steps from the states stored when acting."""
+    rows = {key: chunked(value, length) for key, value in fields.items()}
+    rows["reset"] = chunked(episode_starts(rollout.done), length)
+    if rollout.decision is not None:
+        rows["advance"] = chunked(rollout.decision, length)
+    rows["state"] = rollout.state[::length].flatten(0, 1)
+    return rows
+
+
+def time_major(mb: dict[str, torch.Tensor], *keys: str) -> list[torch.Tensor | None]:
+    """The ``keys`` of a minibatch of :func:`sequence_rows` as ``[length, S, ...]`` (None when absent)."""
+    return [mb[key].transpose(0, 1) if key in mb else None for key in keys]
+
+
 class RunningNorm(torch.nn.Module):
     """Running per-agent mean and variance of returns (parallel-variance updates, Chan et al.),
     with a count per agent: masked samples are left out of an agent's statistics."""

@@ -26,11 +26,11 @@ import torch
 from gymnasium import spaces
 
 from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBatch, clipped_surrogate,
-                                       clipped_value_loss, explained_variance, gae, log_softmax, normal_log_prob,
-                                       standardize, weighted_mean)
+                                       clipped_value_loss, episode_starts, explained_variance, gae, log_softmax,
+                                       normal_log_prob, sequence_rows, standardize, time_major, weighted_mean)
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
-from hmarl.nn import AgentMLP
+from hmarl.nn import AgentGRU, AgentMLP
 
 
 @dataclass
@@ -79,6 +79,17 @@ class PPOConfig:
     """Orthogonal init gain of the actor's output layer."""
     critic_out_gain: float = 1.0
     """Orthogonal init gain of the critic's output layer."""
+    recurrent: bool | str = False
+    """``gru``: a GRU of ``rnn_hidden`` units under the actor's and the critic's MLPs (one per agent,
+    or shared with ``share_params``); each copy's hidden state is carried through its episode
+    (zeroed where one starts, advanced only where the agents act) and trained by truncated
+    BPTT over chunks of ``bptt_chunk`` steps from the states stored when acting. ``false``:
+    feed-forward."""
+    rnn_hidden: int = 64
+    """Hidden units of the GRU (with ``recurrent: gru``)."""
+    bptt_chunk: int = 16
+    """Steps of this level per BPTT chunk (with ``recurrent: gru``); a minibatch is whole chunks of
+    every copy (at most the rollout; the last chunk is padded)."""
     normalize_value: bool = True
     """The critic predicts returns standardised by running per-agent statistics (MAPPO's
     ValueNorm). Without it, value clipping at ``clip_coef`` cannot follow returns of
@@ -94,7 +105,10 @@ class PPOConfig:
                   (self.update_epochs >= 1, "update_epochs must be >= 1"),
                   (self.clip_coef > 0, "clip_coef must be > 0"),
                   (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
-                  (self.target_kl is None or self.target_kl > 0, "target_kl must be > 0 or null")]
+                  (self.target_kl is None or self.target_kl > 0, "target_kl must be > 0 or null"),
+                  (self.recurrent in (False, None, "gru"), f"recurrent must be false or gru, got {self.recurrent!r}"),
+                  (self.rnn_hidden >= 1, "rnn_hidden must be >= 1"),
+                  (self.bptt_chunk >= 1, "bptt_chunk must be >= 1")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -134,18 +148,28 @@ class PPO(OnPolicyLearner):
             self.heads, self.k = len(space.nvec) // self.samples, int(space.nvec[0])
         out_dim = self.heads * self.k if self.discrete else int(space.shape[0]) // self.samples
         actor_in = io.child_dim + io.obs_dim - io.child_obs_dim if self.per_child else io.obs_dim
-        self.actor = AgentMLP(n, actor_in, c.hidden_sizes, out_dim, c.activation,
-                              c.actor_out_gain, c.share_params)
+        #: a GRU under each MLP (``recurrent: gru``), whose MLPs then read its state
+        self.recurrent = c.recurrent == "gru"
+        self.actor = AgentMLP(n, c.rnn_hidden if self.recurrent else actor_in, c.hidden_sizes, out_dim,
+                              c.activation, c.actor_out_gain, c.share_params)
         if not self.discrete:
             self.log_std = torch.nn.Parameter(torch.zeros(self.actor.n_nets, out_dim))
         # Per child, an agent's own observation already holds all its children: its critic is
         # centralised over them. Otherwise a centralised critic reads all the level's agents.
         self.critic_over_level = c.centralized_critic and not self.per_child
+        critic_in = n * io.obs_dim if self.critic_over_level else io.obs_dim
         if self.critic_over_level:
-            self.critic = AgentMLP(1, n * io.obs_dim, c.hidden_sizes, n, c.activation, c.critic_out_gain)
+            self.critic = AgentMLP(1, c.rnn_hidden if self.recurrent else critic_in, c.hidden_sizes, n,
+                                   c.activation, c.critic_out_gain)
         else:
-            self.critic = AgentMLP(n, io.obs_dim, c.hidden_sizes, 1, c.activation, c.critic_out_gain,
-                                   c.share_params)
+            self.critic = AgentMLP(n, c.rnn_hidden if self.recurrent else critic_in, c.hidden_sizes, 1,
+                                   c.activation, c.critic_out_gain, c.share_params)
+        if self.recurrent:
+            # one state per agent (per child head) for the actor, per critic for the critic
+            self.actor_rnn = AgentGRU(n, actor_in, c.rnn_hidden, c.share_params)
+            self.critic_rnn = AgentGRU(self.critic.n_agents, critic_in, c.rnn_hidden,
+                                       c.share_params and not self.critic_over_level)
+            self._actor_layout = (io.group, n) if self.per_child else (n,)
         self.return_norm = RunningNorm(n)
         # foreach: one call per step for all parameters instead of a Python loop over them (the CPU
         # default); the same arithmetic, bit for bit
@@ -157,19 +181,32 @@ class PPO(OnPolicyLearner):
         return False
 
     # -- policy and value ------------------------------------------------------------------
-    def _actor_out(self, obs: torch.Tensor) -> torch.Tensor:
-        """``[..., N, obs_dim]`` -> ``[..., N, samples, out]``."""
+    def _actor_input(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, obs_dim]`` -> the actor's input ``[..., N, in]``, or per child ``[..., G, N, in]``."""
         if not self.per_child:
-            return self.actor(obs).unsqueeze(-2)
+            return obs
         io = self.io
         slots = obs[..., :io.child_obs_dim].unflatten(-1, (io.group, io.child_dim))
         command = obs[..., None, io.child_obs_dim:].expand(*slots.shape[:-1], -1)
         # Children become rows of their agent's batch: [..., G, N, in] through the stacked nets.
-        return self.actor(torch.cat([slots, command], -1).transpose(-2, -3)).transpose(-2, -3)
+        return torch.cat([slots, command], -1).transpose(-2, -3)
+
+    def _actor_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The actor's MLP on its input (or on the GRU's state): -> ``[..., N, samples, out]``."""
+        if not self.per_child:
+            return self.actor(x).unsqueeze(-2)
+        return self.actor(x).transpose(-2, -3)
+
+    def _actor_out(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, obs_dim]`` -> ``[..., N, samples, out]`` (feed-forward)."""
+        return self._actor_head(self._actor_input(obs))
 
     def _log_probs(self, obs: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``[..., N, samples, heads, k]`` of a discrete policy."""
-        return log_softmax(self._actor_out(obs).unflatten(-1, (self.heads, self.k)))
+        return self._log_probs_of(self._actor_out(obs))
+
+    def _log_probs_of(self, out: torch.Tensor) -> torch.Tensor:
+        return log_softmax(out.unflatten(-1, (self.heads, self.k)))
 
     def _std(self) -> torch.Tensor:
         """``[n_nets, 1, act_dim]``: broadcasts over the samples of each agent."""
@@ -187,38 +224,84 @@ class PPO(OnPolicyLearner):
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions as :class:`Learner` says; log-probabilities ``[B, N]``, or ``[B, N, group]`` per child."""
         with torch.no_grad():
-            if self.discrete:
-                log_p = self._log_probs(obs)
-                # Gumbel-max: argmax(log p - log E), E ~ Exp(1), samples from p.
-                scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
-                action = scores.argmax(-1)
-                log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
-                return self._level_action(action), self._per_agent(log_prob)
-            mean = self._actor_out(obs)
-            std = self._std()
-            action = mean if deterministic else mean + std * torch.randn_like(mean)
-            return self._level_action(action), self._per_agent(normal_log_prob(mean, std, action))
+            return self._sample(self._actor_out(obs), deterministic)
+
+    def _sample(self, out: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """An action and its log-probability from the actor's output ``[B, N, samples, out]``."""
+        if self.discrete:
+            log_p = self._log_probs_of(out)
+            # Gumbel-max: argmax(log p - log E), E ~ Exp(1), samples from p.
+            scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
+            action = scores.argmax(-1)
+            log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
+            return self._level_action(action), self._per_agent(log_prob)
+        mean = out
+        std = self._std()
+        action = mean if deterministic else mean + std * torch.randn_like(mean)
+        return self._level_action(action), self._per_agent(normal_log_prob(mean, std, action))
+
+    # -- recurrent state: [B, actor rows + critic rows, rnn_hidden] ------------------------
+    def initial_state(self, num_envs: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Zeros ``[B, N * samples + critics, rnn_hidden]``: the actor's state per agent (per child
+        head), then the critic's (per agent, or one over the level)."""
+        rows = self.io.n_agents * self.samples + self.critic.n_agents
+        return torch.zeros(num_envs, rows, self.config.rnn_hidden, device=device)
+
+    def _split_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[..., rows, H]`` -> the actor's ``[..., N, H]`` (``[..., G, N, H]`` per child) and the critic's."""
+        actor_rows = self.io.n_agents * self.samples
+        return state[..., :actor_rows, :].unflatten(-2, self._actor_layout), state[..., actor_rows:, :]
+
+    def act_recurrent(self, obs: torch.Tensor, state: torch.Tensor,
+                      deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`act` from the GRUs' ``state`` (:meth:`initial_state`); both GRUs advance one step."""
+        with torch.no_grad():
+            actor_h, critic_h = self._split_state(state)
+            actor_h = self.actor_rnn(self._actor_input(obs), actor_h)
+            critic_h = self.critic_rnn(self._critic_input(obs), critic_h)
+            action, log_prob = self._sample(self._actor_head(actor_h), deterministic)
+            return action, log_prob, torch.cat([actor_h.flatten(-3, -2) if self.per_child else actor_h, critic_h], -2)
+
+    def _sequence_outputs(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's and the critic's outputs on a minibatch of chunks (:func:`sequence_rows`), by
+        BPTT from each chunk's stored state: ``[S * length, N, samples, out]`` and ``[S * length, N]``."""
+        obs, reset, advance = time_major(mb, "obs", "reset", "advance")
+        actor_h, critic_h = self._split_state(mb["state"])
+        actor_h, _ = self.actor_rnn.sequence(self._actor_input(obs), actor_h, reset, advance)
+        critic_h, _ = self.critic_rnn.sequence(self._critic_input(obs), critic_h, reset, advance)
+        rows = lambda x: x.transpose(0, 1).flatten(0, 1)  # noqa: E731  [length, S, ...] -> [S * length, ...]
+        return self._actor_head(rows(actor_h)), self._critic_head(rows(critic_h))
 
     def evaluate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy ``[M, N]`` (``[M, N, group]`` per child) of stored actions
-        under the current policy."""
+        under the current (feed-forward) policy."""
+        return self._evaluate_out(self._actor_out(obs), action)
+
+    def _evaluate_out(self, out: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`evaluate` from the actor's output ``[M, N, samples, out]``."""
         if self.discrete:
-            log_p = self._log_probs(obs)
+            log_p = self._log_probs_of(out)
             index = action.reshape(*log_p.shape[:-1], 1)
             log_prob = log_p.gather(-1, index).squeeze(-1).sum(-1)
             entropy = -(log_p.exp() * log_p).sum(-1).sum(-1)
             return self._per_agent(log_prob), self._per_agent(entropy)
-        mean = self._actor_out(obs)
+        mean = out
         std = self._std().expand_as(mean)
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
         log_prob = normal_log_prob(mean, std, action.reshape(mean.shape))
         return self._per_agent(log_prob), self._per_agent(entropy)
 
+    def _critic_input(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, obs_dim]`` -> ``[..., N, obs_dim]``, or ``[..., 1, N * obs_dim]`` over the level."""
+        return obs.flatten(-2).unsqueeze(-2) if self.critic_over_level else obs
+
+    def _critic_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The critic's MLP on its input (or on the GRU's state): -> ``[..., N]``."""
+        return self.critic(x).squeeze(-2) if self.critic_over_level else self.critic(x).squeeze(-1)
+
     def critic_output(self, obs: torch.Tensor) -> torch.Tensor:
-        """The critic's raw output ``[..., N]`` (standardised if ``normalize_value``)."""
-        if self.critic_over_level:
-            return self.critic(obs.flatten(-2).unsqueeze(-2)).squeeze(-2)
-        return self.critic(obs).squeeze(-1)
+        """The critic's raw output ``[..., N]`` (standardised if ``normalize_value``; feed-forward)."""
+        return self._critic_head(self._critic_input(obs))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """``[..., N, obs_dim]`` -> ``[..., N]`` in return units."""
@@ -229,10 +312,26 @@ class PPO(OnPolicyLearner):
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE over the rollout; bootstraps through truncations with the final observation."""
         with torch.no_grad():
-            values = self.value(rollout.obs)
-            advantages = gae(rollout.reward, values, self.value(rollout.next_obs()), rollout.terminated,
+            if self.recurrent:
+                values, next_values = self._recurrent_values(rollout)
+            else:
+                values, next_values = self.value(rollout.obs), self.value(rollout.next_obs())
+            advantages = gae(rollout.reward, values, next_values, rollout.terminated,
                              rollout.done, self.config.gamma, self.config.gae_lambda)
         return advantages, values
+
+    def _recurrent_values(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """A recurrent critic's values ``[T, B, N]`` of each step and of the observation after it (one
+        more GRU step from the state carried out of each step), in return units: one pass over the
+        rollout from its first stored state."""
+        critic_h = self._split_state(rollout.state[0])[1]
+        outputs, carried = self.critic_rnn.sequence(self._critic_input(rollout.obs), critic_h,
+                                                    episode_starts(rollout.done), rollout.decision)
+        following = self.critic_rnn(self._critic_input(rollout.next_obs()), carried)
+        values, next_values = self._critic_head(outputs), self._critic_head(following)
+        if self.config.normalize_value:
+            values, next_values = self.return_norm.denormalize(values), self.return_norm.denormalize(next_values)
+        return values, next_values
 
     def training_batch(self, rollout: Rollout) -> TrainingBatch:
         """The rollout flattened over steps and copies, with what the losses need; the critic's
@@ -258,16 +357,28 @@ class PPO(OnPolicyLearner):
             returns = self.return_norm.normalize(returns)
         batch = dict(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob, advantages=advantages,
                      returns=returns, values=values, weight=weight)
-        return TrainingBatch({key: value.flatten(0, 1) for key, value in batch.items()}, stats,
-                             {"advantages": advantages})
+        if self.recurrent:  # rows: whole chunks of every copy
+            rows = sequence_rows(batch, rollout, min(self.config.bptt_chunk, rollout.obs.shape[0]))
+        else:
+            rows = {key: value.flatten(0, 1) for key, value in batch.items()}
+        return TrainingBatch(rows, stats, {"advantages": advantages})
 
     def losses(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """PPO's terms on a minibatch of :meth:`training_batch`, each a weighted mean per agent ``[N]``
         over the samples that count (0 for an agent with none)."""
         c = self.config
+        if self.recurrent:  # chunks [S, length, ...]: run the GRUs, then every step is a sample
+            actor_out, critic_out = self._sequence_outputs(mb)
+            mb = {key: mb[key].flatten(0, 1) for key in ("obs", "action", "log_prob", "advantages", "returns",
+                                                         "values", "weight")}
         weight = mb["weight"]
         advantages = standardize(mb["advantages"], weight) if c.norm_adv else mb["advantages"]
-        new_log_prob, entropy = self.evaluate(mb["obs"], mb["action"])
+        if self.recurrent:
+            new_log_prob, entropy = self._evaluate_out(actor_out, mb["action"])
+            new_value = critic_out
+        else:
+            new_log_prob, entropy = self.evaluate(mb["obs"], mb["action"])
+            new_value = self.critic_output(mb["obs"])
         policy_weight = weight
         if self.per_child:
             # Each child head is one sample of its agent, with its own ratio and the agent's
@@ -280,8 +391,7 @@ class PPO(OnPolicyLearner):
         else:
             old_log_prob = mb["log_prob"]
         pg_loss, approx_kl, clipfrac = clipped_surrogate(new_log_prob, old_log_prob, advantages, c.clip_coef)
-        v_loss = clipped_value_loss(self.critic_output(mb["obs"]), mb["values"], mb["returns"], c.clip_coef,
-                                    c.clip_vloss)
+        v_loss = clipped_value_loss(new_value, mb["values"], mb["returns"], c.clip_coef, c.clip_vloss)
         policy = dict(pg_loss=pg_loss, entropy=entropy, approx_kl=approx_kl, clipfrac=clipfrac)
         return {"v_loss": weighted_mean(v_loss, weight),
                 **{key: weighted_mean(value, policy_weight) for key, value in policy.items()}}

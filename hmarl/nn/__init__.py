@@ -9,9 +9,10 @@ from hmarl.lazy import module_dir, module_getattr
 _NAMES = {
     **dict.fromkeys(["GNN_LAYERS", "GraphEncoder", "NeighbourConv", "children_to_parent"], "hmarl.nn.gnn"),
     **dict.fromkeys(["AgentMLP", "clip_grad_norm_per_agent"], "hmarl.nn.mlp"),
+    "AgentGRU": "hmarl.nn.rnn",
 }
 
-__all__ = ["AgentMLP", "GNN_LAYERS", "GraphEncoder", "NeighbourConv", "children_to_parent",
+__all__ = ["AgentGRU", "AgentMLP", "GNN_LAYERS", "GraphEncoder", "NeighbourConv", "children_to_parent",
            "clip_grad_norm_per_agent"]
 __getattr__ = module_getattr(__name__, _NAMES, globals())
 __dir__ = module_dir(_NAMES, globals())
