@@ -4,6 +4,7 @@ The names below are imported on first use (PEP 562, :mod:`hmarl.lazy`): every on
 needs torch, and ``import hmarl`` happens on every command line, ``python -m hmarl --help``
 included, which must answer without it.
 """
+from hmarl import algorithms as _algorithms  # noqa: F401  (registers the families' parts; no torch)
 from hmarl.lazy import module_dir, module_getattr
 
 _NAMES = {
@@ -14,10 +15,12 @@ _NAMES = {
     **dict.fromkeys(["AgentIO", "Learner", "Published", "UpdateContext", "UpdateResult"], "hmarl.learner"),
     **dict.fromkeys(["Level", "check_partition", "level_io"], "hmarl.level"),
     **dict.fromkeys(["ActionSplit", "Assignment", "CommandChannel", "Every", "Fixed", "Grouping", "Joint",
-                     "OnSubtaskChange", "OneHot", "PerChild", "Raw", "Regroup", "RelativeGoal", "Termination"],
-                    "hmarl.strategies"),
-    **dict.fromkeys(["REWARD_RULES", "GoalDistance", "LevelStep", "RewardRule", "SubtaskReward", "SumUp",
-                     "UpperAdvantage"], "hmarl.rewards"),
+                     "OneHot", "PerChild", "Raw", "Termination"], "hmarl.strategies"),
+    **dict.fromkeys(["REWARD_RULES", "LevelStep", "RewardRule", "SumUp"], "hmarl.rewards"),
+    # the families' strategies and reward rules, where they live
+    "Regroup": "hmarl.algorithms.himpo.graphs", "UpperAdvantage": "hmarl.algorithms.himpo.rewards",
+    **dict.fromkeys(["GoalDistance", "RelativeGoal"], "hmarl.algorithms.hrl_cg.goals"),
+    **dict.fromkeys(["OnSubtaskChange", "SubtaskReward"], "hmarl.algorithms.alma.subtasks"),
     **dict.fromkeys(["EnvSpec", "MultiAgentEnv", "TimeStep"], "hmarl.spec"),
 }
 

@@ -14,12 +14,11 @@ from torch import nn
 
 from hmarl.buffers import RolloutBuffer
 from hmarl.comm import COMMUNICATION
-from hmarl.graphs import GROUPINGS, Regrouping, static_clusters
 from hmarl.learner import AgentIO, Learner, Published, UpdateContext
 from hmarl.level import Level, check_partition, level_io
 from hmarl.rewards import REWARD_RULES
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep, slice_dims
-from hmarl.strategies import (TERMINATIONS, Every, Fixed, OnSubtaskChange, Regroup, Termination, channel_for,
+from hmarl.strategies import (CHANNELS, GROUPINGS, TERMINATIONS, Every, Fixed, Grouping, Termination, channel_for,
                               describe, env_reads, split_for)
 
 _COMMAND = re.compile(r"^\s*(discrete|box)\s*\(\s*(\d+)\s*(?:,\s*([0-9.eE+-]+)\s*)?\)\s*$")
@@ -85,25 +84,22 @@ class LevelSpec:
     registered there works too): ``name`` or ``{name: ..., <its options>}``. Replaces the sugar
     ``period`` (``every``) and ``decide_every`` (``on_subtask_change``)."""
 
-    def resolve_children(self, n_below: int, where: str) -> list[list[int]] | Regrouping:
-        """The children of this level's agents over ``n_below`` units: lists, or a Regrouping for
-        ``dynamic``/``episode`` grouping; ``where`` prefixes error messages.
+    def resolve_children(self, n_below: int, where: str) -> list[list[int]] | Grouping:
+        """The children of this level's agents over ``n_below`` units: lists, or the grouping that
+        ``groups`` agents make by ``grouping`` (:data:`~hmarl.strategies.GROUPINGS`: ``static``,
+        HiMPo's ``dynamic`` and ``episode``); ``where`` prefixes error messages.
 
         ``group_size: k`` gives ``ceil(n_below / k)`` agents over consecutive blocks of at most
         ``k`` units, as equal as can be (2 over 3 units: ``[[0, 1], [2]]``; 3 over 4: ``[[0, 1], [2, 3]]``)."""
         given = [k for k in ("group_size", "children", "groups") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"{where}: give one of group_size, children and groups, not {' and '.join(given)}")
-        if self.grouping not in GROUPINGS:
-            raise ValueError(f"{where}: unknown grouping {self.grouping!r}; available: {', '.join(GROUPINGS)}")
-        if self.grouping != "static":
-            if self.groups is None:
-                raise ValueError(f"{where}: grouping {self.grouping} regroups the units below among "
-                                 f"'groups' agents; set groups (the number of agents)")
-            return Regrouping(n_below, self.groups, self.grouping)
+        make = GROUPINGS.lookup(self.grouping, where)
+        if self.grouping != "static" and self.groups is None:
+            raise ValueError(f"{where}: grouping {self.grouping} regroups the units below among "
+                             f"'groups' agents; set groups (the number of agents)")
         if self.groups is not None:
-            assignment = static_clusters(n_below, self.groups).tolist()
-            return [[u for u in range(n_below) if assignment[u] == g] for g in range(self.groups)]
+            return make(n_below, self.groups)
         if self.children is not None:
             return [list(c) for c in self.children]
         size = n_below if self.group_size == "all" else self.group_size or 1
@@ -338,8 +334,8 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
         command = parse_command(upper.command) if upper else None
         try:
             children = spec.resolve_children(below.spec.n_agents, where)
-            if isinstance(children, Regrouping):
-                grouping = Regroup(children)
+            if isinstance(children, Grouping):
+                grouping = children
             else:
                 check_partition(children, below.spec.n_agents, where)
                 grouping = Fixed(children)
@@ -357,7 +353,7 @@ def build_hierarchy(env: MultiAgentEnv, specs: list[LevelSpec], make_learner: Ma
                 raise ValueError(f"{manager}: relative goals live on the {len(goal_index)} goal dims "
                                  f"{goal_index} of {env.spec.name}; set its command to "
                                  f"box({len(goal_index)}, bound)")
-        channel = channel_for(command, goal_index)
+        channel = channel_for(command) if goal_index is None else CHANNELS["relative_goal"](command, goal_index)
         try:
             io = level_io(below.spec, grouping, channel, split, spec.positions)
         except ValueError as error:
@@ -405,8 +401,8 @@ def _messages_not_env_obs(levels: list[Level], specs: list[LevelSpec]) -> str | 
     (``"<index> gives an agent several units"``)."""
     for lower_index, lower in enumerate(levels):
         units = lower.children
-        if isinstance(lower.grouping, Regroup):
-            return f"{lower_index} regroups its units by position"
+        if lower.grouping.varies:
+            return f"{lower_index} regroups its units"
         if any(len(group) > 1 for group in units):
             return f"{lower_index} gives an agent several units"
         if units != [[unit] for unit in range(lower.below.spec.n_agents)]:
@@ -435,7 +431,7 @@ def _termination(spec: LevelSpec, where: str) -> Termination:
         raise ValueError(f"{where}: decide_every re-decides at any step of the level below, so it needs "
                          f"period: 1, not {spec.period}")
     try:
-        return OnSubtaskChange(spec.decide_every)
+        return TERMINATIONS["on_subtask_change"](spec.decide_every)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
 

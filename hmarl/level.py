@@ -87,7 +87,7 @@ class Level:
         comm: the communication function phi (messages sent up).
         reward_rule: what the agents learn from.
         grouping: who each agent's children are (:class:`~hmarl.strategies.Fixed` lists, or
-            :class:`~hmarl.strategies.Regroup` by position); a list of lists means ``Fixed``.
+            :class:`~hmarl.algorithms.himpo.graphs.Regroup` by position); a list of lists means ``Fixed``.
         channel: how the command from the level above reaches the agents (``None`` at the top).
         split: an agent's action into its children's (default: ``Joint`` for discrete children).
         termination: when the agents act anew (default ``Every(1)``: every step). A holding

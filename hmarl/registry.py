@@ -1,9 +1,17 @@
 """One registry type for everything named: :class:`Registry`. It imports nothing but the standard
-library, so the registries are known (and a config checked against them) before torch loads."""
+library, so the registries are known (and a config checked against them) before torch loads.
+
+The registries of what a level is made of live here too, with the core's own entries:
+:data:`REWARD_RULES`, :data:`TERMINATIONS`, :data:`GROUPINGS` and :data:`CHANNELS`. The families'
+parts (HiMPo's regrouping and advantage reward, HRL-CG's relative goals, ALMA's subtask
+termination and reward) are registered by :mod:`hmarl.algorithms`, which ``import hmarl``
+loads; a plug-in registers its own the same way (``REWARD_RULES["mine"] = Mine``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, TypeVar
+
+from hmarl.lazy import attribute
 
 V = TypeVar("V")
 
@@ -88,3 +96,21 @@ class Registry(MutableMapping[str, V]):
         shown = ", ".join(f"{name!r}: <not loaded>" if isinstance(entry, _Pending) else f"{name!r}: {entry!r}"
                           for name, entry in self._entries.items())
         return f"{type(self).__name__}({{{shown}}})"
+
+
+REWARD_RULES: Registry = Registry("reward")
+"""Reward rules (:class:`hmarl.rewards.RewardRule`) by the name a level's ``reward`` gives."""
+REWARD_RULES.add_lazy("sum_up", attribute("hmarl.rewards", "SumUp"))
+
+TERMINATIONS: Registry = Registry("termination")
+"""Terminations (:class:`hmarl.strategies.Termination`) by the name a level's ``termination`` gives;
+``decide_every: k`` is ``on_subtask_change``."""
+TERMINATIONS.add_lazy("every", attribute("hmarl.strategies", "Every"))
+
+GROUPINGS: Registry = Registry("grouping")
+"""``make(n_units, groups) -> Grouping`` by the name a level's ``grouping`` gives (with ``groups``)."""
+GROUPINGS.add_lazy("static", attribute("hmarl.strategies", "static_grouping"))
+
+CHANNELS: Registry = Registry("channel")
+"""Command channels beyond the one-hot and raw ones every command space has, by name:
+``relative_goals: true`` is ``relative_goal`` (``make(space, goal_dims)``)."""

@@ -3,12 +3,12 @@
 =================  =============================================  ==========================
 strategy           what it decides                                 kinds
 =================  =============================================  ==========================
-``Grouping``       who each agent's children are                   ``Fixed``, ``Regroup``
-``CommandChannel`` how a command from above reaches an agent       ``OneHot``, ``Raw``,
-                                                                   ``RelativeGoal``
+``Grouping``       who each agent's children are                   ``Fixed`` (HiMPo: ``Regroup``)
+``CommandChannel`` how a command from above reaches an agent       ``OneHot``, ``Raw``
+                                                                   (HRL-CG: ``RelativeGoal``)
 ``ActionSplit``    an agent's action -> its children's actions     ``Joint``, ``PerChild``
-``Termination``    when the agents take a new action               ``Every(k)``,
-                                                                   ``OnSubtaskChange(k)``
+``Termination``    when the agents take a new action               ``Every(k)`` (ALMA:
+                                                                   ``OnSubtaskChange(k)``)
 =================  =============================================  ==========================
 
 A strategy holds structure, never the state of one rollout: the same objects serve a
@@ -30,9 +30,7 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from hmarl.goals import goal_transition
-from hmarl.graphs import Regrouping
-from hmarl.registry import Registry
+from hmarl.registry import CHANNELS, GROUPINGS, TERMINATIONS  # noqa: F401  (re-exported with the strategies)
 from hmarl.spec import EnvSpec, Tensor, TimeStep
 
 #: A discrete agent over c children with K actions each acts on K**c joint actions.
@@ -254,28 +252,23 @@ class Fixed(Grouping):
         return f"Fixed({self.children})"
 
 
-class Regroup(Grouping):
-    """HiMPo: balanced clusters of the units below by position, per copy (:class:`~hmarl.graphs.Regrouping`):
-    recomputed after every step (``dynamic``) or at each episode's start (``episode``)."""
+def static_clusters(n_workers: int, n_clusters: int, device: torch.device | str | None = None) -> Tensor:
+    """Clusters by agent index: ``M`` contiguous blocks whose sizes differ by at most one.
 
-    requires = ("positions",)
-    varies = True
+    Shapes:
+        -> ``[N]`` int64, non-decreasing, in ``[0, M)``.
+    """
+    if n_clusters < 1:
+        raise ValueError(f"groups must be at least one group, got {n_clusters}")
+    if n_clusters > n_workers:
+        raise ValueError(f"more groups than units ({n_clusters} > {n_workers})")
+    return torch.arange(n_workers, device=device) * n_clusters // n_workers
 
-    def __init__(self, regrouping: Regrouping):
-        self.regrouping = regrouping
-        self.n_agents, self.group = regrouping.n_groups, regrouping.capacity
 
-    @property
-    def leaves_slots_empty(self) -> bool:
-        return True  # clusters of unequal sizes
-
-    def assign(self, ts: TimeStep, fresh: Tensor, previous: Assignment | None) -> Assignment:
-        parent = self.regrouping.assign(ts.info["positions"], fresh, None if previous is None else previous.parent)
-        return Assignment.of(parent, self.regrouping.slots(parent), self.n_agents, self.group, parent.shape[0])
-
-    def __repr__(self) -> str:
-        r = self.regrouping
-        return f"Regroup({r.n_groups} groups of <= {r.capacity}, {r.mode})"
+def static_grouping(n_units: int, groups: int) -> Fixed:
+    """``grouping: static`` with ``groups``: ``groups`` agents over balanced blocks of the units by index."""
+    assignment = static_clusters(n_units, groups).tolist()
+    return Fixed([[u for u in range(n_units) if assignment[u] == g] for g in range(groups)])
 
 
 # -- CommandChannel ---------------------------------------------------------------------------
@@ -332,54 +325,11 @@ class Raw(CommandChannel):
         return command.clamp(float(self.space.low.min()), float(self.space.high.max()))
 
 
-class RelativeGoal(Raw):
-    """HRL-CG / HIRO: the command is a goal relative to the agent's goal state ``s`` on the env's goal
-    dims ``index`` (its ``obs_slices["position"]``); between two commands it follows ``h(s, g, s') = s + g - s'`` (Kreidieh et al. 2020,
-    Eq. 6), so the absolute target stays fixed.
-
-    An agent's goal state is the mean of the goal dims of the env agents' observations under it
-    (:meth:`EnvView.mean`): directly above the env with one env agent each, that agent's own goal dims
-    (HRL-CG); above a level of teams or clusters (HiMPo's sub-managers), the team's mean position.
-    Without ``env`` (a bare call) the goal dims are read in the first child's observation."""
-
-    requires = ("obs_slices.position",)
-    carries = True
-    reads_env = (EnvRead("obs"),)
-
-    def __init__(self, space: spaces.Box, index: list[int]):
-        super().__init__(space)
-        if not isinstance(space, spaces.Box) or space.shape[0] != len(index):
-            raise ValueError(f"relative goals live on the {len(index)} goal dims {list(index)}; "
-                             f"the level above must send box({len(index)}, range) commands")
-        self.index = list(index)
-        self._index: Tensor | None = None
-
-    def carry(self, features: Tensor, child_obs: Tensor, next_child_obs: Tensor, env: EnvView | None = None) -> Tensor:
-        if self._index is None or self._index.device != features.device:
-            self._index = torch.as_tensor(self.index, device=features.device)
-        if env is None:
-            return goal_transition(child_obs, features, next_child_obs, self._index)
-        return goal_states(env, "obs", self._index) + features - goal_states(env, "final_obs", self._index)
-
-    def __repr__(self) -> str:
-        return f"RelativeGoal(dims {self.index})"
-
-
-def goal_states(env: EnvView, which: str, index: Tensor) -> Tensor:
-    """``[B, N, goal_dim]``: each agent's goal state, the mean goal dims ``index`` of the env agents
-    under it, in the observations the step began from (``which="obs"``) or ended with (``"final_obs"``)."""
-    entries = env.start if which == "obs" else env.end
-    return env.mean(entries[which][..., index])
-
-
-def channel_for(space: spaces.Discrete | spaces.Box | None, relative_goals: list[int] | None = None
-                ) -> CommandChannel | None:
-    """The channel of a command space: one-hot for discrete, raw for a box, relative goals on
-    ``relative_goals`` dims when given; None (no command: the top level)."""
+def channel_for(space: spaces.Discrete | spaces.Box | None) -> CommandChannel | None:
+    """The channel of a command space: one-hot for discrete, raw for a box; None (no command: the
+    top level). Other channels are named (:data:`CHANNELS`)."""
     if space is None:
         return None
-    if relative_goals is not None:
-        return RelativeGoal(space, relative_goals)
     return OneHot(space) if isinstance(space, spaces.Discrete) else Raw(space)
 
 
@@ -562,36 +512,6 @@ class Every(Termination):
 
     def __repr__(self) -> str:
         return f"Every({self.stride})"
-
-
-class OnSubtaskChange(Termination):
-    """ALMA: a new allocation every ``k`` steps, at each episode's start, and at once when the
-    copy's active subtasks change (a subtask finished)."""
-
-    holds = True
-    requires = ("entities",)
-    reads = ("active_subtasks",)
-
-    def __init__(self, k: int):
-        if k < 1:
-            raise ValueError(f"decide_every must be >= 1, got {k}")
-        self.k = k
-
-    def start(self, ts: TimeStep) -> dict[str, Tensor]:
-        return {"active": ts.info["active_subtasks"]}
-
-    def decide(self, now: Moment) -> Tensor:
-        active = now.ts.info["active_subtasks"]
-        changed = (active != now.memory["active"]).any(-1)
-        now.memory["active"] = active
-        return (now.age % self.k == 0) | now.fresh | changed
-
-    def __repr__(self) -> str:
-        return f"OnSubtaskChange({self.k})"
-
-
-#: Terminations by the name a level's ``termination`` key gives; register new ones here.
-TERMINATIONS = Registry("termination", {"every": Every, "on_subtask_change": OnSubtaskChange})
 
 
 def describe(strategy: Any) -> str:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from hmarl import LevelSpec, build_hierarchy
-from hmarl.run.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
 from hmarl.rewards import REWARD_RULES, RewardRule
+from hmarl.run.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
+from hmarl.spec import Entities
 from hmarl.strategies import Assignment, EnvRead
 from toys import Scripted, ToyEnv
 
@@ -21,7 +22,8 @@ class InfoEnv(ToyEnv):
     reset), and who-dependent ``subtask_rewards[b, u, k] = 10 u + k + t`` over 2 subtasks."""
 
     def __init__(self, **kwargs):
-        super().__init__(capabilities={"subtasks": {"n_subtasks": 2}}, **kwargs)
+        super().__init__(facts={"entities": Entities(n_subtasks=2, subtask_of_entity=(0, 1), entity_dim=1, first=0)},
+                         **kwargs)
 
     def _extra(self, obs):
         agent, t = obs[..., 0], obs[..., 1]

@@ -230,7 +230,7 @@ def test_example_runs_with_a_tiny_budget(example, isolated, monkeypatch, capsys)
 # -- the API reference ---------------------------------------------------------------------
 #: the framework's modules whose public classes, functions and methods must say what they do
 CORE_MODULES = ["hmarl.spec", "hmarl.strategies", "hmarl.level", "hmarl.hierarchy", "hmarl.comm", "hmarl.rewards", "hmarl.learner",
-                "hmarl.run.experiment", "hmarl.buffers", "hmarl.graphs", "hmarl.run.monitor", "hmarl.goals", "hmarl.run.config",
+                "hmarl.run.experiment", "hmarl.buffers", "hmarl.algorithms.himpo.graphs", "hmarl.run.monitor", "hmarl.algorithms.hrl_cg.goals", "hmarl.run.config",
                 "hmarl.nn.gnn", "hmarl.nn.mlp", "hmarl.run.observer", "hmarl.algorithms.tag.action_trace", "hmarl.studies.bench",
                 "hmarl.run.callbacks"]
 

@@ -9,11 +9,11 @@ import torch
 from gymnasium import spaces
 
 from hmarl import EnvSpec, Learner, TimeStep, UpdateContext, UpdateResult
-from hmarl.algorithms.common import build_levels
+from hmarl.algorithms.build import build_levels
 from hmarl.algorithms.onpolicy import clipped_surrogate, clipped_value_loss, standardize, weighted_mean
 from hmarl.algorithms.ppo import PPOConfig
 from hmarl.comm import COMMUNICATION
-from hmarl.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
+from hmarl.run.experiment import CONFIG_DIR, RunConfig, Trainer, load_yaml
 from hmarl.hierarchy import Hierarchy
 from hmarl.level import Level
 from hmarl.rewards import SumUp

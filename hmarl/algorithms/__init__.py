@@ -1,5 +1,10 @@
 """Learners and the hierarchy families built from them.
 
+Importing this package (``import hmarl`` does) registers the families' parts in the core's
+registries (:mod:`hmarl.registry`): HRL-CG's ``goal_distance`` reward and ``relative_goal``
+channel, HiMPo's ``upper_advantage`` reward and ``dynamic``/``episode`` groupings, ALMA's
+``subtask`` reward and ``on_subtask_change`` termination; each is imported on its first lookup.
+
 ``LEARNERS`` maps the names used in ``levels[*].learner`` to learner classes;
 ``FAMILIES`` maps ``family`` to how a ``Hierarchy`` is built (and its top-level options).
 
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from hmarl.lazy import attribute, module_dir, module_getattr
-from hmarl.registry import Registry
+from hmarl.registry import CHANNELS, GROUPINGS, REWARD_RULES, TERMINATIONS, Registry
 
 if TYPE_CHECKING:
     from hmarl.hierarchy import Hierarchy
@@ -39,8 +44,8 @@ class Family:
 #: ``levels[*].learner`` name -> (module of hmarl.algorithms, class): the learners' one table
 _LEARNER_TABLE = {
     "ppo": ("ppo", "PPO"), "mappo": ("ppo", "MAPPO"), "td3": ("td3", "TD3"), "dqn": ("dqn", "DQN"),
-    "goal_manager": ("hrl_cg.family", "GoalManager"), "heuristic": ("heuristic", "SpreadHeuristic"),
-    "graph_ppo": ("graph_ppo", "GraphPPO"), "aqmix": ("alma.aqmix", "AQMIX"), "allocator": ("alma.allocator", "Allocator"),
+    "goal_manager": ("hrl_cg.goal_manager", "GoalManager"), "heuristic": ("heuristic", "SpreadHeuristic"),
+    "graph_ppo": ("himpo.graph_ppo", "GraphPPO"), "aqmix": ("alma.aqmix", "AQMIX"), "allocator": ("alma.allocator", "Allocator"),
     "heuristic_allocator": ("alma.allocator", "HeuristicAllocator"), "qmix": ("qmix", "QMIX"),
 }
 LEARNERS: Registry[type[Learner]] = Registry("learner")
@@ -111,6 +116,15 @@ _PACKAGED = ("tag", "hrl_cg", "himpo", "alma")
 FAMILIES: Registry[Family] = Registry("family")
 for _name, _options in [("tag", False), ("flat", False), ("hrl_cg", True), ("himpo", True), ("alma", True)]:
     FAMILIES.add_lazy(_name, _family(_name, _options))
+
+# The families' parts, by the names a level's YAML gives (the core registries hold the core's own).
+REWARD_RULES.add_lazy("goal_distance", attribute("hmarl.algorithms.hrl_cg.goals", "GoalDistance"))
+REWARD_RULES.add_lazy("upper_advantage", attribute("hmarl.algorithms.himpo.rewards", "UpperAdvantage"))
+REWARD_RULES.add_lazy("subtask", attribute("hmarl.algorithms.alma.subtasks", "SubtaskReward"))
+TERMINATIONS.add_lazy("on_subtask_change", attribute("hmarl.algorithms.alma.subtasks", "OnSubtaskChange"))
+GROUPINGS.add_lazy("dynamic", attribute("hmarl.algorithms.himpo.graphs", "dynamic"))
+GROUPINGS.add_lazy("episode", attribute("hmarl.algorithms.himpo.graphs", "episode"))
+CHANNELS.add_lazy("relative_goal", attribute("hmarl.algorithms.hrl_cg.goals", "RelativeGoal"))
 
 _NAMES = {  # what the package exports: the family modules, every learner class (from the table), Learner
     **{name: f"hmarl.algorithms.{name}" for name in FAMILIES},

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from hmarl.buffers import ReplayBuffer, Rollout
-from hmarl.goals import goal_transition
+from hmarl.algorithms.hrl_cg.goals import goal_transition
 from hmarl.learner import AgentIO, Learner, UpdateContext, UpdateResult
 from hmarl.spec import Tensor
 

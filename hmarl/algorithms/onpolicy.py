@@ -119,8 +119,9 @@ class OnPolicyLearner(Learner):
 
 #: below this many classes torch's CPU log_softmax over the last dim runs a scalar loop per row
 #: (about 140 ns a row of 9 with torch 2.13's AVX-512 kernels); over the first dim of the transposed
-#: rows it vectorises across rows instead, with the same values (bitwise, forward and backward:
-#: tests/algorithms/test_ppo.py checks it on the machine it runs on)
+#: rows it vectorises across rows instead, with the same values to float32 rounding (bitwise with
+#: AVX-512 kernels; with AVX2 ones some row lengths differ in the last bit, as the two kernels add
+#: a row in another order: tests/algorithms/test_ppo.py checks it on the machine it runs on)
 _SHORT_ROWS = 16
 #: below this many rows the transposition costs more than it saves
 _FEW_ROWS = 512

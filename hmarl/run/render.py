@@ -40,7 +40,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
 
 from hmarl.hierarchy import Hierarchy
-from hmarl.rewards import SubtaskReward
+from hmarl.algorithms.alma.subtasks import SubtaskReward
 from hmarl.spec import MultiAgentEnv, Tensor, TimeStep
 
 PALETTE = [matplotlib.colors.to_rgb(c) for c in matplotlib.colormaps["tab10"].colors]

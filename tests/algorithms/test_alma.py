@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hmarl.strategies import OnSubtaskChange
+from hmarl.algorithms.alma.subtasks import OnSubtaskChange, SubtaskReward
 from hmarl.algorithms import FAMILIES
 from hmarl.algorithms.alma.allocator import HeuristicAllocator
 from hmarl.algorithms.alma.family import build
 from hmarl.envs import make_env
 from hmarl.run.experiment import CONFIG_DIR, load_yaml
-from hmarl.rewards import SubtaskReward
 
 
 def alma(env, name="alma", **overrides):

@@ -6,8 +6,8 @@ import copy
 import torch
 from gymnasium import spaces
 
-import hmarl.algorithms.graph_ppo as graph_ppo
-from hmarl.algorithms.graph_ppo import GraphPPO, GraphPPOConfig
+import hmarl.algorithms.himpo.graph_ppo as graph_ppo
+from hmarl.algorithms.himpo.graph_ppo import GraphPPO, GraphPPOConfig
 from hmarl.learner import UpdateContext
 from hmarl import AgentIO, Rollout
 

@@ -7,7 +7,7 @@ from gymnasium import spaces
 
 from hmarl.algorithms.build import build_levels
 from hmarl.learner import UpdateContext
-from hmarl.algorithms.graph_ppo import EdgeNetwork, GraphPPO, GraphPPOConfig
+from hmarl.algorithms.himpo.graph_ppo import EdgeNetwork, GraphPPO, GraphPPOConfig
 from hmarl.algorithms.himpo.family import build
 from hmarl.envs import make_env
 from hmarl import AgentIO

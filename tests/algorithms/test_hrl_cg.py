@@ -11,7 +11,7 @@ from gymnasium import spaces
 from hmarl.algorithms import td3
 from hmarl.algorithms.hrl_cg import family as hrl_cg
 from hmarl.algorithms.dqn import DQN, DQNConfig
-from hmarl.algorithms.hrl_cg.family import GoalManager, GoalManagerConfig
+from hmarl.algorithms.hrl_cg.goal_manager import GoalManager, GoalManagerConfig
 from hmarl.algorithms.td3 import TD3, TD3Config
 from hmarl.envs import make_env
 from hmarl.buffers import Rollout

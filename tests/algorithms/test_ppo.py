@@ -279,14 +279,16 @@ def test_multidiscrete_unequal_heads_raises():
 
 
 @pytest.mark.parametrize("k", [1, 2, 6, 9, 15, 16, 25])
-def test_log_softmax_equals_torchs_bitwise(k):
-    """The short-row path gives torch's own values and gradients, not merely close ones."""
+def test_log_softmax_equals_torchs(k):
+    """The short-row path gives torch's values and gradients to float32 rounding. They are bitwise
+    equal where torch's row kernel and the transposed one add a row in the same order: for every
+    k here on an AVX-512 CPU; on an AVX2 one (8 lanes) k = 9 and 15 differ in the last bit or two."""
     g = torch.Generator().manual_seed(k)
     logits = (torch.randn(300, 4, 1, k, generator=g) * 5).requires_grad_()
     weights = torch.randn(300, 4, 1, k, generator=g)
     ours, = torch.autograd.grad((log_softmax(logits) * weights).sum(), logits)
     torch_grad, = torch.autograd.grad((logits.log_softmax(-1) * weights).sum(), logits)
     assert ours.is_contiguous()
-    assert torch.equal(log_softmax(logits), logits.log_softmax(-1))
+    torch.testing.assert_close(log_softmax(logits), logits.log_softmax(-1), rtol=0, atol=4e-6)
     assert log_softmax(logits).is_contiguous()
-    assert torch.equal(ours, torch_grad)
+    torch.testing.assert_close(ours, torch_grad, rtol=0, atol=4e-6)

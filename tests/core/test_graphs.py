@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from hmarl.graphs import (EXACT_MATCHING_MAX, Regrouping, balanced_clusters, complete_edges, complete_neighbours,
-                          knn_edges, knn_neighbours, match_labels, static_clusters)
+from hmarl.algorithms.himpo.graphs import (EXACT_MATCHING_MAX, Regrouping, balanced_clusters, complete_edges,
+                                          complete_neighbours, knn_edges, knn_neighbours, match_labels)
+from hmarl.strategies import static_clusters
 
 
 def _sizes(assignment: torch.Tensor, n_clusters: int) -> torch.Tensor:
@@ -68,7 +69,7 @@ def test_balanced_clusters_leading_dims_and_integer_positions():
 def test_more_sub_managers_than_workers_is_an_error():
     with pytest.raises(ValueError, match=r"more sub-managers than workers \(5 > 4\)"):
         balanced_clusters(torch.zeros(2, 4, 2), 5)
-    with pytest.raises(ValueError, match="more sub-managers than workers"):
+    with pytest.raises(ValueError, match=r"more groups than units \(5 > 4\)"):
         static_clusters(4, 5)
     with pytest.raises(ValueError, match="at least one sub-manager"):
         balanced_clusters(torch.zeros(2, 4, 2), 0)

@@ -394,7 +394,7 @@ def test_regrouped_children_follow_positions_and_receive_their_actions(grouping)
 
 
 def test_episode_grouping_recomputes_only_for_copies_that_start_an_episode():
-    from hmarl.graphs import Regrouping
+    from hmarl.algorithms.himpo.graphs import Regrouping
 
     grouping = Regrouping(n_units=4, n_groups=2, mode="episode")
     even, odd = _swapping_positions(torch.zeros(2)), _swapping_positions(torch.ones(2))
@@ -407,8 +407,8 @@ def test_episode_grouping_recomputes_only_for_copies_that_start_an_episode():
 
 
 def test_regrouping_slots_and_relabel_with_per_step_parents():
-    from hmarl.graphs import Regrouping
-    from hmarl.rewards import UpperAdvantage
+    from hmarl.algorithms.himpo.graphs import Regrouping
+    from hmarl.algorithms.himpo.rewards import UpperAdvantage
 
     grouping = Regrouping(n_units=5, n_groups=2, mode="dynamic")
     assert grouping.capacity == 3

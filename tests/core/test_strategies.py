@@ -7,12 +7,12 @@ import torch
 from gymnasium import spaces
 
 from hmarl import LevelSpec, build_hierarchy
-from hmarl.goals import goal_transition
-from hmarl.graphs import Regrouping
+from hmarl.algorithms.alma.subtasks import OnSubtaskChange
+from hmarl.algorithms.himpo.graphs import Regroup, Regrouping
+from hmarl.algorithms.hrl_cg.goals import RelativeGoal, goal_transition
 from hmarl.hierarchy import describe_hierarchy
 from hmarl.spec import EnvSpec, TimeStep
-from hmarl.strategies import (TERMINATIONS, Every, Fixed, Joint, Moment, OnSubtaskChange, OneHot, PerChild, Raw,
-                              Regroup, RelativeGoal, Termination)
+from hmarl.strategies import TERMINATIONS, Every, Fixed, Joint, Moment, OneHot, PerChild, Raw, Termination
 from tests.toys import Scripted, ToyEnv
 
 

@@ -1,7 +1,7 @@
 """HiMPo (Marzi et al. 2025): feudal hierarchies with message passing and advantage rewards.
 
 Manager -> sub-managers -> workers (three levels) or manager -> workers (two), every
-level a :class:`~algorithms.graph_ppo.GraphPPO`:
+level a :class:`~algorithms.himpo.graph_ppo.GraphPPO`:
 
 - workers act every env step on their observation, their position and their goal,
   exchanging messages with their ``knn`` nearest workers;
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hmarl.algorithms.build import build_levels
-from hmarl.graphs import GROUPINGS
+from hmarl.strategies import GROUPINGS
 from hmarl.hierarchy import Hierarchy
 from hmarl.spec import MultiAgentEnv
 

@@ -36,7 +36,7 @@ from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBat
                                        episode_starts, normal_log_prob, sequence_rows, time_major)
 from hmarl.algorithms.ppo import PPOConfig
 from hmarl.buffers import Rollout
-from hmarl.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
+from hmarl.algorithms.himpo.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
 from hmarl.learner import AgentIO
 from hmarl.nn import AgentGRU, AgentMLP
 from hmarl.nn.gnn import DENSE_LAYER_TYPES, GNN_LAYERS, GraphEncoder, edges_to_adjacency

@@ -5,7 +5,7 @@ sub-managers own balanced clusters of workers by position, found by greedy
 nearest-centroid assignment with capacity ``ceil(N / M)`` (the *dynamic* graph,
 recomputed whenever the sub-managers act); workers talk to their ``k`` nearest
 workers; sub-managers form a complete graph. Envs without positions use
-:func:`static_clusters` (blocks of agent indices). A recomputed clustering keeps each
+:func:`hmarl.strategies.static_clusters` (blocks of agent indices). A recomputed clustering keeps each
 cluster's identity: :func:`match_labels` gives every new cluster the label of the old
 cluster it overlaps most (a maximum-overlap matching), because a sub-manager's critic,
 its transitions and its workers' rewards all refer to its label.
@@ -26,6 +26,9 @@ import itertools
 import math
 
 import torch
+
+from hmarl.spec import TimeStep
+from hmarl.strategies import Assignment, Grouping
 
 Tensor = torch.Tensor
 """Shorthand for ``torch.Tensor`` in annotations (hidden from the API reference). @private"""
@@ -196,16 +199,6 @@ def match_labels(previous: Tensor, clusters: Tensor, n_clusters: int) -> Tensor:
     return label.gather(1, clusters)
 
 
-def static_clusters(n_workers: int, n_clusters: int, device: torch.device | str | None = None) -> Tensor:
-    """Clusters by agent index: ``M`` contiguous blocks whose sizes differ by at most one.
-
-    Shapes:
-        -> ``[N]`` int64, non-decreasing, in ``[0, M)``.
-    """
-    _check_clusters(n_workers, n_clusters)
-    return torch.arange(n_workers, device=device) * n_clusters // n_workers
-
-
 def knn_neighbours(positions: Tensor, k: int) -> Tensor:
     """Each worker's ``k`` nearest other workers, nearest first (ties to the lower index).
 
@@ -257,10 +250,10 @@ def complete_edges(n_nodes: int, device: torch.device | str | None = None) -> Te
     return torch.stack([source[keep], target[keep]])
 
 
-GROUPINGS = ("static", "dynamic", "episode")
-"""How a level's agents get their children: ``static`` (fixed lists), ``dynamic``
-(balanced clusters by position, recomputed every time the level acts) or
-``episode`` (balanced clusters fixed at each episode's first step: HiMPo's SG ablation)."""
+REGROUPINGS = ("dynamic", "episode")
+"""HiMPo's groupings (:data:`hmarl.strategies.GROUPINGS` beside ``static``): ``dynamic``
+(balanced clusters by position, recomputed every time the level acts) or ``episode`` (balanced
+clusters fixed at each episode's first step: HiMPo's SG ablation)."""
 
 
 class Regrouping:
@@ -279,8 +272,8 @@ class Regrouping:
     """
 
     def __init__(self, n_units: int, n_groups: int, mode: str):
-        if mode not in GROUPINGS[1:]:
-            raise ValueError(f"unknown regrouping {mode!r}; available: {', '.join(GROUPINGS[1:])}")
+        if mode not in REGROUPINGS:
+            raise ValueError(f"unknown regrouping {mode!r}; available: {', '.join(REGROUPINGS)}")
         _check_clusters(n_units, n_groups)
         self.n_units, self.n_groups, self.mode = n_units, n_groups, mode
         self.capacity = math.ceil(n_units / n_groups)
@@ -300,3 +293,37 @@ class Regrouping:
         """Each unit's place among its agent's children, in unit order."""
         one_hot = torch.nn.functional.one_hot(assignment, self.n_groups)  # [B, N, M]
         return (one_hot.cumsum(-2) * one_hot).sum(-1) - 1
+
+
+class Regroup(Grouping):
+    """HiMPo: balanced clusters of the units below by position, per copy (:class:`Regrouping`):
+    recomputed after every step (``dynamic``) or at each episode's start (``episode``)."""
+
+    requires = ("positions",)
+    varies = True
+
+    def __init__(self, regrouping: Regrouping):
+        self.regrouping = regrouping
+        self.n_agents, self.group = regrouping.n_groups, regrouping.capacity
+
+    @property
+    def leaves_slots_empty(self) -> bool:
+        return True  # clusters of unequal sizes
+
+    def assign(self, ts: TimeStep, fresh: Tensor, previous: Assignment | None) -> Assignment:
+        parent = self.regrouping.assign(ts.info["positions"], fresh, None if previous is None else previous.parent)
+        return Assignment.of(parent, self.regrouping.slots(parent), self.n_agents, self.group, parent.shape[0])
+
+    def __repr__(self) -> str:
+        r = self.regrouping
+        return f"Regroup({r.n_groups} groups of <= {r.capacity}, {r.mode})"
+
+
+def dynamic(n_units: int, groups: int) -> Regroup:
+    """``grouping: dynamic``: clusters recomputed every time the level acts."""
+    return Regroup(Regrouping(n_units, groups, "dynamic"))
+
+
+def episode(n_units: int, groups: int) -> Regroup:
+    """``grouping: episode``: clusters fixed at each episode's first step (the SG ablation)."""
+    return Regroup(Regrouping(n_units, groups, "episode"))
