@@ -12,6 +12,7 @@ import torch
 
 from hmarl.run.experiment import Trainer, ex
 from tests.test_systems import run_config
+from tests.toys import fit_interrupted
 
 TINY = ["num_envs=4", "rollout_steps=20", "total_steps=160", "eval_envs=2", "max_steps=20", "progress=False"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,17 +139,7 @@ def test_resume_reproduces_the_uninterrupted_run(algorithm, env, tmp_path):
     logs = []
     first = Trainer(run_config(algorithm, env, tmp_path / "b", **updates),
                     lambda *entry: logs.append(entry))
-    update, calls = first.hierarchy.update, []
-
-    def crash_on_fourth_update(progress):
-        calls.append(progress)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return update(progress)
-
-    first.hierarchy.update = crash_on_fourth_update
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
+    fit_interrupted(first, at_update=4)
     assert (first.path / "checkpoint.pt").exists() and not list(first.path.glob("*.tmp"))
 
     resumed_logs = []

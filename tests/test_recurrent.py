@@ -18,7 +18,7 @@ from hmarl.hierarchy import Hierarchy
 from hmarl.level import Level
 from hmarl.rewards import SumUp
 from hmarl.strategies import Termination
-from tests.toys import EpisodesEnv, ToyEnv
+from tests.toys import EpisodesEnv, ToyEnv, fit_interrupted
 
 
 class StepCounter(Learner):
@@ -289,17 +289,7 @@ def test_a_recurrent_run_resumes_from_its_checkpoint_as_if_uninterrupted(tmp_pat
     uninterrupted = Trainer(tiny_run("tag_2ppo", "vmas_balance", tmp_path / "a", "ppo", GRU, **updates), warn=None)
     uninterrupted.fit()
     first = Trainer(tiny_run("tag_2ppo", "vmas_balance", tmp_path / "b", "ppo", GRU, **updates), warn=None)
-    update, calls = first.hierarchy.update, []
-
-    def crash_on_third_update(progress):
-        calls.append(progress)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return update(progress)
-
-    first.hierarchy.update = crash_on_third_update
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
+    fit_interrupted(first, at_update=3)
     resumed = Trainer(tiny_run("tag_2ppo", "vmas_balance", tmp_path / "b", "ppo", GRU, resume=True, **updates),
                       warn=None)
     resumed.fit()

@@ -157,3 +157,21 @@ class EpisodesEnv:
         self.t[done] = 0
         self.episode += done.long()
         return TimeStep(obs=self._obs(), reward=reward, terminated=terminated, truncated=truncated, info=info)
+
+
+def fit_interrupted(trainer, at_update: int) -> None:
+    """Run ``trainer.fit()`` until Ctrl-C arrives at the ``at_update``-th coordinated update (which
+    does not run), as a user interrupting a run would."""
+    import pytest
+
+    update, calls = trainer.hierarchy.update, []
+
+    def interrupted(progress):
+        calls.append(progress)
+        if len(calls) == at_update:
+            raise KeyboardInterrupt
+        return update(progress)
+
+    trainer.hierarchy.update = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
