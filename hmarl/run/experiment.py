@@ -787,7 +787,9 @@ BASE_SYSTEM = load_yaml(CONFIG_DIR / "algorithms" / "tag_3ppo.yaml")
 """The default config's system (``python -m hmarl`` trains it). sacred merges the default config
 under every run's own, so its ``ppo`` block is in every merged config, used or not."""
 
-ex = Experiment("hmarl", save_git_info=False, additional_host_info=[hmarl_host_info])
+# base_dir: the whole package, so the sources sacred records are every hmarl module the run imports (by
+# default it would be this file's folder, hmarl/run/, and leave the core and the algorithms out)
+ex = Experiment("hmarl", base_dir=str(PACKAGE_DIR), save_git_info=False, additional_host_info=[hmarl_host_info])
 ex.add_config(load_yaml(CONFIG_DIR / "default.yaml"))
 ex.add_config(BASE_SYSTEM)
 ex.add_config(load_yaml(CONFIG_DIR / "envs" / "vmas_balance.yaml"))
