@@ -406,7 +406,7 @@ class LevelBasedForaging(MultiAgentEnv):
 
     def render(self) -> np.ndarray:
         """Copy 0 as it is now, ``uint8 [240, 240, 3]``: foods with their levels, players (matplotlib)."""
-        from hmarl.run.render import LbfScene, still
+        from hmarl.envs.scenes import LbfScene, still
 
         b = self.spec.num_envs
         ts = TimeStep(obs=self._obs(), reward=torch.zeros(b, self._n, device=self._device),

@@ -220,7 +220,7 @@ class SimpleSpread(MultiAgentEnv):
 
     def render(self) -> np.ndarray:
         """Copy 0 as it is now, ``uint8 [240, 240, 3]``: agents and landmarks (matplotlib)."""
-        from hmarl.run.render import MatplotlibScene, still
+        from hmarl.envs.scenes import MatplotlibScene, still
 
         b = self.spec.num_envs
         no = torch.zeros(b, dtype=torch.bool, device=self._device)

@@ -129,7 +129,7 @@ class PointMaze(MultiAgentEnv):
 
     def render(self) -> np.ndarray:
         """Copy 0 as it is now, ``uint8 [240, 240, 3]``: walls, target, point (matplotlib)."""
-        from hmarl.run.render import PointMazeScene, still
+        from hmarl.envs.scenes import PointMazeScene, still
 
         b = self.spec.num_envs
         no = torch.zeros(b, dtype=torch.bool, device=self._device)

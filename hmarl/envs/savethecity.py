@@ -440,7 +440,7 @@ class SaveTheCity(MultiAgentEnv):
 
     def render(self) -> np.ndarray:
         """Copy 0 as it is now, ``uint8 [240, 240, 3]``: buildings by health and fire, agents by type (matplotlib)."""
-        from hmarl.run.render import CityScene, still
+        from hmarl.envs.scenes import CityScene, still
 
         b, dev = self.spec.num_envs, self._device
         entities = self._entities()

@@ -137,7 +137,7 @@ class VmasEnv(MultiAgentEnv):
 
     def render(self) -> np.ndarray:
         """Copy 0 as it is now, ``uint8 [H, W, 3]``: VMAS's own renderer where it works (it needs
-        OpenGL), else the matplotlib scene of agents and landmarks (``hmarl.run.render``)."""
+        OpenGL), else the matplotlib scene of agents and landmarks (``hmarl.envs.scenes``)."""
         if self._native_render is not False:
             try:
                 frame = np.asarray(self._env.render(mode="rgb_array", env_index=0), dtype=np.uint8)
@@ -147,7 +147,7 @@ class VmasEnv(MultiAgentEnv):
                 if self._native_render:
                     raise
                 self._native_render = False
-        from hmarl.run.render import MatplotlibScene, still
+        from hmarl.envs.scenes import MatplotlibScene, still
 
         obs = self._stack(self._env.get_from_scenario(get_observations=True, get_rewards=False, get_infos=False,
                                                       get_dones=False)[0])
