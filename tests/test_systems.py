@@ -1,4 +1,5 @@
-"""Every named system builds and trains a few hundred steps on every env it supports."""
+"""Every named system builds and trains a few hundred steps on every env it supports (a few costly
+pairs only with `pytest -m slow`: SLOW_ENVS)."""
 from __future__ import annotations
 
 import functools
@@ -17,6 +18,10 @@ OFF_POLICY_BLOCKS = ("td3", "goal_manager", "dqn", "qmix", "aqmix", "allocator")
 # torch port, which runs the whole matrix), so a few systems suffice to cover the adapter. A cost
 # choice, not a refusal: the other systems the facts allow on it are left out of the tiny matrix.
 REFERENCE_ENVS = {"mpe2_simple_spread": {"ippo", "tag_3ppo", "heuristic", "alma"}}
+# VMAS sampling costs about 22 s a pair on a 2-core AVX2 machine (its grid of samples), so by default
+# the flagships and the two flat PPO baselines train on it; `pytest -m slow` runs every pair. Also
+# a cost choice, not a refusal.
+SLOW_ENVS = {"vmas_sampling": {"tag_3ppo", "himppo", "hrl_cg", "alma", "ippo", "mappo"}}
 FLAGSHIPS = ("tag_3ppo", "himppo", "hrl_cg", "alma")
 SYSTEMS, ENVS = sorted(named_configs("algorithms")), sorted(named_configs("envs"))
 
@@ -69,7 +74,8 @@ def run_config(algorithm_name: str, env_name: str, tmp_path, **updates) -> RunCo
     return RunConfig.from_config(config)
 
 
-CASES = [(a, e) for a in SYSTEMS for e in ENVS if supported(a, e) and a in REFERENCE_ENVS.get(e, {a})]
+CASES = [(a, e) if a in SLOW_ENVS.get(e, {a}) else pytest.param(a, e, marks=pytest.mark.slow)
+         for a in SYSTEMS for e in ENVS if supported(a, e) and a in REFERENCE_ENVS.get(e, {a})]
 REFUSED = [(a, e) for a in SYSTEMS for e in ENVS if not supported(a, e)]
 
 
