@@ -160,6 +160,20 @@ def log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return _ShortRowLogSoftmax.apply(logits)
 
 
+def sample_categorical(log_p: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """An action from log-probabilities ``[..., k]`` by Gumbel-max (``argmax(log p - log E)``,
+    ``E ~ Exp(1)``, samples from p; the mode when ``deterministic``), and its log-probability ``[...]``."""
+    scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
+    action = scores.argmax(-1)
+    return action, log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+
+def sample_normal(mean: torch.Tensor, std: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """An action from ``N(mean, std)`` (the mean when ``deterministic``) and its log-probability."""
+    action = mean if deterministic else mean + std * torch.randn_like(mean)
+    return action, normal_log_prob(mean, std, action)
+
+
 def normal_log_prob(mean: torch.Tensor, std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """Log-density of a diagonal Gaussian, summed over the last dim."""
     return (-((action - mean) / std).pow(2) / 2 - std.log() - math.log(math.sqrt(2 * math.pi))).sum(-1)

@@ -27,7 +27,8 @@ from gymnasium import spaces
 
 from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBatch, clipped_surrogate,
                                        clipped_value_loss, episode_starts, explained_variance, gae, log_softmax,
-                                       normal_log_prob, sequence_rows, standardize, time_major, weighted_mean)
+                                       normal_log_prob, sample_categorical, sample_normal, sequence_rows,
+                                       standardize, time_major, weighted_mean)
 from hmarl.buffers import Rollout
 from hmarl.learner import AgentIO
 from hmarl.nn import AgentGRU, AgentMLP
@@ -229,16 +230,10 @@ class PPO(OnPolicyLearner):
     def _sample(self, out: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """An action and its log-probability from the actor's output ``[B, N, samples, out]``."""
         if self.discrete:
-            log_p = self._log_probs_of(out)
-            # Gumbel-max: argmax(log p - log E), E ~ Exp(1), samples from p.
-            scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
-            action = scores.argmax(-1)
-            log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
-            return self._level_action(action), self._per_agent(log_prob)
-        mean = out
-        std = self._std()
-        action = mean if deterministic else mean + std * torch.randn_like(mean)
-        return self._level_action(action), self._per_agent(normal_log_prob(mean, std, action))
+            action, log_prob = sample_categorical(self._log_probs_of(out), deterministic)
+            return self._level_action(action), self._per_agent(log_prob.sum(-1))
+        action, log_prob = sample_normal(out, self._std(), deterministic)
+        return self._level_action(action), self._per_agent(log_prob)
 
     # -- recurrent state: [B, actor rows + critic rows, rnn_hidden] ------------------------
     def initial_state(self, num_envs: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -32,8 +32,9 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBatch, clipped_losses, gae, log_softmax,
-                                       episode_starts, normal_log_prob, sequence_rows, time_major)
+from hmarl.algorithms.onpolicy import (OnPolicyLearner, RunningNorm, TrainingBatch, clipped_losses, episode_starts,
+                                       gae, log_softmax, normal_log_prob, sample_categorical, sample_normal,
+                                       sequence_rows, time_major)
 from hmarl.algorithms.ppo import PPOConfig
 from hmarl.buffers import Rollout
 from hmarl.algorithms.himpo.graphs import complete_edges, complete_neighbours, knn_edges, knn_neighbours
@@ -229,15 +230,10 @@ class GraphPPO(OnPolicyLearner):
     def _sample(self, out: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """An action and its log-probability ``[B, N, G]`` from the actor's output."""
         if self.discrete:
-            log_p = self._distribution(out)
-            scores = log_p if deterministic else log_p - torch.empty_like(log_p).exponential_().log()
-            action = scores.argmax(-1)  # [B, N, G]
-            log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            action, log_prob = sample_categorical(self._distribution(out), deterministic)  # [B, N, G]
             return (action.squeeze(-1) if isinstance(self.io.action_space, spaces.Discrete) else action), log_prob
-        mean = self._distribution(out)
-        std = self.log_std.exp()
-        action = mean if deterministic else mean + std * torch.randn_like(mean)
-        return action.flatten(-2), normal_log_prob(mean, std, action)
+        action, log_prob = sample_normal(self._distribution(out), self.log_std.exp(), deterministic)
+        return action.flatten(-2), log_prob
 
     # -- recurrent state: [B, 2 N, rnn_hidden], the actor's GRU state per agent, then the critic's
     def initial_state(self, num_envs: int, device: torch.device | str = "cpu") -> torch.Tensor:
