@@ -2,16 +2,11 @@
 from __future__ import annotations
 
 import sys
-import warnings
+from pathlib import Path
 
-# sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every run.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-
-from pathlib import Path  # noqa: E402
-
-from hmarl.run.config import writable_folder  # noqa: E402
-from hmarl.run.experiment import CONFIG_SUFFIXES, KINDS, ex, load_yaml, named_configs  # noqa: E402
-from hmarl.run.observer import AtomicFileStorageObserver, RecordsLost, check_records  # noqa: E402
+from hmarl.run.config import writable_folder
+from hmarl.run.experiment import CONFIG_SUFFIXES, KINDS, ex, load_yaml, named_configs
+from hmarl.run.observer import AtomicFileStorageObserver, RecordsLost, check_records
 
 OBSERVER_FLAGS = ("-F", "--file_storage", "-m", "--mongo_db", "-s", "--sql", "-u", "--unobserved")
 

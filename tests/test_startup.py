@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = {"torch_geometric", "vmas", "ray", "matplotlib", "pettingzoo", "mpe2"}
-"""Imported only by what uses them: graph learners, an env's module, sweeps on ray, plots."""
+BACKENDS = {"torch_geometric", "vmas", "ray", "matplotlib", "pettingzoo", "mpe2", "pandas"}
+"""Imported only by what uses them: graph learners, an env's module, sweeps on ray, plots, statistics
+(pandas, which sacred would import for itself: ``hmarl.run`` hides it from sacred's import)."""
 
 
 def imported(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -60,6 +61,14 @@ def test_a_refused_config_answers_before_importing_torch(tmp_path):
     done, modules = imported("-m", "hmarl", "-u", "with", "mappo", "vmas_balance", "num_envs=0", cwd=tmp_path)
     assert done.returncode != 0 and messages(done).strip() == "hmarl: num_envs must be positive, got 0", messages(done)
     assert_none_of(BACKENDS | {"torch"}, modules)
+
+
+def test_pandas_imports_after_sacred_was_imported_without_it(tmp_path):
+    code = ("import sys, hmarl.run.experiment, sacred.optional\nassert 'pandas' not in sys.modules\n"
+            "assert not sacred.optional.has_pandas\nimport pandas\nprint(pandas.DataFrame({'a': [1]}).shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.strip() == "(1, 1)", done.stderr[-2000:]
 
 
 def test_registries_know_every_name_before_importing_it(tmp_path):

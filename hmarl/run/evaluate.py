@@ -28,12 +28,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-
-from hmarl.run.config import writable_folder  # noqa: E402
-from hmarl.run.experiment import RunConfig, build, evaluate, make_run_env  # noqa: E402
-from hmarl.hierarchy import Hierarchy  # noqa: E402
-from hmarl.run.render import VIDEO_SUFFIXES, render_episode  # noqa: E402
+from hmarl.run.config import writable_folder
+from hmarl.run.experiment import RunConfig, build, evaluate, make_run_env
+from hmarl.hierarchy import Hierarchy
+from hmarl.run.render import VIDEO_SUFFIXES, render_episode
 
 MODEL = "model.pt"
 """The file a run keeps its final model in (a sacred artifact in the run folder)."""

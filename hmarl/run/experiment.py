@@ -34,15 +34,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import yaml
 
-# sacred 0.8.7 imports pkg_resources, which setuptools < 81 flags as deprecated on every import.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-from sacred import Experiment  # noqa: E402
-from sacred.config.config_dict import ConfigDict  # noqa: E402
-from sacred.config.utils import normalize_or_die  # noqa: E402
-from sacred.dependencies import PackageDependency  # noqa: E402
-from sacred.host_info import host_info_gatherer  # noqa: E402
-from sacred.observers import FileStorageObserver, SqlObserver  # noqa: E402
-from sacred.utils import iterate_flattened  # noqa: E402
+from sacred import Experiment
+from sacred.config.config_dict import ConfigDict
+from sacred.config.utils import normalize_or_die
+from sacred.dependencies import PackageDependency
+from sacred.host_info import host_info_gatherer
+from sacred.observers import FileStorageObserver, SqlObserver
+from sacred.utils import iterate_flattened
 
 from hmarl.run.callbacks import CALLBACKS, Callback, LevelRollouts
 from hmarl.run.config import bool_problem, from_dict, writable_folder
