@@ -12,7 +12,10 @@ rollouts; the on-policy systems use 4 epochs of 4 minibatches, as the peer does.
 is env steps per second of the training iterations (rollouts and updates, the first
 iteration's warm-up included; construction and the final evaluation left out, as the peer's
 timing leaves out its setup and runs no evaluation). The peer is BenchMARL's MAPPO
-(``docs/scripts/peer_benchmarl.py``) on VMAS balance at the same copies and budget.
+(``docs/scripts/peer_benchmarl.py``) on VMAS balance at the same copies and budget. A group
+over a batched port (MPE simple spread) adds the original behind it (``mpe2_simple_spread``,
+mpe2 through the PettingZoo adapter, one copy at a time): its raw stepping and its first
+system trained on it.
 
 The off-policy groups (point_maze, savethecity) are update-bound: one or more gradient steps
 per env step of each copy. Next to each system they report its gradient steps per second and
@@ -56,9 +59,13 @@ class Group:
     systems: tuple[str, ...]
     update_bound: bool = False
     """Off-policy systems: report gradient steps/s and each system's update-bound limit."""
+    reference: str | None = None
+    """Another env of the same rules (the original behind a batched port): its raw stepping and
+    the first system trained on it are rows of the table too."""
 
 
 GROUPS = (Group("vmas_balance", 4, 64, 64_000, ("mappo", "ippo", "tag_3ppo")),
+          Group("mpe_simple_spread", 3, 64, 64_000, ("tag_3ppo", "mappo"), reference="mpe2_simple_spread"),
           Group("vmas_sampling", 3, 64, 64_000, ("himppo", "ippo", "mappo")),
           Group("lbfws_hard", 4, 64, 64_000, ("himppo", "ippo", "mappo")),
           Group("point_maze", 1, 16, 32_000, ("td3", "hrl", "hrl_cg"), update_bound=True),
@@ -258,6 +265,11 @@ def throughput_table(group: Group, args) -> str:
         rows.append((name, measured(name, group.env, group.n_agents, group.num_envs, frames, args)))
         if group.update_bound:
             rows.append((name + LIMIT, measured("limit", group.env, group.n_agents, group.num_envs, frames, args, of=name)))
+    if group.reference:
+        rows.append((f"raw env stepping, {group.reference}",
+                     measured("raw", group.reference, group.n_agents, group.num_envs, frames, args)))
+        rows.append((f"{group.systems[0]} on {group.reference}",
+                     measured(group.systems[0], group.reference, group.n_agents, group.num_envs, frames, args)))
     peer = None
     if args.peer_python and group.env == "vmas_balance":
         peer = peer_throughput(args.peer_python, group.num_envs, frames, args.threads)
