@@ -375,8 +375,11 @@ def _unused_learner_options(run: RunConfig, hierarchy: Hierarchy) -> list[Unused
     both ``td3`` and ``dqn``; every merged config carries the default system's ``ppo``)."""
     from hmarl.algorithms import LEARNERS
 
-    names = {learner: name for name, learner in LEARNERS.items()}
-    used = {names.get(type(level.learner), type(level.learner).__name__) for level in hierarchy.levels}
+    # A used learner's class is loaded; a pending entry (graph_ppo: torch-geometric, 1.4 s) is
+    # loaded only when the run carries its option block, to tell whether a level uses it.
+    types = {type(level.learner) for level in hierarchy.levels}
+    names = {LEARNERS[name]: name for name in LEARNERS if not LEARNERS.pending(name) or name in run.learner_options}
+    used = {names.get(kind, kind.__name__) for kind in types}
     shipped = [BASE_SYSTEM]
     if run.algorithm in named_configs("algorithms"):
         try:
