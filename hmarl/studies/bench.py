@@ -31,6 +31,7 @@ times are the median wall time of 5 runs of each command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -84,8 +85,9 @@ STARTUP = (("--help", ["--help"]),
 
 # -- one measurement, in its own interpreter -----------------------------------------------
 def system_config(algorithm: str, env: str, n_agents: int, num_envs: int, frames: int, threads: int,
-                  device: str):
-    """The run of named config ``algorithm`` on ``env`` with the benchmark's budget."""
+                  device: str, overrides: dict | None = None):
+    """The run of named config ``algorithm`` on ``env`` with the benchmark's budget; ``overrides``
+    replace top-level keys after that (a learner's whole option block, say)."""
     from hmarl.run.experiment import CONFIG_DIR, RunConfig, load_yaml
 
     config = {**load_yaml(CONFIG_DIR / "default.yaml"), **load_yaml(CONFIG_DIR / "algorithms" / f"{algorithm}.yaml"),
@@ -95,7 +97,7 @@ def system_config(algorithm: str, env: str, n_agents: int, num_envs: int, frames
     for learner in ("ppo", "mappo", "graph_ppo"):
         if learner in config:
             config[learner] = {**config[learner], "update_epochs": 4, "num_minibatches": 4}
-    return RunConfig.from_config(config)
+    return RunConfig.from_config({**config, **(overrides or {})})
 
 
 def training_throughput(run) -> dict:
@@ -137,6 +139,7 @@ def limit_throughput(run) -> dict:
     system's), run on random minibatches drawn in advance, shaped like its replay rows (floats
     uniform in [0, 1), integers uniform up to the largest stored, booleans fair coins).
     """
+    from hmarl.learner import UpdateContext
     from hmarl.run.experiment import Trainer
 
     hierarchy = Trainer(run).hierarchy
@@ -151,17 +154,23 @@ def limit_throughput(run) -> dict:
         if all(n or not off_policy(level.learner) for n, level in zip(per_iteration, hierarchy.levels)):
             break
     seconds = 0.0
-    for level, steps in zip(hierarchy.levels, per_iteration):
+    for index, (level, steps) in enumerate(zip(hierarchy.levels, per_iteration)):
         if not steps:
             continue
         learner = level.learner
         shape = learner.replay.sample(learner.config.batch_size)
         batches = [{key: random_like(value) for key, value in shape.items()} for _ in range(steps)]
+        # a learner whose losses read the update's context (HRL-CG's manager differentiates
+        # through the worker's critic) takes its steps inside one, as in its update
+        below = hierarchy.levels[index - 1].learner if index else None
+        scope = learner.within(UpdateContext(below_learner=below)) if hasattr(learner, "within") \
+            else contextlib.nullcontext()
         synchronize(run.device)
         tic = time.perf_counter()
-        for _ in range(run.iterations):
-            for batch in batches:
-                learner.gradient_step(batch)
+        with scope:
+            for _ in range(run.iterations):
+                for batch in batches:
+                    learner.gradient_step(batch)
         synchronize(run.device)
         seconds += time.perf_counter() - tic
     return {"steps_per_s": run.iterations * run.steps_per_iteration / seconds,
@@ -388,12 +397,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="docs/benchmarks.md", help="the markdown page to write")
     args = parser.parse_args(argv)
     chosen = args.only or group_names()
-    tables = [throughput_table(group, args) for group in GROUPS if group.env in chosen]
-    if "scaling" in chosen:
-        tables.append(scaling_table(args))
-    if "startup" in chosen:
-        tables.append(startup_table(args))
-    print("\n\n".join(tables))
+    tables = []
+    # each table is printed when done: a failing row later (its error is raised) leaves the
+    # tables before it on the screen; the page is written only once all are there
+    makers = [(group.env, lambda group=group: throughput_table(group, args)) for group in GROUPS]
+    makers += [("scaling", lambda: scaling_table(args)), ("startup", lambda: startup_table(args))]
+    for name, make in makers:
+        if name in chosen:
+            tables.append(make())
+            print(tables[-1] + "\n", flush=True)
     # this machine's paths stay out of the page: the peer's interpreter and the page itself
     shown = [{"--peer-python": "PEER_PYTHON", "--out": "OUT"}.get(before, a) for before, a in zip(["", *argv], argv)]
     command = "python -m hmarl.studies.bench " + " ".join(shown)
