@@ -3,8 +3,13 @@
 BenchMARL is not a dependency of hmarl; install it in a virtual environment of its own,
 outside this repository, and point the bench at that interpreter::
 
-    python -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.13.0 && /tmp/peer/bin/pip install benchmarl vmas
+    python -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.13.0
+    /tmp/peer/bin/pip install benchmarl==1.5.2 vmas==1.5.2 torchrl==0.11.1 tensordict==0.11.0 "setuptools<81"
+    /tmp/peer/bin/pip install torch==2.13.0   # benchmarl's torchvision asks for a newer torch: keep ours
     python -m hmarl.studies.bench --only vmas_balance --peer-python /tmp/peer/bin/python
+
+(the versions the bench's figures were measured with; torchvision's complaint about the older
+torch is harmless here, as the peer never imports it).
 
 The script can also run alone (``/tmp/peer/bin/python docs/scripts/peer_benchmarl.py --n-envs 64``).
 Settings mirror the bench's: ``n_envs`` copies x 100 steps per batch (one 100-step episode
