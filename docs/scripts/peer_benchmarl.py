@@ -9,7 +9,7 @@ outside this repository, and point the bench at that interpreter::
     python -m hmarl.studies.bench --only vmas_balance --peer-python /tmp/peer/bin/python
 
 (the versions the bench's figures were measured with; torchvision's complaint about the older
-torch is harmless here, as the peer never imports it).
+torch is harmless: the script runs with it, as measured).
 
 The script can also run alone (``/tmp/peer/bin/python docs/scripts/peer_benchmarl.py --n-envs 64``).
 Settings mirror the bench's: ``n_envs`` copies x 100 steps per batch (one 100-step episode
