@@ -290,8 +290,9 @@ def test_a_page_elsewhere_links_the_figures_relative_to_itself(tmp_path, capsys)
     results = tmp_path / "results"
     write_level_actions(write_run(results, "1", algorithm="tag_2ppo"))
     page = tmp_path / "docs" / "results.md"
-    main([str(results), "--out", str(tmp_path / "docs" / "results"), "--page", str(page)])
+    main([str(results), "--out", str(tmp_path / "docs" / "results"), "--page", str(page), "--title", "A pilot"])
     text = page.read_text()
+    assert text.startswith("# A pilot\n")
     assert "![eval/return on balance](results/curves_balance.png)" in text
     assert "](results/correlation_balance_tag_2ppo_seed0.png)" in text
     assert not (tmp_path / "docs" / "results" / "README.md").exists()
