@@ -127,3 +127,14 @@ def test_the_package_exports_resolve():
             assert getattr(package, name) is not None, f"{package.__name__}.{name}"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         hmarl.nothing  # noqa: B018
+
+
+def test_checking_a_run_imports_only_the_learners_it_names(tmp_path):
+    # The unused-options check looked up every registered learner, graph_ppo among them, so an
+    # ALMA run imported torch-geometric (about 2 s here) for a check that never needed it.
+    code = ("import sys\nfrom hmarl.run.experiment import check_config, CONFIG_DIR, load_yaml\n"
+            "config = {**load_yaml(CONFIG_DIR / 'default.yaml'), **load_yaml(CONFIG_DIR / 'algorithms' / 'alma.yaml'),"
+            " **load_yaml(CONFIG_DIR / 'envs' / 'savethecity.yaml')}\ncheck_config(config)\n")
+    done, modules = imported("-c", code, cwd=tmp_path)
+    assert done.returncode == 0, messages(done)
+    assert_none_of({"torch_geometric"}, modules)
