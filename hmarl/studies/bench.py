@@ -398,14 +398,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     chosen = args.only or group_names()
     tables = []
-    # each table is printed when done: a failing row later (its error is raised) leaves the
-    # tables before it on the screen; the page is written only once all are there
-    makers = [(group.env, lambda group=group: throughput_table(group, args)) for group in GROUPS]
-    makers += [("scaling", lambda: scaling_table(args)), ("startup", lambda: startup_table(args))]
-    for name, make in makers:
-        if name in chosen:
-            tables.append(make())
-            print(tables[-1] + "\n", flush=True)
+
+    def show(table: str) -> None:
+        # printed when done: a row failing later (its error is raised) leaves the tables before
+        # it on the screen; the page is written only once all are there
+        tables.append(table)
+        print(table + "\n", flush=True)
+
+    for group in GROUPS:
+        if group.env in chosen:
+            show(throughput_table(group, args))
+    if "scaling" in chosen:
+        show(scaling_table(args))
+    if "startup" in chosen:
+        show(startup_table(args))
     # this machine's paths stay out of the page: the peer's interpreter and the page itself
     shown = [{"--peer-python": "PEER_PYTHON", "--out": "OUT"}.get(before, a) for before, a in zip(["", *argv], argv)]
     command = "python -m hmarl.studies.bench " + " ".join(shown)
