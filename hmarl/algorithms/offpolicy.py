@@ -9,6 +9,7 @@ adds target updates counted in finished episodes (ALMA's unit).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -124,6 +125,9 @@ class ReplayLearner(Learner):
         self.register_buffer("obs_index", torch.tensor(kept) if ignored else None)
         #: the goal dims of relative goals this level receives (empty: none; see carry_goals)
         self.register_buffer("carried_goal_index", torch.zeros(0, dtype=torch.long))
+        #: the context of the update in progress (:meth:`within`), for losses that read another
+        #: level (HRL-CG's manager differentiates through the worker's critic); None outside one
+        self._update_ctx: UpdateContext | None = None
 
     @property
     def in_dim(self) -> int:
@@ -190,6 +194,16 @@ class ReplayLearner(Learner):
             metrics = self.gradient_step(batch)
         return metrics
 
+    @contextlib.contextmanager
+    def within(self, ctx: UpdateContext):
+        """Take gradient steps in the context ``ctx``, as :meth:`update` does around its own;
+        tests and the bench's update-bound limit call :meth:`gradient_step` in it."""
+        self._update_ctx = ctx
+        try:
+            yield self
+        finally:
+            self._update_ctx = None
+
     # -- the template: ``update`` stores the rollout, then learns once warmed up -------------
     def update(self, rollout: Rollout, ctx: UpdateContext) -> UpdateResult:
         """One schedule for every replay learner: record ``progress`` (exploration), store the
@@ -202,7 +216,8 @@ class ReplayLearner(Learner):
         self.store_rollout(rollout, ctx)
         if not self.warmed_up():
             return UpdateResult()
-        stats = self.learn(c.gradient_steps(self.new_transitions(rollout)), c.batch_size)
+        with self.within(ctx):
+            stats = self.learn(c.gradient_steps(self.new_transitions(rollout)), c.batch_size)
         return UpdateResult(self.after_learning(stats))
 
     def store_rollout(self, rollout: Rollout, ctx: UpdateContext) -> None:

@@ -31,7 +31,6 @@ times are the median wall time of 5 runs of each command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -160,14 +159,11 @@ def limit_throughput(run) -> dict:
         learner = level.learner
         shape = learner.replay.sample(learner.config.batch_size)
         batches = [{key: random_like(value) for key, value in shape.items()} for _ in range(steps)]
-        # a learner whose losses read the update's context (HRL-CG's manager differentiates
-        # through the worker's critic) takes its steps inside one, as in its update
+        # in an update's context, as its update takes them (HRL-CG's manager reads the worker's critic)
         below = hierarchy.levels[index - 1].learner if index else None
-        scope = learner.within(UpdateContext(below_learner=below)) if hasattr(learner, "within") \
-            else contextlib.nullcontext()
         synchronize(run.device)
         tic = time.perf_counter()
-        with scope:
+        with learner.within(UpdateContext(below_learner=below)):
             for _ in range(run.iterations):
                 for batch in batches:
                     learner.gradient_step(batch)

@@ -54,9 +54,6 @@ class GoalManager(TD3):
     def __init__(self, io, config: GoalManagerConfig, goal_index: list[int] = ()):
         super().__init__(io, config)
         self.register_buffer("goal_index", torch.as_tensor(list(goal_index), dtype=torch.long))
-        #: the context of the update in progress: its ``below_learner`` is the worker whose critic the
-        #: connected gradient differentiates (read-only; a plain attribute, so not a submodule)
-        self._update_ctx: UpdateContext | None = None
 
     @classmethod
     def build(cls, io, config: GoalManagerConfig, env: EnvSpec) -> "GoalManager":
@@ -71,18 +68,7 @@ class GoalManager(TD3):
         if self.config.cg_lambda and not isinstance(ctx.below_learner, (TD3, DQN)):
             raise ValueError("the connected gradient needs a td3 or dqn worker, got "
                              f"{type(ctx.below_learner).__name__}")
-        with self.within(ctx):
-            return super().update(rollout, ctx)
-
-    @contextlib.contextmanager
-    def within(self, ctx: UpdateContext):
-        """Compute losses in the context ``ctx`` (its ``below_learner`` is the worker): what
-        :meth:`update` does around its gradient steps; tests and analyses call the losses in it."""
-        self._update_ctx = ctx
-        try:
-            yield self
-        finally:
-            self._update_ctx = None
+        return super().update(rollout, ctx)  # its gradient steps run within(ctx): below_learner is the worker
 
     def transitions(self, rollout: Rollout, ctx: UpdateContext | None = None) -> dict[str, torch.Tensor]:
         """Adds each meta period's worker observations (``period_obs``), the goal dims after
