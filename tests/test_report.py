@@ -378,3 +378,46 @@ def test_marl_eval_export(tmp_path, capsys):
     run = json.loads(export.read_text())["hmarl"]["balance"]["mappo"]["run_3"]
     assert list(run)[-1] == "absolute_metrics"  # marl-eval reads a run's last key as its absolute metrics
     assert marl_eval_data([], ["eval/return"]) == {"hmarl": {}}
+
+
+def test_a_run_archive_reads_back_as_the_runs_it_holds_and_merges_with_new_folders(tmp_path, capsys):
+    """A study over several sittings: the first sitting's runs survive as the committed archive,
+    the next sitting's folders add to it, and the page is the same as from all folders at once."""
+    first, second, archive = tmp_path / "first", tmp_path / "second", tmp_path / "docs" / "runs.json"
+    write_run(first, "1", algorithm="mappo", seed=0, returns=[0.0, 6.0, 10.0], eval_success=[0.0, 1.0],
+              perf_env_steps_per_s=[1000.0, 3000.0], train_loss=[5.0, 4.0, 3.0])
+    write_level_actions(write_run(first, "2", algorithm="tag_3ppo", seed=0, returns=[1.5]))
+    write_run(first, "3", algorithm="ippo", seed=0, returns=[1.0], stop_time="2025-01-01T00:00:00")
+    (tmp_path / "docs").mkdir()
+    main([str(first), "--out", str(tmp_path / "one"), "--metric", "eval/success", "--archive", str(archive)])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "one" / "README.md"), str(archive)]
+    data = json.loads(archive.read_text())
+    assert data["format"] == "hmarl-runs/1" and len(data["runs"]) == 3
+    mappo = next(r for r in data["runs"] if r["label"] == "mappo")
+    assert mappo["metrics"] == {"eval/return": {"steps": STEPS, "values": [0.0, 6.0, 10.0]},
+                                "eval/success": {"steps": STEPS[:2], "values": [0.0, 1.0]},
+                                "perf/env_steps_per_s": {"steps": STEPS[:2], "values": [1000.0, 3000.0]}}
+    assert (mappo["total_steps"], mappo["stop_time"]) == (300, "2025-01-01T00:00:00")  # train/* left out
+
+    write_run(second, "1", algorithm="mappo", seed=1, returns=[0.0, 2.0, 12.0], eval_success=[0.0, 0.5])
+    write_run(second, "2", algorithm="ippo", seed=0, returns=[7.0], stop_time="2025-02-01T00:00:00")  # a rerun
+    main([str(archive), str(second), "--out", str(tmp_path / "merged"), "--metric", "eval/success"])
+    merged = (tmp_path / "merged" / "README.md").read_text()
+    assert "| mappo | 2 | 300 | 11 | [10, 12] | 11 | 2,000 | 0.75 [0.5, 1] |" in merged
+    assert "| ippo | 1 | 300 | 7 | [7, 7] | 7 |" in merged  # the later run of a seed wins, archived or not
+    assert "4 runs read from" in merged and "1 superseded" in merged
+    # the archived TAG action record still draws its figure
+    assert "| [tag_3ppo seed 0](correlation_balance_tag_3ppo_seed0.png) | 1 | 0 |" in merged
+    assert (tmp_path / "merged" / "correlation_balance_tag_3ppo_seed0.png").read_bytes().startswith(b"\x89PNG")
+
+    # reading the archive alone gives the first sitting's page
+    main([str(archive), "--out", str(tmp_path / "again"), "--metric", "eval/success"])
+    strip = lambda text: text.split("\n", 4)[4].replace(str(archive), "R").replace(str(first), "R")  # noqa: E731
+    assert strip((tmp_path / "again" / "README.md").read_text()) == strip((tmp_path / "one" / "README.md").read_text())
+
+
+def test_a_file_that_is_no_run_archive_is_one_clear_error(tmp_path):
+    other = tmp_path / "marl_eval.json"
+    other.write_text(json.dumps({"hmarl": {}}))
+    with pytest.raises(SystemExit, match=r"marl_eval.json is not a run archive .*--archive FILE writes one"):
+        main([str(other), "--out", str(tmp_path / "out")])

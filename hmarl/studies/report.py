@@ -1,14 +1,22 @@
 """Tables, learning curves and a paper check from the sacred runs under a results folder.
 
-    python -m hmarl.studies.report RESULTS_DIR --out OUT_DIR [--claims FILE ...] [--metric NAME ...] [--threshold ENV=VALUE ...]
-                           [--export-marl-eval FILE]
+    python -m hmarl.studies.report RESULTS_DIR [ARCHIVE.json ...] --out OUT_DIR [--claims FILE ...] [--metric NAME ...]
+                           [--threshold ENV=VALUE ...] [--archive FILE] [--export-marl-eval FILE]
 
-Reads every COMPLETED FileStorageObserver run below RESULTS_DIR (the latest of duplicates of one
-env, label and seed), groups them by (env, label) with the seeds as samples, and writes
+Reads every COMPLETED FileStorageObserver run below RESULTS_DIR and every run of a run archive
+(the latest of duplicates of one env, label and seed), groups them by (env, label) with the seeds
+as samples, and writes
 OUT_DIR/README.md, ``curves_<env>.png``, with several envs the aggregate across them and
 ``aggregate_profiles.png``, and, for runs with a ``level_actions.npz`` artifact,
 ``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). ``--export-marl-eval`` also writes the
 runs in marl-eval's JSON layout (``marl_eval_data``). Statistics live in ``hmarl.studies.analysis``.
+
+``--archive FILE`` writes every run the report read to one small JSON file (``archive_data``: each
+run's evaluation curves, throughput and TAG action record, no checkpoints), and an archive is read
+back wherever a results folder is: a study run over several sittings on machines whose ``results/``
+does not last is reported whole by committing the archive next to the page and passing it with the
+new runs. marl-eval's layout cannot serve for this: it keeps neither the budget, nor the stop time
+that decides between duplicates, nor the throughput and action records the page shows.
 """
 from __future__ import annotations
 
@@ -78,6 +86,9 @@ class Run:
     total_steps: int
     stop_time: datetime
     metrics: dict[str, Curve]
+    level_actions: dict[str, np.ndarray] | None = None
+    """TAG's action record (``level_actions.npz``'s arrays) of an archived run; None for a run
+    folder, whose file is read where a figure needs it."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +134,49 @@ def read_run(folder: Path) -> Run | None:
                datetime.fromisoformat(info["stop_time"]), read_metrics(folder / "metrics.json"))
 
 
+ARCHIVE_FORMAT = "hmarl-runs/1"
+#: what an archive keeps of a run's metrics: what a page shows or a claim checks
+ARCHIVED = re.compile(r"eval/.*|" + re.escape(THROUGHPUT_METRIC))
+
+
+def archive_data(runs: list[Run]) -> dict:
+    """The runs as a run archive: ``{"format": ARCHIVE_FORMAT, "runs": [...]}``, each run its env,
+    label, seed, budget, stop time, its ``eval/*`` and throughput curves, and TAG's action record
+    where it has one."""
+    def record(run: Run) -> dict:
+        entry = {"env": run.env, "label": run.label, "seed": run.seed, "total_steps": run.total_steps,
+                 "stop_time": run.stop_time.isoformat(),
+                 "metrics": {name: {"steps": steps.tolist(), "values": values.tolist()}
+                             for name, (steps, values) in sorted(run.metrics.items()) if ARCHIVED.fullmatch(name)}}
+        actions = run.level_actions if run.level_actions is not None else read_level_actions(run.folder)
+        if actions is not None:
+            entry["level_actions"] = {key: value.tolist() for key, value in actions.items()}
+        return entry
+
+    return {"format": ARCHIVE_FORMAT, "runs": [record(run) for run in sorted(runs, key=lambda r: (r.env, r.label, r.seed))]}
+
+
+def read_archive(path: Path) -> list[Run]:
+    """The runs of a run archive (:func:`archive_data`); ValueError naming the file when it is none."""
+    try:
+        data = read_json(path)
+        if data.get("format") != ARCHIVE_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, not {ARCHIVE_FORMAT!r}")
+        return [Run(path, str(r["env"]), str(r["label"]), int(r["seed"]), int(r["total_steps"]),
+                    datetime.fromisoformat(r["stop_time"]),
+                    {name: (np.asarray(m["steps"]), np.asarray(m["values"], dtype=float))
+                     for name, m in r["metrics"].items()},
+                    {key: np.asarray(value) for key, value in r["level_actions"].items()}
+                    if "level_actions" in r else None)
+                for r in data["runs"]]
+    except UNREADABLE as error:
+        raise ValueError(f"{path} is not a run archive (python -m hmarl.studies.report ... --archive FILE "
+                         f"writes one): {type(error).__name__}: {error}") from None
+
+
 def load_runs(*roots: Path) -> Collection:
-    """Every COMPLETED run below the ``roots``, the latest ``stop_time`` of each (env, label, seed).
+    """Every COMPLETED run below the ``roots`` (folders, or run archives: :func:`read_archive`),
+    the latest ``stop_time`` of each (env, label, seed).
 
     Unreadable runs are skipped with one warning line on stderr. Runs of one env and label
     with different budgets (``total_steps``, e.g. a sweep's quick and full runs) are an error:
@@ -133,13 +185,18 @@ def load_runs(*roots: Path) -> Collection:
     latest: dict[tuple[str, str, int], Run] = {}
     budgets: dict[tuple[str, str], set[int]] = defaultdict(set)
     skipped = superseded = 0
-    folders = sorted({p.parent for root in roots for p in root.rglob("run.json") if "_sources" not in p.parts})
-    for folder in folders:
+    folders = sorted({p.parent for root in roots if root.is_dir() for p in root.rglob("run.json")
+                      if "_sources" not in p.parts})
+    archived = [run for root in roots if not root.is_dir() for run in read_archive(root)]
+
+    def read(folder: Path) -> Run | None:
         try:
-            run = read_run(folder)
+            return read_run(folder)
         except UNREADABLE as error:
             print(f"warning: skipping {folder}: {type(error).__name__}: {error}", file=sys.stderr)
-            run = None
+            return None
+
+    for run in archived + [read(folder) for folder in folders]:
         if run is None:
             skipped += 1
             continue
@@ -302,17 +359,30 @@ class Correlation:
     stability: dict[str, float]
 
 
-def correlation_figure(run: Run, out: Path) -> Correlation | None:
-    """Plot the run's ``level_actions.npz`` (None when it has none or it does not load)."""
-    source = run.folder / LEVEL_ACTIONS
+def read_level_actions(folder: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of ``folder``'s ``level_actions.npz`` (None when it has none or it does not load)."""
+    source = folder / LEVEL_ACTIONS
     if not source.exists():
         return None
     try:
         with np.load(source) as data:
-            bottom, n_actions, n_upper = data["bottom"], int(data["n_actions"]), int(data["n_upper_actions"])
-            modes = {branch: action_modes(bottom, data[branch], n_actions) for branch in BRANCHES}
-    except (*UNREADABLE, zipfile.BadZipFile, IndexError) as error:
+            return {key: data[key] for key in data.files}
+    except (*UNREADABLE, zipfile.BadZipFile) as error:
         print(f"warning: no correlation figure from {source}: {type(error).__name__}: {error}", file=sys.stderr)
+        return None
+
+
+def correlation_figure(run: Run, out: Path) -> Correlation | None:
+    """Plot the run's TAG action record (None when it has none or it does not load)."""
+    data = run.level_actions if run.level_actions is not None else read_level_actions(run.folder)
+    if data is None:
+        return None
+    try:
+        bottom, n_actions, n_upper = data["bottom"], int(data["n_actions"]), int(data["n_upper_actions"])
+        modes = {branch: action_modes(bottom, data[branch], n_actions) for branch in BRANCHES}
+    except (*UNREADABLE, IndexError) as error:
+        print(f"warning: no correlation figure for {run.env} {run.label} seed {run.seed}: "
+              f"{type(error).__name__}: {error}", file=sys.stderr)
         return None
     image = f"correlation_{file_name(run.env)}_{file_name(run.label)}_seed{run.seed}.png"
     plot_correlation(out / image, f"{run.env}: {run.label}, seed {run.seed}", modes, n_upper)
@@ -587,7 +657,8 @@ def env_threshold(text: str) -> tuple[str, float]:
 def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m hmarl.studies.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, nargs="+", help="folders searched recursively for sacred runs")
+    parser.add_argument("results", type=Path, nargs="+",
+                        help="folders searched recursively for sacred runs, or run archives (--archive)")
     parser.add_argument("--out", type=Path, required=True, help="folder for README.md and the figures")
     parser.add_argument("--page", type=Path, default=None,
                         help="where the markdown goes (default OUT/README.md), e.g. docs/results.md")
@@ -599,17 +670,21 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"steps to {PRIMARY_METRIC} >= VALUE on ENV (overrides the claims files)")
     parser.add_argument("--title", default="Results report",
                         help="the page's heading (say what the runs are: a pilot budget, a study)")
+    parser.add_argument("--archive", type=Path, default=None, metavar="FILE",
+                        help="also write every run read to FILE, a run archive that can be read back in place "
+                             "of the results (commit it beside the page)")
     parser.add_argument("--export-marl-eval", type=Path, default=None, metavar="FILE",
                         help="also write the runs' metrics as marl-eval's raw-data JSON")
     args = parser.parse_args(argv)
-    missing = [str(folder) for folder in args.results if not folder.is_dir()]
+    missing = [str(folder) for folder in args.results if not folder.exists()]
     if missing:
-        parser.error(f"results folder {', '.join(missing)} does not exist")
+        parser.error(f"results folder or archive {', '.join(missing)} does not exist")
     where = ", ".join(str(folder) for folder in args.results)
     try:
         writable_folder(args.out, "--out folder")  # before reading every run, not after
-        if args.page is not None:
-            writable_folder(args.page.parent, "--page folder")
+        for option, path in (("--page", args.page), ("--archive", args.archive)):
+            if path is not None:
+                writable_folder(path.parent, f"{option} folder")
         claims, thresholds = load_claims(args.claims)
         collection = load_runs(*args.results)
     except ValueError as error:
@@ -621,6 +696,10 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m hmarl.studies.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(write_report(collection, where, args.out, metrics, thresholds | dict(args.threshold), claims, args.page,
                        command, args.title))
+    if args.archive is not None:
+        text = json.dumps(archive_data(collection.runs), separators=(",", ":"))
+        write_atomically(args.archive, lambda temp: temp.write_text(text, encoding="utf-8"))
+        print(args.archive)
     if args.export_marl_eval is not None:
         text = json.dumps(marl_eval_data(collection.runs, metrics), indent=1)
         write_atomically(args.export_marl_eval, lambda temp: temp.write_text(text, encoding="utf-8"))
