@@ -398,6 +398,10 @@ def test_a_run_archive_reads_back_as_the_runs_it_holds_and_merges_with_new_folde
                                 "eval/success": {"steps": STEPS[:2], "values": [0.0, 1.0]},
                                 "perf/env_steps_per_s": {"steps": STEPS[:2], "values": [1000.0, 3000.0]}}
     assert (mappo["total_steps"], mappo["stop_time"]) == (300, "2025-01-01T00:00:00")  # train/* left out
+    tag = next(r for r in data["runs"] if r["label"] == "tag_3ppo")
+    # the modes the figure draws (write_level_actions' hand case), not the raw actions
+    assert tag["action_modes"] == {"n_upper_actions": 3, "modes": {"connected": [[2, 0], [2, 0], [2, 0]],
+                                                                   "unconnected": [[1, 0], [0, 2], [1, 0]]}}
 
     write_run(second, "1", algorithm="mappo", seed=1, returns=[0.0, 2.0, 12.0], eval_success=[0.0, 0.5])
     write_run(second, "2", algorithm="ippo", seed=0, returns=[7.0], stop_time="2025-02-01T00:00:00")  # a rerun

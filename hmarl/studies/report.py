@@ -86,9 +86,9 @@ class Run:
     total_steps: int
     stop_time: datetime
     metrics: dict[str, Curve]
-    level_actions: dict[str, np.ndarray] | None = None
-    """TAG's action record (``level_actions.npz``'s arrays) of an archived run; None for a run
-    folder, whose file is read where a figure needs it."""
+    action_modes: "ActionModes | None" = None
+    """An archived run's TAG action record; None for a run folder, whose ``level_actions.npz`` is
+    read where a figure needs it (:func:`run_action_modes`)."""
 
 
 @dataclass(frozen=True)
@@ -142,18 +142,20 @@ ARCHIVED = re.compile(r"eval/.*|" + re.escape(THROUGHPUT_METRIC))
 def archive_data(runs: list[Run]) -> dict:
     """The runs as a run archive: ``{"format": ARCHIVE_FORMAT, "runs": [...]}``, each run its env,
     label, seed, budget, stop time, its ``eval/*`` and throughput curves, and TAG's action record
-    where it has one."""
-    def record(run: Run) -> dict:
+    (:class:`ActionModes`) where it has one."""
+    def entry_of(run: Run) -> dict:
         entry = {"env": run.env, "label": run.label, "seed": run.seed, "total_steps": run.total_steps,
                  "stop_time": run.stop_time.isoformat(),
                  "metrics": {name: {"steps": steps.tolist(), "values": values.tolist()}
                              for name, (steps, values) in sorted(run.metrics.items()) if ARCHIVED.fullmatch(name)}}
-        actions = run.level_actions if run.level_actions is not None else read_level_actions(run.folder)
-        if actions is not None:
-            entry["level_actions"] = {key: value.tolist() for key, value in actions.items()}
+        actions = run_action_modes(run)
+        if actions is not None:  # the modes, not the raw actions: 100x smaller
+            entry["action_modes"] = {"n_upper_actions": actions.n_upper_actions,
+                                     "modes": {branch: m.tolist() for branch, m in actions.modes.items()}}
         return entry
 
-    return {"format": ARCHIVE_FORMAT, "runs": [record(run) for run in sorted(runs, key=lambda r: (r.env, r.label, r.seed))]}
+    ordered = sorted(runs, key=lambda r: (r.env, r.label, r.seed))
+    return {"format": ARCHIVE_FORMAT, "runs": [entry_of(run) for run in ordered]}
 
 
 def read_archive(path: Path) -> list[Run]:
@@ -166,8 +168,8 @@ def read_archive(path: Path) -> list[Run]:
                     datetime.fromisoformat(r["stop_time"]),
                     {name: (np.asarray(m["steps"]), np.asarray(m["values"], dtype=float))
                      for name, m in r["metrics"].items()},
-                    {key: np.asarray(value) for key, value in r["level_actions"].items()}
-                    if "level_actions" in r else None)
+                    ActionModes({branch: np.asarray(m, dtype=int) for branch, m in r["action_modes"]["modes"].items()},
+                                int(r["action_modes"]["n_upper_actions"])) if "action_modes" in r else None)
                 for r in data["runs"]]
     except UNREADABLE as error:
         raise ValueError(f"{path} is not a run archive (python -m hmarl.studies.report ... --archive FILE "
@@ -359,31 +361,41 @@ class Correlation:
     stability: dict[str, float]
 
 
-def read_level_actions(folder: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of ``folder``'s ``level_actions.npz`` (None when it has none or it does not load)."""
+@dataclass(frozen=True)
+class ActionModes:
+    """TAG Sec. 5.3's record of a run: per training episode and bottom action, the upper level's most
+    frequent action (:func:`~hmarl.studies.analysis.action_modes`), per branch ``[episodes, n_actions]``."""
+
+    modes: dict[str, np.ndarray]
+    n_upper_actions: int
+
+
+def read_action_modes(folder: Path) -> ActionModes | None:
+    """The modes of ``folder``'s ``level_actions.npz`` (None when it has none or it does not load)."""
     source = folder / LEVEL_ACTIONS
     if not source.exists():
         return None
     try:
         with np.load(source) as data:
-            return {key: data[key] for key in data.files}
-    except (*UNREADABLE, zipfile.BadZipFile) as error:
+            bottom, n_actions, n_upper = data["bottom"], int(data["n_actions"]), int(data["n_upper_actions"])
+            modes = {branch: action_modes(bottom, data[branch], n_actions) for branch in BRANCHES}
+    except (*UNREADABLE, zipfile.BadZipFile, IndexError) as error:
         print(f"warning: no correlation figure from {source}: {type(error).__name__}: {error}", file=sys.stderr)
         return None
+    return ActionModes(modes, n_upper)
+
+
+def run_action_modes(run: Run) -> ActionModes | None:
+    """The run's TAG action record: archived with it, or read from its folder."""
+    return run.action_modes if run.action_modes is not None else read_action_modes(run.folder)
 
 
 def correlation_figure(run: Run, out: Path) -> Correlation | None:
     """Plot the run's TAG action record (None when it has none or it does not load)."""
-    data = run.level_actions if run.level_actions is not None else read_level_actions(run.folder)
-    if data is None:
+    record = run_action_modes(run)
+    if record is None:
         return None
-    try:
-        bottom, n_actions, n_upper = data["bottom"], int(data["n_actions"]), int(data["n_upper_actions"])
-        modes = {branch: action_modes(bottom, data[branch], n_actions) for branch in BRANCHES}
-    except (*UNREADABLE, IndexError) as error:
-        print(f"warning: no correlation figure for {run.env} {run.label} seed {run.seed}: "
-              f"{type(error).__name__}: {error}", file=sys.stderr)
-        return None
+    modes, n_upper = record.modes, record.n_upper_actions
     image = f"correlation_{file_name(run.env)}_{file_name(run.label)}_seed{run.seed}.png"
     plot_correlation(out / image, f"{run.env}: {run.label}, seed {run.seed}", modes, n_upper)
     return Correlation(run.label, run.seed, image, {branch: mode_stability(m) for branch, m in modes.items()})
