@@ -385,7 +385,7 @@ def test_a_run_archive_reads_back_as_the_runs_it_holds_and_merges_with_new_folde
     the next sitting's folders add to it, and the page is the same as from all folders at once."""
     first, second, archive = tmp_path / "first", tmp_path / "second", tmp_path / "docs" / "runs.json"
     write_run(first, "1", algorithm="mappo", seed=0, returns=[0.0, 6.0, 10.0], eval_success=[0.0, 1.0],
-              perf_env_steps_per_s=[1000.0, 3000.0], train_loss=[5.0, 4.0, 3.0])
+              perf_env_steps_per_s=[1000.0, 3000.0], train_return=[1.0, 2.0], train_loss=[5.0, 4.0, 3.0])
     write_level_actions(write_run(first, "2", algorithm="tag_3ppo", seed=0, returns=[1.5]))
     write_run(first, "3", algorithm="ippo", seed=0, returns=[1.0], stop_time="2025-01-01T00:00:00")
     (tmp_path / "docs").mkdir()
@@ -396,8 +396,9 @@ def test_a_run_archive_reads_back_as_the_runs_it_holds_and_merges_with_new_folde
     mappo = next(r for r in data["runs"] if r["label"] == "mappo")
     assert mappo["metrics"] == {"eval/return": {"steps": STEPS, "values": [0.0, 6.0, 10.0]},
                                 "eval/success": {"steps": STEPS[:2], "values": [0.0, 1.0]},
-                                "perf/env_steps_per_s": {"steps": STEPS[:2], "values": [1000.0, 3000.0]}}
-    assert (mappo["total_steps"], mappo["stop_time"]) == (300, "2025-01-01T00:00:00")  # train/* left out
+                                "perf/env_steps_per_s": {"steps": STEPS[:2], "values": [1000.0, 3000.0]},
+                                "train/return": {"steps": STEPS[:2], "values": [1.0, 2.0]}}
+    assert (mappo["total_steps"], mappo["stop_time"]) == (300, "2025-01-01T00:00:00")  # train/loss left out
     tag = next(r for r in data["runs"] if r["label"] == "tag_3ppo")
     # the modes the figure draws (write_level_actions' hand case), not the raw actions
     assert tag["action_modes"] == {"n_upper_actions": 3, "modes": {"connected": [[2, 0], [2, 0], [2, 0]],

@@ -135,13 +135,14 @@ def read_run(folder: Path) -> Run | None:
 
 
 ARCHIVE_FORMAT = "hmarl-runs/1"
-#: what an archive keeps of a run's metrics: what a page shows or a claim checks
-ARCHIVED = re.compile(r"eval/.*|" + re.escape(THROUGHPUT_METRIC))
+#: what an archive keeps of a run's metrics: what a page shows or a claim checks (the training return
+#: too: claims on LBF read it, where greedy evaluation gets stuck)
+ARCHIVED = re.compile(r"eval/.*|train/return|" + re.escape(THROUGHPUT_METRIC))
 
 
 def archive_data(runs: list[Run]) -> dict:
     """The runs as a run archive: ``{"format": ARCHIVE_FORMAT, "runs": [...]}``, each run its env,
-    label, seed, budget, stop time, its ``eval/*`` and throughput curves, and TAG's action record
+    label, seed, budget, stop time, its ``eval/*``, training-return and throughput curves, and TAG's action record
     (:class:`ActionModes`) where it has one."""
     def entry_of(run: Run) -> dict:
         entry = {"env": run.env, "label": run.label, "seed": run.seed, "total_steps": run.total_steps,
