@@ -142,8 +142,8 @@ ARCHIVED = re.compile(r"eval/.*|train/return|" + re.escape(THROUGHPUT_METRIC))
 
 def archive_data(runs: list[Run]) -> dict:
     """The runs as a run archive: ``{"format": ARCHIVE_FORMAT, "runs": [...]}``, each run its env,
-    label, seed, budget, stop time, its ``eval/*``, training-return and throughput curves, and TAG's action record
-    (:class:`ActionModes`) where it has one."""
+    label, seed, budget, stop time, its ``eval/*``, training-return and throughput curves, and TAG's
+    action record (:class:`ActionModes`) where it has one."""
     def entry_of(run: Run) -> dict:
         entry = {"env": run.env, "label": run.label, "seed": run.seed, "total_steps": run.total_steps,
                  "stop_time": run.stop_time.isoformat(),
