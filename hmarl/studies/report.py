@@ -474,8 +474,9 @@ def env_section(env: str, rows: list[GroupSummary], metrics: list[str], threshol
         body.append(cells)
     lines += table(header, body) + ["", f"![{primary} on {env}]({curves_image})", ""]
     if correlations:
-        lines += [("TAG inter-level action correlation: share of consecutive episode pairs whose mode "
-                   "(the upper level's most frequent action per bottom action) is unchanged."), ""]
+        lines += [("Inter-level action correlation (TAG Sec. 5.3's analysis, for every run whose bottom level "
+                   "takes discrete commands): share of consecutive episode pairs whose mode (the upper level's "
+                   "most frequent action per bottom action) is unchanged."), ""]
         lines += table(["figure", *BRANCHES], [[f"[{c.label} seed {c.seed}]({c.image})",
                                                *(number(c.stability[b]) for b in BRANCHES)] for c in correlations])
         lines.append("")
