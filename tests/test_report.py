@@ -421,6 +421,26 @@ def test_a_run_archive_reads_back_as_the_runs_it_holds_and_merges_with_new_folde
     assert strip((tmp_path / "again" / "README.md").read_text()) == strip((tmp_path / "one" / "README.md").read_text())
 
 
+def test_an_archive_keeps_its_own_runs_and_not_those_of_other_archives_read_beside_it(tmp_path, capsys):
+    """Two studies' pages: the paper check reads the comparison's archive beside its own runs; its
+    archive takes the runs of its folders (and of itself, on the next sitting), never a copy of the
+    comparison's."""
+    comparison_runs, paper_runs = tmp_path / "families", tmp_path / "paper"
+    comparison, paper = tmp_path / "comparison.json", tmp_path / "paper.json"
+    write_run(comparison_runs, "1", algorithm="himppo", seed=0, returns=[3.0])
+    main([str(comparison_runs), "--out", str(tmp_path / "a"), "--archive", str(comparison)])
+    write_run(paper_runs, "1", algorithm="himppo_fl", seed=0, returns=[2.0])
+    main([str(comparison), str(paper_runs), "--out", str(tmp_path / "b"), "--archive", str(paper)])
+    labels = lambda path: [run["label"] for run in json.loads(path.read_text())["runs"]]  # noqa: E731
+    assert labels(paper) == ["himppo_fl"]
+    # the next sitting: the paper's archive, its new folder and the comparison's archive again
+    write_run(tmp_path / "paper2", "1", algorithm="himppo_sg", seed=0, returns=[1.0])
+    main([str(comparison), str(paper), str(tmp_path / "paper2"), "--out", str(tmp_path / "c"), "--archive", str(paper)])
+    assert labels(paper) == ["himppo_fl", "himppo_sg"] and labels(comparison) == ["himppo"]
+    assert "3 runs read from" in (tmp_path / "c" / "README.md").read_text()  # the page still shows them all
+    capsys.readouterr()
+
+
 def test_a_file_that_is_no_run_archive_is_one_clear_error(tmp_path):
     other = tmp_path / "marl_eval.json"
     other.write_text(json.dumps({"hmarl": {}}))

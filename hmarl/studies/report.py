@@ -11,11 +11,13 @@ OUT_DIR/README.md, ``curves_<env>.png``, with several envs the aggregate across 
 ``correlation_<env>_<label>_seed<k>.png`` (TAG Sec. 5.3). ``--export-marl-eval`` also writes the
 runs in marl-eval's JSON layout (``marl_eval_data``). Statistics live in ``hmarl.studies.analysis``.
 
-``--archive FILE`` writes every run the report read to one small JSON file (``archive_data``: each
-run's evaluation curves, throughput and TAG action record, no checkpoints), and an archive is read
-back wherever a results folder is: a study run over several sittings on machines whose ``results/``
-does not last is reported whole by committing the archive next to the page and passing it with the
-new runs. marl-eval's layout cannot serve for this: it keeps neither the budget, nor the stop time
+``--archive FILE`` writes the runs the report read from results folders and from FILE itself to one
+small JSON file (``archive_data``: each run's evaluation curves, throughput and TAG action record, no
+checkpoints), and an archive is read back wherever a results folder is: a study run over several
+sittings on machines whose ``results/`` does not last is reported whole by committing the archive
+next to the page and passing it with the new runs. Runs read from other archives stay in theirs, so
+a page that reads another study's archive (the paper check reading the cross-family runs) does not
+copy it. marl-eval's layout cannot serve for this: it keeps neither the budget, nor the stop time
 that decides between duplicates, nor the throughput and action records the page shows.
 """
 from __future__ import annotations
@@ -685,8 +687,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", default="Results report",
                         help="the page's heading (say what the runs are: a pilot budget, a study)")
     parser.add_argument("--archive", type=Path, default=None, metavar="FILE",
-                        help="also write every run read to FILE, a run archive that can be read back in place "
-                             "of the results (commit it beside the page)")
+                        help="also write the runs read from results folders and from FILE itself to FILE, a run "
+                             "archive that can be read back in place of the results (commit it beside the page); "
+                             "runs read from other archives stay in theirs")
     parser.add_argument("--export-marl-eval", type=Path, default=None, metavar="FILE",
                         help="also write the runs' metrics as marl-eval's raw-data JSON")
     args = parser.parse_args(argv)
@@ -711,7 +714,8 @@ def main(argv: list[str] | None = None) -> None:
     print(write_report(collection, where, args.out, metrics, thresholds | dict(args.threshold), claims, args.page,
                        command, args.title))
     if args.archive is not None:
-        text = json.dumps(archive_data(collection.runs), separators=(",", ":"))
+        owned = [run for run in collection.runs if run.folder.is_dir() or run.folder.resolve() == args.archive.resolve()]
+        text = json.dumps(archive_data(owned), separators=(",", ":"))
         write_atomically(args.archive, lambda temp: temp.write_text(text, encoding="utf-8"))
         print(args.archive)
     if args.export_marl_eval is not None:
