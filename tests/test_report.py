@@ -421,7 +421,7 @@ def test_a_run_archive_reads_back_as_the_runs_it_holds_and_merges_with_new_folde
     assert strip((tmp_path / "again" / "README.md").read_text()) == strip((tmp_path / "one" / "README.md").read_text())
 
 
-def test_an_archive_keeps_its_own_runs_and_not_those_of_other_archives_read_beside_it(tmp_path, capsys):
+def test_an_archive_keeps_its_own_runs_and_not_those_of_other_archives_read_beside_it(tmp_path):
     """Two studies' pages: the paper check reads the comparison's archive beside its own runs; its
     archive takes the runs of its folders (and of itself, on the next sitting), never a copy of the
     comparison's."""
@@ -438,7 +438,6 @@ def test_an_archive_keeps_its_own_runs_and_not_those_of_other_archives_read_besi
     main([str(comparison), str(paper), str(tmp_path / "paper2"), "--out", str(tmp_path / "c"), "--archive", str(paper)])
     assert labels(paper) == ["himppo_fl", "himppo_sg"] and labels(comparison) == ["himppo"]
     assert "3 runs read from" in (tmp_path / "c" / "README.md").read_text()  # the page still shows them all
-    capsys.readouterr()
 
 
 def test_a_file_that_is_no_run_archive_is_one_clear_error(tmp_path):

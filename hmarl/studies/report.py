@@ -714,7 +714,9 @@ def main(argv: list[str] | None = None) -> None:
     print(write_report(collection, where, args.out, metrics, thresholds | dict(args.threshold), claims, args.page,
                        command, args.title))
     if args.archive is not None:
-        owned = [run for run in collection.runs if run.folder.is_dir() or run.folder.resolve() == args.archive.resolve()]
+        # an archived run's folder is its archive; the runs of the other archives read stay in theirs
+        others = {root.resolve() for root in args.results if not root.is_dir()} - {args.archive.resolve()}
+        owned = [run for run in collection.runs if run.folder.resolve() not in others]
         text = json.dumps(archive_data(owned), separators=(",", ":"))
         write_atomically(args.archive, lambda temp: temp.write_text(text, encoding="utf-8"))
         print(args.archive)
